@@ -1,0 +1,24 @@
+"""hyprag: hyperbolic (Lorentz-model) text-embedding retrievers for retrieval-augmented generation.
+
+Heavy modules (models, training, evaluation) are imported on first use, so ``import hyprag`` and the
+geometry core stay light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_model", "load_model"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hyprag.models import build_model, load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("build_model", "load_model"):
+        from hyprag import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'hyprag' has no attribute {name!r}")

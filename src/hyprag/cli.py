@@ -1,0 +1,93 @@
+"""The ``hyprag`` command line: argument parsing only.
+
+Every command calls a library function that tests can call too. Subcommand groups are registered by the
+``_add_*`` functions below, one per area (train, data, eval, index, quickstart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hyprag import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyprag",
+        description="Train and evaluate hyperbolic (Lorentz-model) text-embedding retrievers.",
+    )
+    parser.add_argument("--version", action="version", version=f"hyprag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_info_command(sub)
+    _add_train_command(sub)
+    _add_data_commands(sub)
+    _add_eval_commands(sub)
+    _add_index_commands(sub)
+    _add_quickstart_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+# --- info -------------------------------------------------------------------------------------------
+
+
+def _add_info_command(sub) -> None:
+    p = sub.add_parser("info", help="print the version and a numerical self-check of the geometry core")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from hyprag.geometry.selfcheck import geometry_report
+
+    print(f"hyprag {__version__}")
+    print(geometry_report())
+    return 0
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _add_train_command(sub) -> None:
+    """``hyprag train --config=... [--section.key=value ...]`` (owned by the training module)."""
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _add_data_commands(sub) -> None:
+    """``hyprag data ...`` (for example ``to-mds``)."""
+
+
+# --- eval -------------------------------------------------------------------------------------------
+
+
+def _add_eval_commands(sub) -> None:
+    """``hyprag eval beir|mteb|hierarchy|rag``."""
+
+
+# --- index / search ---------------------------------------------------------------------------------
+
+
+def _add_index_commands(sub) -> None:
+    """``hyprag index build`` and ``hyprag search``."""
+
+
+# --- quickstart -------------------------------------------------------------------------------------
+
+
+def _add_quickstart_command(sub) -> None:
+    """``hyprag quickstart --out DIR``."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Test environment: offline, with every cache inside pytest's temporary space."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_CACHE_ROOT = tempfile.mkdtemp(prefix="hyprag-test-cache-")
+for _var, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HOME": os.path.join(_CACHE_ROOT, "hf"),
+    "HF_DATASETS_CACHE": os.path.join(_CACHE_ROOT, "hf", "datasets"),
+    "MTEB_CACHE": os.path.join(_CACHE_ROOT, "mteb"),
+    "WANDB_DIR": os.path.join(_CACHE_ROOT, "wandb"),
+    "TORCH_EXTENSIONS_DIR": os.path.join(_CACHE_ROOT, "torch_extensions"),
+    "MPLBACKEND": "Agg",
+}.items():
+    os.environ[_var] = _value
