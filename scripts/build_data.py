@@ -225,7 +225,9 @@ def parse_data_noun(path: Path) -> dict[str, Synset]:
             if pos != len(fields):
                 raise fail(path, lineno, f"{len(fields) - pos} unexpected trailing fields before the gloss")
             if ss_type != "n" or len(offset) != 8 or not offset.isdigit():
-                raise fail(path, lineno, f"expected a noun synset with an 8-digit offset, got {offset} {ss_type}")
+                raise fail(
+                    path, lineno, f"expected a noun synset with an 8-digit offset, got {offset} {ss_type}"
+                )
             if w_cnt == 0:
                 raise fail(path, lineno, "synset without lemmas")
             synsets[offset] = Synset(
@@ -417,7 +419,15 @@ DROP_DIRECTIVES = {
     "only", "miscnews", "currentmodule", "module", "program", "default-role", "role",
 }  # fmt: skip
 #: Directives whose body is code: the body stays indented (a literal block), the argument is a language.
-LITERAL_DIRECTIVES = {"code-block", "sourcecode", "code", "testcode", "testoutput", "doctest", "parsed-literal"}
+LITERAL_DIRECTIVES = {
+    "code-block",
+    "sourcecode",
+    "code",
+    "testcode",
+    "testoutput",
+    "doctest",
+    "parsed-literal",
+}
 #: Directives rendered as a label in front of their body, as Sphinx does.
 LABEL_DIRECTIVES = {
     "versionadded": "New in version {}",
@@ -426,6 +436,7 @@ LABEL_DIRECTIVES = {
     "deprecated-removed": "Deprecated since version {}, removed in version {}",
     "availability": "Availability: {}",
 }
+
 
 def role_text(match: re.Match[str]) -> str:
     """Visible text of an inline role: ``:func:`label <target>``` -> label, ``~a.b`` -> a.b."""
@@ -897,13 +908,21 @@ FILE_INFO: dict[str, tuple[str, str, str]] = {
         "WordNet 3.0 license",
         "hierarchy probe {level, id, depth, text}: held-out glosses, level 1 general .. 5 specific",
     ),
-    "LICENSES/WordNet-3.0.txt": ("wordnet-base", "WordNet 3.0 license", "license text (Debian copyright file)"),
+    "LICENSES/WordNet-3.0.txt": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "license text (Debian copyright file)",
+    ),
     "LICENSES/Python-docs-PSF.txt": (
         "python3.11-doc",
         "PSF License Agreement",
         "license text (Debian copyright file)",
     ),
-    "LICENSES/Debian-FAQ.txt": ("debian-faq", "Debian FAQ permission notice", "license text (Debian copyright file)"),
+    "LICENSES/Debian-FAQ.txt": (
+        "debian-faq",
+        "Debian FAQ permission notice",
+        "license text (Debian copyright file)",
+    ),
 }
 
 
@@ -1050,7 +1069,9 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data", help="output folder (default: data/)")
     parser.add_argument("--root", type=Path, help="use this already unpacked package tree, fetch nothing")
     parser.add_argument("--latest", action="store_true", help="fetch the current versions, not the pins")

@@ -1,0 +1,143 @@
+"""The real data bundled in the repository's ``data/`` folder, and a JSONL reader.
+
+``data/`` is produced by ``scripts/build_data.py`` from Debian packages (WordNet 3.0, the Python 3.11
+documentation, the Debian FAQ); ``data/README.md`` lists every file with its source, license, row
+count and sha256. Set ``HYPRAG_DATA_DIR`` to read the same layout from another folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATA_DIR_ENV = "HYPRAG_DATA_DIR"
+#: ``<repo>/data`` for a source checkout (``src/hyprag/data/bundled.py`` -> three folders up).
+REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
+
+
+class DataFormatError(ValueError):
+    """A data file is not in the expected format; the message names the file and line."""
+
+
+def data_dir() -> Path:
+    """The bundled data folder: ``$HYPRAG_DATA_DIR`` if set, else the repository's ``data/``.
+
+    Read at call time, so changing the environment variable takes effect immediately.
+    """
+    override = os.environ.get(DATA_DIR_ENV)
+    folder = Path(override).expanduser() if override else REPO_DATA_DIR
+    if not folder.is_dir():
+        hint = f"${DATA_DIR_ENV}={override}" if override else "the repository's data/ folder"
+        raise FileNotFoundError(
+            f"bundled data folder {folder} not found ({hint}); run `python scripts/build_data.py` "
+            f"or point {DATA_DIR_ENV} at a folder with the same layout"
+        )
+    return folder
+
+
+#: The folder as resolved at import time; prefer :func:`data_dir`, which honours later env changes.
+DATA_DIR = Path(os.environ.get(DATA_DIR_ENV) or REPO_DATA_DIR)
+
+
+def manifest_path() -> Path:
+    """``manifest.json``: sha256, bytes, rows, source and license of every bundled file."""
+    return data_dir() / "manifest.json"
+
+
+def faq_dev_path() -> Path:
+    """BEIR folder of the FAQ development set (Python FAQ + Debian FAQ; question -> answer)."""
+    return data_dir() / "eval" / "faq-dev"
+
+
+def wordnet_levels_path() -> Path:
+    """JSONL hierarchy probe: ``{"level", "id", "depth", "text"}`` glosses of held-out synsets."""
+    return data_dir() / "eval" / "wordnet-levels.jsonl"
+
+
+def wordnet_nouns_path() -> Path:
+    """Gzipped JSONL of all WordNet 3.0 noun synsets (ids, lemmas, gloss, hypernyms, depth, split)."""
+    return data_dir() / "wordnet" / "nouns.jsonl.gz"
+
+
+def mlm_text_path() -> Path:
+    """Gzipped JSONL of ``{"text"}`` chunks of the Python 3.11 docs, for masked-language-model training."""
+    return data_dir() / "train" / "mlm_python_docs.jsonl.gz"
+
+
+def pair_paths() -> list[Path]:
+    """Gzipped JSONL files of ``{"query", "document"}`` contrastive training pairs, sorted by name."""
+    paths = sorted((data_dir() / "train").glob("pairs_*.jsonl.gz"))
+    if not paths:
+        raise FileNotFoundError(f"no pairs_*.jsonl.gz files in {data_dir() / 'train'}")
+    return paths
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file, one per non-blank line.
+
+    Raises :class:`DataFormatError` naming ``file:line`` for invalid UTF-8, invalid JSON or a line
+    that is not a JSON object, and ``FileNotFoundError`` for a missing file.
+    """
+    for _lineno, row in read_jsonl_numbered(path):
+        yield row
+
+
+def read_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like :func:`read_jsonl`, but yield ``(line number, row)`` so callers can report positions."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        try:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataFormatError(f"{path}:{lineno}: not valid UTF-8 ({error.reason})") from error
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataFormatError(
+                        f"{path}:{lineno}: invalid JSON ({error.msg} at column {error.colno})"
+                    ) from error
+                if not isinstance(row, dict):
+                    raise DataFormatError(
+                        f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                    )
+                yield lineno, row
+        except (gzip.BadGzipFile, EOFError) as error:  # corrupt or truncated gzip stream
+            raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
+
+
+@dataclass(frozen=True)
+class LevelItem:
+    """One probe text: ``level`` 1 (general) .. N (specific), WordNet synset ``id``, its ``depth``."""
+
+    level: int
+    id: str
+    depth: int
+    text: str
+
+
+def load_wordnet_levels(path: str | os.PathLike[str] | None = None) -> list[LevelItem]:
+    """Read the hierarchy probe set (default: the bundled ``eval/wordnet-levels.jsonl``), in file order."""
+    path = Path(path) if path is not None else wordnet_levels_path()
+    items: list[LevelItem] = []
+    for lineno, row in read_jsonl_numbered(path):
+        level, synset_id, depth, text = row.get("level"), row.get("id"), row.get("depth", -1), row.get("text")
+        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+            raise DataFormatError(f"{path}:{lineno}: 'level' must be an integer >= 1, got {level!r}")
+        if not isinstance(synset_id, str) or not isinstance(text, str) or not text:
+            raise DataFormatError(f"{path}:{lineno}: 'id' and 'text' must be non-empty strings")
+        if not isinstance(depth, int):
+            raise DataFormatError(f"{path}:{lineno}: 'depth' must be an integer, got {depth!r}")
+        items.append(LevelItem(level=level, id=synset_id, depth=depth, text=text))
+    if not items:
+        raise DataFormatError(f"{path}: no rows")
+    return items
