@@ -1,0 +1,168 @@
+"""Distributed helpers: process-group set-up, rank queries and the one all-gather with gradient.
+
+Launchers (``torchrun``, ``deepspeed``, ``mpirun``) describe the process with environment variables;
+:func:`init_distributed` reads them and starts a process group (gloo on CPU, NCCL on GPU). Without them the
+program runs as one process and every helper here degrades to the single-process answer, so training code
+calls them unconditionally.
+
+Gradient convention (used by the contrastive loss and tested in ``tests/training/test_distributed.py``):
+each rank computes the mean loss over its *own* queries against the documents of *all* ranks (gathered with
+:func:`gather_with_grad`). The backward of the gather sums, into each rank's local tensor, the gradients
+that every rank's loss sends to it, so rank ``r``'s local embeddings receive ``W * dL/de_r`` where
+``L = mean_r loss_r`` is the loss of the combined batch and ``W`` the world size. DDP and DeepSpeed then
+*average* parameter gradients over ranks, which divides by ``W`` again: the averaged gradients equal those of
+one process that sees the combined batch. The per-rank loss is therefore **not** multiplied by the world size.
+(Exact when every rank holds the same number of queries; the readers give ranks equal shares.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "WorldInfo",
+    "barrier",
+    "gather_sizes",
+    "gather_with_grad",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "world_info",
+]
+
+# Launchers' names for (rank, world size, local rank), most common first. torchrun and deepspeed set the
+# first triple; Open MPI (deepspeed --launcher openmpi, mpirun) the second.
+_ENV_TRIPLES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+)
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Where this process sits: global ``rank`` in ``[0, world_size)`` and ``local_rank`` on its host."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_world() -> WorldInfo | None:
+    for rank_key, size_key, local_key in _ENV_TRIPLES:
+        if rank_key in os.environ and size_key in os.environ:
+            try:
+                rank = int(os.environ[rank_key])
+                size = int(os.environ[size_key])
+                local = int(os.environ.get(local_key, rank))
+            except ValueError as error:
+                raise ValueError(
+                    f"launcher environment variables {rank_key}={os.environ[rank_key]!r}, "
+                    f"{size_key}={os.environ[size_key]!r} must be integers"
+                ) from error
+            if not 0 <= rank < size:
+                raise ValueError(f"{rank_key}={rank} is outside [0, {size_key}={size})")
+            return WorldInfo(rank=rank, world_size=size, local_rank=local)
+    return None
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_info() -> WorldInfo:
+    """Rank and world size from the running process group, else from the launcher's environment, else 0/1."""
+    if dist.is_available() and dist.is_initialized():
+        env = _env_world()
+        local = env.local_rank if env is not None else 0
+        return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
+    return _env_world() or WorldInfo()
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (and in a single process): the process that logs and writes files."""
+    return world_info().rank == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if is_distributed():
+        dist.barrier()
+
+
+def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -> WorldInfo:
+    """Start the process group described by the launcher's environment, once; return this process's place.
+
+    ``backend=None`` picks ``nccl`` when CUDA is available and ``gloo`` otherwise (CPU runs, tests). With
+    NCCL the process binds to ``cuda:local_rank``. Single-process runs (no launcher variables, or a world size
+    of 1) start nothing. Calling it again after the group exists returns the current :func:`world_info`.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return world_info()
+    env = _env_world()
+    if env is None or env.world_size == 1:
+        return env or WorldInfo()
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed; run as a single process")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # env:// reads MASTER_ADDR/MASTER_PORT; mpirun does not set RANK/WORLD_SIZE, so pass them explicitly.
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"a {env.world_size}-process launch needs {' and '.join(missing)} in the environment "
+            "(torchrun and deepspeed set them; with mpirun export them)"
+        )
+    if backend == "nccl":
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return world_info()
+
+
+def gather_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's value of ``n`` (e.g. its local batch size), in rank order; ``[n]`` in one process."""
+    if not is_distributed():
+        return [n]
+    local = torch.tensor([n], dtype=torch.long, device=device)
+    out = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, local)
+    return [int(t.item()) for t in out]
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """Concatenate every rank's ``t`` along dim 0, in rank order, keeping the autograd graph.
+
+    t: ``[n_r, ...]`` (``n_r`` may differ between ranks) -> ``[sum_r n_r, ...]``; returns ``t`` itself in a
+    single process. Built on ``torch.distributed.nn.functional.all_gather``, whose backward **sums** the
+    gradients of all ranks' outputs into each rank's slice (reduce-scatter with SUM): rank ``r``'s ``t``
+    receives ``sum_r' d loss_r' / d t_r``. See the module docstring for why that plus the optimizer's
+    gradient averaging reproduces single-process gradients. Unequal sizes are padded to the largest with
+    zeros for the collective and cut out again (the padding carries no gradient).
+    """
+    if not is_distributed():
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = gather_sizes(t.shape[0], device=t.device)
+    largest = max(sizes)
+    padded = t
+    if t.shape[0] < largest:
+        padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))], dim=0)
+    parts = all_gather(padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
