@@ -1,0 +1,289 @@
+"""The one embedding-model interface shared by HyTE-FH, HyTE-H, the Euclidean twin and sentence-transformers
+baselines (docs/internals.md, "the embedding-model interface").
+
+An :class:`EmbeddingModel` maps texts to one vector each:
+
+- hyperbolic models return points of the hyperboloid ``[n, d+1]`` (time coordinate first, curvature ``-c``),
+  compared by ``-d(q, x)`` (``geodesic``) or ``<q, x>_L + 1/c`` (``lorentz_inner``);
+- Euclidean models return ``[n, d]`` vectors compared by cosine similarity.
+
+Subclasses implement :meth:`EmbeddingModel.forward` (token ids -> pooled embeddings) and
+:meth:`EmbeddingModel.hyprag_config` (what :func:`hyprag.models.load_model` needs to rebuild them); everything
+else (prefixes, tokenization, batching, similarity, optimizer groups, saving) lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyprag.geometry import lorentz, pooling
+
+__all__ = [
+    "EUCLIDEAN_POOLINGS",
+    "EUCLIDEAN_SIMILARITIES",
+    "HYPERBOLIC_POOLINGS",
+    "HYPERBOLIC_SIMILARITIES",
+    "EmbeddingModel",
+    "ModelSettings",
+    "euclidean_pool",
+]
+
+HYPERBOLIC_POOLINGS = (*pooling.POOLERS, "mean")
+EUCLIDEAN_POOLINGS = ("mean", "cls")
+HYPERBOLIC_SIMILARITIES = ("geodesic", "lorentz_inner")
+EUCLIDEAN_SIMILARITIES = ("cosine",)
+
+
+@dataclass
+class ModelSettings:
+    """What a saved model needs besides its weights to embed text the way it was trained.
+
+    ``embedding_dim`` is the length of one output vector (``d+1`` for hyperbolic models, ``d`` for
+    Euclidean ones). Prefixes are prepended to the raw text before tokenization, in training and in every
+    evaluation alike.
+    """
+
+    model_type: str
+    pooling: str
+    similarity: str
+    embedding_dim: int
+    pooling_p: float = 1.0
+    query_prefix: str = ""
+    document_prefix: str = ""
+    max_seq_length: int = 512
+
+    def prefix(self, prompt_type: Any) -> str:
+        """The prefix for ``prompt_type`` (``"query"``, ``"document"``, an mteb ``PromptType`` or ``None``)."""
+        if prompt_type is None:
+            return ""
+        kind = str(getattr(prompt_type, "value", prompt_type))
+        if kind == "query":
+            return self.query_prefix
+        if kind == "document":
+            return self.document_prefix
+        raise ValueError(f"prompt_type must be 'query', 'document' or None, got {prompt_type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def euclidean_pool(name: str, hidden: Tensor, mask: Tensor) -> Tensor:
+    """Euclidean pooling of token states ``[B, T, d]`` with mask ``[B, T]`` -> ``[B, d]`` (float32 or wider).
+
+    ``mean`` averages the unmasked tokens only (padding has weight 0), ``cls`` takes the first token.
+    """
+    if name == "cls":
+        return hidden[:, 0].float()
+    if name != "mean":
+        raise ValueError(f"unknown Euclidean pooling {name!r}; choose one of {list(EUCLIDEAN_POOLINGS)}")
+    w = mask.to(torch.float32 if hidden.dtype != torch.float64 else torch.float64)
+    counts = w.sum(-1, keepdim=True)
+    if bool((counts == 0).any()):
+        empty = (counts.squeeze(-1) == 0).nonzero().flatten().tolist()
+        raise ValueError(f"cannot pool a sequence with no unmasked token (batch rows {empty})")
+    # Zero padded states first: they may hold anything (a where, not a product, so NaN cannot leak).
+    h = torch.where(w.unsqueeze(-1) > 0, hidden.to(w.dtype), torch.zeros((), dtype=w.dtype, device=w.device))
+    return h.sum(1) / counts
+
+
+class EmbeddingModel(nn.Module):
+    """Base class: texts -> embeddings ``[n, D]``, a similarity, optimizer groups, and saving.
+
+    Subclasses set ``settings``, ``tokenizer`` and ``is_hyperbolic`` and implement :meth:`forward` and
+    :meth:`hyprag_config`; hyperbolic ones also :meth:`curvature`.
+    """
+
+    is_hyperbolic: bool = False
+
+    def __init__(self, settings: ModelSettings, tokenizer: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.tokenizer = tokenizer
+
+    # --- shape and geometry --------------------------------------------------------------------------
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of one embedding: ``d+1`` (hyperbolic, time first) or ``d`` (Euclidean)."""
+        return self.settings.embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def curvature(self) -> Tensor | None:
+        """The curvature ``c`` as a 0-d tensor (graph-connected when trainable); ``None`` if Euclidean."""
+        return None
+
+    # --- text -> ids ----------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str], prompt_type: Any = None) -> dict[str, Tensor]:
+        """Prefix, tokenize with the model's own tokenizer, truncate to ``max_seq_length`` and pad.
+
+        Returns ``input_ids`` and ``attention_mask``, both ``[B, T]`` (T = the longest text in the batch).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        prefix = self.settings.prefix(prompt_type)
+        enc = self.tokenizer(
+            [prefix + t for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.settings.max_seq_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooled embeddings ``[B, D]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Iterable[str] | str,
+        prompt_type: Any = None,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        device: str | torch.device | None = None,
+        **_: Any,
+    ) -> Tensor:
+        """Embed ``texts``: float32 CPU tensor ``[n, D]``, in input order.
+
+        Texts are sorted by length so each batch pads little, embedded in eval mode without gradients, and
+        put back in order; an embedding does not depend on its batch-mates or on padding (every layer and
+        pooler masks padding). ``prompt_type`` selects the saved query/document prefix.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        if not texts:
+            return out
+        if device is not None:
+            self.to(device)
+        target = self.device
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        starts = range(0, len(order), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        try:
+            for start in starts:
+                idx = order[start : start + batch_size]
+                batch = self.tokenize([texts[i] for i in idx], prompt_type)
+                emb = self(**{k: v.to(target) for k, v in batch.items()})
+                out[torch.tensor(idx)] = emb.detach().to("cpu", torch.float32)
+        finally:
+            self.train(was_training)
+        return out
+
+    # --- similarity -----------------------------------------------------------------------------------
+
+    def _similarity_c(self, a: Tensor, b: Tensor) -> Tensor:
+        c = self.curvature()
+        if c is None:
+            raise RuntimeError(f"{type(self).__name__} is hyperbolic but has no curvature")
+        # Scoring fixed embeddings (evaluation) must not build a graph through a trainable c.
+        return c if (a.requires_grad or b.requires_grad) else c.detach()
+
+    def similarity(self, a: Tensor, b: Tensor) -> Tensor:
+        """All similarities, higher = closer: a ``[n, D]``, b ``[m, D]`` -> ``[n, m]``.
+
+        ``geodesic``: ``-d(a_i, b_j)``; ``lorentz_inner``: ``<a_i, b_j>_L + 1/c`` (0 for identical points);
+        ``cosine``: cosine similarity. Computed in the wider of the inputs' dtype and float32 (pass float64
+        embeddings to score in float64).
+        """
+        a, b = _as_float(a), _as_float(b)
+        kind = self.settings.similarity
+        if kind == "cosine":
+            return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+        c = self._similarity_c(a, b).to(a.device)
+        if kind == "geodesic":
+            return -lorentz.pairwise_geodesic_distance(a, b, c)
+        if kind == "lorentz_inner":
+            return lorentz.pairwise_inner(a, b) + c.to(a.dtype).reciprocal()
+        raise ValueError(f"unknown similarity {kind!r}")
+
+    def similarity_pairwise(self, a: Tensor, b: Tensor) -> Tensor:
+        """Row-by-row similarity of ``a[i]`` and ``b[i]``: ``[n, D]`` x ``[n, D]`` -> ``[n]``."""
+        a, b = _as_float(a), _as_float(b)
+        kind = self.settings.similarity
+        if kind == "cosine":
+            return F.cosine_similarity(a, b, dim=-1)
+        c = self._similarity_c(a, b).to(a.device)
+        if kind == "geodesic":
+            return -lorentz.geodesic_distance(a, b, c)
+        if kind == "lorentz_inner":
+            return lorentz.inner(a, b) + c.to(a.dtype).reciprocal()
+        raise ValueError(f"unknown similarity {kind!r}")
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        """Parameters of a pretrained base encoder (trained with ``lr * base_lr_multiplier``); none here."""
+        return []
+
+    @property
+    def base_lr_multiplier(self) -> float:
+        return 1.0
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (``torch.optim`` format, plus a ``name`` per group).
+
+        Base-encoder parameters get ``lr * base_lr_multiplier``; biases, norm weights, scales and the
+        curvature's ``log_c`` (every parameter with fewer than 2 dimensions, or a norm's) get no weight decay.
+        Frozen parameters are left out. Empty groups are dropped.
+        """
+        base_ids = {id(p) for p in self.base_parameters()}
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim < 2 or "norm" in name.lower()
+            buckets.setdefault((id(p) in base_ids, no_decay), []).append(p)
+        groups = []
+        for (is_base, no_decay), params in sorted(buckets.items()):
+            groups.append(
+                {
+                    "name": f"{'base' if is_base else 'model'}/{'no_decay' if no_decay else 'decay'}",
+                    "params": params,
+                    "lr": lr * (self.base_lr_multiplier if is_base else 1.0),
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                }
+            )
+        return groups
+
+    # --- saving ---------------------------------------------------------------------------------------
+
+    def hyprag_config(self) -> dict[str, Any]:
+        """Model-specific entries of the saved ``config.json`` ``hyprag`` section (architecture configs)."""
+        raise NotImplementedError
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``config.json`` (with a ``hyprag`` section), ``model.safetensors`` and the tokenizer files."""
+        from hyprag.models.io import save_embedding_model
+
+        save_embedding_model(self, path)
+
+
+def _as_float(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()

