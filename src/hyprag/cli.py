@@ -59,6 +59,22 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def _add_train_command(sub) -> None:
     """``hyprag train --config=... [--section.key=value ...]`` (owned by the training module)."""
+    # The dotted overrides are open-ended and validated against the config schema (with "did you mean"),
+    # so argparse only collects the raw tokens: prefix_chars="+" stops it from interpreting "--x.y=z".
+    p = sub.add_parser(
+        "train",
+        help="train a model: --config=PATH [--section.key=value ...] [--deepspeed_config=PATH]",
+        prefix_chars="+",
+        add_help=False,
+    )
+    p.add_argument("train_argv", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        from hyprag.training.trainer import main as train_main
+
+        return train_main(args.train_argv)
+
+    p.set_defaults(func=run)
 
 
 # --- data -------------------------------------------------------------------------------------------
