@@ -81,7 +81,34 @@ def _add_train_command(sub) -> None:
 
 
 def _add_data_commands(sub) -> None:
-    """``hyprag data ...`` (for example ``to-mds``)."""
+    """``hyprag data to-mds --input FILE_OR_DIR --out DIR [--kind contrastive|mlm]``."""
+    data = sub.add_parser("data", help="convert training data")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = data_sub.add_parser(
+        "to-mds", help="write JSONL / Hugging Face rows as a MosaicML Streaming (MDS) folder, validated"
+    )
+    p.add_argument("--input", required=True, help="a .jsonl[.gz] file, a folder of them, or a HF dataset")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the MDS shards")
+    p.add_argument("--kind", choices=["contrastive", "mlm"], default="contrastive", help="row kind")
+    p.add_argument("--split", default="train", help="split of a Hugging Face dataset (default: train)")
+    p.add_argument("--skip-malformed", action="store_true", help="skip and count malformed rows")
+    p.add_argument("--compression", default="zstd", help="MDS shard compression, or 'none'")
+
+    def run(args: argparse.Namespace) -> int:
+        from hyprag.data.mds import convert_to_mds
+
+        report = convert_to_mds(
+            args.input,
+            args.out,
+            args.kind,
+            split=args.split,
+            skip_malformed=args.skip_malformed,
+            compression=None if args.compression == "none" else args.compression,
+        )
+        print(f"wrote {report.rows} {args.kind} rows to {report.out} ({report.stats.summary()})")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # --- eval -------------------------------------------------------------------------------------------

@@ -1,0 +1,506 @@
+"""Training-data readers: one API over JSONL files and folders, Hugging Face datasets and MDS folders.
+
+Rows (DESIGN.md section 8), after validation:
+
+- ``contrastive``: ``{"query": str, "document": str, "negatives": list[str]}`` (``negatives`` may be absent
+  in the source; it is then ``[]``);
+- ``mlm``: ``{"text": str}``.
+
+:func:`open_dataset` picks the reader from the source and returns one of
+
+- :class:`RowDataset` (map-style, in memory): JSONL files/folders and Hugging Face datasets read whole.
+  Pair it with :class:`ResumableSampler` for shuffling and exact resume;
+- :class:`IterableRows`: Hugging Face datasets opened with ``streaming=True`` (hub names, large folders);
+- an MDS dataset (:func:`hyprag.data.mds.open_mds`): mosaicml-streaming's ``StreamingDataset``, which
+  shards by rank and DataLoader worker itself and resumes through its own ``state_dict``.
+
+Sharding: each rank gets a disjoint, deterministic share of the *valid* rows, row ``k`` going to rank
+``k % world_size``; shares are cut to equal length (the last ``n % world_size`` rows are dropped and counted)
+because DDP hangs when ranks run different numbers of steps. Malformed rows (invalid JSON or UTF-8, a missing
+column, a wrong type, an empty text) raise :class:`~hyprag.data.bundled.DataFormatError` naming the file and
+line (or dataset row); with ``skip_malformed=True`` they are skipped and counted in :class:`ReadStats`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
+
+from hyprag.data.bundled import DataFormatError
+
+__all__ = [
+    "COLUMNS",
+    "DataFormatError",
+    "IterableRows",
+    "ReadStats",
+    "ResumableSampler",
+    "RowDataset",
+    "detect_format",
+    "iter_jsonl_rows",
+    "jsonl_files",
+    "open_dataset",
+    "validate_row",
+]
+
+Kind = Literal["contrastive", "mlm"]
+Format = Literal["auto", "jsonl", "hf", "mds"]
+#: The columns of each kind of row; ``negatives`` is optional.
+COLUMNS: dict[str, tuple[str, ...]] = {"contrastive": ("query", "document", "negatives"), "mlm": ("text",)}
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+# How many skipped-row messages ReadStats keeps for the log (the count is always complete).
+_KEEP_MESSAGES = 20
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: valid ``rows`` (all ranks), ``skipped`` malformed rows (with the first messages),
+    rows ``dropped_for_balance`` so that every rank has the same number."""
+
+    rows: int = 0
+    skipped: int = 0
+    dropped_for_balance: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def record_skip(self, error: Exception) -> None:
+        self.skipped += 1
+        if len(self.messages) < _KEEP_MESSAGES:
+            self.messages.append(str(error))
+
+    def summary(self) -> str:
+        text = f"{self.rows} rows"
+        if self.skipped:
+            text += f", {self.skipped} malformed rows skipped (first: {self.messages[0]})"
+        if self.dropped_for_balance:
+            text += f", {self.dropped_for_balance} dropped so every rank has the same number"
+        return text
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def _nonempty_text(row: Mapping[str, Any], name: str, source_name: str, where: str) -> str:
+    if source_name not in row:
+        present = ", ".join(sorted(map(str, row))) or "none"
+        raise DataFormatError(f"{where}: missing column {source_name!r} (columns present: {present})")
+    value = row[source_name]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: column {source_name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataFormatError(f"{where}: column {source_name!r} ({name}) is empty")
+    return value
+
+
+def validate_row(
+    row: Any, kind: Kind, where: str, *, columns: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Check one source row and return it in canonical form (see the module docstring).
+
+    ``columns`` maps canonical names to the source's (e.g. ``{"query": "question"}``); ``where`` is the
+    position used in error messages (``file:line`` or ``dataset row i``).
+    """
+    if kind not in COLUMNS:
+        raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
+    if not isinstance(row, Mapping):
+        raise DataFormatError(f"{where}: expected an object with columns, got {type(row).__name__}")
+    names = {name: name for name in COLUMNS[kind]} | dict(columns or {})
+    if kind == "mlm":
+        return {"text": _nonempty_text(row, "text", names["text"], where)}
+    out: dict[str, Any] = {
+        "query": _nonempty_text(row, "query", names["query"], where),
+        "document": _nonempty_text(row, "document", names["document"], where),
+    }
+    negatives = row.get(names["negatives"])
+    if negatives is None:
+        negatives = []
+    if not isinstance(negatives, (list, tuple)):
+        raise DataFormatError(
+            f"{where}: column {names['negatives']!r} must be a list of strings, got {type(negatives).__name__}"
+        )
+    for i, neg in enumerate(negatives):
+        if not isinstance(neg, str) or not neg.strip():
+            raise DataFormatError(
+                f"{where}: {names['negatives']}[{i}] must be a non-empty string, got {neg!r}"
+            )
+    out["negatives"] = list(negatives)
+    return out
+
+
+# --- sources: (where, raw row) streams ----------------------------------------------------------------
+# A raw stream yields (where, row) pairs; a row may be an exception standing for a line that could not even
+# be decoded, so that the caller decides between raising and skipping in one place.
+
+
+def jsonl_files(path: str | os.PathLike[str]) -> list[Path]:
+    """A JSONL file itself, or the ``.jsonl``/``.jsonl.gz`` files under a folder (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_JSONL_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"no {', '.join(_JSONL_SUFFIXES)} files under {path}")
+    return files
+
+
+def _decode_jsonl_line(raw: bytes, where: str) -> Any:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{where}: not valid UTF-8 ({error.reason})") from error
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from error
+
+
+def iter_jsonl_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """``(file:line, row or DataFormatError)`` for every non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file.
+
+    Unlike :func:`hyprag.data.bundled.read_jsonl`, a bad line does not end the stream: it is yielded as the
+    error so the reader can skip it when asked. A corrupt gzip stream cannot be resumed and raises.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        try:
+            for lineno, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    yield where, _decode_jsonl_line(raw, where)
+                except DataFormatError as error:
+                    yield where, error
+        except (gzip.BadGzipFile, EOFError, OSError) as error:
+            raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
+
+
+def detect_format(source: str | os.PathLike[str]) -> str:
+    """``jsonl``, ``hf`` or ``mds`` for a source: an MDS folder has ``index.json``; a JSONL file or a folder
+    of them is ``jsonl``; anything else (a ``save_to_disk`` folder, parquet/csv files, a hub name) is ``hf``."""
+    path = Path(source)
+    if path.is_file():
+        return "jsonl" if path.name.endswith(_JSONL_SUFFIXES) else "hf"
+    if path.is_dir():
+        if (path / "index.json").is_file():
+            return "mds"
+        if any(
+            (path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")
+        ):
+            return "hf"
+        if any(p.name.endswith(_JSONL_SUFFIXES) for p in path.rglob("*")):
+            return "jsonl"
+        return "hf"
+    return "hf"  # not a local path: a hub name
+
+
+def _load_hf(source: str, split: str, streaming: bool):
+    try:
+        import datasets
+    except ImportError as error:  # pragma: no cover - datasets is in the train extra
+        raise ImportError(
+            "reading Hugging Face datasets needs `datasets` (pip install 'hyprag[train]')"
+        ) from error
+    path = Path(source)
+    if path.is_dir() and any(
+        (path / m).is_file() for m in ("dataset_info.json", "dataset_dict.json", "state.json")
+    ):
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise KeyError(f"{source}: no split {split!r}; splits: {', '.join(data)}")
+            data = data[split]
+        return data.to_iterable_dataset() if streaming else data
+    return datasets.load_dataset(source, split=split, streaming=streaming)
+
+
+def _iter_hf_rows(data: Iterable[Any], name: str) -> Iterator[tuple[str, Any]]:
+    for i, row in enumerate(data):
+        yield f"{name} row {i}", row
+
+
+def _raw_rows(source: str, fmt: str, split: str, streaming: bool) -> Iterator[tuple[str, Any]]:
+    if fmt == "jsonl":
+        for path in jsonl_files(source):
+            yield from iter_jsonl_rows(path)
+    elif fmt == "hf":
+        yield from _iter_hf_rows(_load_hf(source, split, streaming), f"{source} ({split})")
+    else:
+        raise ValueError(f"unknown data format {fmt!r}")
+
+
+def _valid_rows(
+    raw: Iterable[tuple[str, Any]],
+    kind: Kind,
+    columns: Mapping[str, str] | None,
+    skip_malformed: bool,
+    stats: ReadStats,
+) -> Iterator[dict[str, Any]]:
+    for where, row in raw:
+        try:
+            if isinstance(row, Exception):
+                raise row
+            valid = validate_row(row, kind, where, columns=columns)
+        except DataFormatError as error:
+            if not skip_malformed:
+                raise
+            stats.record_skip(error)
+            continue
+        yield valid
+
+
+# --- datasets ---------------------------------------------------------------------------------------
+
+
+class RowDataset(Dataset):
+    """Map-style dataset of validated rows (this rank's share); ``stats`` says what was read and skipped."""
+
+    def __init__(self, rows: list[dict[str, Any]], kind: Kind, stats: ReadStats | None = None) -> None:
+        self.rows = rows
+        self.kind = kind
+        self.stats = stats or ReadStats(rows=len(rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+class IterableRows(IterableDataset):
+    """Validated rows streamed from a source, this rank's share (row ``k`` of the valid rows goes to rank
+    ``k % world_size``, in complete rounds so every rank yields the same number), further split between
+    DataLoader workers.
+
+    ``resume_from(n)`` makes the next pass skip the first ``n`` rows of this rank's stream (exact with
+    ``num_workers <= 1``; the trainer counts the rows it consumed). ``stats`` is updated in the iterating
+    process (with workers, in each worker's copy).
+    """
+
+    def __init__(
+        self,
+        make_raw: Callable[[], Iterable[tuple[str, Any]]],
+        kind: Kind,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        columns: Mapping[str, str] | None = None,
+        skip_malformed: bool = False,
+        max_rows: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_rank(rank, world_size)
+        self.make_raw, self.kind = make_raw, kind
+        self.rank, self.world_size = rank, world_size
+        self.columns, self.skip_malformed, self.max_rows = columns, skip_malformed, max_rows
+        self.stats = ReadStats()
+        self.start = 0
+
+    def resume_from(self, rows_consumed: int) -> None:
+        self.start = int(rows_consumed)
+
+    def _rank_rows(self) -> Iterator[dict[str, Any]]:
+        self.stats = ReadStats()
+        pending: dict[str, Any] | None = None
+        for k, row in enumerate(
+            _valid_rows(self.make_raw(), self.kind, self.columns, self.skip_malformed, self.stats)
+        ):
+            if self.max_rows is not None and k >= self.max_rows:
+                break
+            self.stats.rows = k + 1
+            if k % self.world_size == self.rank:
+                pending = row
+            if k % self.world_size == self.world_size - 1:  # a complete round: every rank has its row
+                assert pending is not None
+                yield pending
+                pending = None
+        self.stats.dropped_for_balance = self.stats.rows % self.world_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for j, row in enumerate(self._rank_rows()):
+            if j >= self.start and j % num_workers == worker:
+                yield row
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+
+
+def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        from hyprag.training.distributed import world_info
+
+        info = world_info()
+        rank = info.rank if rank is None else rank
+        world_size = info.world_size if world_size is None else world_size
+    _check_rank(rank, world_size)
+    return rank, world_size
+
+
+def open_dataset(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    kind: Kind = "contrastive",
+    *,
+    format: Format = "auto",
+    split: str = "train",
+    rank: int | None = None,
+    world_size: int | None = None,
+    skip_malformed: bool = False,
+    streaming: bool = False,
+    max_rows: int | None = None,
+    columns: Mapping[str, str] | None = None,
+    mds_options: Mapping[str, Any] | None = None,
+) -> RowDataset | IterableRows | Any:
+    """Open training rows of ``kind`` from ``source`` and return this rank's share, validated.
+
+    source: a ``.jsonl``/``.jsonl.gz`` file, a folder of them, a Hugging Face ``save_to_disk`` folder, a
+    folder of parquet/csv files or a hub name (``split`` picks the split), an MDS folder; or a list of
+    sources of one format, read one after the other. ``format="auto"`` decides with :func:`detect_format`.
+    rank / world_size: default to the running process group (:func:`hyprag.training.distributed.world_info`).
+    streaming: read a Hugging Face dataset lazily (:class:`IterableRows`) instead of into memory.
+    columns: canonical -> source column names, e.g. ``{"query": "question", "document": "answer"}``.
+    mds_options: keyword arguments for :func:`hyprag.data.mds.open_mds` (``batch_size``, ``shuffle``, ...).
+
+    Returns a :class:`RowDataset` (JSONL, HF in memory), an :class:`IterableRows` (HF streaming) or an MDS
+    dataset; each has a ``stats`` :class:`ReadStats` (MDS: see ``open_mds``).
+    """
+    if kind not in COLUMNS:
+        raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
+    rank, world_size = _world(rank, world_size)
+    sources = [str(source)] if isinstance(source, (str, os.PathLike)) else [str(s) for s in source]
+    if not sources:
+        raise ValueError("open_dataset needs at least one source")
+    formats = {format if format != "auto" else detect_format(s) for s in sources}
+    if len(formats) != 1:
+        raise ValueError(f"sources mix formats {sorted(formats)}; convert them to one format first")
+    fmt = formats.pop()
+    if fmt == "mds":
+        if len(sources) != 1:
+            raise ValueError("open one MDS folder at a time (or merge them with streaming's Stream objects)")
+        from hyprag.data.mds import open_mds
+
+        return open_mds(
+            sources[0], kind, rank=rank, world_size=world_size, columns=columns, **dict(mds_options or {})
+        )
+
+    def make_raw() -> Iterator[tuple[str, Any]]:
+        for s in sources:
+            yield from _raw_rows(s, fmt, split, streaming)
+
+    if streaming:
+        return IterableRows(
+            make_raw,
+            kind,
+            rank=rank,
+            world_size=world_size,
+            columns=columns,
+            skip_malformed=skip_malformed,
+            max_rows=max_rows,
+        )
+    stats = ReadStats()
+    rows: list[dict[str, Any]] = []
+    for k, row in enumerate(_valid_rows(make_raw(), kind, columns, skip_malformed, stats)):
+        if max_rows is not None and k >= max_rows:
+            break
+        stats.rows = k + 1
+        if k % world_size == rank:
+            rows.append(row)
+    per_rank = stats.rows // world_size
+    stats.dropped_for_balance = stats.rows - per_rank * world_size
+    if stats.rows == 0:
+        raise DataFormatError(
+            f"{', '.join(sources)}: no valid {kind} rows ({stats.skipped} malformed skipped)"
+        )
+    return RowDataset(rows[:per_rank], kind, stats)
+
+
+# --- sampling with exact resume ---------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded, optionally sharded index order whose position can be saved and restored exactly.
+
+    Epoch ``e`` visits ``randperm(length, seed + e)`` (or ``0..length-1`` without ``shuffle``); rank ``r``
+    takes every ``world_size``-th index from ``r``, cut to ``length // world_size`` so ranks stay in step.
+    Use it with ``world_size=1`` on a :class:`RowDataset` (already this rank's share), or with the real
+    rank/world size on a dataset that every rank holds whole (then each epoch reshuffles across ranks).
+
+    State is ``{"epoch", "index"}``: ``index`` indices of ``epoch`` were handed out. Iterating continues from
+    there; finishing an epoch moves to the next. ``state_dict(samples_consumed)`` lets the trainer record
+    what it really consumed (a DataLoader with workers prefetches ahead of the sampler's own counter).
+    """
+
+    def __init__(
+        self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
+        _check_rank(rank, world_size)
+        if length < world_size:
+            raise ValueError(f"{length} samples cannot be shared by {world_size} ranks")
+        self.length, self.seed, self.rank, self.world_size, self.shuffle = (
+            length,
+            seed,
+            rank,
+            world_size,
+            shuffle,
+        )
+        self.epoch = 0
+        self.index = 0
+
+    def __len__(self) -> int:
+        return self.length // self.world_size
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's full index order for ``epoch``."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.length, generator=generator)
+        else:
+            perm = torch.arange(self.length)
+        return perm[self.rank : len(self) * self.world_size : self.world_size].tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning; a no-op if it is already the current epoch (e.g. after a resume)."""
+        if epoch != self.epoch:
+            self.epoch, self.index = int(epoch), 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order(self.epoch)
+        while self.index < len(order):
+            i = order[self.index]
+            self.index += 1
+            yield i
+        self.epoch, self.index = self.epoch + 1, 0
+
+    def state_dict(self, samples_consumed: int | None = None) -> dict[str, int]:
+        """``{"epoch", "index", "seed", "length", "world_size"}``; ``samples_consumed`` overrides ``index``."""
+        index = self.index if samples_consumed is None else int(samples_consumed)
+        return {
+            "epoch": self.epoch,
+            "index": index,
+            "seed": self.seed,
+            "length": self.length,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        for key in ("seed", "length", "world_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state was saved with {key}={state[key]}, this run has {key}={getattr(self, key)}; "
+                    "resume with the same data and world size"
+                )
+        if not 0 <= int(state["index"]) <= len(self):
+            raise ValueError(f"sampler index {state['index']} outside [0, {len(self)}]")
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
