@@ -101,7 +101,9 @@ def test_gradients_reach_every_parameter_including_curvature():
     labels[1, 2] = 14
     out = m(ids, mask, labels)
     assert out.logits.shape == (3, 40) and out.loss.dtype == torch.float32
-    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([12, 13, 14])))
+    torch.testing.assert_close(
+        out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([12, 13, 14]))
+    )
     out.loss.backward()
     for name, p in m.named_parameters():
         assert p.grad is not None, name
@@ -231,7 +233,7 @@ def test_from_modernbert_config_object_folder_and_dict(tmp_path):
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.rope_theta, cfg.pad_token_id) == (64, 3, 80000.0, 1)
     with pytest.raises(ValueError, match="num_hidden_layers"):
         HyteFHConfig.from_modernbert(v4, num_hiden_layers=2)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         HyteFHConfig.from_modernbert(tmp_path / "missing")
 
 
