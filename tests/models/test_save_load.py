@@ -74,7 +74,7 @@ def test_hyte_h_round_trip_does_not_depend_on_the_base_folder(tmp_path):
             "num_attention_heads": 2,
             "pooling": "mean_tangent",
             "max_seq_length": 48,
-        }  # fmt: skip
+        }
     ).eval()
     _perturb(model)
     with torch.no_grad():
