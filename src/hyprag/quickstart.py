@@ -1,0 +1,717 @@
+"""``hyprag quickstart``: train and compare hyperbolic and Euclidean retrievers on real data, on a CPU.
+
+The run answers the paper's two quality questions on held-out data with the same budget for both
+geometries (DESIGN.md sections 4-5, 10):
+
+1. does HyTE-H (the packaged all-MiniLM-L6-v2 + projection + ``expmap0`` + outward Einstein midpoint,
+   geodesic InfoNCE) retrieve better than its Euclidean twin (same base and projection, mean pooling,
+   cosine InfoNCE; same pairs, steps, batch size and seed) and than the zero-shot base?
+2. does the hyperbolic radius grow with WordNet depth while the Euclidean norm does not?
+
+It also runs a tiny HyTE-FH pipeline (masked LM on the bundled Python-docs text, then contrastive training
+initialised from it) so the fully hyperbolic path is exercised end to end.
+
+Stages (each timed and printed): prepare data -> zero-shot base -> Euclidean twin -> HyTE-H -> HyTE-FH MLM
+-> HyTE-FH contrastive -> report. Training goes through :func:`hyprag.training.trainer.train` with the
+YAML configs in ``configs/quickstart/``; evaluation through :func:`hyprag.eval.retrieval.evaluate_beir`
+(what ``hyprag eval beir`` runs) and :func:`hyprag.eval.hierarchy.hierarchy_probe`. This module only
+chooses the data mixture, orchestrates, and writes ``results.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODEL_KEYS",
+    "RESULTS_SCHEMA_VERSION",
+    "QuickstartPlan",
+    "StageTimer",
+    "compare",
+    "format_comparison_table",
+    "make_plan",
+    "prepare_eval_subset",
+    "prepare_training_pairs",
+    "render_report",
+    "run_quickstart",
+]
+
+RESULTS_SCHEMA_VERSION = 1
+
+#: Models in the order they are reported, with the label printed in tables.
+MODEL_KEYS = ("minilm_zero_shot", "euclidean", "hyte_h", "hyte_fh")
+MODEL_LABELS = {
+    "minilm_zero_shot": "all-MiniLM-L6-v2 (zero-shot)",
+    "euclidean": "Euclidean twin",
+    "hyte_h": "HyTE-H",
+    "hyte_fh": "HyTE-FH (tiny)",
+}
+#: Retrieval metrics shown in the comparison table (all of them go to results.json).
+TABLE_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+#: The folder of the quickstart's training configs (a source checkout's ``configs/quickstart``).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "quickstart"
+CONFIG_FILES = {
+    "euclidean": "euclidean.yaml",
+    "hyte_h": "hyte_h.yaml",
+    "hyte_fh_mlm": "hyte_fh_mlm.yaml",
+    "hyte_fh": "hyte_fh_contrastive.yaml",
+}
+
+
+# --- the plan: what to run, derived from the options --------------------------------------------------
+
+
+@dataclass
+class QuickstartPlan:
+    """Every size the run uses; written into ``results.json`` so a result says how it was made.
+
+    ``steps`` are optimizer steps of the HyTE-H / Euclidean-twin contrastive stage (both get the same);
+    the HyTE-FH stages scale with it. ``python_docs_pairs`` / ``wordnet_pairs``: how many rows of each
+    bundled pair file go into the training mixture (``None``: all). ``eval_queries`` / ``probe_per_level``:
+    subsample the evaluation sets (``None``: the full sets; only ``--fast`` subsamples).
+    """
+
+    seed: int = 42
+    fast: bool = False
+    steps: int = 300
+    fh_mlm_steps: int = 300
+    fh_contrastive_steps: int = 150
+    python_docs_pairs: int | None = None
+    wordnet_pairs: int | None = 4069
+    eval_queries: int | None = None
+    probe_per_level: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: Default sizes of a full run and of ``--fast``. Steps are tuned to the 12-minute CPU budget
+#: (benchmarks/results/quickstart_tuning.md).
+_FULL = {"steps": 300, "fh_mlm_steps": 300, "fh_contrastive_steps": 150}
+_FAST = {
+    "steps": 6,
+    "fh_mlm_steps": 6,
+    "fh_contrastive_steps": 6,
+    "python_docs_pairs": 256,
+    "wordnet_pairs": 256,
+    "eval_queries": 40,
+    "probe_per_level": 12,
+}
+#: Config overrides of ``--fast``: small batches and short sequences so the whole run takes < 1 minute.
+_FAST_OVERRIDES: dict[str, dict[str, Any]] = {
+    "euclidean": {"train_args.batch_size": 8, "train_args.warmup_steps": 0, "model_args.max_seq_length": 32},
+    "hyte_h": {"train_args.batch_size": 8, "train_args.warmup_steps": 0, "model_args.max_seq_length": 32},
+    "hyte_fh_mlm": {
+        "train_args.batch_size": 8,
+        "train_args.warmup_steps": 0,
+        "model_args.max_seq_length": 32,
+    },
+    "hyte_fh": {"train_args.batch_size": 8, "train_args.warmup_steps": 0, "model_args.max_seq_length": 32},
+}
+
+
+def make_plan(*, seed: int = 42, steps: int | None = None, fast: bool = False) -> QuickstartPlan:
+    """The sizes of a run: the full defaults, or ``--fast``; ``steps`` rescales every training stage."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    base: dict[str, Any] = dict(_FAST if fast else _FULL)
+    plan = QuickstartPlan(seed=seed, fast=fast, **base)
+    if fast:
+        plan.overrides = {k: dict(v) for k, v in _FAST_OVERRIDES.items()}
+    if steps is not None:
+        ratio = steps / plan.steps
+        plan.fh_mlm_steps = max(1, round(plan.fh_mlm_steps * ratio))
+        plan.fh_contrastive_steps = max(1, round(plan.fh_contrastive_steps * ratio))
+        plan.steps = steps
+    return plan
+
+
+# --- progress and timing ------------------------------------------------------------------------------
+
+
+class StageTimer:
+    """Prints ``[i/n] stage`` headers and each stage's wall time; keeps the times for the report.
+
+    ``stream`` receives the lines (stdout by default). Times are ``time.perf_counter`` seconds.
+    """
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stdout
+        self.seconds: dict[str, float] = {}
+        self._index = 0
+        self._start = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._index += 1
+        self.say(f"\n[{self._index}/{self.total}] {name}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            self.say(f"    {name}: {elapsed:.1f} s (total {self.elapsed():.1f} s)")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MiB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def prepare_training_pairs(
+    out_path: Path, *, seed: int, python_docs_pairs: int | None, wordnet_pairs: int | None
+) -> dict[str, int]:
+    """Write the contrastive training mixture to ``out_path`` (JSONL ``{"query", "document"}``).
+
+    faq-dev is Python + Debian FAQ (question -> answer): the Python-docs pairs (section title -> body) are
+    the closest in domain but few (4,069), the WordNet pairs (lemma -> gloss, 73,832) teach general
+    short-query -> definition matching and the hierarchy. The mixture takes ``python_docs_pairs`` rows of
+    the first and ``wordnet_pairs`` of the second (seeded sample, ``None`` = all), shuffled together, so
+    neither source drowns the other. Returns the number of rows taken per source.
+    """
+    from hyprag.data.bundled import data_dir, read_jsonl
+
+    rng = random.Random(f"quickstart-pairs-{seed}")
+    sources = {
+        "python_docs": (data_dir() / "train" / "pairs_python_docs.jsonl.gz", python_docs_pairs),
+        "wordnet_gloss": (data_dir() / "train" / "pairs_wordnet_gloss.jsonl.gz", wordnet_pairs),
+    }
+    rows: list[dict[str, str]] = []
+    counts: dict[str, int] = {}
+    for name, (path, limit) in sources.items():
+        source_rows = [{"query": r["query"], "document": r["document"]} for r in read_jsonl(path)]
+        if limit is not None and limit < len(source_rows):
+            source_rows = rng.sample(source_rows, limit)
+        counts[name] = len(source_rows)
+        rows.extend(source_rows)
+    rng.shuffle(rows)
+    _write_jsonl(out_path, rows)
+    return counts
+
+
+def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def prepare_eval_subset(source: Path, out_dir: Path, *, n_queries: int, seed: int) -> Path:
+    """A BEIR folder with ``n_queries`` seeded-sampled queries of ``source`` and the whole corpus (``--fast``).
+
+    The corpus stays complete so the retrieval task is as hard as the full one per query.
+    """
+    from hyprag.data.beir import load_beir, write_beir
+
+    data = load_beir(source, "test")
+    rng = random.Random(f"quickstart-eval-{seed}")
+    chosen = sorted(rng.sample(list(data.queries), min(n_queries, len(data.queries))))
+    write_beir(
+        out_dir,
+        corpus=data.corpus,
+        queries={q: data.queries[q] for q in chosen},
+        qrels={q: data.qrels[q] for q in chosen},
+        split="test",
+    )
+    return out_dir
+
+
+def prepare_probe_subset(source: Path, out_path: Path, *, per_level: int) -> Path:
+    """The first ``per_level`` items of each level of the hierarchy probe file (``--fast``)."""
+    from hyprag.data.bundled import read_jsonl
+
+    rows = list(read_jsonl(source))
+    taken: dict[int, int] = {}
+    kept = []
+    for row in rows:
+        level = int(row["level"])
+        if taken.get(level, 0) < per_level:
+            taken[level] = taken.get(level, 0) + 1
+            kept.append(row)
+    _write_jsonl(out_path, kept)
+    return out_path
+
+
+# --- training and evaluation (library calls) --------------------------------------------------------
+
+
+def _train_stage(
+    name: str, config_dir: Path, overrides: Mapping[str, Any], timer: StageTimer
+) -> tuple[Path, dict[str, Any]]:
+    """Load ``configs/quickstart/<name>.yaml`` with ``overrides``, train, return (final model dir, summary)."""
+    from hyprag.training.config import load_config
+    from hyprag.training.trainer import train
+
+    config = load_config(config_dir / CONFIG_FILES[name], dict(overrides), dotenv_dir=None)
+    args = config.train_args
+    timer.say(
+        f"    {config.model_args.model_type} / {args.task}: {args.max_steps} steps x batch {args.batch_size}, "
+        f"lr {args.learning_rate:g}, max length {config.model_args.max_seq_length}"
+    )
+    t0 = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "task": args.task,
+        "steps": result.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "last_loss": result.last_loss,
+        "seconds": seconds,
+        "config": config.model_dump(mode="json"),
+    }
+    timer.say(f"    final loss {result.last_loss:.4f} after {result.steps} steps")
+    return Path(result.final_model_dir), summary
+
+
+def _evaluate(model: Any, eval_dir: Path, probe_path: Path) -> dict[str, Any]:
+    """BEIR metrics on ``eval_dir`` and the hierarchy probe on ``probe_path`` for one loaded model."""
+    from hyprag.eval.hierarchy import hierarchy_probe
+    from hyprag.eval.retrieval import evaluate_beir
+
+    retrieval = evaluate_beir(model, eval_dir, "test", batch_size=32, top_k=100)
+    probe = hierarchy_probe(model, probe_path)
+    return {"retrieval": retrieval, "hierarchy": _probe_dict(probe)}
+
+
+def _probe_dict(probe: Any) -> dict[str, Any]:
+    """The probe's result as plain JSON data (it may be a dataclass or a mapping)."""
+    if hasattr(probe, "to_dict"):
+        return probe.to_dict()
+    if hasattr(probe, "__dataclass_fields__"):
+        return asdict(probe)
+    return dict(probe)
+
+
+# --- comparisons and the report ---------------------------------------------------------------------
+
+
+def probe_growth(hierarchy: Mapping[str, Any]) -> float:
+    """Relative change of the mean radius (or norm) from the first to the last level, in percent."""
+    means = hierarchy["mean_by_level"]
+    levels = sorted(means, key=int)
+    first, last = float(means[levels[0]]), float(means[levels[-1]])
+    return 100.0 * (last - first) / abs(first) if first != 0 else math.nan
+
+
+def compare(
+    models: Mapping[str, Mapping[str, Any]], *, flat_tolerance_pct: float = 5.0
+) -> list[dict[str, Any]]:
+    """The comparisons the quickstart is about, each with both measured values and whether it holds.
+
+    Retrieval: HyTE-H vs the Euclidean twin and vs the zero-shot base on nDCG@10 and MRR@10 (higher wins;
+    a tie does not count as a win). Hierarchy: HyTE-H's radius grows from level 1 to the deepest level
+    (growth > 0 and Spearman correlation of level and radius > 0), and the twin's norm does not grow by more
+    than ``flat_tolerance_pct`` percent.
+    """
+    out: list[dict[str, Any]] = []
+    for rival in ("euclidean", "minilm_zero_shot"):
+        if "hyte_h" not in models or rival not in models:
+            continue
+        for metric in ("ndcg@10", "mrr@10"):
+            a = float(models["hyte_h"]["retrieval"][metric])
+            b = float(models[rival]["retrieval"][metric])
+            out.append(
+                {
+                    "claim": f"HyTE-H beats {MODEL_LABELS[rival]} on {metric}",
+                    "kind": "retrieval",
+                    "metric": metric,
+                    "a": "hyte_h",
+                    "b": rival,
+                    "a_value": a,
+                    "b_value": b,
+                    "delta": a - b,
+                    "holds": a > b,
+                }
+            )
+    if "hyte_h" in models:
+        h = models["hyte_h"]["hierarchy"]
+        growth = probe_growth(h)
+        rho = float(h.get("spearman", math.nan))
+        out.append(
+            {
+                "claim": "HyTE-H radius grows with WordNet depth",
+                "kind": "hierarchy",
+                "metric": "radius growth level 1 -> last (%)",
+                "a": "hyte_h",
+                "a_value": growth,
+                "spearman": rho,
+                "holds": bool(growth > 0 and (math.isnan(rho) or rho > 0)),
+            }
+        )
+    if "euclidean" in models:
+        growth = probe_growth(models["euclidean"]["hierarchy"])
+        out.append(
+            {
+                "claim": f"Euclidean twin norm does not grow with depth (growth <= {flat_tolerance_pct:g}%)",
+                "kind": "hierarchy",
+                "metric": "norm growth level 1 -> last (%)",
+                "a": "euclidean",
+                "a_value": growth,
+                "holds": bool(growth <= flat_tolerance_pct),
+            }
+        )
+    return out
+
+
+def format_comparison_table(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: one row per model, retrieval metrics (x100) and the probe's growth."""
+    header = ["model", *TABLE_METRICS, "radius/norm growth L1->L5 (%)", "probe spearman"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for key in MODEL_KEYS:
+        if key not in models:
+            continue
+        m = models[key]
+        cells = [MODEL_LABELS[key]]
+        cells += [f"{100 * float(m['retrieval'][k]):.2f}" for k in TABLE_METRICS]
+        growth = probe_growth(m["hierarchy"])
+        rho = m["hierarchy"].get("spearman")
+        cells += [f"{growth:+.1f}", "-" if rho is None else f"{float(rho):+.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_outcomes(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per comparison, stating what was measured and whether the claim held."""
+    lines = []
+    for c in comparisons:
+        verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"
+        if c["kind"] == "retrieval":
+            lines.append(
+                f"- {c['claim']}: {verdict} ({100 * c['a_value']:.2f} vs {100 * c['b_value']:.2f}, "
+                f"{100 * c['delta']:+.2f} points)"
+            )
+        else:
+            extra = f", Spearman {c['spearman']:+.3f}" if "spearman" in c else ""
+            lines.append(f"- {c['claim']}: {verdict} ({c['metric']}: {c['a_value']:+.1f}{extra})")
+    return lines
+
+
+def render_report(results: Mapping[str, Any]) -> str:
+    """``report.md``: settings, the comparison table, measured outcomes, probe means, timings, plots."""
+    models = results["models"]
+    plan = results["plan"]
+    lines = [
+        "# hyprag quickstart report",
+        "",
+        f"Seed {plan['seed']}{' (--fast: a tiny smoke run, numbers mean nothing)' if plan['fast'] else ''}; "
+        f"HyTE-H and the Euclidean twin: {plan['steps']} steps each on the same "
+        f"{sum(results['data']['training_pairs'].values())} pairs "
+        f"({', '.join(f'{k}: {v}' for k, v in results['data']['training_pairs'].items())}); "
+        f"HyTE-FH: {plan['fh_mlm_steps']} MLM + {plan['fh_contrastive_steps']} contrastive steps.",
+        f"Retrieval on `{results['data']['eval']}` ({_n_queries(models)} queries); hierarchy probe on "
+        f"`{results['data']['probe']}`. The quickstart's settings were tuned on this same faq-dev set "
+        "(benchmarks/results/quickstart_tuning.md), so read the numbers as development-set results.",
+        "",
+        "## Comparison",
+        "",
+        format_comparison_table(models),
+        "",
+        "Metrics x100. Growth: relative change of the mean hyperbolic radius d(o, x) (Euclidean models: "
+        "the embedding norm) from WordNet level 1 (general) to level 5 (specific).",
+        "",
+        "## Outcomes (as measured)",
+        "",
+        *format_outcomes(results["comparisons"]),
+        "",
+        "## Hierarchy probe: mean radius / norm by level",
+        "",
+    ]
+    levels = sorted({lvl for m in models.values() for lvl in m["hierarchy"]["mean_by_level"]}, key=int)
+    lines.append("| model | " + " | ".join(f"level {lvl}" for lvl in levels) + " | measure |")
+    lines.append("|---|" + "---:|" * len(levels) + "---|")
+    for key in MODEL_KEYS:
+        if key in models:
+            h = models[key]["hierarchy"]
+            cells = [f"{float(h['mean_by_level'][lvl]):.4f}" for lvl in levels]
+            lines.append(f"| {MODEL_LABELS[key]} | " + " | ".join(cells) + f" | {h.get('measure', '')} |")
+    lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
+    for stage, seconds in results["timings_s"].items():
+        lines.append(f"| {stage} | {seconds:.1f} |")
+    lines.append(f"| **total** | **{results['total_seconds']:.1f}** |")
+    lines += ["", f"Peak memory (RSS): {results['peak_rss_mb']:.0f} MiB.", "", "## Plots", ""]
+    for plot in results.get("plots", []):
+        lines.append(f"![{plot}]({plot})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _n_queries(models: Mapping[str, Mapping[str, Any]]) -> int | str:
+    for m in models.values():
+        return m["retrieval"].get("meta", {}).get("n_queries", "?")
+    return "?"
+
+
+def write_plots(results: Mapping[str, Any], out_dir: Path, train_logs: Mapping[str, Path]) -> list[str]:
+    """``retrieval.png`` (metrics per model), ``hierarchy.png`` (radius/norm by level, relative to level 1)
+    and ``training_loss.png`` (loss curves from the ``metrics.jsonl`` of each run folder in ``train_logs``).
+    Returns the file names written."""
+    from matplotlib.figure import Figure
+
+    models = results["models"]
+    names = [k for k in MODEL_KEYS if k in models]
+    written = []
+
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(TABLE_METRICS)
+    for j, metric in enumerate(TABLE_METRICS):
+        values = [100 * float(models[k]["retrieval"][metric]) for k in names]
+        ax.bar([i + j * width for i in range(len(names))], values, width, label=metric)
+    ax.set_xticks([i + width * (len(TABLE_METRICS) - 1) / 2 for i in range(len(names))])
+    ax.set_xticklabels([MODEL_LABELS[k] for k in names], fontsize=8)
+    ax.set_ylabel("x 100")
+    ax.set_title(f"Retrieval on {Path(results['data']['eval']).name}")
+    ax.legend(fontsize=8)
+    fig.savefig(out_dir / "retrieval.png", dpi=110)
+    written.append("retrieval.png")
+
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for k in names:
+        means = models[k]["hierarchy"]["mean_by_level"]
+        levels = sorted(means, key=int)
+        first = float(means[levels[0]])
+        ax.plot(
+            [int(lvl) for lvl in levels],
+            [100 * (float(means[lvl]) / first - 1) for lvl in levels],
+            marker="o",
+            label=f"{MODEL_LABELS[k]} ({models[k]['hierarchy'].get('measure', '')})",
+        )
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("WordNet level (1 general .. 5 specific)")
+    ax.set_ylabel("change vs level 1 (%)")
+    ax.set_title("Radius (hyperbolic) / norm (Euclidean) by depth")
+    ax.legend(fontsize=8)
+    fig.savefig(out_dir / "hierarchy.png", dpi=110)
+    written.append("hierarchy.png")
+
+    curves = {name: _read_losses(path) for name, path in train_logs.items()}
+    curves = {name: c for name, c in curves.items() if c}
+    if curves:
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        for name, (steps, losses) in curves.items():
+            ax.plot(steps, losses, label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss")
+        ax.legend(fontsize=8)
+        fig.savefig(out_dir / "training_loss.png", dpi=110)
+        written.append("training_loss.png")
+    return written
+
+
+def _read_losses(run_dir: Path) -> tuple[list[int], list[float]] | None:
+    """``(steps, losses)`` from a training run folder's ``metrics.jsonl``; None if it has none."""
+    from hyprag.training.logging import read_metrics
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    records = [r for r in read_metrics(run_dir) if isinstance(r.get("loss"), (int, float))]
+    if not records:
+        return None
+    return [int(r["step"]) for r in records], [float(r["loss"]) for r in records]
+
+
+# --- the whole run ------------------------------------------------------------------------------------
+
+
+def run_quickstart(
+    out: str | os.PathLike[str] = "runs/quickstart",
+    *,
+    seed: int = 42,
+    steps: int | None = None,
+    fast: bool = False,
+    config_dir: str | os.PathLike[str] | None = None,
+    stream: Any = None,
+) -> dict[str, Any]:
+    """Train, evaluate and compare; write ``out/results.json``, ``out/report.md``, plots and ``out/models``.
+
+    Returns the results dictionary (what ``results.json`` holds). ``config_dir`` defaults to
+    ``configs/quickstart``; ``stream`` receives the progress lines (stdout by default).
+    """
+    import torch
+
+    import hyprag
+    from hyprag.data.bundled import faq_dev_path, mlm_text_path, wordnet_levels_path
+    from hyprag.models import packaged_minilm_path
+
+    out_dir = Path(out)
+    config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
+    plan = make_plan(seed=seed, steps=steps, fast=fast)
+    timer = StageTimer(total=7, stream=stream)
+    timer.say(
+        f"hyprag quickstart -> {out_dir} (seed {seed}, {plan.steps} contrastive steps"
+        f"{', --fast' if fast else ''}, {torch.get_num_threads()} CPU threads)"
+    )
+    for sub in ("models", "train", "data"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    models: dict[str, dict[str, Any]] = {}
+    training: dict[str, dict[str, Any]] = {}
+    train_logs: dict[str, Path] = {}
+
+    with timer.stage("prepare data"):
+        pairs_path = out_dir / "data" / "train_pairs.jsonl"
+        pair_counts = prepare_training_pairs(
+            pairs_path, seed=seed, python_docs_pairs=plan.python_docs_pairs, wordnet_pairs=plan.wordnet_pairs
+        )
+        eval_dir, probe_path = faq_dev_path(), wordnet_levels_path()
+        if plan.eval_queries is not None:
+            eval_dir = prepare_eval_subset(
+                eval_dir, out_dir / "data" / "faq-dev-subset", n_queries=plan.eval_queries, seed=seed
+            )
+        if plan.probe_per_level is not None:
+            probe_path = prepare_probe_subset(
+                probe_path,
+                out_dir / "data" / "wordnet-levels-subset.jsonl",
+                per_level=plan.probe_per_level,
+                seed=seed,
+            )
+        timer.say(f"    training pairs: {pair_counts}; eval: {eval_dir}; probe: {probe_path}")
+
+    def shared(name: str) -> dict[str, Any]:
+        """Overrides every stage gets: output folder, seed, data, steps; then the plan's per-stage ones."""
+        steps_for = {"hyte_fh_mlm": plan.fh_mlm_steps, "hyte_fh": plan.fh_contrastive_steps}
+        o: dict[str, Any] = {
+            "train_args.output_dir": str(out_dir / "train" / name),
+            "train_args.seed": seed,
+            "train_args.max_steps": steps_for.get(name, plan.steps),
+            "train_args.device": "cpu",
+        }
+        o["data_args.data_path"] = str(mlm_text_path() if name == "hyte_fh_mlm" else pairs_path)
+        # The packaged folder itself, so no stage depends on HF_HUB_OFFLINE being set to avoid the hub.
+        o["model_args.model_name"] = str(packaged_minilm_path())
+        o.update(plan.overrides.get(name, {}))
+        return o
+
+    def finish(name: str, final_dir: Path) -> Any:
+        target = out_dir / "models" / name
+        shutil.copytree(final_dir, target)
+        train_logs[MODEL_LABELS.get(name, name)] = out_dir / "train" / name
+        return hyprag.load_model(target)
+
+    with timer.stage("zero-shot all-MiniLM-L6-v2"):
+        base = hyprag.load_model(packaged_minilm_path())
+        models["minilm_zero_shot"] = _evaluate(base, eval_dir, probe_path)
+        models["minilm_zero_shot"]["path"] = str(packaged_minilm_path())
+        del base
+
+    for name, title in (("euclidean", "Euclidean twin"), ("hyte_h", "HyTE-H")):
+        with timer.stage(f"train + evaluate {title}"):
+            final_dir, training[name] = _train_stage(name, config_dir, shared(name), timer)
+            model = finish(name, final_dir)
+            models[name] = _evaluate(model, eval_dir, probe_path)
+            models[name]["path"] = str(out_dir / "models" / name)
+            del model
+
+    with timer.stage("HyTE-FH masked-LM pretraining"):
+        mlm_dir, training["hyte_fh_mlm"] = _train_stage(
+            "hyte_fh_mlm", config_dir, shared("hyte_fh_mlm"), timer
+        )
+        train_logs["HyTE-FH MLM"] = out_dir / "train" / "hyte_fh_mlm"
+
+    with timer.stage("train + evaluate HyTE-FH contrastive"):
+        o = shared("hyte_fh")
+        o["model_args.init_from"] = str(mlm_dir)
+        final_dir, training["hyte_fh"] = _train_stage("hyte_fh", config_dir, o, timer)
+        model = finish("hyte_fh", final_dir)
+        models["hyte_fh"] = _evaluate(model, eval_dir, probe_path)
+        models["hyte_fh"]["path"] = str(out_dir / "models" / "hyte_fh")
+        del model
+
+    with timer.stage("report"):
+        comparisons = compare(models)
+        results: dict[str, Any] = {
+            "schema_version": RESULTS_SCHEMA_VERSION,
+            "hyprag_version": hyprag.__version__,
+            "plan": asdict(plan),
+            "data": {
+                "training_pairs": pair_counts,
+                "training_pairs_file": str(pairs_path),
+                "eval": str(eval_dir),
+                "probe": str(probe_path),
+            },
+            "models": models,
+            "training": training,
+            "comparisons": comparisons,
+        }
+        results["plots"] = write_plots(results, out_dir, train_logs)
+        _prune_checkpoints(out_dir / "train")
+    # Written after the last stage so the timings and the peak memory are complete.
+    results["timings_s"] = dict(timer.seconds)
+    results["total_seconds"] = timer.elapsed()
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["torch_threads"] = torch.get_num_threads()
+    results = _jsonable(results)
+    (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    timer.say("\n" + format_comparison_table(models))
+    timer.say("\n" + "\n".join(format_outcomes(comparisons)))
+    timer.say(
+        "\nstage timings: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timer.seconds.items())
+        + f"; total {timer.elapsed():.0f} s; peak RSS {peak_rss_mb():.0f} MiB"
+    )
+    timer.say(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'}, plots and {out_dir / 'models'}")
+    return results
+
+
+def _prune_checkpoints(train_root: Path) -> None:
+    """Drop the trainer's resumable checkpoints (optimizer state; hundreds of MB) once the models are copied.
+
+    ``config.yaml`` and ``metrics.jsonl`` of every run stay for the record.
+    """
+    for run in train_root.iterdir() if train_root.is_dir() else ():
+        for child in run.iterdir():
+            if child.is_dir() and child.name != "final":
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: tensors -> numbers/lists, paths -> strings, non-finite floats -> strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def main_from_args(args: Any, run: Callable[..., dict[str, Any]] = run_quickstart) -> int:
+    """The CLI handler: ``hyprag quickstart --out DIR [--seed N] [--steps N] [--fast]``."""
+    run(args.out, seed=args.seed, steps=args.steps, fast=args.fast)
+    return 0
