@@ -155,11 +155,6 @@ class HyteFHConfig:
         theta = _global_rope_theta(src)
         if theta is not None:
             values["rope_theta"] = float(theta)
-        if (
-            values.get("hidden_activation") == "gelu_new"
-            or values.get("hidden_activation") == "gelu_pytorch_tanh"
-        ):
-            values["hidden_activation"] = "gelu"
         fields = {f.name for f in dataclasses.fields(cls)}
         for key in overrides:
             if key not in fields:
