@@ -116,6 +116,79 @@ def _add_data_commands(sub) -> None:
 
 def _add_eval_commands(sub) -> None:
     """``hyprag eval beir|mteb|hierarchy|rag``."""
+    p = sub.add_parser("eval", help="evaluate a saved model (BEIR retrieval, MTEB, hierarchy probe, RAG)")
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL")
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+    b = eval_sub.add_parser(
+        "beir",
+        help="exact retrieval on a BEIR folder: nDCG@10, MRR@10, MAP@100, Recall@1/10/100",
+        description="Embed a BEIR folder (documents as title + ' ' + text with the document prefix, queries "
+        "with the query prefix) and rank exactly in float64 with the model's similarity. Queries without "
+        "qrels are excluded, as in BEIR.",
+    )
+    b.add_argument("--model", required=True, help="a folder hyprag.load_model accepts")
+    b.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+    b.add_argument("--split", default="test")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--top-k", type=int, default=100, help="documents ranked per query (default 100)")
+    b.add_argument("--output", help="write the metrics JSON here")
+    b.set_defaults(func=_run_eval_beir)
+
+    m = eval_sub.add_parser(
+        "mteb",
+        help="MTEB (mteb 2.x) with the model's hyperbolic similarity; --beir registers local folders",
+        description=_MTEB_DESCRIPTION,
+    )
+    from hyprag.eval.mteb_adapter import add_mteb_arguments
+
+    add_mteb_arguments(m)
+    m.set_defaults(func=_run_eval_mteb)
+
+    h = eval_sub.add_parser(
+        "hierarchy",
+        help="radius d(o, x) (or Euclidean norm) of embeddings by hierarchy level, with plots",
+    )
+    h.add_argument("--model", action="append", required=True, help="model folder (repeat to compare models)")
+    h.add_argument("--data", default=None, help="JSONL rows {level, text} (default: bundled wordnet-levels)")
+    h.add_argument("--output", required=True, help="output folder (hierarchy.json, PNG plots)")
+    h.add_argument("--batch-size", type=int, default=32)
+    h.set_defaults(func=_run_eval_hierarchy)
+
+    _add_eval_rag_command(eval_sub)
+
+
+_MTEB_DESCRIPTION = (
+    "Run MTEB tasks with the model's own similarity (mteb ranks with -d(q, x) or <q, x>_L + 1/c, not "
+    "cosine). The model type (HyTE-FH, HyTE-H, Euclidean, sentence-transformers) comes from the saved "
+    "config; --hybrid is accepted for compatibility with the seed's script and changes nothing. "
+    "Hub tasks and benchmarks need internet access; --beir DIR runs local BEIR folders offline."
+)
+
+
+def _run_eval_beir(args: argparse.Namespace) -> int:
+    from hyprag.eval.retrieval import run_beir_command
+
+    run_beir_command(args.model, args.data, args.split, args.batch_size, args.top_k, args.output)
+    return 0
+
+
+def _run_eval_mteb(args: argparse.Namespace) -> int:
+    from hyprag.eval.mteb_adapter import run_mteb_command
+
+    run_mteb_command(args)
+    return 0
+
+
+def _run_eval_hierarchy(args: argparse.Namespace) -> int:
+    from hyprag.eval.hierarchy import run_hierarchy_command
+
+    run_hierarchy_command(args.model, args.data, args.output, batch_size=args.batch_size)
+    return 0
+
+
+def _add_eval_rag_command(eval_sub) -> None:
+    """hyprag eval rag (owned by the RAG module)."""
 
 
 # --- index / search ---------------------------------------------------------------------------------
@@ -123,6 +196,47 @@ def _add_eval_commands(sub) -> None:
 
 def _add_index_commands(sub) -> None:
     """``hyprag index build`` and ``hyprag search``."""
+    p = sub.add_parser("index", help="build an exact (or HNSW) hyperbolic vector index over a corpus")
+    index_sub = p.add_subparsers(dest="index_command", metavar="INDEX")
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    b = index_sub.add_parser("build", help="embed a corpus and save a FAISS index folder")
+    b.add_argument("--model", required=True, help="a folder hyprag.load_model accepts (recorded in the index)")
+    b.add_argument("--corpus", required=True, help="JSONL rows {_id, title, text}, or a BEIR folder")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--kind", choices=["flat", "hnsw"], default="flat", help="flat: exact (default); hnsw: approximate")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
+    b.add_argument("--ef-search", type=int, default=128, help="HNSW efSearch (raised to the fetch size if smaller)")
+    b.set_defaults(func=_run_index_build)
+
+    s = sub.add_parser("search", help="search an index folder with query texts")
+    s.add_argument("--index", required=True, help="folder written by `hyprag index build`")
+    s.add_argument("queries", nargs="+", help="query texts")
+    s.add_argument("-k", type=int, default=10, help="results per query")
+    s.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
+    s.set_defaults(func=_run_search)
+
+
+def _run_index_build(args: argparse.Namespace) -> int:
+    from hyprag.eval.index import build_index_command
+
+    build_index_command(
+        args.model,
+        args.corpus,
+        args.out,
+        kind=args.kind,
+        batch_size=args.batch_size,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+    )
+    return 0
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from hyprag.eval.index import search_command
+
+    search_command(args.index, args.queries, args.k, model_path=args.model)
+    return 0
 
 
 # --- quickstart -------------------------------------------------------------------------------------

@@ -1,0 +1,461 @@
+"""An exact hyperbolic vector index: FAISS inner-product search plus a float64 re-rank.
+
+Why inner-product search is exact for the geodesic ranking (DESIGN.md section 1): for points of the
+hyperboloid ``d(q, x) = arcosh(-c <q, x>_L) / sqrt(c)`` is strictly decreasing in ``<q, x>_L``, and
+``<q, x>_L = ip_query(q) . x`` with ``ip_query(q) = (-q0, qs)``. So the documents closest to ``q`` are the
+largest Euclidean dot products of ``ip_query(q)`` with the stored points: maximum-inner-product search,
+which FAISS ``IndexFlatIP`` does exactly (and an HNSW graph approximately, see below). Euclidean models use the same code with cosine (normalised vectors, inner product).
+
+What FAISS cannot do is compute those dot products accurately: it works in float32, where far from the
+origin (``x0 ~ 1e3``) ``<q, x>_L ~ -1e6`` is resolved only to about 0.1. The flat index therefore
+over-fetches ``k + margin`` candidates, re-scores them in float64 (the geodesic distance from the space
+coordinates, or the float64 Lorentz inner product / cosine), and *certifies* the result: a float32 dot
+product of length ``D`` is within ``E = gamma * |q|_2 * max_x |x|_2`` of the exact one
+(``gamma ~ (D + 4) * 2^-24``, any summation order), so a document FAISS did not return has an exact score
+of at most ``s32_last + E`` (``s32_last``: the lowest float32 score fetched). If the ``k``-th best float64
+score among the candidates is not above that, the fetch is doubled for that query (up to the whole corpus,
+which is brute force). Ties are broken by document order, as in :func:`hyprag.eval.retrieval.exact_search`.
+Rankings are exact with respect to the stored float32 points (what models produce), scored in float64.
+
+HNSW (``kind="hnsw"``) returns approximate candidates (no certificate); they are re-scored the same way.
+FAISS's ``IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT)`` builds its graph with the plain dot product between
+*documents* (``x0 y0 + xs.ys``, dominated by large radii), not the Lorentz one the queries use: on random
+hyperboloid points its recall@10 was about 1%. We use the standard reduction of maximum inner product to
+L2 nearest neighbours instead: documents ``b(x) = (x, sqrt(R^2 - |x|^2))`` with ``R = max |x|``, queries
+``a(q) = (ip_query(q), 0)``, so ``|a - b|^2 = |a|^2 + R^2 - 2 <q, x>_L``, exactly the same order, and the
+graph links documents that are close as points (recall@10 about 0.99 at the same settings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hyprag.geometry import lorentz
+
+__all__ = ["INDEX_KINDS", "VectorIndex", "read_corpus"]
+
+INDEX_KINDS = ("flat", "hnsw")
+_FAISS_FILE = "faiss.index"
+_IDS_FILE = "doc_ids.json"
+_META_FILE = "index.json"
+_FORMAT_VERSION = 1
+# Unit roundoff of float32.
+_U32 = 2.0**-24
+# Queries re-scored at once: the element-wise float64 re-rank holds [chunk, fetch, D] doubles.
+_RERANK_CHUNK = 256
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a declared eval dependency
+        raise ImportError("the vector index needs faiss (pip install faiss-cpu, or hyprag[eval])") from error
+    return faiss
+
+
+class VectorIndex:
+    """Exact (``flat``) or approximate (``hnsw``) nearest-neighbour search over document embeddings.
+
+    Build with :meth:`from_model` or :meth:`from_embeddings`; query with :meth:`search` (texts) or
+    :meth:`search_embeddings`; persist with :meth:`save` / :meth:`load`. Scores are "higher = closer":
+    ``-d(q, x)`` (``geodesic``), ``<q, x>_L + 1/c`` (``lorentz_inner``) or cosine, in float64.
+    """
+
+    def __init__(
+        self,
+        doc_ids: Sequence[str],
+        faiss_index: Any,
+        *,
+        similarity: str,
+        curvature: float | None,
+        kind: str,
+        max_norm: float,
+        ef_search: int = 128,
+        model_path: str | None = None,
+    ) -> None:
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
+        if similarity not in ("geodesic", "lorentz_inner", "cosine"):
+            raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
+        if similarity != "cosine" and (curvature is None or not curvature > 0):
+            raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {curvature}")
+        if faiss_index.ntotal != len(doc_ids):
+            raise ValueError(
+                f"the FAISS index holds {faiss_index.ntotal} vectors but {len(doc_ids)} ids were given"
+            )
+        self.doc_ids = list(doc_ids)
+        self.faiss_index = faiss_index
+        self.similarity = similarity
+        self.curvature = None if similarity == "cosine" else float(curvature)  # type: ignore[arg-type]
+        self.kind = kind
+        self.max_norm = float(max_norm)
+        self.ef_search = int(ef_search)
+        self.model_path = model_path
+
+    # --- construction -----------------------------------------------------------------------------------
+
+    @property
+    def is_hyperbolic(self) -> bool:
+        return self.similarity != "cosine"
+
+    @property
+    def dim(self) -> int:
+        """Embedding length ``D`` (the HNSW index stores one extra coordinate, see the module docstring)."""
+        return int(self.faiss_index.d) - (1 if self.kind == "hnsw" else 0)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def _stored_form(self, x: Tensor) -> Tensor:
+        return _stored_form(x, self.similarity, self.curvature)
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        doc_ids: Sequence[str],
+        embeddings: Tensor | np.ndarray,
+        *,
+        similarity: str,
+        curvature: float | Tensor | None = None,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        model_path: str | None = None,
+    ) -> VectorIndex:
+        """Index ``embeddings`` ``[n, D]`` (hyperboloid points, time first, or Euclidean vectors).
+
+        The stored vectors are float32 (hyperbolic: re-lifted space part; cosine: normalised).
+        """
+        faiss = _faiss()
+        emb = torch.as_tensor(embeddings)
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be [n, D], got shape {tuple(emb.shape)}")
+        if emb.shape[0] != len(doc_ids):
+            raise ValueError(f"{emb.shape[0]} embeddings but {len(doc_ids)} document ids")
+        if len(set(doc_ids)) != len(doc_ids):
+            raise ValueError("document ids must be unique")
+        if not torch.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or inf")
+        c = float(curvature.detach()) if isinstance(curvature, Tensor) else curvature
+        d = int(emb.shape[1])
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d + 1, int(hnsw_m), faiss.METRIC_L2)
+            index.hnsw.efConstruction = int(ef_construction)
+        else:
+            raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
+        if similarity not in ("geodesic", "lorentz_inner", "cosine"):
+            raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
+        if similarity != "cosine" and (c is None or not c > 0):
+            raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {c}")
+        stored = _stored_form(emb, similarity, c).to(torch.float32)
+        norms = stored.to(torch.float64).norm(dim=-1)
+        max_norm = float(norms.max()) if len(stored) else 0.0
+        if kind == "hnsw":  # MIPS -> L2 reduction: every stored vector gets norm max_norm
+            extra = (max_norm**2 - norms**2).clamp_min(0.0).sqrt().to(torch.float32)
+            stored = torch.cat([stored, extra.unsqueeze(1)], dim=1)
+        index.add(np.ascontiguousarray(stored.numpy()))
+        return cls(
+            doc_ids,
+            index,
+            similarity=similarity,
+            curvature=c,
+            kind=kind,
+            max_norm=max_norm,
+            ef_search=ef_search,
+            model_path=model_path,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        doc_ids: Sequence[str],
+        doc_texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        kind: str = "flat",
+        model_path: str | None = None,
+        **index_options: Any,
+    ) -> VectorIndex:
+        """Embed ``doc_texts`` with the document prefix and index them (options as :meth:`from_embeddings`)."""
+        if len(doc_ids) != len(doc_texts):
+            raise ValueError(f"{len(doc_ids)} document ids but {len(doc_texts)} texts")
+        emb = model.encode(list(doc_texts), prompt_type="document", batch_size=batch_size)
+        c = model.curvature() if model.is_hyperbolic else None
+        return cls.from_embeddings(
+            doc_ids,
+            emb,
+            similarity=model.settings.similarity,
+            curvature=c,
+            kind=kind,
+            model_path=model_path,
+            **index_options,
+        )
+
+    # --- search -----------------------------------------------------------------------------------------
+
+    def _error_bound(self, q_norm: Tensor) -> Tensor:
+        """Bound on |float32 FAISS score - float64 score| per query ``[n]`` (see the module docstring)."""
+        gamma = 2.0 * (self.dim + 4) * _U32  # factor 2: output rounding and safety
+        return gamma * q_norm * self.max_norm + 1e-12 * (1.0 + q_norm * self.max_norm)
+
+    def _faiss_search(self, queries32: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "hnsw":
+            params = _faiss().SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, fetch)
+            padded = np.hstack([queries32, np.zeros((len(queries32), 1), dtype=np.float32)])
+            return self.faiss_index.search(padded, fetch, params=params)
+        return self.faiss_index.search(queries32, fetch)
+
+    def _rerank(self, q: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+        """float64 scores and inner products of queries ``[n, D]`` with candidates ``[n, f]``.
+
+        Returns (scores ``[n, f]``, certification scores ``[n, f]``: ``<q, x>_L`` or cosine).
+        """
+        vecs = torch.from_numpy(self.faiss_index.reconstruct_batch(cand.reshape(-1).numpy()))[:, : self.dim]
+        x = self._stored_form(vecs).reshape(cand.shape[0], cand.shape[1], -1)
+        qq = q.unsqueeze(1)
+        if not self.is_hyperbolic:
+            cos = (qq * x).sum(-1)
+            return cos, cos
+        ip = lorentz.inner(qq, x)
+        if self.similarity == "geodesic":
+            # Element-wise (not a matrix product): identical points get bit-identical scores.
+            return -lorentz.geodesic_distance(qq, x, self.curvature), ip
+        return ip + 1.0 / self.curvature, ip
+
+    def search_embeddings(self, queries: Tensor | np.ndarray, k: int) -> tuple[Tensor, Tensor]:
+        """Top-``k`` documents for query embeddings ``[n, D]``.
+
+        Returns (scores float64 ``[n, k']``, positions int64 ``[n, k']``), ``k' = min(k, len(index))``,
+        best first, ties to the earlier document. ``flat``: equal to a brute-force float64 ranking.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = torch.as_tensor(queries)
+        if q.ndim == 1:
+            q = q.unsqueeze(0)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be [n, {self.dim}], got shape {tuple(q.shape)}")
+        n_docs = len(self)
+        k_eff = min(k, n_docs)
+        out_scores = torch.empty(q.shape[0], k_eff, dtype=torch.float64)
+        out_pos = torch.empty(q.shape[0], k_eff, dtype=torch.int64)
+        if q.shape[0] == 0 or n_docs == 0:
+            return out_scores, out_pos
+        q64 = self._stored_form(q)
+        faiss_q = lorentz.ip_query(q64) if self.is_hyperbolic else q64
+        faiss_q32 = faiss_q.to(torch.float32)
+        bound = self._error_bound(faiss_q32.to(torch.float64).norm(dim=-1))
+        # Margin: float32 near-ties around the k-th score almost always fall within a few extra places.
+        fetch = min(n_docs, max(2 * k_eff, k_eff + 16))
+        pending = torch.arange(q.shape[0])
+        while len(pending):
+            s32, ids = self._faiss_search(np.ascontiguousarray(faiss_q32[pending].numpy()), fetch)
+            ids_t = torch.from_numpy(ids.astype(np.int64))
+            if (ids_t < 0).any():  # HNSW may return fewer than `fetch` results
+                ids_t = torch.where(ids_t < 0, ids_t.max(dim=1, keepdim=True).values, ids_t)
+            uncertified = []
+            for start in range(0, len(pending), _RERANK_CHUNK):
+                rows = pending[start : start + _RERANK_CHUNK]
+                cand = ids_t[start : start + _RERANK_CHUNK]
+                # Candidates in document order, deduplicated, so the stable sort breaks ties by position.
+                cand = torch.sort(cand, dim=1).values
+                scores, ip = self._rerank(q64[rows], cand)
+                duplicate = torch.zeros_like(cand, dtype=torch.bool)
+                duplicate[:, 1:] = cand[:, 1:] == cand[:, :-1]
+                scores = scores.masked_fill(duplicate, -math.inf)
+                ip = ip.masked_fill(duplicate, -math.inf)
+                order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_eff]
+                out_scores[rows] = scores.gather(1, order)
+                out_pos[rows] = cand.gather(1, order)
+                if self.kind == "flat" and fetch < n_docs:
+                    kth_ip = torch.topk(ip, k_eff, dim=1).values[:, -1]
+                    last32 = torch.from_numpy(s32[start : start + _RERANK_CHUNK, -1].astype(np.float64))
+                    ok = kth_ip > last32 + bound[rows]
+                    uncertified.append(rows[~ok])
+            pending = torch.cat(uncertified) if uncertified else pending[:0]
+            fetch = min(n_docs, 2 * fetch)
+        return out_scores, out_pos
+
+    def search(
+        self, model: Any, query_texts: Sequence[str] | str, k: int = 10
+    ) -> list[list[tuple[str, float]]]:
+        """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first."""
+        self._check_model(model)
+        texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
+        emb = model.encode(texts, prompt_type="query")
+        scores, positions = self.search_embeddings(emb, k)
+        return [
+            [(self.doc_ids[p], s) for p, s in zip(pos_row, score_row)]
+            for pos_row, score_row in zip(positions.tolist(), scores.tolist())
+        ]
+
+    def _check_model(self, model: Any) -> None:
+        if model.embedding_dim != self.dim:
+            raise ValueError(
+                f"the model embeds into {model.embedding_dim} dimensions, the index holds {self.dim}"
+            )
+        if bool(model.is_hyperbolic) != self.is_hyperbolic:
+            raise ValueError(
+                f"the index was built for similarity {self.similarity!r}, the model uses {model.settings.similarity!r}"
+            )
+        if self.is_hyperbolic:
+            c = float(model.curvature().detach())
+            if not math.isclose(c, self.curvature, rel_tol=1e-6):
+                raise ValueError(
+                    f"the model's curvature c = {c} differs from the index's c = {self.curvature}"
+                )
+
+    # --- persistence ------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``faiss.index``, ``doc_ids.json`` and ``index.json`` (settings, model path) to ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        _faiss().write_index(self.faiss_index, str(folder / _FAISS_FILE))
+        (folder / _IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "kind": self.kind,
+            "similarity": self.similarity,
+            "curvature": self.curvature,
+            "dim": self.dim,
+            "n_docs": len(self),
+            "max_norm": self.max_norm,
+            "ef_search": self.ef_search,
+            "model_path": self.model_path,
+        }
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
+        """Read an index written by :meth:`save`."""
+        folder = Path(path)
+        for name in (_META_FILE, _IDS_FILE, _FAISS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name}: missing (not a hyprag index folder?)")
+        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"{folder / _META_FILE}: unsupported format_version {meta.get('format_version')!r}"
+            )
+        doc_ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
+        index = _faiss().read_index(str(folder / _FAISS_FILE))
+        return cls(
+            doc_ids,
+            index,
+            similarity=meta["similarity"],
+            curvature=meta["curvature"],
+            kind=meta["kind"],
+            max_norm=meta["max_norm"],
+            ef_search=meta["ef_search"],
+            model_path=meta.get("model_path"),
+        )
+
+
+def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
+    """float64 points as the index scores them: ``[n, D]`` -> ``[n, D]``.
+
+    Hyperbolic: the time coordinate recomputed from the space part (:func:`lorentz.lift`), so the inner
+    product agrees with the geodesic distance, which reads only space coordinates. Cosine: unit vectors.
+    """
+    x = x.detach().to(torch.float64)
+    if similarity != "cosine":
+        return lorentz.lift(x[..., 1:], c)  # type: ignore[arg-type]
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def read_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Document ids and texts (``title + " " + text``, stripped) of a corpus.
+
+    ``path`` is a JSONL file of ``{"_id", "title"?, "text"}`` rows or a BEIR folder (its ``corpus.jsonl``).
+    Errors name the file and line.
+    """
+    from hyprag.data.beir import BeirFormatError
+    from hyprag.data.bundled import read_jsonl_numbered
+    from hyprag.eval.retrieval import document_text
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "corpus.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: corpus not found (a .jsonl file or a BEIR folder)")
+    ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    for lineno, row in read_jsonl_numbered(file):
+        where = f"{file}:{lineno}"
+        doc_id, text, title = row.get("_id"), row.get("text"), row.get("title") or ""
+        if not isinstance(doc_id, str) or not isinstance(text, str) or not isinstance(title, str):
+            raise BeirFormatError(f"{where}: a corpus row needs string fields '_id' and 'text' (and 'title')")
+        if doc_id in seen:
+            raise BeirFormatError(f"{where}: duplicate document id {doc_id!r}")
+        seen.add(doc_id)
+        ids.append(doc_id)
+        texts.append(document_text({"title": title, "text": text}))
+    return ids, texts
+
+
+def build_index_command(
+    model_path: str,
+    corpus: str,
+    out: str,
+    *,
+    kind: str = "flat",
+    batch_size: int = 64,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+) -> VectorIndex:
+    """``hyprag index build``: embed a corpus with the model folder and save the index to ``out``."""
+    import hyprag
+
+    model = hyprag.load_model(model_path)
+    ids, texts = read_corpus(corpus)
+    options: dict[str, Any] = {"ef_search": ef_search}
+    if kind == "hnsw":
+        options["hnsw_m"] = hnsw_m
+    index = VectorIndex.from_model(
+        model,
+        ids,
+        texts,
+        batch_size=batch_size,
+        kind=kind,
+        model_path=str(Path(model_path).resolve()),
+        **options,
+    )
+    index.save(out)
+    print(f"indexed {len(index)} documents ({index.kind}, {index.similarity}) from {corpus} -> {out}")
+    return index
+
+
+def search_command(
+    index_dir: str, queries: Sequence[str], k: int = 10, model_path: str | None = None
+) -> list:
+    """``hyprag search``: load the index and its model (or ``model_path``) and print the top ``k``."""
+    import hyprag
+
+    index = VectorIndex.load(index_dir)
+    path = model_path or index.model_path
+    if not path:
+        raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")
+    model = hyprag.load_model(path)
+    results = index.search(model, list(queries), k)
+    for query, hits in zip(queries, results):
+        print(f"query: {query}")
+        for rank, (doc_id, score) in enumerate(hits, start=1):
+            print(f"  {rank:>3}. {score:+.6f}  {doc_id}")
+    return results
