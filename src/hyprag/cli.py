@@ -188,7 +188,17 @@ def _run_eval_hierarchy(args: argparse.Namespace) -> int:
 
 
 def _add_eval_rag_command(eval_sub) -> None:
-    """hyprag eval rag (owned by the RAG module)."""
+    """hyprag eval rag (owned by the RAG module): the flags of ``eval_ragas.py``."""
+    from hyprag.eval.rag.command import DESCRIPTION, add_rag_arguments, run_from_args
+
+    r = eval_sub.add_parser(
+        "rag",
+        help="RAG evaluation on RAGBench (or a local file): retrieval, generation, ragas metrics",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_rag_arguments(r)
+    r.set_defaults(func=run_from_args)
 
 
 # --- index / search ---------------------------------------------------------------------------------
