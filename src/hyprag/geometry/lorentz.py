@@ -188,26 +188,34 @@ def geodesic_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype 
     return _out(d, torch.promote_types(x.dtype, y.dtype), dtype)
 
 
+def _unit_float64(xs: Tensor) -> Tensor:
+    """``xs / |xs|`` in float64; 0 where ``xs`` is 0 (no direction; its angular term is multiplied by 0)."""
+    xs = xs.to(torch.float64)
+    n = _safe_norm(xs, keepdim=True)
+    return xs / torch.where(n > 0, n, torch.ones_like(n))
+
+
 def pairwise_geodesic_distance(
     x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None = None
 ) -> Tensor:
     """All geodesic distances: x ``[n, d+1]``, y ``[m, d+1]`` -> ``[n, m]``.
 
-    Uses one matrix product for the angular term (``|u - v|^2 = 2 - 2 u.v`` for unit vectors), so memory is
-    ``O(n m)``, not ``O(n m d)``. The radial term is exact; the angular term has an absolute error of about
-    machine epsilon, which only matters for pairs closer than ~sqrt(eps) * x0 in angle.
+    Uses one matrix product for the angular term (``|u - v|^2 = |u|^2 + |v|^2 - 2 u.v``), so memory is
+    ``O(n m)``, not ``O(n m d)``. That identity cancels: its absolute error is about the epsilon of the dtype
+    it runs in, multiplied by ``|xs| |ys|``. It therefore runs in float64 (which autocast leaves alone): in
+    float32, ``d(x, x)`` would come out near 1.0 at x0 ~ 3e3 (c = 1). The radial term is exact.
     """
     ct = _compute_dtype(x, y)
     xc, yc = x.to(ct), y.to(ct)
     cc = _curvature(c, xc)
     xs, ys = xc[..., 1:], yc[..., 1:]
     nx, ny = _safe_norm(xs), _safe_norm(ys)
-    tiny = torch.finfo(nx.dtype).tiny
-    ux = xs / nx.clamp_min(tiny).unsqueeze(-1)
-    uy = ys / ny.clamp_min(tiny).unsqueeze(-1)
-    cos = ux @ uy.transpose(-1, -2)
-    # A zero space part has no direction; its angular term is 0 whatever the angle says.
-    angular = nx.unsqueeze(-1) * ny.unsqueeze(-2) * (2.0 - 2.0 * cos).clamp_min(0.0)
+    ux, uy = _unit_float64(xs), _unit_float64(ys)
+    chord_sq = (
+        ux.pow(2).sum(-1).unsqueeze(-1) + uy.pow(2).sum(-1).unsqueeze(-2) - 2.0 * (ux @ uy.transpose(-1, -2))
+    )
+    # A zero space part has no direction: u = 0 gives |u - v|^2 = |v|^2, but the product with |xs| = 0 is 0.
+    angular = nx.unsqueeze(-1) * ny.unsqueeze(-2) * chord_sq.clamp_min(0.0).to(ct)
     radial = _radial_sinh_term(nx.unsqueeze(-1), ny.unsqueeze(-2), cc)
     d = _distance_from_sq(radial + angular, cc)
     return _out(d, torch.promote_types(x.dtype, y.dtype), dtype)
@@ -225,6 +233,16 @@ def radius(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tens
     return _out(torch.asinh(sc * _safe_norm(xc[..., 1:])) / sc, x.dtype, dtype)
 
 
+def _max_scaled_space_norm(sc: Tensor, out_dtype: torch.dtype) -> float | Tensor:
+    """The largest ``sqrt(c) |xs|`` a produced point may have: ``sinh(MAX_EXPMAP_ARG) = 2^15``, or less where
+    the output dtype cannot hold the point (float16, max 65504: x0 = 2^15/sqrt(c) overflows for c < ~0.26;
+    keep ``|xs| <= max/2``). A float where the constant applies, else a 0-d tensor."""
+    fmax = torch.finfo(out_dtype).max
+    if fmax > 2.0**64:  # float32/float64/bf16: the constant (no overflow-prone product either)
+        return 2.0**15
+    return (sc * (fmax / 2)).clamp_max(2.0**15)
+
+
 def _ratio_near_zero(t: Tensor, fn, series_coef: float) -> Tensor:
     """``fn(t) / t`` with the series ``1 + series_coef * t^2`` near 0 (both branches finite)."""
     small = t < 1e-4
@@ -236,19 +254,23 @@ def expmap0(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     """Exponential map at the origin for a space (tangent) vector ``v``: ``[..., d]`` -> ``[..., d+1]``.
 
     ``expmap0(v) = (cosh(sqrt(c)|v|)/sqrt(c), sinh(sqrt(c)|v|) v / (sqrt(c)|v|))``; ``sqrt(c)|v|`` is capped
-    at :data:`MAX_EXPMAP_ARG` (see there why). The time coordinate is recomputed by :func:`lift`.
+    at :data:`MAX_EXPMAP_ARG` (see there why), and for a float16 output also where ``|xs|`` would exceed half
+    the float16 range (32752; this binds for c < ~1). The time coordinate is recomputed by :func:`lift`.
     """
     ct = _compute_dtype(v)
     vc = v.to(ct)
     cc = _curvature(c, vc)
     sc = cc.sqrt()
+    out_dtype = dtype or v.dtype
+    cap = _max_scaled_space_norm(sc, out_dtype)
+    cap = MAX_EXPMAP_ARG if isinstance(cap, float) else torch.asinh(cap)
     theta = sc * _safe_norm(vc, keepdim=True)
-    capped = theta.clamp_max(MAX_EXPMAP_ARG)
+    capped = theta.clamp_max(cap)
     # sinh(capped) / theta; equals sinh(theta)/theta below the cap.
     scale = _ratio_near_zero(capped, torch.sinh, 1.0 / 6.0) * torch.where(
-        theta > MAX_EXPMAP_ARG, capped / theta.clamp_min(MAX_EXPMAP_ARG), torch.ones_like(theta)
+        theta > cap, capped / theta.clamp_min(cap), torch.ones_like(theta)
     )
-    return lift(scale * vc, cc, dtype=dtype or v.dtype)
+    return lift(scale * vc, cc, dtype=out_dtype)
 
 
 def logmap0(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
@@ -269,18 +291,25 @@ def project(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     """Project a future-timelike ambient vector onto the hyperboloid: ``v / (sqrt(c) sqrt(-<v, v>_L))``.
 
     v: ``[..., d+1]`` with ``v0 > |vs|`` -> ``[..., d+1]``. The space part is rescaled and the time part
-    recomputed by :func:`lift`. ``-<v, v>_L`` is evaluated as ``(v0 - |vs|)(v0 + |vs|)`` and clamped at the
-    dtype's smallest normal number, so a (numerically) light-like ``v`` maps far out instead of to NaN.
+    recomputed by :func:`lift`. ``-<v, v>_L`` is evaluated as ``(v0 - |vs|)(v0 + |vs|)``. It cancels far from
+    the origin: with coordinates rounded to eps, the result's scale carries a relative error ~eps c v0^2
+    (float32: ~1e-1 at sqrt(c) v0 ~ 1e3), so accumulate sums of far points in float64 before projecting (as
+    the poolers do). ``-<v, v>_L`` is floored where the result would pass the :data:`MAX_EXPMAP_ARG` radius
+    (``sqrt(c)|xs| = 2^15``, less for a float16 output): a (numerically) light-like ``v``, or a point rounded
+    off the hyperboloid, lands at that radius instead of at inf; no true point below the cap is affected.
     """
     ct = _compute_dtype(v)
     vc = v.to(ct)
     cc = _curvature(c, vc)
+    out_dtype = dtype or v.dtype
     v0 = vc[..., :1]
     vs = vc[..., 1:]
     nvs = _safe_norm(vs, keepdim=True)
-    minus_norm_sq = ((v0 - nvs) * (v0 + nvs)).clamp_min(torch.finfo(ct).tiny)
+    # |space| = |vs| / sqrt(c m) <= max_scaled / sqrt(c)  <=>  m >= (|vs| / max_scaled)^2.
+    floor = (nvs / _max_scaled_space_norm(cc.sqrt(), out_dtype)).pow(2).clamp_min(torch.finfo(ct).tiny)
+    minus_norm_sq = torch.maximum((v0 - nvs) * (v0 + nvs), floor)
     space = vs * (cc * minus_norm_sq).rsqrt()
-    return lift(space, cc, dtype=dtype or v.dtype)
+    return lift(space, cc, dtype=out_dtype)
 
 
 def to_poincare(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:

@@ -99,7 +99,8 @@ def _midpoint(x, mask, c, p_plus_one: float | None, accum_dtype) -> Tensor:
 def cls(x: Tensor, mask: Tensor, c: Curvature) -> Tensor:
     """The first token (its time coordinate recomputed): ``[B, T, d+1]`` -> ``[B, d+1]``."""
     _check(x, mask)
-    return lorentz.lift(x[:, 0, 1:], c).to(_result_dtype(x))
+    # Lift straight into the result dtype: a bf16 round trip of x0 would put the point off the hyperboloid.
+    return lorentz.lift(x[:, 0, 1:], c, dtype=_result_dtype(x))
 
 
 def lorentz_centroid(x: Tensor, mask: Tensor, c: Curvature, *, accum_dtype=torch.float64) -> Tensor:
