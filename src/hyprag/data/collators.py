@@ -8,7 +8,6 @@ every evaluation then see identical inputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,48 +15,20 @@ from torch import Tensor
 
 from hyprag.data.masking import mask_tokens, non_special_token_ids, special_tokens_mask
 
-__all__ = ["ContrastiveBatch", "ContrastiveCollator", "MLMCollator"]
+__all__ = ["ContrastiveCollator", "MLMCollator"]
 
 TokenizeFn = Callable[[Sequence[str], str | None], Mapping[str, Tensor]]
 
 
-@dataclass
-class ContrastiveBatch:
-    """One contrastive batch.
-
-    query: tokenized queries (``input_ids``/``attention_mask`` ``[n, Tq]``); documents: the document pool,
-    the ``n`` positives first, then every row's hard negatives in row order (``[m, Td]``); positive_index:
-    ``[n]`` long, query ``i``'s positive in the pool (``i``, by this layout; the loss only relies on the
-    index); negatives_per_row: ``[n]`` long, how many negatives each row put into the pool.
-    """
-
-    query: dict[str, Tensor]
-    documents: dict[str, Tensor]
-    positive_index: Tensor
-    negatives_per_row: Tensor
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ContrastiveBatch:
-        def move(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-            return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
-
-        return ContrastiveBatch(
-            query=move(self.query),
-            documents=move(self.documents),
-            positive_index=self.positive_index.to(device, non_blocking=non_blocking),
-            negatives_per_row=self.negatives_per_row.to(device, non_blocking=non_blocking),
-        )
-
-    def pin_memory(self) -> ContrastiveBatch:  # DataLoader(pin_memory=True) calls this
-        return ContrastiveBatch(
-            query={k: v.pin_memory() for k, v in self.query.items()},
-            documents={k: v.pin_memory() for k, v in self.documents.items()},
-            positive_index=self.positive_index.pin_memory(),
-            negatives_per_row=self.negatives_per_row.pin_memory(),
-        )
-
-
 class ContrastiveCollator:
-    """Rows ``{"query", "document", "negatives"}`` -> :class:`ContrastiveBatch`.
+    """Rows ``{"query", "document", "negatives"}`` -> a batch dict:
+
+    - ``query``: tokenized queries (``input_ids`` / ``attention_mask`` ``[n, Tq]``);
+    - ``documents``: the document pool, the ``n`` positives first, then every row's hard negatives in row
+      order (``[m, Td]``);
+    - ``positive_index``: ``[n]`` long, query ``i``'s positive in the pool (``i`` by this layout; the loss
+      relies only on the index, never on the layout);
+    - ``negatives_per_row``: ``[n]`` long, how many negatives each row put into the pool.
 
     tokenize: ``tokenize(texts, prompt_type)`` returning ``input_ids``/``attention_mask``, normally
     ``model.tokenize`` (see :meth:`from_model`); :meth:`from_tokenizer` builds one from a tokenizer, prefixes
@@ -102,7 +73,7 @@ class ContrastiveCollator:
 
         return cls(tokenize, num_negatives=num_negatives)
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> ContrastiveBatch:
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError("cannot collate an empty batch")
         queries = [row["query"] for row in rows]
@@ -113,12 +84,12 @@ class ContrastiveCollator:
             taken = list(row.get("negatives") or [])[: self.num_negatives]
             negatives.extend(taken)
             counts.append(len(taken))
-        return ContrastiveBatch(
-            query=dict(self.tokenize(queries, "query")),
-            documents=dict(self.tokenize(positives + negatives, "document")),
-            positive_index=torch.arange(len(rows), dtype=torch.long),
-            negatives_per_row=torch.tensor(counts, dtype=torch.long),
-        )
+        return {
+            "query": dict(self.tokenize(queries, "query")),
+            "documents": dict(self.tokenize(positives + negatives, "document")),
+            "positive_index": torch.arange(len(rows), dtype=torch.long),
+            "negatives_per_row": torch.tensor(counts, dtype=torch.long),
+        }
 
 
 class MLMCollator:

@@ -47,6 +47,7 @@ __all__ = [
     "iter_jsonl_rows",
     "jsonl_files",
     "open_dataset",
+    "read_rows",
     "validate_row",
 ]
 
@@ -426,6 +427,30 @@ def open_dataset(
     return RowDataset(rows[:per_rank], kind, stats)
 
 
+def read_rows(data_args: Any, kind: Kind, *, skip_malformed: bool = False) -> RowDataset:
+    """All rows a training config's ``data_args`` names, in memory (every rank holds them whole; shard with
+    :class:`ResumableSampler`). ``data_args`` has ``data_path``, ``data_format``, ``split``, ``max_rows`` and
+    the ``*_column`` names (:class:`hyprag.training.config.DataArgs`). MDS folders are streamed, not held:
+    open them with :func:`open_dataset`.
+    """
+    names = ("query", "document", "negatives") if kind == "contrastive" else ("text",)
+    columns = {name: getattr(data_args, f"{name}_column", name) for name in names}
+    data = open_dataset(
+        data_args.data_path,
+        kind,
+        format=getattr(data_args, "data_format", "auto"),
+        split=getattr(data_args, "split", "train"),
+        max_rows=getattr(data_args, "max_rows", None),
+        columns=columns,
+        rank=0,
+        world_size=1,
+        skip_malformed=skip_malformed,
+    )
+    if not isinstance(data, RowDataset):
+        raise ValueError(f"{data_args.data_path} is an MDS folder; open it with open_dataset (it streams)")
+    return data
+
+
 # --- sampling with exact resume ---------------------------------------------------------------------
 
 
@@ -433,7 +458,8 @@ class ResumableSampler(Sampler[int]):
     """Seeded, optionally sharded index order whose position can be saved and restored exactly.
 
     Epoch ``e`` visits ``randperm(length, seed + e)`` (or ``0..length-1`` without ``shuffle``); rank ``r``
-    takes every ``world_size``-th index from ``r``, cut to ``length // world_size`` so ranks stay in step.
+    takes every ``world_size``-th index from ``r``; ranks stay in step by cutting the order to
+    ``length // world_size`` each (``drop_last``) or by repeating its first indices (``drop_last=False``).
     Use it with ``world_size=1`` on a :class:`RowDataset` (already this rank's share), or with the real
     rank/world size on a dataset that every rank holds whole (then each epoch reshuffles across ranks).
 
@@ -459,7 +485,9 @@ class ResumableSampler(Sampler[int]):
         self.index = 0
 
     def __len__(self) -> int:
-        return self.length // self.world_size
+        if self.drop_last:
+            return self.length // self.world_size
+        return -(-self.length // self.world_size)
 
     def order(self, epoch: int) -> list[int]:
         """This rank's full index order for ``epoch``."""
@@ -468,6 +496,9 @@ class ResumableSampler(Sampler[int]):
             perm = torch.randperm(self.length, generator=generator)
         else:
             perm = torch.arange(self.length)
+        total = len(self) * self.world_size
+        if total > self.length:  # drop_last=False: wrap around so every rank gets the same count
+            perm = torch.cat([perm, perm[: total - self.length]])
         return perm[self.rank : len(self) * self.world_size : self.world_size].tolist()
 
     def set_epoch(self, epoch: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -164,5 +165,9 @@ def gather_with_grad(t: Tensor) -> Tensor:
     padded = t
     if t.shape[0] < largest:
         padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))], dim=0)
-    parts = all_gather(padded.contiguous())
+    with warnings.catch_warnings():
+        # torch 2.13 marks this function deprecated in favour of the private _functional_collectives; it is
+        # still the public autograd-aware gather (DESIGN.md section 6), so keep it and keep logs quiet.
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        parts = all_gather(padded.contiguous())
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)

@@ -169,8 +169,9 @@ class LogitScale(nn.Module):
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=trainable)
 
     def forward(self) -> Tensor:
-        """The current scale, a 0-d float32 tensor in ``[min_scale, max_scale]``."""
-        log_s = self.log_logit_scale.float()
+        """The current scale, a 0-d tensor in ``[min_scale, max_scale]`` (float32, or float64 if the module is)."""
+        # Never below float32, even when the module was cast to bf16 with the model.
+        log_s = self.log_logit_scale.to(torch.promote_types(self.log_logit_scale.dtype, torch.float32))
         return log_s.clamp(math.log(self.min_scale), math.log(self.max_scale)).exp()
 
     def extra_repr(self) -> str:
