@@ -469,18 +469,19 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(
-        self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+        self,
+        length: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
     ) -> None:
         _check_rank(rank, world_size)
         if length < world_size:
             raise ValueError(f"{length} samples cannot be shared by {world_size} ranks")
-        self.length, self.seed, self.rank, self.world_size, self.shuffle = (
-            length,
-            seed,
-            rank,
-            world_size,
-            shuffle,
-        )
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
         self.index = 0
 
