@@ -13,6 +13,7 @@ from_beginning)`` / ``load_state_dict`` give exact resume (or use ``streaming.St
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ def write_mds(
 ) -> int:
     """Validate ``rows`` (canonical column names) and write them to a new MDS folder ``out``; return the count.
 
-    Refuses to write into a folder that already has files (MDS shards would mix).
+    Refuses to write into a folder that already has files (MDS shards would mix); on an error (a malformed
+    row) the partly written folder is removed.
     """
     if kind not in MDS_COLUMNS:
         raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
@@ -60,12 +62,17 @@ def write_mds(
         raise FileExistsError(f"{out} is not empty; write MDS shards into a new folder")
     streaming = import_streaming()
     n = 0
-    with streaming.MDSWriter(
-        out=str(out), columns=MDS_COLUMNS[kind], compression=compression, size_limit=size_limit
-    ) as writer:
-        for i, row in enumerate(rows):
-            writer.write(validate_row(row, kind, f"row {i}"))
-            n += 1
+    try:
+        with streaming.MDSWriter(
+            out=str(out), columns=MDS_COLUMNS[kind], compression=compression, size_limit=size_limit
+        ) as writer:
+            for i, row in enumerate(rows):
+                writer.write(validate_row(row, kind, f"row {i}"))
+                n += 1
+    except BaseException:
+        # A half-written folder would later read as a valid, shorter dataset: remove it.
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return n
 
 
