@@ -43,7 +43,11 @@ def streaming(monkeypatch):
     """The ``streaming`` package (skips the test when mosaicml-streaming is not installed)."""
     if importlib.util.find_spec("streaming") is None:
         pytest.skip("mosaicml-streaming is not installed (pip install 'hyprag[mds]')")
-    if importlib.util.find_spec("torchvision") is None:
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        # streaming imports transformers, which probes for torchvision (find_spec) when first imported and
+        # caches the answer: import it now so it sees the truth (absent), never the stub.
+        import transformers  # noqa: F401
+
         for name, module in _torchvision_stub().items():
             monkeypatch.setitem(sys.modules, name, module)
     import streaming as module
