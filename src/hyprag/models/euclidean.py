@@ -173,7 +173,11 @@ class SentenceTransformerModel(EmbeddingModel):
         if isinstance(texts, str):
             texts = [texts]
         prefix = self.settings.prefix(prompt_type)
-        return dict(self.st.tokenize([prefix + t for t in texts]))
+        # sentence-transformers >= 6 renamed tokenize to preprocess (the old name warns); its features also
+        # carry non-tensor entries such as "modality".
+        preprocess = getattr(self.st, "preprocess", None) or self.st.tokenize
+        features = preprocess([prefix + t for t in texts])
+        return {k: v for k, v in features.items() if isinstance(v, Tensor)}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **features: Tensor) -> Tensor:
         """The model's ``sentence_embedding`` ``[B, d]`` (float32)."""
