@@ -255,3 +255,24 @@ def test_contrastive_collator_from_tokenizer_applies_prefixes():
     q = tokenizer.decode(batch["query"]["input_ids"][0], skip_special_tokens=True)
     assert q.startswith("search _ query") or q.startswith("search_query")
     assert batch["documents"]["input_ids"].shape == (1, 8)  # truncated to max_length
+
+
+def test_folder_of_parquet_files_goes_through_load_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_list([{"text": f"t{i}"} for i in range(4)]).to_parquet(
+        str(tmp_path / "pq" / "a.parquet")
+    )
+    assert detect_format(tmp_path / "pq") == "hf"
+    ds = open_dataset(tmp_path / "pq", "mlm", rank=0, world_size=1)
+    assert [r["text"] for r in ds] == ["t0", "t1", "t2", "t3"]
+
+
+def test_streamed_rows_split_between_dataloader_workers_without_overlap(tmp_path):
+    from torch.utils.data import DataLoader
+
+    path = _write_jsonl(tmp_path / "m.jsonl", [{"text": f"t{i}"} for i in range(12)])
+    ds = IterableRows(lambda: iter_jsonl_rows(path), "mlm", rank=1, world_size=2)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=lambda rows: [r["text"] for r in rows])
+    seen = [t for batch in loader for t in batch]
+    assert sorted(seen, key=lambda s: int(s[1:])) == [f"t{i}" for i in range(1, 12, 2)]
