@@ -360,10 +360,13 @@ def run_rag_eval(
     config: RagEvalConfig,
     retriever_factory: Callable[[RagCorpus], Retriever] | None = None,
     echo: Callable[[str], None] | None = print,
+    generator_factory: Callable[[RagEvalConfig], Generator] | None = None,
 ) -> RagRunResult:
     """Run (or resume) one RAG evaluation and return its folder, summary and printed table.
 
-    ``retriever_factory(corpus)`` replaces :func:`load_retriever` (tests use a small fake).
+    ``retriever_factory(corpus)`` replaces :func:`load_retriever` (tests use a small fake);
+    ``generator_factory(config)`` replaces building the generator from ``config`` (e.g. to reuse a
+    loaded local model).
     """
     wall_start = time.perf_counter()
     source = resolve_dataset(config.dataset, config.hf_dataset)  # fails at once on an unknown name
@@ -398,7 +401,7 @@ def run_rag_eval(
         timings["retrieval_s"] = time.perf_counter() - start
         if len(rankings) != len(pending):
             raise RagEvalError(f"retriever returned {len(rankings)} rankings for {len(pending)} queries")
-        generator = _build_generator(config) if plan.generate else None
+        generator = (generator_factory or _build_generator)(config) if plan.generate else None
         judge = _build_judge(config) if plan.judge else None
         context_metrics = NonLLMContextMetrics()
         loop = asyncio.new_event_loop()  # one loop for the run: the judge's HTTP client is bound to it
