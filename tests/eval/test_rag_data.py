@@ -271,3 +271,45 @@ def test_bm25_ranking_prefers_documents_sharing_rare_terms() -> None:
     builder = _load_builder()
     docs = [["python", "list"], ["debian", "package", "apt"], ["python", "apt"]]
     assert builder.bm25_ranking("How do I use apt on Debian?", docs) == [1, 2, 0]
+
+
+def test_hub_subsets_load_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return FIXTURE[:2]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = load_rag_rows(resolve_dataset("emanual", "rungalileo/ragbench"), split="validation")
+    assert calls == [("rungalileo/ragbench", "emanual", "validation")]
+    assert [r.id for r in rows] == ["q1", "q2"]
+
+
+def test_seed_command_line_parses_identically_in_both_entry_points(tmp_path: Path) -> None:
+    from hyprag.cli import build_parser as hyprag_parser
+    from hyprag.eval.rag.command import build_parser, run_from_args
+
+    seed = ["--model_path", "PATH", "--hyperbolic", "--dataset", "covidqa", "--output", "./results/ragas",
+            "--base_model_type", "albert", "--top_k", "10"]  # fmt: skip
+    script = vars(build_parser().parse_args(seed))
+    cli = hyprag_parser().parse_args(["eval", "rag", *seed])
+    assert cli.func is run_from_args
+    assert {k: v for k, v in vars(cli).items() if k in script} == script
+    assert script["hyperbolic"] is True and script["top_k"] == 10 and script["split"] == "test"
+    assert script["resume"] is None and script["llm_model"] is None
+    assert build_parser().parse_args([*seed, "--resume"]).resume == "latest"
+    fields = set(RagEvalConfig.__dataclass_fields__)
+    assert fields <= set(script), fields - set(script)
+
+
+def test_entry_point_reports_user_errors_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from hyprag.eval.rag.command import main
+
+    assert main(["--dataset", "covid", "--model_path", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'covid'") and "covidqa" in err
+    assert main(["--dataset", "covidqa", "--llm_base_url", "http://127.0.0.1:9/v1"]) == 2
+    assert "--llm_base_url needs --llm_model" in capsys.readouterr().err
