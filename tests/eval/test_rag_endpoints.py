@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hyprag.eval.rag.llm import ChatEndpoint, EndpointError
+from hyprag.eval.rag.llm import ChatEndpoint, EndpointError, read_api_key
 from hyprag.eval.rag.pipeline import RagEvalConfig, build_prompt, read_rows, run_rag_eval
 
 # instructor 1.3 (used by ragas) compares against its own deprecated Mode.FUNCTIONS on every call.
@@ -63,6 +63,7 @@ class StandIn:
     def __init__(self, reply: Callable[[dict[str, Any]], tuple[int, Any]]) -> None:
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.auth: list[str | None] = []
         self.reply = reply
         stand_in = self
 
@@ -71,6 +72,7 @@ class StandIn:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stand_in.requests.append(body)
                 stand_in.paths.append(self.path)
+                stand_in.auth.append(self.headers.get("Authorization"))
                 status, payload = stand_in.reply(body)
                 data = json.dumps(payload).encode()
                 try:
@@ -345,6 +347,24 @@ def test_non_retryable_status_fails_without_retries() -> None:
         with pytest.raises(EndpointError, match=r"HTTP 401.*not retried"):
             client.generate("hi")
         assert len(server.requests) == 1
+    finally:
+        server.close()
+
+
+def test_api_key_comes_from_the_named_variable_or_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = StandIn(generator_reply)
+    try:
+        (tmp_path / ".env").write_text("HYPRAG_TEST_RAG_KEY=from-dotenv\n", encoding="utf-8")
+        monkeypatch.chdir(tmp_path)
+        key = read_api_key("HYPRAG_TEST_RAG_KEY")
+        assert key == "from-dotenv"
+        ChatEndpoint(server.base_url, "m", api_key=key).generate(build_prompt("q?", ["Document text."]))
+        ChatEndpoint(server.base_url, "m", api_key=read_api_key("HYPRAG_TEST_RAG_UNSET_KEY")).generate(
+            build_prompt("q?", ["Document text."])
+        )
+        assert server.auth == ["Bearer from-dotenv", None]
     finally:
         server.close()
 

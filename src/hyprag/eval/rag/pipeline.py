@@ -224,7 +224,7 @@ def load_retriever(config: RagEvalConfig, corpus: RagCorpus) -> Retriever:
             raise RagEvalError("--model_path is required (or --hf for a sentence-transformers baseline)")
         import hyprag
 
-        model = hyprag.load_model(config.model_path)
+        model = hyprag.load_model(config.model_path).to(config.device)
         description = f"{model.settings.model_type}:{config.model_path}"
     model.eval()
     return IndexRetriever(model, corpus, batch_size=config.batch_size, description=description)
