@@ -133,6 +133,13 @@ def _add_eval_commands(sub) -> None:
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--top-k", type=int, default=100, help="documents ranked per query (default 100)")
     b.add_argument("--output", help="write the metrics JSON here")
+    b.add_argument(
+        "--search",
+        choices=["exact", "faiss", "hnsw"],
+        default="exact",
+        help="exact: blocked float64 scoring (default); faiss: the exact FAISS index (same ranking, faster "
+        "on large corpora); hnsw: approximate candidates, exact re-rank",
+    )
     b.set_defaults(func=_run_eval_beir)
 
     m = eval_sub.add_parser(
@@ -169,7 +176,7 @@ _MTEB_DESCRIPTION = (
 def _run_eval_beir(args: argparse.Namespace) -> int:
     from hyprag.eval.retrieval import run_beir_command
 
-    run_beir_command(args.model, args.data, args.split, args.batch_size, args.top_k, args.output)
+    run_beir_command(args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search)
     return 0
 
 

@@ -266,3 +266,16 @@ def test_errors_name_the_problem(tmp_path):
         evaluate_beir(HashingModel(4), folder)
     with pytest.raises(ValueError, match="no ranking"):
         compute_metrics({"q": {"d": 1}}, {})
+
+
+@pytest.mark.parametrize("hyperbolic", [True, False])
+def test_faiss_search_gives_the_same_metrics(tmp_path, hyperbolic):
+    folder, *_ = _random_beir(tmp_path, n_docs=120, n_queries=20, seed=3)
+    model = HashingModel(12, hyperbolic=hyperbolic)
+    exact = evaluate_beir(model, folder, top_k=50)
+    flat = evaluate_beir(model, folder, top_k=50, search="faiss")
+    assert flat["meta"]["search"] == "faiss"
+    for key in METRIC_KEYS:
+        assert flat[key] == pytest.approx(exact[key], abs=1e-12), key
+    with pytest.raises(ValueError, match="search must be one of"):
+        evaluate_beir(model, folder, search="annoy")

@@ -33,6 +33,7 @@ from hyprag.geometry import lorentz
 
 __all__ = [
     "METRIC_KEYS",
+    "SEARCH_METHODS",
     "SIMILARITIES",
     "compute_metrics",
     "document_text",
@@ -46,6 +47,7 @@ __all__ = [
 #: The keys of the metrics JSON, in print order.
 METRIC_KEYS = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10", "recall@100")
 SIMILARITIES = ("geodesic", "lorentz_inner", "cosine")
+SEARCH_METHODS = ("exact", "faiss", "hnsw")
 
 # Elements of one float64 score block (queries x documents); 2^22 doubles = 32 MiB, and the geodesic
 # computes a handful of temporaries of that size.
@@ -227,18 +229,24 @@ def evaluate_beir(
     batch_size: int = 32,
     top_k: int = 100,
     *,
+    search: str = "exact",
     model_path: str | None = None,
 ) -> dict[str, Any]:
     """Embed a BEIR folder with ``model`` and score exact top-``top_k`` retrieval.
 
     Documents are embedded as :func:`document_text` with the document prefix, queries with the query prefix
-    (``model.encode(..., prompt_type=...)``). Returns :data:`METRIC_KEYS` (floats in [0, 1]) plus ``"meta"``
-    (model path/type/similarity, n_queries, n_docs, timings in seconds). Queries without qrels are excluded.
+    (``model.encode(..., prompt_type=...)``). ``search``: ``exact`` (:func:`exact_search`, blocked float64),
+    ``faiss`` (the flat :class:`hyprag.eval.index.VectorIndex`: the same ranking, faster on large corpora)
+    or ``hnsw`` (approximate candidates, exact re-rank). Returns :data:`METRIC_KEYS` (floats in [0, 1])
+    plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds). Queries without
+    qrels are excluded.
     """
     from hyprag.data.beir import load_beir
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if search not in SEARCH_METHODS:
+        raise ValueError(f"search must be one of {list(SEARCH_METHODS)}, got {search!r}")
     data = load_beir(folder, split)
     query_ids = [qid for qid in data.queries if data.qrels.get(qid)]
     if not query_ids:
@@ -253,7 +261,14 @@ def evaluate_beir(
     t1 = time.perf_counter()
     query_emb = model.encode([data.queries[q] for q in query_ids], prompt_type="query", batch_size=batch_size)
     t2 = time.perf_counter()
-    _, positions = exact_search(query_emb, doc_emb, top_k, similarity, c)
+    if search == "exact":
+        _, positions = exact_search(query_emb, doc_emb, top_k, similarity, c)
+    else:
+        from hyprag.eval.index import VectorIndex
+
+        kind = "flat" if search == "faiss" else "hnsw"
+        index = VectorIndex.from_embeddings(doc_ids, doc_emb, similarity=similarity, curvature=c, kind=kind)
+        _, positions = index.search_embeddings(query_emb, top_k)
     t3 = time.perf_counter()
     ranked = {qid: [doc_ids[p] for p in row] for qid, row in zip(query_ids, positions.tolist())}
     metrics: dict[str, Any] = compute_metrics({q: data.qrels[q] for q in query_ids}, ranked)
@@ -268,6 +283,7 @@ def evaluate_beir(
         "n_queries": len(query_ids),
         "n_docs": len(doc_ids),
         "top_k": top_k,
+        "search": search,
         "timings_s": {
             "encode_corpus": t1 - t0,
             "encode_queries": t2 - t1,
@@ -285,12 +301,13 @@ def run_beir_command(
     batch_size: int = 32,
     top_k: int = 100,
     output: str | None = None,
+    search: str = "exact",
 ) -> dict[str, Any]:
     """``hyprag eval beir``: load the model folder, evaluate, print a table, write ``output`` JSON."""
     import hyprag
 
     model = hyprag.load_model(model_path)
-    result = evaluate_beir(model, data, split, batch_size, top_k, model_path=str(model_path))
+    result = evaluate_beir(model, data, split, batch_size, top_k, search=search, model_path=str(model_path))
     print(format_metrics_table({Path(data).name or str(data): result}))
     meta = result["meta"]
     print(
