@@ -13,8 +13,8 @@ Layout of an output folder::
 
 A checkpoint folder holds ``config.yaml``, ``trainer_state.json`` (step, epoch, data position, world size),
 ``training_state.pt`` (model, optimizer, scheduler, GradScaler and logit-scale states; absent under
-DeepSpeed, whose engine writes ``deepspeed/`` itself) and ``rng_rank{r}.pt`` per rank (python, numpy,
-torch and CUDA generators). A checkpoint is complete once its folder has been renamed from ``.tmp``;
+DeepSpeed, whose engine writes ``deepspeed/`` itself) and ``rank{r}.pt`` per rank: its random generators
+(python, numpy, torch, CUDA) and what the caller adds (the trainer: its data position and masking RNG). A checkpoint is complete once its folder has been renamed from ``.tmp``;
 ``latest`` is rewritten (temp file + ``os.replace``) only after that, so a crash at any point leaves the
 previous checkpoint loadable.
 """
@@ -59,8 +59,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be found or read; the message names the path."""
 
 
-def _rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
+def _rank_file(rank: int) -> str:
+    return f"rank{rank}.pt"
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -133,6 +133,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     training_state: dict[str, Any] | None,
     config_yaml: str,
+    rank_state: dict[str, Any] | None = None,
     rank: int = 0,
     keep_last: int | None = None,
     barrier: Callable[[], None] = lambda: None,
@@ -142,7 +143,8 @@ def save_checkpoint(
 
     ``training_state`` (model/optimizer/scheduler/scaler ``state_dict``s) is written by rank 0 with
     ``torch.save``; under DeepSpeed pass ``training_state=None`` and the engine, whose (possibly
-    ZeRO-partitioned) states every rank writes into the same folder. Every rank writes its own RNG state.
+    ZeRO-partitioned) states every rank writes into the same folder. Every rank writes its own RNG state
+    plus ``rank_state`` (anything ``torch.save`` can write) to ``rank{r}.pt``.
     ``barrier`` synchronises the ranks (``torch.distributed.barrier`` in a distributed run).
     Returns the final checkpoint path.
     """
@@ -157,7 +159,7 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
 
-    torch.save(capture_rng_state(), tmp / _rng_file(rank))
+    torch.save({"rng": capture_rng_state(), **(rank_state or {})}, tmp / _rank_file(rank))
     if deepspeed_engine is not None:
         deepspeed_engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
     if rank == 0:
@@ -214,19 +216,20 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 @dataclass
 class LoadedCheckpoint:
-    """What :func:`load_checkpoint` read: the folder, its trainer state, states and this rank's RNG."""
+    """What :func:`load_checkpoint` read: the folder, its trainer state, states and this rank's own state
+    (``{"rng": ..., **rank_state}``, None when the checkpoint has none for this rank)."""
 
     path: Path
     trainer_state: dict[str, Any]
     training_state: dict[str, Any] | None
-    rng_state: dict[str, Any] | None
+    rank_state: dict[str, Any] | None
     config_yaml: str
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, rank: int = 0) -> LoadedCheckpoint:
     """Read a checkpoint (``path`` as in :func:`resolve_checkpoint`) onto the CPU.
 
-    RNG states are per rank; a rank without one (the world size changed) gets ``rng_state=None`` and a
+    Rank states are per rank; a rank without one (the world size changed) gets ``rank_state=None`` and a
     warning: the run resumes, but not bit-exactly.
     """
     folder = resolve_checkpoint(path)
@@ -236,13 +239,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, rank: int = 0) -> LoadedChe
     training_state = (
         torch.load(state_file, map_location="cpu", weights_only=False) if state_file.is_file() else None
     )
-    rng_file = folder / _rng_file(rank)
-    rng_state = None
-    if rng_file.is_file():
-        rng_state = torch.load(rng_file, map_location="cpu", weights_only=False)
+    rank_file = folder / _rank_file(rank)
+    rank_state = None
+    if rank_file.is_file():
+        rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
     else:
         warnings.warn(
-            f"{folder}: no RNG state for rank {rank} (saved with world size "
+            f"{folder}: no state for rank {rank} (saved with world size "
             f"{trainer_state.get('world_size')}); resuming without restoring it",
             stacklevel=2,
         )
@@ -250,6 +253,6 @@ def load_checkpoint(path: str | os.PathLike[str], *, rank: int = 0) -> LoadedChe
         path=folder,
         trainer_state=trainer_state,
         training_state=training_state,
-        rng_state=rng_state,
+        rank_state=rank_state,
         config_yaml=(folder / CONFIG_FILE).read_text(encoding="utf-8"),
     )

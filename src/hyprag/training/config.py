@@ -122,6 +122,8 @@ class DataArgs(_Section):
     data_path: str | list[str]
     data_format: Literal["auto", "jsonl", "hf", "mds"] = "auto"
     split: str = "train"
+    # Read a Hugging Face dataset lazily (hub names, large folders) instead of into memory; needs max_steps.
+    streaming: bool = False
     max_rows: int | None = Field(None, ge=1)
     shuffle: bool = True
     text_column: str = "text"

@@ -1,0 +1,656 @@
+"""The one training loop: masked-LM or contrastive, one process, DDP (torchrun) or DeepSpeed.
+
+Read it top to bottom; :func:`train` is the whole story:
+
+1. processes and device: ``init_distributed`` (gloo on CPU, NCCL on GPU), seeds;
+2. the model: ``build_mlm_model`` (task ``mlm``) or ``build_model`` (task ``contrastive``; ``model_args.init_from``
+   loads an MLM output's trunk explicitly, and a mismatch raises);
+3. the data: rows -> :class:`ResumableSampler` (this rank's share, in a seeded order, resumable mid-epoch) ->
+   collator (MLM masking / query-document pools with explicit positive positions);
+4. the objective as a module (:class:`TrainStep`): one ``forward(batch) -> loss`` so DDP and DeepSpeed wrap a
+   single call; geometry and loss run in float32, only the encoder's matrix products in bf16/fp16;
+5. AdamW (no decay on norms, biases, ``log c``, logit scale), warmup + schedule, GradScaler for fp16;
+6. resume (model, optimizer, scheduler, scaler, RNG per rank, data position) from ``train_args.checkpoint``;
+7. the loop: gradient accumulation, clipping, logging every ``log_every`` steps, atomic checkpoints every
+   ``save_every`` steps; at the end the model is written with ``save_pretrained`` to ``output_dir/final``.
+
+On CPU an interrupted-and-resumed run ends with the same weights as an uninterrupted one: every random
+draw after step ``k`` depends only on state the checkpoint restores (RNGs, sampler position, optimizer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from hyprag.training import checkpoint as ckpt
+from hyprag.training.config import TrainConfig, write_config
+from hyprag.training.distributed import barrier, init_distributed
+from hyprag.training.logging import MetricsLogger
+from hyprag.training.losses import InfoNCELoss, mlm_loss
+from hyprag.training.optim import build_optimizer, build_scheduler
+
+__all__ = [
+    "KILL_AFTER_STEP_ENV",
+    "DataStream",
+    "TrainResult",
+    "TrainStep",
+    "build_training_model",
+    "fill_deepspeed_config",
+    "main",
+    "train",
+]
+
+#: Test hook: a process that finishes optimizer step N (and its checkpoint, if one is due) kills itself
+#: with SIGKILL, exactly like a pre-empted job. Only read when set.
+KILL_AFTER_STEP_ENV = "HYPRAG_KILL_AFTER_STEP"
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (on every rank; only rank 0 writes files)."""
+
+    output_dir: Path
+    final_model_dir: Path
+    steps: int
+    last_loss: float
+
+
+# --- the objective ----------------------------------------------------------------------------------
+
+
+class TrainStep(nn.Module):
+    """The model plus its objective: ``forward(batch) -> (loss, stats)``, one call per micro-batch.
+
+    MLM batches: ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]``. Contrastive batches: ``query`` and
+    ``documents`` (each ``{"input_ids", "attention_mask"}``, ``[n, T]`` and ``[m, T']``) and
+    ``positive_index`` ``[n]`` (position of each query's positive among this rank's documents).
+    ``stats`` are detached 0-d tensors for logging (``x0_mean``/``x0_max`` of the embeddings' time
+    coordinate for hyperbolic models).
+    """
+
+    def __init__(self, model: nn.Module, task: str, loss: InfoNCELoss | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.loss = loss
+        if task == "contrastive" and loss is None:
+            raise ValueError("the contrastive task needs an InfoNCELoss")
+
+    def curvature(self) -> Tensor | None:
+        inner = getattr(self.model, "model", None)  # MLM wrappers hold the trunk in .model
+        source = self.model if hasattr(self.model, "curvature") else inner
+        curv = getattr(source, "curvature", None)
+        if curv is None:
+            return None
+        return curv() if callable(curv) else None
+
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        """Pooled embeddings ``[B, D]`` for ``{"input_ids", "attention_mask"}``."""
+        return self.model(batch["input_ids"], batch["attention_mask"])
+
+    def contrastive_loss(self, q: Tensor, docs: Tensor, positive_index: Tensor) -> Tensor:
+        return self.loss(q, docs, positive_index, c=self.curvature())
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]] | Tensor:
+        if "embed" in batch:  # GradCache's chunked embedding passes, routed through DDP's forward
+            return self.embed(batch["embed"])
+        if self.task == "mlm":
+            out = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            )
+            loss = mlm_loss(out.logits, batch["labels"])
+            return loss, {}
+        q = self.embed(batch["query"])
+        docs = self.embed(batch["documents"])
+        loss = self.contrastive_loss(q, docs, batch["positive_index"])
+        return loss, _time_stats(torch.cat([q.detach(), docs.detach()]), self.model)
+
+
+def _time_stats(embeddings: Tensor, model: nn.Module) -> dict[str, Tensor]:
+    if not getattr(model, "is_hyperbolic", False):
+        return {}
+    x0 = embeddings[:, 0].float()
+    return {"x0_mean": x0.mean(), "x0_max": x0.max()}
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train_args.device={name} but CUDA is not available")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _count_tokens(batch: dict[str, Any]) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return sum(int(batch[k]["attention_mask"].sum()) for k in ("query", "documents") if k in batch)
+
+
+def fill_deepspeed_config(ds_config: dict[str, Any], train_args: Any, world_size: int) -> dict[str, Any]:
+    """Replace DeepSpeed ``"auto"`` values with the run's ``train_args`` (DeepSpeed runs without HF glue).
+
+    Batch sizes, accumulation, clipping and the precision switches follow ``train_args``; an explicit value
+    that contradicts them is an error, because DeepSpeed would silently train something else.
+    """
+    cfg = json.loads(json.dumps(ds_config))
+    wanted = {
+        "train_micro_batch_size_per_gpu": train_args.batch_size,
+        "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
+        "train_batch_size": train_args.batch_size * train_args.gradient_accumulation_steps * world_size,
+        "gradient_clipping": train_args.max_grad_norm or 0.0,
+    }
+    for key, value in wanted.items():
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = value
+        elif cfg[key] != value:
+            raise ValueError(
+                f'deepspeed config {key}={cfg[key]} contradicts train_args (expects {value}); set it to "auto"'
+            )
+    for key, enabled in (("bf16", train_args.dtype == "bf16"), ("fp16", train_args.dtype == "fp16")):
+        section = cfg.setdefault(key, {})
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = enabled
+        elif bool(section["enabled"]) != enabled:
+            raise ValueError(
+                f"deepspeed config {key}.enabled={section['enabled']} contradicts train_args.dtype"
+            )
+    # The client optimizer and scheduler are ours (torch AdamW, LambdaLR); DeepSpeed's sections would replace them.
+    for key in ("optimizer", "scheduler"):
+        if key in cfg:
+            raise ValueError(f"remove '{key}' from the deepspeed config: the trainer passes its own {key}")
+    return cfg
+
+
+def _grad_cache_micro_step(
+    runner: nn.Module, step_module: TrainStep, batch: dict[str, Any], args: Any, scaler: Any, world_size: int
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One contrastive micro-batch through GradCache: the full-batch loss, embedded in chunks.
+
+    The gradients equal the plain loss's (tested in tests/training/test_grad_cache.py); the loss is divided
+    by the accumulation steps like the plain path. Returns the undivided loss for logging.
+    """
+    from hyprag.training.grad_cache import grad_cache_backward
+
+    accum = args.gradient_accumulation_steps
+    positive_index = batch["positive_index"]
+    loss = grad_cache_backward(
+        lambda chunk: runner({"embed": chunk}),
+        [batch["query"], batch["documents"]],
+        lambda q, d: step_module.contrastive_loss(q, d, positive_index) / accum,
+        chunk_size=args.grad_cache_chunk,
+        backward=lambda value: scaler.scale(value).backward(),
+        no_sync=runner.no_sync if world_size > 1 else None,
+    )
+    return loss * accum, {}
+
+
+def _maybe_kill_self(step: int) -> None:
+    target = os.environ.get(KILL_AFTER_STEP_ENV)
+    if target is not None and step == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build_training_model(config: TrainConfig) -> nn.Module:
+    """The model a run starts from: ``build_mlm_model`` for MLM, ``build_model`` for contrastive training.
+
+    ``model_args.init_from`` is honoured by the factory: an MLM output's trunk weights are loaded explicitly
+    and any missing, unexpected or mis-shaped weight raises (never a silent fresh start).
+    """
+    from hyprag.models.factory import build_mlm_model, build_model
+
+    if config.train_args.task == "mlm":
+        return build_mlm_model(config.model_args)
+    return build_model(config.model_args)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+class DataStream:
+    """This rank's batches, epoch after epoch, with a position that a checkpoint can save and restore.
+
+    Three kinds of source (``hyprag.data.readers.open_dataset``): rows in memory (JSONL, Hugging Face
+    datasets) ordered by a :class:`ResumableSampler`; streamed Hugging Face rows (``IterableRows``, resumed
+    by skipping the consumed rows); MDS folders (streaming's ``StreamingDataset``, its own state).
+    The position is what the *trainer* consumed (``samples_in_epoch``), not what a DataLoader with workers
+    has prefetched.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module, rank: int, world_size: int) -> None:
+        from torch.utils.data import DataLoader
+
+        from hyprag.data.collators import ContrastiveCollator, MLMCollator
+        from hyprag.data.readers import IterableRows, ResumableSampler, RowDataset, open_dataset
+
+        args, data = config.train_args, config.data_args
+        kind = "mlm" if args.task == "mlm" else "contrastive"
+        columns = (
+            {"text": data.text_column}
+            if kind == "mlm"
+            else {
+                "query": data.query_column,
+                "document": data.document_column,
+                "negatives": data.negatives_column,
+            }
+        )
+        self.dataset = open_dataset(
+            data.data_path,
+            kind,
+            format=data.data_format,
+            split=data.split,
+            rank=rank,
+            world_size=world_size,
+            streaming=data.streaming,
+            max_rows=data.max_rows,
+            columns=columns,
+            mds_options={"batch_size": args.batch_size, "shuffle": data.shuffle, "seed": args.seed},
+        )
+        self.batch_size = args.batch_size
+        if args.task == "mlm":
+            self.collator: Any = MLMCollator(
+                model.tokenizer,
+                max_length=config.model_args.max_seq_length,
+                mlm_probability=config.mlm_args.mlm_probability,
+                mask_replace_prob=config.mlm_args.mask_replace_prob,
+                random_replace_prob=config.mlm_args.random_replace_prob,
+                seed=args.seed + 1000 * rank,
+            )
+        else:
+            self.collator = ContrastiveCollator.from_model(model, num_negatives=args.num_negatives)
+        self.sampler = None
+        if isinstance(self.dataset, RowDataset):
+            # open_dataset already gave this rank its share: the sampler shuffles within it.
+            self.sampler = ResumableSampler(len(self.dataset), seed=args.seed, shuffle=data.shuffle)
+        self.streamed = isinstance(self.dataset, IterableRows)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=args.batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collator,
+            num_workers=args.num_workers,
+            worker_init_fn=getattr(self.collator, "worker_init_fn", None),
+            drop_last=True,
+        )
+        self.epoch = 0
+        self.samples_in_epoch = 0
+
+    def batches_per_epoch(self) -> int | None:
+        """Batches per epoch on this rank (None for a stream of unknown length)."""
+        if self.streamed:
+            return None
+        return len(self.loader)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch}
+        if self.sampler is not None:
+            state["sampler"] = {**self.sampler.state_dict(self.samples_in_epoch), "epoch": self.epoch}
+        elif not self.streamed:  # MDS: streaming counts samples over all ranks
+            state["mds"] = self.dataset.state_dict(self.samples_in_epoch * _world_size(), False)
+        if hasattr(self.collator, "state_dict"):
+            state["collator"] = self.collator.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.samples_in_epoch = int(state["epoch"]), int(state["samples_in_epoch"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        elif self.streamed:
+            self.dataset.resume_from(self.samples_in_epoch)
+        else:
+            self.dataset.load_state_dict(state["mds"])
+        if "collator" in state:
+            self.collator.load_state_dict(state["collator"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Batches forever; ``self.epoch`` / ``self.samples_in_epoch`` track what was handed out."""
+        while True:
+            if self.sampler is not None:
+                self.sampler.set_epoch(self.epoch)
+            elif not self.streamed and hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            resumed_mid_epoch, got_any = self.samples_in_epoch > 0, False
+            for batch in self.loader:
+                got_any = True
+                self.samples_in_epoch += self.batch_size
+                yield _as_dict(batch)
+            if not got_any and not resumed_mid_epoch:
+                raise ValueError(
+                    f"the training data gave no batch of {self.batch_size} rows in epoch {self.epoch}"
+                )
+            self.epoch += 1
+            self.samples_in_epoch = 0
+            if self.streamed:
+                self.dataset.resume_from(0)
+
+
+def _world_size() -> int:
+    from hyprag.training.distributed import world_info
+
+    return world_info().world_size
+
+
+def _as_dict(batch: Any) -> dict[str, Any]:
+    """Collated batches as plain dicts (what :class:`TrainStep` and DeepSpeed's engine take)."""
+    if isinstance(batch, dict):
+        return batch
+    return {"query": batch.query, "documents": batch.documents, "positive_index": batch.positive_index}
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig, *, deepspeed_config: str | os.PathLike[str] | dict | None = None
+) -> TrainResult:
+    """Run the training described by ``config``; returns where the final model is. See the module docstring."""
+    args = config.train_args
+    output_dir = Path(args.output_dir)
+
+    # 1. processes, device, seeds ---------------------------------------------------------------------
+    if deepspeed_config is not None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    world = init_distributed()
+    rank, world_size = world.rank, world.world_size
+    device = _pick_device(args.device, world.local_rank)
+    is_main = rank == 0
+    # Same seed on every rank for the weights (DDP also broadcasts them); then per-rank streams for
+    # dropout and masking.
+    _seed_everything(args.seed)
+
+    # 2. model ----------------------------------------------------------------------------------------
+    model = build_training_model(config)
+    model.to(device)
+    loss_module = None
+    if args.task == "contrastive":
+        loss_module = InfoNCELoss(
+            args.distance,
+            logit_scale=args.logit_scale,
+            trainable_logit_scale=args.trainable_logit_scale,
+            symmetric=args.symmetric_loss,
+        ).to(device)
+    step_module = TrainStep(model, args.task, loss_module)
+    _seed_everything(args.seed + rank)
+
+    # 3. data -----------------------------------------------------------------------------------------
+    data = DataStream(config, model, rank, world_size)
+    accum = args.gradient_accumulation_steps
+    micro_per_epoch = data.batches_per_epoch()
+    if args.max_steps is None and micro_per_epoch is None:
+        raise ValueError("streamed data has no known length: set train_args.max_steps instead of num_epochs")
+    if micro_per_epoch is not None and micro_per_epoch < accum:
+        raise ValueError(
+            f"one epoch has {micro_per_epoch} batches per rank, fewer than gradient_accumulation_steps={accum}"
+        )
+    total_steps = args.max_steps or args.num_epochs * (micro_per_epoch // accum)
+
+    # 4. optimizer, schedule, precision ---------------------------------------------------------------
+    optimizer = build_optimizer(
+        model,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps,
+        extra_modules={"loss": loss_module} if loss_module is not None else None,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        warmup_steps=args.warmup_steps,
+        total_steps=total_steps,
+        schedule_type=args.schedule_type,
+        min_ratio=args.min_lr_ratio,
+    )
+    autocast_dtype = _AUTOCAST_DTYPES[args.dtype]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16" and deepspeed_config is None)
+
+    engine = None
+    if deepspeed_config is not None:
+        import deepspeed
+
+        ds = deepspeed_config
+        if not isinstance(ds, dict):
+            ds = json.loads(Path(ds).read_text(encoding="utf-8"))
+        ds = fill_deepspeed_config(ds, args, world_size)
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
+        )
+        runner: nn.Module = engine
+        autocast_dtype = None  # the engine casts the model itself (bf16/fp16 sections)
+    elif world_size > 1:
+        runner = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    else:
+        runner = step_module
+
+    # 5. resume ---------------------------------------------------------------------------------------
+    step, tokens_seen = 0, 0
+    if args.checkpoint is not None:
+        loaded = ckpt.load_checkpoint(args.checkpoint, rank=rank)
+        if engine is not None:
+            engine.load_checkpoint(str(loaded.path), tag=ckpt.DEEPSPEED_TAG)
+        else:
+            state = loaded.training_state
+            step_module.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        trainer_state = loaded.trainer_state
+        step, tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
+        if loaded.rank_state is not None:
+            data.load_state_dict(loaded.rank_state["data"])
+            ckpt.restore_rng_state(loaded.rank_state["rng"])
+        else:  # another world size: the data position is rank 0's, the random streams start afresh
+            data.load_state_dict(trainer_state["data"])
+        if is_main:
+            print(f"resumed from {loaded.path} at step {step}", flush=True)
+
+    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    if is_main:
+        write_config(config, output_dir / "config.yaml")
+    logger = MetricsLogger(
+        output_dir,
+        total_steps=total_steps,
+        start_step=step,
+        enabled=is_main,
+        wandb_project=args.wandb_project,
+        wandb_run_name=args.wandb_run_name,
+        config=config.model_dump(mode="json"),
+    )
+
+    def save(at_step: int) -> None:
+        data_state = data.state_dict()
+        trainer_state = {
+            "step": at_step,
+            "epoch": data_state["epoch"],
+            "data": {k: v for k, v in data_state.items() if k != "collator"},  # JSON-safe part
+            "tokens_seen": tokens_seen,
+            "world_size": world_size,
+            "total_steps": total_steps,
+        }
+        training_state = None
+        if engine is None:
+            training_state = {
+                "model": step_module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+            }
+        ckpt.save_checkpoint(
+            output_dir,
+            at_step,
+            trainer_state=trainer_state,
+            training_state=training_state,
+            config_yaml=config_yaml,
+            rank_state={"data": data_state},
+            rank=rank,
+            keep_last=args.keep_last,
+            barrier=barrier,
+            deepspeed_engine=engine,
+        )
+
+    # 6. the loop -------------------------------------------------------------------------------------
+    batches = iter(data)
+    runner.train()
+    last_loss = float("nan")
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    window_steps = 0
+    while step < total_steps:
+        step_loss = torch.zeros((), device=device)
+        step_tokens = 0
+        stats: dict[str, Tensor] = {}
+        for micro in range(accum):
+            batch = _to_device(next(batches), device)
+            tokens = _count_tokens(batch)
+            if engine is not None:
+                loss, stats = engine(batch)
+                engine.backward(loss)
+                engine.step()
+            else:
+                # DDP all-reduces gradients once per optimizer step, on the last micro-batch.
+                last_micro = micro == accum - 1
+                sync = contextlib.nullcontext() if (last_micro or world_size == 1) else runner.no_sync()
+                autocast = torch.autocast(
+                    device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                )
+                with sync, autocast:
+                    if args.grad_cache_chunk is not None and args.task == "contrastive":
+                        loss, stats = _grad_cache_micro_step(
+                            runner, step_module, batch, args, scaler, world_size
+                        )
+                    else:
+                        loss, stats = runner(batch)
+                        scaler.scale(loss / accum).backward()
+            step_loss += loss.detach().float() / accum
+            step_tokens += tokens * world_size  # ranks see equal shares; no collective needed
+
+        grad_norm = None
+        if engine is None:
+            scaler.unscale_(optimizer)
+            if args.max_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(step_module.parameters(), args.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        step += 1
+        tokens_seen += step_tokens
+        window_tokens += step_tokens
+        last_loss = float(step_loss)
+        if not math.isfinite(last_loss) and args.dtype != "fp16":
+            raise FloatingPointError(f"loss is {last_loss} at step {step} (dtype {args.dtype})")
+        window_loss += last_loss
+        window_steps += 1
+        logger.advance()
+
+        if step % args.log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics: dict[str, Any] = {
+                "loss": window_loss / window_steps,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                "epoch": data.epoch,
+            }
+            c = step_module.curvature()
+            if c is not None:
+                metrics["curvature"] = float(c.detach())
+            if loss_module is not None:
+                metrics["logit_scale"] = float(loss_module.logit_scale().detach())
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            if scaler.is_enabled():
+                metrics["grad_scale"] = float(scaler.get_scale())
+            metrics.update({k: float(v) for k, v in stats.items()})
+            trunk = getattr(model, "model", None)
+            radius = getattr(trunk, "last_radius_stats", None)
+            if radius:
+                metrics["x0_mean"] = radius.get("final_norm/x0_mean", float("nan"))
+                metrics["x0_max"] = radius.get("final_norm/x0_max", float("nan"))
+            logger.log(step, metrics)
+            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+
+        if step % args.save_every == 0 and step < total_steps:
+            save(step)
+        _maybe_kill_self(step)
+
+    # 7. the result -----------------------------------------------------------------------------------
+    save(step)
+    final_dir = output_dir / "final"
+    _save_final(model, engine, final_dir, is_main)
+    if is_main:
+        write_config(config, final_dir / "training_config.yaml")
+    barrier()
+    logger.close()
+    return TrainResult(output_dir=output_dir, final_model_dir=final_dir, steps=step, last_loss=last_loss)
+
+
+def _save_final(model: nn.Module, engine: Any, final_dir: Path, is_main: bool) -> None:
+    """``save_pretrained`` on rank 0; under ZeRO-3 the partitioned weights are gathered first."""
+    gather = contextlib.nullcontext()
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    with gather:
+        if is_main and hasattr(model, "settings"):  # an EmbeddingModel
+            model.save_pretrained(final_dir)
+        elif is_main:
+            from hyprag.models.factory import save_mlm_model
+
+            save_mlm_model(model, final_dir)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """``train.py`` / ``hyprag train``: parse and validate everything first, then train. Returns an exit code."""
+    import sys
+
+    from hyprag.training.config import ConfigError, parse_command_line
+
+    try:
+        parsed = parse_command_line(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final model: {result.final_model_dir} (step {result.steps}, loss {result.last_loss:.4f})")
+    return 0

@@ -1,0 +1,276 @@
+"""The trainer on real bundled text: MLM then contrastive from its weights, precision, curvature, optimizer."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hyprag.data.bundled import mlm_text_path, pair_paths
+from hyprag.models.factory import load_mlm_model, load_model
+from hyprag.training.config import load_config
+from hyprag.training.logging import read_metrics
+from hyprag.training.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from hyprag.training.trainer import build_training_model, train
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs" / "train"
+PYTHON_PAIRS = next(p for p in pair_paths() if "python_docs" in p.name)
+
+
+# The shipped CPU configs at test size (a 2-core machine shared with other jobs): same data, objective
+# and code path, a smaller trunk and fewer steps.
+TEST_SIZE = {
+    "model_args.hidden_size": 32,
+    "model_args.num_hidden_layers": 1,
+    "model_args.num_attention_heads": 2,
+    "model_args.intermediate_size": 48,
+    "model_args.max_seq_length": 32,
+}
+
+
+def _config(name: str, out: Path, **overrides):
+    base = {"train_args.output_dir": str(out)}
+    if "mlm" in name:
+        base["data_args.data_path"] = str(mlm_text_path())
+    else:
+        base["data_args.data_path"] = str(PYTHON_PAIRS)
+    return load_config(CONFIGS / name, {**base, **overrides}, dotenv_dir=None)
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlm")
+    config = _config(
+        "cpu_tiny_mlm.yaml",
+        out,
+        **TEST_SIZE,
+        **{
+            "train_args.batch_size": 8,
+            "train_args.max_steps": 30,
+            "train_args.learning_rate": 1e-2,
+            "train_args.warmup_steps": 3,
+        },
+    )
+    result = train(config)
+    return config, result
+
+
+@pytest.fixture(scope="module")
+def contrastive_run(tmp_path_factory, mlm_run):
+    _, mlm = mlm_run
+    out = tmp_path_factory.mktemp("contrastive")
+    config = _config(
+        "cpu_tiny_contrastive.yaml",
+        out,
+        **{
+            "model_args.init_from": str(mlm.final_model_dir),
+            "model_args.max_seq_length": 32,
+            "train_args.max_steps": 30,
+            "train_args.learning_rate": 1e-2,
+            "train_args.warmup_steps": 3,
+        },
+    )
+    return config, train(config)
+
+
+@pytest.mark.slow
+def test_mlm_loss_falls_on_real_text(mlm_run):
+    _, result = mlm_run
+    records = read_metrics(result.output_dir)
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    first, last = records[0]["loss"], records[-1]["loss"]
+    # Starts near ln(30522) = 10.3 (uniform over the vocabulary); token frequencies alone take it far lower.
+    assert first > 9.0
+    assert last < first - 1.0, [r["loss"] for r in records]
+    for r in records:
+        assert {"lr", "tokens_per_s", "curvature", "x0_mean", "x0_max"} <= r.keys()
+        assert r["tokens_per_s"] > 0 and 1.0 <= r["x0_mean"] <= r["x0_max"]
+    # The final folder is an MLM model that loads strictly; the effective config is saved with it.
+    model = load_mlm_model(result.final_model_dir)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert (result.output_dir / "config.yaml").is_file()
+    assert (result.final_model_dir / "training_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_trainable_curvature_moves_and_stays_in_bounds(mlm_run):
+    _, result = mlm_run
+    curvatures = [r["curvature"] for r in read_metrics(result.output_dir)]
+    assert all(0.1 <= c <= 10.0 for c in curvatures)
+    assert abs(curvatures[-1] - 1.0) > 1e-3, curvatures  # initialised at 1.0, trained with lr 3e-3
+
+
+@pytest.mark.slow
+def test_contrastive_stage_starts_from_the_mlm_weights(mlm_run, contrastive_run):
+    _, mlm = mlm_run
+    config, _ = contrastive_run
+    # The model exactly as the trainer builds it at step 0.
+    model = build_training_model(config)
+    trunk = load_mlm_model(mlm.final_model_dir).model.state_dict()
+    start = model.model.state_dict()
+    assert trunk.keys() == start.keys()
+    for name, tensor in trunk.items():
+        assert torch.equal(tensor, start[name]), name
+    # ... and not by accident: a fresh model differs.
+    fresh = build_training_model(
+        config.model_copy(update={"model_args": config.model_args.model_copy(update={"init_from": None})})
+    )
+    name = next(k for k in trunk if k.endswith("embeddings.weight"))
+    assert not torch.equal(fresh.model.state_dict()[name], trunk[name])
+
+
+@pytest.mark.slow
+def test_contrastive_loss_falls_and_the_model_saves_with_its_similarity(contrastive_run):
+    config, result = contrastive_run
+    losses = [r["loss"] for r in read_metrics(result.output_dir)]  # means over windows of 5 steps
+    assert losses[0] > 2.3  # ~ln(16) = 2.77 for 16 in-batch candidates at the start
+    assert sum(losses[-2:]) / 2 < 0.85 * losses[0], losses
+    model = load_model(result.final_model_dir)
+    assert model.settings.similarity == config.train_args.distance == "geodesic"
+    records = read_metrics(result.output_dir)
+    assert all("logit_scale" in r and 1.0 <= r["logit_scale"] <= 100.0 for r in records)
+
+
+@pytest.mark.slow
+def test_init_from_a_mismatched_model_fails_loudly(mlm_run, tmp_path):
+    _, mlm = mlm_run
+    config = _config(
+        "cpu_tiny_contrastive.yaml",
+        tmp_path,
+        **{
+            "model_args.init_from": str(mlm.final_model_dir),
+            "model_args.hidden_size": 48,
+            "model_args.num_attention_heads": 2,
+        },
+    )
+    with pytest.raises(ValueError, match="hidden_size"):
+        train(config)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_runs_finish_with_finite_loss(dtype, tmp_path):
+    config = _config(
+        "cpu_tiny_mlm.yaml",
+        tmp_path,
+        **{
+            "train_args.dtype": dtype,
+            "train_args.max_steps": 3,
+            "train_args.log_every": 1,
+            "train_args.batch_size": 4,
+            **TEST_SIZE,
+            "data_args.max_rows": 64,
+        },
+    )
+    result = train(config)
+    records = read_metrics(result.output_dir)
+    assert len(records) == 3
+    assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in records)
+    if dtype == "fp16":
+        assert all(r["grad_scale"] > 0 for r in records)  # the GradScaler is in use
+    # The saved weights are float32 (autocast never changes parameter dtype) and finite.
+    weights = load_file(result.final_model_dir / "model.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+
+
+# --- optimizer and schedule ---------------------------------------------------------------------------
+
+
+def test_no_weight_decay_on_norms_biases_curvature_and_logit_scale():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.log_c = torch.nn.Parameter(torch.tensor(0.0))
+            self.log_logit_scale = torch.nn.Parameter(torch.tensor(3.0))
+
+    model = Tiny()
+    groups = parameter_groups(model.named_parameters(), learning_rate=1e-3, weight_decay=0.1)
+    by_id = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert by_id[id(model.linear.weight)] == 0.1
+    for p in (model.linear.bias, model.norm.weight, model.norm.bias, model.log_c, model.log_logit_scale):
+        assert by_id[id(p)] == 0.0
+
+
+def test_embedding_model_groups_are_used_with_extra_modules(mlm_run):
+    _, result = mlm_run
+    contrastive = load_config(
+        CONFIGS / "cpu_tiny_contrastive.yaml",
+        {"model_args.init_from": str(result.final_model_dir), "data_args.data_path": str(PYTHON_PAIRS)},
+        dotenv_dir=None,
+    )
+    model = build_training_model(contrastive)
+    scale = torch.nn.Module()
+    scale.log_logit_scale = torch.nn.Parameter(torch.tensor(3.0))
+    opt = build_optimizer(model, learning_rate=1e-3, weight_decay=0.1, extra_modules={"loss": scale})
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(scale.log_logit_scale)] == 0.0
+    assert decay[id(model.model.curvature.log_c)] == 0.0
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad) + 1
+    assert len(decay) == n_trainable
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedules_are_honoured(schedule):
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [p], "lr": 1.0}])
+    sched = build_scheduler(opt, warmup_steps=4, total_steps=14, schedule_type=schedule)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])  # warmup (step+1)/(warmup+1)
+    assert lrs[4] == pytest.approx(1.0)
+    expected_mid = {"cosine": 0.5, "linear": 0.5, "constant": 1.0}[schedule]
+    assert lrs[9] == pytest.approx(expected_mid)  # half-way through the decay
+    assert lr_factor(
+        14, warmup_steps=4, total_steps=14, schedule_type=schedule, min_ratio=0.1
+    ) == pytest.approx({"cosine": 0.1, "linear": 0.1, "constant": 1.0}[schedule])
+
+
+# --- launchers --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_to_end(tmp_path):
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-port=0",
+        "train.py",
+        "--config=configs/train/cpu_tiny_contrastive.yaml",
+        f"--train_args.output_dir={out}",
+        f"--data_args.data_path={PYTHON_PAIRS}",
+        "--model_args.init_from=null",
+        "--model_args.hidden_size=32",
+        "--model_args.num_hidden_layers=1",
+        "--model_args.num_attention_heads=2",
+        "--model_args.intermediate_size=48",
+        "--model_args.max_seq_length=32",
+        "--train_args.batch_size=4",
+        "--train_args.max_steps=4",
+        "--train_args.save_every=2",
+        "--train_args.log_every=1",
+        "--data_args.max_rows=64",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    # Both ranks wrote their own state into each checkpoint; only rank 0 wrote the model.
+    assert {p.name for p in (out / "ckpt-2").glob("rank*.pt")} == {"rank0.pt", "rank1.pt"}
+    model = load_model(out / "final")
+    assert model.embedding_dim == 33
