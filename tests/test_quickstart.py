@@ -127,13 +127,24 @@ def test_training_mixture_is_seeded_and_takes_what_it_says(tmp_path: Path) -> No
     assert 0 < sum(p in python for p in first_half) < 75
 
 
-def test_eval_subset_keeps_the_corpus_and_the_sampled_queries(tmp_path: Path) -> None:
-    folder = qs.prepare_eval_subset(faq_dev_path(), tmp_path / "sub", n_queries=25, seed=0)
-    full, sub = load_beir(faq_dev_path()), load_beir(folder)
-    assert len(sub.queries) == 25 and sub.corpus == full.corpus
-    assert all(sub.qrels[q] == full.qrels[q] and sub.queries[q] == full.queries[q] for q in sub.queries)
-    again = qs.prepare_eval_subset(faq_dev_path(), tmp_path / "again", n_queries=25, seed=0)
-    assert list(load_beir(again).queries) == list(sub.queries)
+def test_eval_subset_keeps_the_sampled_queries_and_their_answers(tmp_path: Path) -> None:
+    full = load_beir(faq_dev_path())
+    whole = load_beir(
+        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "whole", n_queries=25, n_docs=None, seed=0)
+    )
+    assert len(whole.queries) == 25 and whole.corpus == full.corpus
+    assert all(whole.qrels[q] == full.qrels[q] and whole.queries[q] == full.queries[q] for q in whole.queries)
+    small = load_beir(
+        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "small", n_queries=25, n_docs=60, seed=0)
+    )
+    assert list(small.queries) == list(whole.queries)  # same seed, same queries
+    assert len(small.corpus) == 60
+    assert all(d in small.corpus for q in small.qrels for d in small.qrels[q])
+    assert all(small.corpus[d] == full.corpus[d] for d in small.corpus)
+    other = load_beir(
+        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "other", n_queries=25, n_docs=60, seed=1)
+    )
+    assert list(other.queries) != list(small.queries)
 
 
 def test_probe_subset_takes_the_first_items_of_each_level(tmp_path: Path) -> None:
@@ -147,7 +158,8 @@ def test_probe_subset_takes_the_first_items_of_each_level(tmp_path: Path) -> Non
 # --- comparisons and report -----------------------------------------------------------------------------
 
 
-def _model(ndcg: float, mrr: float, by_level: list[float], spearman: float, measure: str) -> dict:
+def _model(ndcg: float, mrr: float, by_level: list[float], rho: float, kind: str) -> dict:
+    """A model entry shaped like the quickstart's: evaluate_beir metrics and hierarchy_probe stats."""
     retrieval = {
         "ndcg@10": ndcg,
         "mrr@10": mrr,
@@ -156,9 +168,10 @@ def _model(ndcg: float, mrr: float, by_level: list[float], spearman: float, meas
         "meta": {"n_queries": 302},
     }
     hierarchy = {
-        "mean_by_level": {str(i + 1): v for i, v in enumerate(by_level)},
-        "spearman": spearman,
-        "measure": measure,
+        "levels": {str(i + 1): {"mean": v} for i, v in enumerate(by_level)},
+        "relative_increase": (by_level[-1] - by_level[0]) / by_level[0],
+        "spearman": {"rho": rho, "p_value": 0.01},
+        "radius_kind": kind,
     }
     return {"retrieval": retrieval, "hierarchy": hierarchy}
 
@@ -181,12 +194,16 @@ def test_comparisons_report_measured_values_and_ties_do_not_win() -> None:
     assert out["HyTE-H beats all-MiniLM-L6-v2 (zero-shot) on ndcg@10"]["holds"] is True
     growth = out["HyTE-H radius grows with WordNet depth"]
     assert growth["a_value"] == pytest.approx(20.0) and growth["holds"] is True
+    # Growth of the mean with a negative rank correlation is not "grows with depth".
+    mixed = _models()
+    mixed["hyte_h"]["hierarchy"]["spearman"]["rho"] = -0.05
+    assert not next(c for c in qs.compare(mixed) if c["claim"] == growth["claim"])["holds"]
     flat = next(c for c in out.values() if c["a"] == "euclidean" and c["kind"] == "hierarchy")
     assert flat["a_value"] == pytest.approx(-5.0) and flat["holds"] is True
 
     shrinking = _models()
-    shrinking["hyte_h"]["hierarchy"]["mean_by_level"] = {"1": 2.0, "5": 1.5}
-    shrinking["euclidean"]["hierarchy"]["mean_by_level"] = {"1": 1.0, "5": 1.2}
+    shrinking["hyte_h"]["hierarchy"]["relative_increase"] = -0.25
+    shrinking["euclidean"]["hierarchy"]["relative_increase"] = 0.2
     out = {c["claim"]: c for c in qs.compare(shrinking)}
     assert out["HyTE-H radius grows with WordNet depth"]["holds"] is False
     assert (
@@ -243,7 +260,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.mark.slow
 def test_fast_run_writes_every_file_and_a_complete_results_json(fast_run: tuple[Path, dict]) -> None:
     out, _ = fast_run
-    for name in ("results.json", "report.md", "retrieval.png", "hierarchy.png", "training_loss.png"):
+    for name in ("results.json", "report.md", "retrieval.png", "training_loss.png", *qs.PROBE_PLOTS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert on_disk["schema_version"] == qs.RESULTS_SCHEMA_VERSION
@@ -251,15 +268,17 @@ def test_fast_run_writes_every_file_and_a_complete_results_json(fast_run: tuple[
     for key, model in on_disk["models"].items():
         for metric in ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"):
             assert 0.0 <= model["retrieval"][metric] <= 1.0, (key, metric)
-        levels = model["hierarchy"]["mean_by_level"]
-        assert sorted(levels, key=int) == ["1", "2", "3", "4", "5"]
+        levels = qs.level_means(model["hierarchy"])
+        assert list(levels) == [1, 2, 3, 4, 5]
         assert all(math.isfinite(v) and v > 0 for v in levels.values()), key
+        assert model["hierarchy"]["levels"]["1"]["n"] == qs.make_plan(fast=True).probe_per_level
     assert {c["a"] for c in on_disk["comparisons"]} == {"hyte_h", "euclidean"}
     assert {"euclidean", "hyte_h", "hyte_fh_mlm", "hyte_fh"} <= set(on_disk["training"])
     # Both twins got the same budget.
     te, th = on_disk["training"]["euclidean"], on_disk["training"]["hyte_h"]
     assert (te["steps"], te["batch_size"]) == (th["steps"], th["batch_size"]) == (on_disk["plan"]["steps"], 8)
-    assert set(on_disk["timings_s"]) >= {"prepare data", "report"} and on_disk["peak_rss_mb"] > 0
+    assert set(on_disk["timings_s"]) >= {"prepare data", "hierarchy probe", "report"}
+    assert on_disk["peak_rss_mb"] > 0
     # Checkpoints are pruned; the models are where the issue says.
     for name in ("hyte_h", "euclidean", "hyte_fh"):
         assert (out / "models" / name / "config.json").is_file()

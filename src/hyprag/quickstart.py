@@ -61,6 +61,9 @@ MODEL_LABELS = {
 #: Retrieval metrics shown in the comparison table (all of them go to results.json).
 TABLE_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
+#: Plots written by the hierarchy probe (hyprag.eval.hierarchy) into the output folder.
+PROBE_PLOTS = ("radius_by_level.png", "embeddings_2d.png")
+
 #: The folder of the quickstart's training configs (a source checkout's ``configs/quickstart``).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "quickstart"
 CONFIG_FILES = {
@@ -80,25 +83,30 @@ class QuickstartPlan:
 
     ``steps`` are optimizer steps of the HyTE-H / Euclidean-twin contrastive stage (both get the same);
     the HyTE-FH stages scale with it. ``python_docs_pairs`` / ``wordnet_pairs``: how many rows of each
-    bundled pair file go into the training mixture (``None``: all). ``eval_queries`` / ``probe_per_level``:
-    subsample the evaluation sets (``None``: the full sets; only ``--fast`` subsamples).
+    bundled pair file go into the training mixture (``None``: all). ``eval_queries`` / ``eval_docs`` /
+    ``probe_per_level``: subsample the evaluation sets (``None``: the full sets; only ``--fast`` does).
+    ``eval_max_length``: every model, the zero-shot base included, embeds evaluation texts truncated to
+    this many tokens (training uses the configs' shorter ``max_seq_length`` to fit the CPU budget); the
+    trained models are saved with it, so loading one reproduces the recorded metrics.
     """
 
     seed: int = 42
     fast: bool = False
-    steps: int = 300
+    steps: int = 200
     fh_mlm_steps: int = 300
     fh_contrastive_steps: int = 150
     python_docs_pairs: int | None = None
     wordnet_pairs: int | None = 4069
     eval_queries: int | None = None
+    eval_docs: int | None = None
     probe_per_level: int | None = None
+    eval_max_length: int = 128
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 #: Default sizes of a full run and of ``--fast``. Steps are tuned to the 12-minute CPU budget
 #: (benchmarks/results/quickstart_tuning.md).
-_FULL = {"steps": 300, "fh_mlm_steps": 300, "fh_contrastive_steps": 150}
+_FULL = {"steps": 200, "fh_mlm_steps": 300, "fh_contrastive_steps": 150}
 _FAST = {
     "steps": 6,
     "fh_mlm_steps": 6,
@@ -106,7 +114,9 @@ _FAST = {
     "python_docs_pairs": 256,
     "wordnet_pairs": 256,
     "eval_queries": 40,
+    "eval_docs": 100,
     "probe_per_level": 12,
+    "eval_max_length": 32,
 }
 #: Config overrides of ``--fast``: small batches and short sequences so the whole run takes < 1 minute.
 _FAST_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -220,19 +230,25 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def prepare_eval_subset(source: Path, out_dir: Path, *, n_queries: int, seed: int) -> Path:
-    """A BEIR folder with ``n_queries`` seeded-sampled queries of ``source`` and the whole corpus (``--fast``).
-
-    The corpus stays complete so the retrieval task is as hard as the full one per query.
-    """
+def prepare_eval_subset(
+    source: Path, out_dir: Path, *, n_queries: int, n_docs: int | None, seed: int
+) -> Path:
+    """A smaller BEIR folder (``--fast``): ``n_queries`` seeded-sampled queries of ``source``, their judged
+    documents, and seeded-sampled other documents up to ``n_docs`` in all (``None``: the whole corpus)."""
     from hyprag.data.beir import load_beir, write_beir
 
     data = load_beir(source, "test")
     rng = random.Random(f"quickstart-eval-{seed}")
     chosen = sorted(rng.sample(list(data.queries), min(n_queries, len(data.queries))))
+    corpus = data.corpus
+    if n_docs is not None:
+        keep = {d for q in chosen for d in data.qrels[q]}
+        others = [d for d in corpus if d not in keep]
+        keep.update(rng.sample(others, max(0, min(len(others), n_docs - len(keep)))))
+        corpus = {d: doc for d, doc in corpus.items() if d in keep}
     write_beir(
         out_dir,
-        corpus=data.corpus,
+        corpus=corpus,
         queries={q: data.queries[q] for q in chosen},
         qrels={q: data.qrels[q] for q in chosen},
         split="test",
@@ -259,7 +275,31 @@ def prepare_probe_subset(source: Path, out_path: Path, *, per_level: int) -> Pat
 # --- training and evaluation (library calls) --------------------------------------------------------
 
 
-def _train_stage(
+def stage_overrides(name: str, plan: QuickstartPlan, output_dir: Path, pairs_path: Path) -> dict[str, Any]:
+    """Config overrides of stage ``name`` (a key of :data:`CONFIG_FILES`): output folder, seed, steps, data.
+
+    Every stage reads the same training mixture (``pairs_path``; the MLM stage the bundled Python-docs
+    text) with the same seed; HyTE-H and the twin get the same number of steps. The plan's per-stage
+    overrides (``--fast``) come last.
+    """
+    from hyprag.data.bundled import mlm_text_path
+    from hyprag.models import packaged_minilm_path
+
+    steps_for = {"hyte_fh_mlm": plan.fh_mlm_steps, "hyte_fh": plan.fh_contrastive_steps}
+    o: dict[str, Any] = {
+        "train_args.output_dir": str(output_dir),
+        "train_args.seed": plan.seed,
+        "train_args.max_steps": steps_for.get(name, plan.steps),
+        "train_args.device": "cpu",
+        "data_args.data_path": str(mlm_text_path() if name == "hyte_fh_mlm" else pairs_path),
+        # The packaged folder itself, so no stage depends on HF_HUB_OFFLINE being set to avoid the hub.
+        "model_args.model_name": str(packaged_minilm_path()),
+    }
+    o.update(plan.overrides.get(name, {}))
+    return o
+
+
+def train_stage(
     name: str, config_dir: Path, overrides: Mapping[str, Any], timer: StageTimer
 ) -> tuple[Path, dict[str, Any]]:
     """Load ``configs/quickstart/<name>.yaml`` with ``overrides``, train, return (final model dir, summary)."""
@@ -288,23 +328,35 @@ def _train_stage(
     return Path(result.final_model_dir), summary
 
 
-def _evaluate(model: Any, eval_dir: Path, probe_path: Path) -> dict[str, Any]:
-    """BEIR metrics on ``eval_dir`` and the hierarchy probe on ``probe_path`` for one loaded model."""
-    from hyprag.eval.hierarchy import hierarchy_probe
+def set_max_length(model: Any, max_length: int) -> Any:
+    """Truncate ``model``'s inputs to ``max_length`` tokens from now on (and in its saved config); returns it.
+
+    A sentence-transformers baseline tokenizes through its own ``max_seq_length``, so that is set too.
+    """
+    model.settings.max_seq_length = int(max_length)
+    st = getattr(model, "st", None)
+    if st is not None:
+        st.max_seq_length = int(max_length)
+    return model
+
+
+def evaluate_retrieval(model: Any, eval_dir: Path) -> dict[str, Any]:
+    """BEIR metrics of one loaded model on ``eval_dir`` (:func:`hyprag.eval.retrieval.evaluate_beir`)."""
     from hyprag.eval.retrieval import evaluate_beir
 
-    retrieval = evaluate_beir(model, eval_dir, "test", batch_size=32, top_k=100)
-    probe = hierarchy_probe(model, probe_path)
-    return {"retrieval": retrieval, "hierarchy": _probe_dict(probe)}
+    return evaluate_beir(model, eval_dir, "test", batch_size=32, top_k=100)
 
 
-def _probe_dict(probe: Any) -> dict[str, Any]:
-    """The probe's result as plain JSON data (it may be a dataclass or a mapping)."""
-    if hasattr(probe, "to_dict"):
-        return probe.to_dict()
-    if hasattr(probe, "__dataclass_fields__"):
-        return asdict(probe)
-    return dict(probe)
+def probe_hierarchy(models: Mapping[str, Any], probe_path: Path, out_dir: Path) -> dict[str, Any]:
+    """:func:`hyprag.eval.hierarchy.hierarchy_probe` on the level file for ``{name: model}``.
+
+    Writes ``hierarchy.json``, ``radius_by_level.png`` and ``embeddings_2d.png`` into ``out_dir``; returns
+    ``{name: stats}`` (per-level ``levels``, ``relative_increase``, ``spearman``, ``radius_kind``).
+    """
+    from hyprag.eval.hierarchy import hierarchy_probe, read_level_rows
+
+    summary = hierarchy_probe(models, read_level_rows(probe_path), out_dir, batch_size=32)
+    return summary["models"]
 
 
 # --- comparisons and the report ---------------------------------------------------------------------
@@ -312,10 +364,19 @@ def _probe_dict(probe: Any) -> dict[str, Any]:
 
 def probe_growth(hierarchy: Mapping[str, Any]) -> float:
     """Relative change of the mean radius (or norm) from the first to the last level, in percent."""
-    means = hierarchy["mean_by_level"]
-    levels = sorted(means, key=int)
-    first, last = float(means[levels[0]]), float(means[levels[-1]])
-    return 100.0 * (last - first) / abs(first) if first != 0 else math.nan
+    return 100.0 * float(hierarchy["relative_increase"])
+
+
+def probe_rho(hierarchy: Mapping[str, Any]) -> float:
+    """Spearman's rank correlation of level and radius (or norm) over all probe texts."""
+    return float(hierarchy["spearman"]["rho"])
+
+
+def level_means(hierarchy: Mapping[str, Any]) -> dict[int, float]:
+    """``{level: mean radius or norm}``, levels as integers in increasing order (JSON keys are strings)."""
+    return {
+        int(k): float(v["mean"]) for k, v in sorted(hierarchy["levels"].items(), key=lambda kv: int(kv[0]))
+    }
 
 
 def compare(
@@ -350,8 +411,7 @@ def compare(
             )
     if "hyte_h" in models:
         h = models["hyte_h"]["hierarchy"]
-        growth = probe_growth(h)
-        rho = float(h.get("spearman", math.nan))
+        growth, rho = probe_growth(h), probe_rho(h)
         out.append(
             {
                 "claim": "HyTE-H radius grows with WordNet depth",
@@ -360,7 +420,7 @@ def compare(
                 "a": "hyte_h",
                 "a_value": growth,
                 "spearman": rho,
-                "holds": bool(growth > 0 and (math.isnan(rho) or rho > 0)),
+                "holds": bool(growth > 0 and rho > 0),
             }
         )
     if "euclidean" in models:
@@ -388,9 +448,7 @@ def format_comparison_table(models: Mapping[str, Mapping[str, Any]]) -> str:
         m = models[key]
         cells = [MODEL_LABELS[key]]
         cells += [f"{100 * float(m['retrieval'][k]):.2f}" for k in TABLE_METRICS]
-        growth = probe_growth(m["hierarchy"])
-        rho = m["hierarchy"].get("spearman")
-        cells += [f"{growth:+.1f}", "-" if rho is None else f"{float(rho):+.3f}"]
+        cells += [f"{probe_growth(m['hierarchy']):+.1f}", f"{probe_rho(m['hierarchy']):+.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -441,14 +499,15 @@ def render_report(results: Mapping[str, Any]) -> str:
         "## Hierarchy probe: mean radius / norm by level",
         "",
     ]
-    levels = sorted({lvl for m in models.values() for lvl in m["hierarchy"]["mean_by_level"]}, key=int)
+    levels = sorted({lvl for m in models.values() for lvl in level_means(m["hierarchy"])})
     lines.append("| model | " + " | ".join(f"level {lvl}" for lvl in levels) + " | measure |")
     lines.append("|---|" + "---:|" * len(levels) + "---|")
     for key in MODEL_KEYS:
         if key in models:
             h = models[key]["hierarchy"]
-            cells = [f"{float(h['mean_by_level'][lvl]):.4f}" for lvl in levels]
-            lines.append(f"| {MODEL_LABELS[key]} | " + " | ".join(cells) + f" | {h.get('measure', '')} |")
+            means = level_means(h)
+            cells = [f"{means[lvl]:.4f}" if lvl in means else "-" for lvl in levels]
+            lines.append(f"| {MODEL_LABELS[key]} | " + " | ".join(cells) + f" | {h['radius_kind']} |")
     lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
     for stage, seconds in results["timings_s"].items():
         lines.append(f"| {stage} | {seconds:.1f} |")
@@ -467,9 +526,9 @@ def _n_queries(models: Mapping[str, Mapping[str, Any]]) -> int | str:
 
 
 def write_plots(results: Mapping[str, Any], out_dir: Path, train_logs: Mapping[str, Path]) -> list[str]:
-    """``retrieval.png`` (metrics per model), ``hierarchy.png`` (radius/norm by level, relative to level 1)
-    and ``training_loss.png`` (loss curves from the ``metrics.jsonl`` of each run folder in ``train_logs``).
-    Returns the file names written."""
+    """``retrieval.png`` (metrics per model) and ``training_loss.png`` (loss curves from the
+    ``metrics.jsonl`` of each run folder in ``train_logs``). Returns the file names written; the hierarchy
+    plots come from the probe itself."""
     from matplotlib.figure import Figure
 
     models = results["models"]
@@ -489,26 +548,6 @@ def write_plots(results: Mapping[str, Any], out_dir: Path, train_logs: Mapping[s
     ax.legend(fontsize=8)
     fig.savefig(out_dir / "retrieval.png", dpi=110)
     written.append("retrieval.png")
-
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    for k in names:
-        means = models[k]["hierarchy"]["mean_by_level"]
-        levels = sorted(means, key=int)
-        first = float(means[levels[0]])
-        ax.plot(
-            [int(lvl) for lvl in levels],
-            [100 * (float(means[lvl]) / first - 1) for lvl in levels],
-            marker="o",
-            label=f"{MODEL_LABELS[k]} ({models[k]['hierarchy'].get('measure', '')})",
-        )
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("WordNet level (1 general .. 5 specific)")
-    ax.set_ylabel("change vs level 1 (%)")
-    ax.set_title("Radius (hyperbolic) / norm (Euclidean) by depth")
-    ax.legend(fontsize=8)
-    fig.savefig(out_dir / "hierarchy.png", dpi=110)
-    written.append("hierarchy.png")
 
     curves = {name: _read_losses(path) for name, path in train_logs.items()}
     curves = {name: c for name, c in curves.items() if c}
@@ -558,13 +597,13 @@ def run_quickstart(
     import torch
 
     import hyprag
-    from hyprag.data.bundled import faq_dev_path, mlm_text_path, wordnet_levels_path
+    from hyprag.data.bundled import faq_dev_path, wordnet_levels_path
     from hyprag.models import packaged_minilm_path
 
     out_dir = Path(out)
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
     plan = make_plan(seed=seed, steps=steps, fast=fast)
-    timer = StageTimer(total=7, stream=stream)
+    timer = StageTimer(total=8, stream=stream)
     timer.say(
         f"hyprag quickstart -> {out_dir} (seed {seed}, {plan.steps} contrastive steps"
         f"{', --fast' if fast else ''}, {torch.get_num_threads()} CPU threads)"
@@ -586,54 +625,59 @@ def run_quickstart(
         eval_dir, probe_path = faq_dev_path(), wordnet_levels_path()
         if plan.eval_queries is not None:
             eval_dir = prepare_eval_subset(
-                eval_dir, out_dir / "data" / "faq-dev-subset", n_queries=plan.eval_queries, seed=seed
+                eval_dir,
+                out_dir / "data" / "faq-dev-subset",
+                n_queries=plan.eval_queries,
+                n_docs=plan.eval_docs,
+                seed=seed,
             )
         if plan.probe_per_level is not None:
             probe_path = prepare_probe_subset(
                 probe_path,
                 out_dir / "data" / "wordnet-levels-subset.jsonl",
                 per_level=plan.probe_per_level,
-                seed=seed,
             )
         timer.say(f"    training pairs: {pair_counts}; eval: {eval_dir}; probe: {probe_path}")
 
-    def shared(name: str) -> dict[str, Any]:
-        """Overrides every stage gets: output folder, seed, data, steps; then the plan's per-stage ones."""
-        steps_for = {"hyte_fh_mlm": plan.fh_mlm_steps, "hyte_fh": plan.fh_contrastive_steps}
-        o: dict[str, Any] = {
-            "train_args.output_dir": str(out_dir / "train" / name),
-            "train_args.seed": seed,
-            "train_args.max_steps": steps_for.get(name, plan.steps),
-            "train_args.device": "cpu",
-        }
-        o["data_args.data_path"] = str(mlm_text_path() if name == "hyte_fh_mlm" else pairs_path)
-        # The packaged folder itself, so no stage depends on HF_HUB_OFFLINE being set to avoid the hub.
-        o["model_args.model_name"] = str(packaged_minilm_path())
-        o.update(plan.overrides.get(name, {}))
-        return o
+    timer.say(
+        f"    training max length {_config_max_length(config_dir, plan)}; every model is evaluated with "
+        f"{plan.eval_max_length}-token inputs"
+    )
 
-    def finish(name: str, final_dir: Path) -> Any:
+    def shared(name: str) -> dict[str, Any]:
+        return stage_overrides(name, plan, out_dir / "train" / name, pairs_path)
+
+    loaded: dict[str, Any] = {}  # kept for the hierarchy probe, which compares all models in one plot
+
+    def finish(name: str, final_dir: Path) -> None:
+        """Save the trained model to ``out/models/<name>`` with the evaluation length, reload it, evaluate."""
         target = out_dir / "models" / name
-        shutil.copytree(final_dir, target)
-        train_logs[MODEL_LABELS.get(name, name)] = out_dir / "train" / name
-        return hyprag.load_model(target)
+        model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
+        model.save_pretrained(target)
+        shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
+        shutil.rmtree(final_dir)
+        train_logs[MODEL_LABELS[name]] = out_dir / "train" / name
+        loaded[name] = hyprag.load_model(target)
+        models[name] = {"path": str(target), "retrieval": evaluate_retrieval(loaded[name], eval_dir)}
+        timer.say("    " + _retrieval_line(models[name]["retrieval"]))
 
     with timer.stage("zero-shot all-MiniLM-L6-v2"):
-        base = hyprag.load_model(packaged_minilm_path())
-        models["minilm_zero_shot"] = _evaluate(base, eval_dir, probe_path)
-        models["minilm_zero_shot"]["path"] = str(packaged_minilm_path())
-        del base
+        loaded["minilm_zero_shot"] = set_max_length(
+            hyprag.load_model(packaged_minilm_path()), plan.eval_max_length
+        )
+        models["minilm_zero_shot"] = {
+            "path": str(packaged_minilm_path()),
+            "retrieval": evaluate_retrieval(loaded["minilm_zero_shot"], eval_dir),
+        }
+        timer.say("    " + _retrieval_line(models["minilm_zero_shot"]["retrieval"]))
 
-    for name, title in (("euclidean", "Euclidean twin"), ("hyte_h", "HyTE-H")):
-        with timer.stage(f"train + evaluate {title}"):
-            final_dir, training[name] = _train_stage(name, config_dir, shared(name), timer)
-            model = finish(name, final_dir)
-            models[name] = _evaluate(model, eval_dir, probe_path)
-            models[name]["path"] = str(out_dir / "models" / name)
-            del model
+    for name in ("euclidean", "hyte_h"):
+        with timer.stage(f"train + evaluate {MODEL_LABELS[name]}"):
+            final_dir, training[name] = train_stage(name, config_dir, shared(name), timer)
+            finish(name, final_dir)
 
     with timer.stage("HyTE-FH masked-LM pretraining"):
-        mlm_dir, training["hyte_fh_mlm"] = _train_stage(
+        mlm_dir, training["hyte_fh_mlm"] = train_stage(
             "hyte_fh_mlm", config_dir, shared("hyte_fh_mlm"), timer
         )
         train_logs["HyTE-FH MLM"] = out_dir / "train" / "hyte_fh_mlm"
@@ -641,11 +685,19 @@ def run_quickstart(
     with timer.stage("train + evaluate HyTE-FH contrastive"):
         o = shared("hyte_fh")
         o["model_args.init_from"] = str(mlm_dir)
-        final_dir, training["hyte_fh"] = _train_stage("hyte_fh", config_dir, o, timer)
-        model = finish("hyte_fh", final_dir)
-        models["hyte_fh"] = _evaluate(model, eval_dir, probe_path)
-        models["hyte_fh"]["path"] = str(out_dir / "models" / "hyte_fh")
-        del model
+        final_dir, training["hyte_fh"] = train_stage("hyte_fh", config_dir, o, timer)
+        finish("hyte_fh", final_dir)
+
+    with timer.stage("hierarchy probe"):
+        probe = probe_hierarchy({MODEL_LABELS[k]: loaded[k] for k in MODEL_KEYS}, probe_path, out_dir)
+        for key in MODEL_KEYS:
+            models[key]["hierarchy"] = probe[MODEL_LABELS[key]]
+            h = models[key]["hierarchy"]
+            timer.say(
+                f"    {MODEL_LABELS[key]}: {h['radius_kind']} level 1 -> 5 {probe_growth(h):+.1f}%, "
+                f"Spearman {probe_rho(h):+.3f}"
+            )
+        loaded.clear()
 
     with timer.stage("report"):
         comparisons = compare(models)
@@ -663,14 +715,14 @@ def run_quickstart(
             "training": training,
             "comparisons": comparisons,
         }
-        results["plots"] = write_plots(results, out_dir, train_logs)
+        results["plots"] = [*write_plots(results, out_dir, train_logs), *PROBE_PLOTS]
         _prune_checkpoints(out_dir / "train")
     # Written after the last stage so the timings and the peak memory are complete.
     results["timings_s"] = dict(timer.seconds)
     results["total_seconds"] = timer.elapsed()
     results["peak_rss_mb"] = peak_rss_mb()
     results["torch_threads"] = torch.get_num_threads()
-    results = _jsonable(results)
+    results = jsonable(results)
     (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -685,6 +737,19 @@ def run_quickstart(
     return results
 
 
+def _config_max_length(config_dir: Path, plan: QuickstartPlan) -> int:
+    from hyprag.training.config import load_config
+
+    override = plan.overrides.get("hyte_h", {}).get("model_args.max_seq_length")
+    if override is not None:
+        return int(override)
+    return load_config(config_dir / CONFIG_FILES["hyte_h"], dotenv_dir=None).model_args.max_seq_length
+
+
+def _retrieval_line(metrics: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {100 * float(metrics[k]):.2f}" for k in TABLE_METRICS)
+
+
 def _prune_checkpoints(train_root: Path) -> None:
     """Drop the trainer's resumable checkpoints (optimizer state; hundreds of MB) once the models are copied.
 
@@ -696,16 +761,16 @@ def _prune_checkpoints(train_root: Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON: tensors -> numbers/lists, paths -> strings, non-finite floats -> strings."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
