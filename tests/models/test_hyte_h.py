@@ -97,3 +97,10 @@ def test_blocks_ignore_padding():
     alone = model.encode([TEXTS[2]])
     beside = model.encode([TEXTS[2], " ".join(TEXTS * 5)])
     torch.testing.assert_close(beside[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_max_seq_length_beyond_the_base_positions_is_rejected():
+    with pytest.raises(
+        ValueError, match=r"max_seq_length=1024 exceeds the base encoder's max_position_embeddings=512"
+    ):
+        build_model({"model_type": "hyte_h", "model_name": MINILM, "max_seq_length": 1024})

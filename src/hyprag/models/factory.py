@@ -339,8 +339,7 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
     else:
         from hyprag.models.euclidean import EuclideanEncoder
 
-        name = resolve_model_name(args.model_name)
-        base = load_pretrained_base(name, args.attn_implementation)
+        name, base = _pretrained_base(args)
         dim = args.embedding_dim or int(base.config.hidden_size)
         model = EuclideanEncoder(
             base,
@@ -358,11 +357,22 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
     return model
 
 
+def _pretrained_base(args: ModelArgs) -> tuple[str, nn.Module]:
+    name = resolve_model_name(args.model_name)
+    base = load_pretrained_base(name, args.attn_implementation)
+    limit = getattr(base.config, "max_position_embeddings", None)
+    if limit is not None and args.max_seq_length > int(limit):
+        raise ValueError(
+            f"model_args.max_seq_length={args.max_seq_length} exceeds the base encoder's "
+            f"max_position_embeddings={limit} ({name})"
+        )
+    return name, base
+
+
 def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
     from hyprag.models.hyte_h import HyteH
 
-    name = resolve_model_name(args.model_name)
-    base = load_pretrained_base(name, args.attn_implementation)
+    name, base = _pretrained_base(args)
     d = args.embedding_dim or int(base.config.hidden_size)
     return HyteH(
         base,
