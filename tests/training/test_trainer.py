@@ -248,7 +248,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc-per-node=2",
-        "--master-port=0",
+        "--standalone",
         "train.py",
         "--config=configs/train/cpu_tiny_contrastive.yaml",
         f"--train_args.output_dir={out}",

@@ -221,6 +221,39 @@ def _grad_cache_micro_step(
     return loss * accum, {}
 
 
+@contextlib.contextmanager
+def _deepspeed_zero_dim_broadcast() -> Iterator[None]:
+    """Let DeepSpeed's initial weight broadcast handle 0-d parameters (``log c``, the log logit scale).
+
+    DeepSpeed 0.19's ``DeepSpeedEngine._broadcast_model`` broadcasts ``p.data.view(torch.uint8)``, which
+    raises for 0-d tensors ("self.dim() cannot be 0 to view Float as Byte"). During ``initialize`` we swap
+    in the same broadcast with 0-d parameters sent as they are (every backend handles 0-d float tensors).
+    """
+    from deepspeed import comm as ds_dist
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.utils import groups
+
+    original = DeepSpeedEngine._broadcast_model
+
+    def broadcast_model(engine: Any) -> None:
+        if any(p.dim() == 0 for p in engine.module.parameters()) and not engine.has_moe_layers:
+            for p in engine.module.parameters():
+                if getattr(p, "ds_status", None) is not None or hasattr(p, "ds_optim_param"):
+                    continue  # partitioned (ZeRO-3) or per-shard: not replicated, as in DeepSpeed
+                data = p.data.view(torch.uint8) if p.dim() else p.data
+                ds_dist.broadcast(
+                    data, groups._get_broadcast_src_rank(), group=engine.seq_data_parallel_group
+                )
+            return
+        original(engine)
+
+    DeepSpeedEngine._broadcast_model = broadcast_model
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
+
+
 def _maybe_kill_self(step: int) -> None:
     target = os.environ.get(KILL_AFTER_STEP_ENV)
     if target is not None and step == int(target):
@@ -447,9 +480,10 @@ def train(
         if not isinstance(ds, dict):
             ds = json.loads(Path(ds).read_text(encoding="utf-8"))
         ds = fill_deepspeed_config(ds, args, world_size)
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
-        )
+        with _deepspeed_zero_dim_broadcast():
+            engine, optimizer, _, scheduler = deepspeed.initialize(
+                model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
+            )
         runner: nn.Module = engine
         autocast_dtype = None  # the engine casts the model itself (bf16/fp16 sections)
     elif world_size > 1:
@@ -532,6 +566,7 @@ def train(
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     window_steps = 0
     while step < total_steps:
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step uses (first group: the model's own)
         step_loss = torch.zeros((), device=device)
         step_tokens = 0
         stats: dict[str, Tensor] = {}
@@ -583,7 +618,7 @@ def train(
             elapsed = time.perf_counter() - window_start
             metrics: dict[str, Any] = {
                 "loss": window_loss / window_steps,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": step_lr,
                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                 "epoch": data.epoch,
             }
