@@ -103,7 +103,9 @@ def _pre_normalization_norms(model: Any, texts: list[str], batch_size: int) -> T
     norms = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            features = st.tokenize([prefix + t for t in texts[start : start + batch_size]])
+            batch = [prefix + t for t in texts[start : start + batch_size]]
+            # sentence-transformers >= 6 renamed tokenize to preprocess (the old name warns).
+            features = st.preprocess(inputs=batch) if hasattr(st, "preprocess") else st.tokenize(batch)
             features = {k: v.to(st.device) if isinstance(v, Tensor) else v for k, v in features.items()}
             for module in modules:
                 if isinstance(module, Normalize):
@@ -238,7 +240,9 @@ def run_hierarchy_command(
     rows = read_level_rows(path)
     models: dict[str, Any] = {}
     for model_path in model_paths:
-        name = Path(model_path).resolve().name or str(model_path)
+        folder = Path(model_path).resolve()
+        # A folder called just "model" (the packaged MiniLM) is named by its parent too.
+        name = f"{folder.parent.name}/{folder.name}" if folder.name in ("model", "final") else folder.name
         while name in models:
             name += "'"
         models[name] = hyprag.load_model(model_path)
