@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from hyprag import quickstart as qs
 from hyprag.cli import build_parser
@@ -153,6 +154,24 @@ def test_probe_subset_takes_the_first_items_of_each_level(tmp_path: Path) -> Non
     full = list(read_jsonl(wordnet_levels_path()))
     assert [r["level"] for r in rows] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
     assert rows[:3] == [r for r in full if r["level"] == 1][:3]
+
+
+@pytest.mark.slow
+def test_a_training_stage_is_deterministic_given_the_seed(tmp_path: Path) -> None:
+    """Two runs of the quickstart's tiny HyTE-FH MLM stage with one seed end with identical weights."""
+    from safetensors.torch import load_file
+
+    timer = qs.StageTimer(total=3, stream=io.StringIO())
+    weights = []
+    for run in ("a", "b"):
+        plan = qs.make_plan(fast=True, steps=2, seed=5)
+        overrides = qs.stage_overrides("hyte_fh_mlm", plan, tmp_path / run, tmp_path / "unused.jsonl")
+        overrides["data_args.max_rows"] = 64
+        final_dir, summary = qs.train_stage("hyte_fh_mlm", qs.CONFIG_DIR, overrides, timer)
+        assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+        weights.append(load_file(str(final_dir / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 # --- comparisons and report -----------------------------------------------------------------------------
