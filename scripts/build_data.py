@@ -903,6 +903,12 @@ FILE_INFO: dict[str, tuple[str, str, str]] = {
         "PSF License Agreement; Debian FAQ permission notice",
         "BEIR qrels: each question -> its one answer (score 1)",
     ),
+    "eval/faq-dev-ragbench.jsonl": (
+        "python3.11-doc, debian-faq",
+        "PSF License Agreement; Debian FAQ permission notice",
+        "RAGBench-schema rows {id, question, documents, response} for eval_ragas.py offline: gold answer plus "
+        "3 BM25 distractors (scripts/build_rag_faq.py)",
+    ),
     "eval/wordnet-levels.jsonl": (
         "wordnet-base",
         "WordNet 3.0 license",
@@ -924,6 +930,14 @@ FILE_INFO: dict[str, tuple[str, str, str]] = {
         "license text (Debian copyright file)",
     ),
 }
+
+
+def rag_faq_bytes(beir_folder: Path) -> bytes:
+    """The offline RAGBench-schema file, derived from the FAQ BEIR folder by ``scripts/build_rag_faq.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import build_rag_faq
+
+    return build_rag_faq.build(beir_folder)
 
 
 def count_rows(path: Path) -> int:
@@ -1036,6 +1050,7 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
     write_jsonl(out / "eval/faq-dev/corpus.jsonl", corpus)
     write_jsonl(out / "eval/faq-dev/queries.jsonl", queries)
     write_bytes(out / "eval/faq-dev/qrels/test.tsv", ("\n".join(qrels) + "\n").encode("utf-8"))
+    write_bytes(out / "eval/faq-dev-ragbench.jsonl", rag_faq_bytes(out / "eval/faq-dev"))
 
     chunks, doc_pairs = python_doc_training(root)
     wn_pairs = wordnet_pair_rows(synsets)
