@@ -312,3 +312,25 @@ def test_grad_cache_trains_like_the_plain_loss(tmp_path, monkeypatch):
         torch.testing.assert_close(finals["chunked"][key], plain, rtol=1e-4, atol=1e-5)
         moved += not torch.equal(plain, start.state_dict()[key])
     assert moved > 0  # the steps changed the weights
+
+
+@pytest.mark.slow
+def test_metrics_file_and_offline_wandb(tmp_path, monkeypatch):
+    from hyprag.training.logging import MetricsLogger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key anywhere -> offline
+    logger = MetricsLogger(tmp_path, total_steps=2, wandb_project="hyprag-test", config={"a": 1})
+    logger.log(1, {"loss": 2.5, "lr": 1e-3})
+    logger.log(2, {"loss": float("nan"), "lr": 1e-3})
+    logger.close()
+    assert read_metrics(tmp_path) == [
+        {"step": 1, "loss": 2.5, "lr": 1e-3},
+        {"step": 2, "loss": "nan", "lr": 1e-3},  # JSON has no NaN: kept visible as a string
+    ]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    # A resumed run drops the records after its checkpoint's step.
+    MetricsLogger(tmp_path, total_steps=2, start_step=1).close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]

@@ -73,13 +73,11 @@ class MetricsLogger:
             import wandb
 
             mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
-            wandb_dir = Path(output_dir) / "wandb"
-            wandb_dir.mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb.init(
+            self._wandb = wandb.init(  # writes output_dir/wandb/
                 project=wandb_project,
                 name=wandb_run_name,
                 config=config,
-                dir=str(wandb_dir),
+                dir=str(output_dir),
                 mode=mode,
                 resume="allow",
             )
