@@ -35,6 +35,18 @@ def _brute_force(q32: torch.Tensor, x32: torch.Tensor, k: int, similarity: str, 
     return top.values[:, :k], top.indices[:, :k]
 
 
+def _record_fetches(index):
+    fetches = []
+    search = index._faiss_search
+
+    def recording(queries, fetch):
+        fetches.append(fetch)
+        return search(queries, fetch)
+
+    index._faiss_search = recording
+    return fetches
+
+
 def _far_cluster(n_docs=400, n_queries=30, d=24, c=1.0, seed=0):
     """Points near one point at x0 ~ 1e3 (radius ~7.6): many near-ties, plus exact duplicates."""
     g = torch.Generator().manual_seed(seed)
@@ -54,7 +66,10 @@ def test_flat_equals_brute_force_far_from_the_origin(similarity):
     index = VectorIndex.from_embeddings(
         [f"d{i}" for i in range(len(docs))], docs, similarity=similarity, curvature=1.0
     )
+    fetches = _record_fetches(index)
     scores, pos = index.search_embeddings(queries, 10)
+    # float32 cannot certify these near-ties: the fetch is extended (here up to the whole corpus).
+    assert fetches[0] == 26 and fetches[-1] == len(docs)
     ref_scores, ref_pos = _brute_force(queries, docs, 10, similarity, 1.0)
     assert torch.equal(pos, ref_pos)
     # lorentz_inner: the index evaluates <q, x>_L + 1/c as -2 sinh^2(d/2), the reference in the inner-
@@ -82,7 +97,9 @@ def test_flat_equals_brute_force_random(similarity):
     index = VectorIndex.from_embeddings(
         [str(i) for i in range(len(docs))], docs, similarity=similarity, curvature=c
     )
+    fetches = _record_fetches(index)
     scores, pos = index.search_embeddings(queries, 20)
+    assert fetches == [40]  # certified in one round
     ref_scores, ref_pos = _brute_force(queries, docs, 20, similarity, c)
     assert torch.equal(pos, ref_pos)
     torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-12)

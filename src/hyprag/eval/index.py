@@ -13,8 +13,9 @@ coordinates, or the float64 Lorentz inner product / cosine), and *certifies* the
 product of length ``D`` is within ``E = gamma * |q|_2 * max_x |x|_2`` of the exact one
 (``gamma ~ (D + 4) * 2^-24``, any summation order), so a document FAISS did not return has an exact score
 of at most ``s32_last + E`` (``s32_last``: the lowest float32 score fetched). If the ``k``-th best float64
-score among the candidates is not above that, the fetch is doubled for that query (up to the whole corpus,
-which is brute force). Ties are broken by document order, as in :func:`hyprag.eval.retrieval.exact_search`.
+score among the candidates is not above that by another ``E`` (a margin far above float64 rounding), the
+fetch is doubled for that query (up to the whole corpus, which is brute force). By the same bound, only
+candidates within ``3E`` of the ``k``-th float32 score are re-scored (usually about ``k`` of them). Ties are broken by document order, as in :func:`hyprag.eval.retrieval.exact_search`.
 Rankings are exact with respect to the stored float32 points (what models produce), scored in float64.
 
 HNSW (``kind="hnsw"``) returns approximate candidates (no certificate); they are re-scored the same way.
@@ -274,24 +275,39 @@ class VectorIndex:
             ids_t = torch.from_numpy(ids.astype(np.int64))
             if (ids_t < 0).any():  # HNSW may return fewer than `fetch` results
                 ids_t = torch.where(ids_t < 0, ids_t.max(dim=1, keepdim=True).values, ids_t)
+            s32_t = torch.from_numpy(s32.astype(np.float64))
             uncertified = []
             for start in range(0, len(pending), _RERANK_CHUNK):
                 rows = pending[start : start + _RERANK_CHUNK]
                 cand = ids_t[start : start + _RERANK_CHUNK]
+                if self.kind == "flat":
+                    # Pre-filter: a candidate whose float32 score is below the k-th one by more than 3E
+                    # is, exactly, at least E below k others, so it cannot reach the top k. FAISS
+                    # returns scores in decreasing order, so the survivors are a prefix of each row.
+                    chunk32 = s32_t[start : start + _RERANK_CHUNK]
+                    floor = chunk32[:, k_eff - 1] - 3.0 * bound[rows]
+                    keep = chunk32 >= floor.unsqueeze(1)
+                    width = int(keep.sum(1).max())
+                    cand, keep = cand[:, :width], keep[:, :width]
+                else:
+                    keep = torch.ones_like(cand, dtype=torch.bool)
                 # Candidates in document order, deduplicated, so the stable sort breaks ties by position.
-                cand = torch.sort(cand, dim=1).values
+                cand, order = torch.sort(cand, dim=1, stable=True)
+                keep = keep.gather(1, order)
                 scores, ip = self._rerank(q64[rows], cand)
-                duplicate = torch.zeros_like(cand, dtype=torch.bool)
-                duplicate[:, 1:] = cand[:, 1:] == cand[:, :-1]
-                scores = scores.masked_fill(duplicate, -math.inf)
-                ip = ip.masked_fill(duplicate, -math.inf)
+                invalid = ~keep
+                invalid[:, 1:] |= cand[:, 1:] == cand[:, :-1]
+                scores = scores.masked_fill(invalid, -math.inf)
+                ip = ip.masked_fill(invalid, -math.inf)
                 order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_eff]
                 out_scores[rows] = scores.gather(1, order)
                 out_pos[rows] = cand.gather(1, order)
                 if self.kind == "flat" and fetch < n_docs:
+                    # Certificate with a margin of E: a document FAISS did not return is, exactly, at
+                    # most last32 + E, i.e. at least E below the k-th candidate.
                     kth_ip = torch.topk(ip, k_eff, dim=1).values[:, -1]
-                    last32 = torch.from_numpy(s32[start : start + _RERANK_CHUNK, -1].astype(np.float64))
-                    ok = kth_ip > last32 + bound[rows]
+                    last32 = s32_t[start : start + _RERANK_CHUNK, -1]
+                    ok = kth_ip > last32 + 2.0 * bound[rows]
                     uncertified.append(rows[~ok])
             pending = torch.cat(uncertified) if uncertified else pending[:0]
             fetch = min(n_docs, 2 * fetch)

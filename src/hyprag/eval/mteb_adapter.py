@@ -101,7 +101,11 @@ class MTEBEncoder:
         return torch.as_tensor(emb).to(torch.float32).numpy()
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> Tensor:
-        """All float64 similarities, higher = closer: ``[n, D]`` x ``[m, D]`` -> ``[n, m]``."""
+        """All float64 similarities, higher = closer: ``[n, D]`` x ``[m, D]`` -> ``[n, m]``.
+
+        mteb calls this with all queries against one corpus chunk (50,000 documents by default), so the
+        result takes ``8 * n * m`` bytes (plus a few temporaries of that size for the geodesic).
+        """
         from hyprag.eval.retrieval import pairwise_scores
 
         a, b = _as_2d(embeddings1), _as_2d(embeddings2)
