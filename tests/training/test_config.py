@@ -161,6 +161,13 @@ def test_unset_variable_is_an_error_naming_it_and_the_line(tmp_path, monkeypatch
         load_config(path, dotenv_dir=None)
 
 
+def test_an_unset_variable_does_not_matter_when_the_key_is_overridden(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYPRAG_SURELY_UNSET", raising=False)
+    path = write(tmp_path, BASE_YAML.replace("rows.jsonl", "${HYPRAG_SURELY_UNSET}"))
+    cfg = load_config(path, ["data_args.data_path=/given/on/the/command/line"], dotenv_dir=None)
+    assert cfg.data_args.data_path == "/given/on/the/command/line"
+
+
 def test_written_config_round_trips(tmp_path):
     cfg = load_config(write(tmp_path, BASE_YAML), ["train_args.seed=7"], dotenv_dir=None)
     write_config(cfg, tmp_path / "out" / "config.yaml")

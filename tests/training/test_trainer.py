@@ -334,3 +334,37 @@ def test_metrics_file_and_offline_wandb(tmp_path, monkeypatch):
     # A resumed run drops the records after its checkpoint's step.
     MetricsLogger(tmp_path, total_steps=2, start_step=1).close()
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_hybrid_model_trains_with_a_smaller_base_learning_rate(tmp_path):
+    """HyTE-H on the packaged MiniLM: the base gets lr * base_lr_multiplier, and two steps run end to end."""
+    config = load_config(
+        CONFIGS / "contrastive_pretrain_hybrid.yaml",
+        {
+            "model_args.model_name": "sentence-transformers/all-MiniLM-L6-v2",
+            "model_args.max_seq_length": 32,
+            "model_args.base_lr_multiplier": 0.1,
+            "train_args.dtype": "fp32",
+            "train_args.batch_size": 4,
+            "train_args.max_steps": 2,
+            "train_args.warmup_steps": 0,
+            "train_args.schedule_type": "constant",
+            "train_args.log_every": 1,
+            "train_args.grad_cache_chunk": None,
+            "train_args.num_workers": 0,
+            "train_args.output_dir": str(tmp_path),
+            "data_args.data_path": str(PYTHON_PAIRS),
+            "data_args.data_format": "auto",
+            "data_args.max_rows": 16,
+        },
+        dotenv_dir=None,
+    )
+    model = build_training_model(config)
+    opt = build_optimizer(model, learning_rate=1e-4, weight_decay=0.01)
+    base = {id(p) for p in model.base_parameters()}
+    lrs = {(id(p) in base): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs == {True: pytest.approx(1e-5), False: pytest.approx(1e-4)}
+    result = train(config)
+    records = read_metrics(result.output_dir)
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    assert load_model(result.final_model_dir).settings.model_type == "hyte_h"

@@ -367,6 +367,10 @@ def load_config(
         _read_dotenv(Path(dotenv_dir))
     sources = _Sources()
     data: dict[str, Any] = {}
+    items = list(
+        overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
+    )
+    overridden = {key for key, _ in items}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -380,6 +384,8 @@ def load_config(
                     f"{sources.describe((str(section),))}: section '{section}' must be a mapping of keys"
                 )
             for key, value in (body or {}).items():
+                if f"{section}.{key}" in overridden:
+                    continue  # replaced below: an unset ${VAR} in the file must not stop the run
                 where = sources.describe((str(section), str(key)))
                 if isinstance(value, list):
                     body[key] = [_expand(v, where) for v in value]
@@ -387,7 +393,6 @@ def load_config(
                     body[key] = _expand(value, where)
             data[section] = body or {}
 
-    items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
     for dotted, value in items:
         parts = tuple(dotted.split("."))
         if len(parts) != 2 or not all(parts):
