@@ -336,6 +336,7 @@ def test_metrics_file_and_offline_wandb(tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]
 
 
+@pytest.mark.slow
 def test_hybrid_model_trains_with_a_smaller_base_learning_rate(tmp_path):
     """HyTE-H on the packaged MiniLM: the base gets lr * base_lr_multiplier, and two steps run end to end."""
     config = load_config(
