@@ -44,6 +44,8 @@ TRIALS: list[tuple[str, str, dict[str, Any], tuple[int | None, int | None] | Non
     ("twin/base", "euclidean", {}, None),
     ("hyte_h/base", "hyte_h", {}, None),
     ("hyte_h/projection_scale=2", "hyte_h", {"model_args.projection_scale": 2.0}, None),
+    ("hyte_h/projection_scale=0.5", "hyte_h", {"model_args.projection_scale": 0.5}, None),
+    ("hyte_h/max_norm=10", "hyte_h", {"model_args.max_norm": 10.0}, None),
     ("hyte_h/lr=3e-3", "hyte_h", {"train_args.learning_rate": 3e-3}, None),
     ("twin/lr=3e-3", "euclidean", {"train_args.learning_rate": 3e-3}, None),
     (
@@ -57,11 +59,9 @@ TRIALS: list[tuple[str, str, dict[str, Any], tuple[int | None, int | None] | Non
     ("hyte_h/max_norm=2", "hyte_h", {"model_args.max_norm": 2.0}, None),
     ("hyte_h/logit_scale=50", "hyte_h", {"train_args.logit_scale": 50.0}, None),
     ("twin/logit_scale=50", "euclidean", {"train_args.logit_scale": 50.0}, None),
-    ("hyte_h/projection_scale=0.5", "hyte_h", {"model_args.projection_scale": 0.5}, None),
     ("hyte_h/pooling=einstein_midpoint", "hyte_h", {"model_args.pooling": "einstein_midpoint"}, None),
     ("hyte_h/lr=3e-4", "hyte_h", {"train_args.learning_rate": 3e-4}, None),
     ("twin/lr=3e-4", "euclidean", {"train_args.learning_rate": 3e-4}, None),
-    ("hyte_h/max_norm=10", "hyte_h", {"model_args.max_norm": 10.0}, None),
     ("mix/python_only/hyte_h", "hyte_h", {}, (None, 0)),
     ("mix/python_only/twin", "euclidean", {}, (None, 0)),
     ("mix/wordnet_16k/hyte_h", "hyte_h", {}, (None, 16276)),
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default=None, help="run only trials whose name contains this string")
+    parser.add_argument("--resume", action="store_true", help="skip trials already in the JSON")
     parser.add_argument("--steps", type=int, default=qs.make_plan().steps, help="contrastive steps per trial")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             data["trials"].append(zero_shot_record())
         for name, stage, overrides, mixture in TRIALS:
             if args.only and args.only not in name:
+                continue
+            if args.resume and any(t["name"] == name for t in data["trials"]):
                 continue
             record = run_trial(name, stage, overrides, mixture, args.steps, args.seed)
             data["trials"] = [t for t in data["trials"] if t["name"] != name] + [record]

@@ -297,6 +297,7 @@ def test_fast_run_writes_every_file_and_a_complete_results_json(fast_run: tuple[
     te, th = on_disk["training"]["euclidean"], on_disk["training"]["hyte_h"]
     assert (te["steps"], te["batch_size"]) == (th["steps"], th["batch_size"]) == (on_disk["plan"]["steps"], 8)
     assert set(on_disk["timings_s"]) >= {"prepare data", "hierarchy probe", "report"}
+    assert set(on_disk["cpu_seconds"]) == set(on_disk["timings_s"])
     assert on_disk["peak_rss_mb"] > 0
     # Checkpoints are pruned; the models are where the issue says.
     for name in ("hyte_h", "euclidean", "hyte_fh"):
