@@ -95,3 +95,20 @@ def test_zero2_run_on_cpu(tmp_path):
 
     model = load_model(out / "final")
     assert model.embedding_dim == 33
+
+
+def test_grad_cache_under_deepspeed_is_refused_before_any_work(tmp_path):
+    from hyprag.training.trainer import train
+
+    config = load_config(
+        REPO / "configs" / "train" / "cpu_tiny_contrastive.yaml",
+        {
+            "data_args.data_path": "x",
+            "train_args.grad_cache_chunk": 4,
+            "train_args.output_dir": str(tmp_path),
+        },
+        dotenv_dir=None,
+    )
+    with pytest.raises(ValueError, match="grad_cache_chunk is not supported under DeepSpeed"):
+        train(config, deepspeed_config=str(DS_CONFIG))
+    assert not any(tmp_path.iterdir())

@@ -418,6 +418,12 @@ def train(
 
     # 1. processes, device, seeds ---------------------------------------------------------------------
     if deepspeed_config is not None:
+        if args.grad_cache_chunk is not None:
+            # The engine owns backward (engine.backward(loss)); GradCache's two-pass backward cannot run in it.
+            raise ValueError(
+                "train_args.grad_cache_chunk is not supported under DeepSpeed; use torchrun (DDP) for GradCache "
+                "or pass --train_args.grad_cache_chunk=null"
+            )
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     world = init_distributed()
     rank, world_size = world.rank, world.world_size
