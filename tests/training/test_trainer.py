@@ -199,6 +199,7 @@ def test_no_weight_decay_on_norms_biases_curvature_and_logit_scale():
         assert by_id[id(p)] == 0.0
 
 
+@pytest.mark.slow
 def test_embedding_model_groups_are_used_with_extra_modules(mlm_run):
     _, result = mlm_run
     contrastive = load_config(
@@ -276,6 +277,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     assert model.embedding_dim == 33
 
 
+@pytest.mark.slow
 def test_grad_cache_trains_like_the_plain_loss(tmp_path, monkeypatch):
     """Chunked (GradCache) and plain contrastive steps give the same weights (float32 round-off apart)."""
     import hyprag.training.grad_cache as grad_cache
