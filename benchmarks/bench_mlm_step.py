@@ -1,0 +1,226 @@
+"""Training-step time of HyTE-FH vs its Euclidean twin on CPU: masked-LM and contrastive forward+backward.
+
+Workloads (random token ids, every token real; seconds per forward+backward, gradients zeroed each time):
+
+- ``mlm``: ``HyteFHForMaskedLM`` vs ``EuclideanForMaskedLM`` (ModernBertForMaskedLM, sparse prediction) at
+  ``configs/train/cpu_tiny_mlm.yaml``'s sizes (2 x 64, 4 heads, intermediate 96) with the MiniLM tokenizer's
+  vocabulary (30522), batch 16, seq 128, 30% of the tokens scored (the same positions for both models).
+- ``contrastive_tiny`` / ``contrastive_4x256``: the embedding models (``build_model``; HyTE-FH with outward
+  Einstein midpoint pooling, the twin with mean pooling), loss = sum of the pooled output, at the tiny sizes
+  and at 4 x 256 (the sizes of ``benchmarks/bench_models.py``).
+
+Repetitions of all models are interleaved and medians reported (the CPUs are shared). Each run is stored
+under ``--label`` (with the git commit) in benchmarks/results/mlm_step.json; mlm_step.md shows every stored
+run. ``--profile`` prints a torch.profiler table per workload instead of timing. Run:
+
+    .venv/bin/python benchmarks/bench_mlm_step.py --label after [--threads 1] [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from hyprag.models import build_model, packaged_minilm_path
+from hyprag.models.factory import build_mlm_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import _interleaved  # benchmarks/ is not a package
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+MEDIUM = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
+
+
+def _model_args(model_type: str, sizes: dict[str, int], seq_len: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "model_type": model_type,
+        "model_name": str(packaged_minilm_path()),
+        "max_seq_length": seq_len,
+        "curvature": 1.0,
+        "trainable_curvature": True,
+        **sizes,
+        **extra,
+    }
+
+
+def _train_step(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor]):
+    """A callable running one forward + backward of ``loss_of(model)`` with fresh gradients."""
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_of(model).backward()
+
+    return run
+
+
+def mlm_workloads(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"hyte_fh": step, "euclidean": step}`` for the masked-LM forward+backward."""
+    torch.manual_seed(0)
+    hyte = build_mlm_model(_model_args("hyte_fh", TINY, args.seq_len)).train()
+    twin = build_mlm_model(_model_args("euclidean", TINY, args.seq_len)).train()
+    vocab = hyte.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (args.batch, args.seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    scored = torch.rand(ids.shape, generator=g) < args.mlm_probability
+    labels = torch.where(scored, ids, torch.full_like(ids, -100))
+
+    def mlm_loss(model):
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    return {"hyte_fh": _train_step(hyte, mlm_loss), "euclidean": _train_step(twin, mlm_loss)}
+
+
+def contrastive_workloads(args: argparse.Namespace, sizes: dict[str, int]) -> dict[str, Any]:
+    """``{"hyte_fh": step, "euclidean": step}`` for the embedding models' forward+backward."""
+    torch.manual_seed(0)
+    hyte = build_model(
+        _model_args("hyte_fh", sizes, args.seq_len, pooling="outward_einstein_midpoint")
+    ).train()
+    twin = build_model(
+        _model_args("euclidean", sizes, args.seq_len, euclidean_base="modernbert", pooling="mean")
+    ).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, hyte.config.vocab_size, (args.batch, args.seq_len), generator=g)
+    mask = torch.ones_like(ids)
+
+    def pooled_sum(model):
+        return model(ids, mask).sum()
+
+    return {"hyte_fh": _train_step(hyte, pooled_sum), "euclidean": _train_step(twin, pooled_sum)}
+
+
+def _profile(fn, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src/hyprag/nn", "src/hyprag/models/hyte_fh.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() + ("+uncommitted nn/hyte_fh edits" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_markdown(runs: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# HyTE-FH training step vs its Euclidean twin (CPU)",
+        "",
+        "Forward + backward per step, median seconds -> milliseconds; repetitions interleaved (shared CPUs: "
+        "expect noise of 10-20%). Workloads: see `benchmarks/bench_mlm_step.py`. MLM: 2 x 64 (4 heads, "
+        "intermediate 96), vocabulary 30522, batch 16 x 128 tokens, 30% scored. Contrastive: embedding "
+        "model forward+backward (sum of the pooled output), batch 16 x 128.",
+        "",
+    ]
+    for label, run in runs.items():
+        lines += [
+            f"## {label}",
+            "",
+            f"Commit `{run['commit']}`, torch {run['torch']}, {run['threads']} thread(s), {run['reps']} reps, "
+            f"{run['date']}. Command: `{run['command']}`",
+            "",
+            "| workload | HyTE-FH ms | twin ms | ratio |",
+            "|---|---|---|---|",
+        ]
+        for name, res in run["workloads"].items():
+            med = res["median_ms"]
+            lines.append(
+                f"| {name} | {med['hyte_fh']:.1f} | {med['euclidean']:.1f} | "
+                f"{med['hyte_fh'] / med['euclidean']:.2f} |"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--label", default="after", help="name of this run in the results file")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--mlm-probability", type=float, default=0.30)
+    p.add_argument(
+        "--workloads", default="mlm,contrastive_tiny,contrastive_4x256", help="comma-separated subset"
+    )
+    p.add_argument("--profile", action="store_true", help="print profiler tables instead of timing")
+    p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--no-save", action="store_true", help="print, do not write the results files")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    builders = {
+        "mlm": lambda: mlm_workloads(args),
+        "contrastive_tiny": lambda: contrastive_workloads(args, TINY),
+        "contrastive_4x256": lambda: contrastive_workloads(args, MEDIUM),
+    }
+    results: dict[str, Any] = {}
+    for name in args.workloads.split(","):
+        fns = builders[name]()
+        if args.profile:
+            for model_name, fn in fns.items():
+                print(f"===== {name} / {model_name} =====")
+                print(_profile(fn, args.profile_rows))
+            continue
+        times = _interleaved(fns, args.reps, args.warmup)
+        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        results[name] = {"median_ms": med, "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
+    if args.profile or args.no_save:
+        return
+
+    run = {
+        "commit": _git_commit(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "reps": args.reps,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python benchmarks/bench_mlm_step.py " + " ".join(sys.argv[1:]),
+        "workloads": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "mlm_step.json"
+    runs = json.loads(json_path.read_text()) if json_path.exists() else {}
+    runs[args.label] = run
+    json_path.write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
+    write_markdown(runs, RESULTS / "mlm_step.md")
+    print(f"wrote {json_path} and mlm_step.md ({args.label})")
+
+
+if __name__ == "__main__":
+    main()
