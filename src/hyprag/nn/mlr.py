@@ -61,50 +61,59 @@ class LorentzMLR(nn.Module):
             a = self.a.to(dtype) * sc
             # Everything per class is [V]-sized: sqrt(c) alpha / beta = (x0, xs) . w_k with
             # w_k = sqrt(c) (-sinh(sqrt(c) a_k), cosh(sqrt(c) a_k) z_k / |z_k|), so the [N, V] part is one
-            # matrix product and the fused asinh of _ScaledAsinh.
+            # matrix product and a fused asinh (_MLRLogits).
             normals = torch.cat(
                 [-torch.sinh(a).unsqueeze(-1), torch.cosh(a).unsqueeze(-1) * z / z_norm.unsqueeze(-1)], -1
             )
             points = torch.cat([x0, xs], dim=-1)  # [N, d+1]
-            return _ScaledAsinh.apply(points @ (sc * normals).T, z_norm / sc)
+            return _MLRLogits.apply(points, sc * normals, z_norm / sc)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
-class _ScaledAsinh(torch.autograd.Function):
-    """``k * asinh(u)``: u ``[N, V]``, k ``[V]`` -> ``[N, V]``, with every ``[N, V]`` step in place.
+class _MLRLogits(torch.autograd.Function):
+    """``k * asinh(points @ normals.T)``: points ``[N, D]``, normals ``[V, D]``, k ``[V]`` -> ``[N, V]``.
 
-    Over the full vocabulary the head is memory bound: autograd's version (``torch.asinh``, which is not
-    vectorised on CPU, and its backward ``grad / sqrt(1 + u^2)`` built from separate temporaries) makes a
-    dozen passes over fresh ``[N, V]`` buffers (on CPU a fresh buffer costs ~10x an in-place pass over one).
-    Here the forward uses ``asinh(|u|) = log1p(|u| + |u| t)`` with ``t = |u| / (1 + hypot(1, |u|))``
-    (accurate to a few ulps, no cancellation near 0; finite for ``|u|`` below half the dtype's max) in two
-    buffers besides ``u``, and the backward needs one buffer besides the incoming gradient.
+    Over the full vocabulary the head is memory bound, and on CPU a fresh ``[N, V]`` buffer costs ~10x an
+    in-place pass over one (page faults). Autograd's version makes a dozen fresh buffers (``torch.asinh``,
+    not vectorised on CPU, and a backward ``grad / sqrt(1 + u^2)`` built from temporaries); this one makes
+    two in the forward (the product ``u``, which becomes the output, and ``H``) and one in the backward.
+
+    With ``h = sqrt(1 + u^2)``, ``q = |u| / (1 + h)`` and ``u^2 / (1 + h) = |u| q``:
+    ``asinh(|u|) = log1p(|u| + |u| q) = log1p((1 + h)(q + q^2))``, accurate to a few ulps with no
+    cancellation near 0 (finite for ``|u|`` below half the dtype's max). ``H = sign(u) (1 + h)`` carries
+    the sign, so ``q`` and the log1p argument can be formed in ``u``'s own buffer; ``H`` is kept for the
+    backward, ``d asinh(u) / du = 1 / h = 1 / (|H| - 1)``.
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, k: Tensor) -> Tensor:
-        mag = u.abs()
-        t = torch.hypot(mag, torch.ones((), dtype=u.dtype, device=u.device))
-        t.add_(1.0)
-        torch.div(mag, t, out=t)
-        out = t.mul_(mag).add_(mag).log1p_().copysign_(u).mul_(k)
-        del mag
-        ctx.save_for_backward(u, k, out)
+    def forward(ctx, points: Tensor, normals: Tensor, k: Tensor) -> Tensor:
+        u = points @ normals.T
+        signed_1p_h = torch.hypot(u, torch.ones((), dtype=u.dtype, device=u.device))
+        signed_1p_h.add_(1.0).copysign_(u)  # sign(u) (1 + h)
+        q = u.div_(signed_1p_h)  # |u| / (1 + h), in u's buffer
+        arg = torch.addcmul(q, q, q, out=q).mul_(signed_1p_h)  # sign(u) (|u| + |u| q)
+        out = arg.abs_().log1p_().copysign_(signed_1p_h).mul_(k)
+        ctx.save_for_backward(points, normals, k, signed_1p_h, out)
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        u, k, out = ctx.saved_tensors
-        buf = torch.empty_like(u)  # the one fresh [N, V] buffer of the backward
-        grad_k = grad_u = None
-        if ctx.needs_input_grad[1]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        points, normals, k, signed_1p_h, out = ctx.saved_tensors
+        buf = torch.empty_like(out)  # the one fresh [N, V] buffer of the backward
+        grad_k = None
+        if ctx.needs_input_grad[2]:
             # d out / d k = asinh(u) = out / k (k = |z| / sqrt(c) >= ~1e-19 / sqrt(c) > 0 by the clamp).
             grad_k = torch.mul(grad, out, out=buf).sum(0).div_(k)
-        if ctx.needs_input_grad[0]:
-            # d out / d u = k / sqrt(1 + u^2); u^2 may overflow to inf, where rsqrt gives the right 0.
-            one = torch.ones((), dtype=u.dtype, device=u.device)
-            grad_u = torch.addcmul(one, u, u, out=buf).rsqrt_().mul_(grad).mul_(k)
-        return grad_u, grad_k
+        grad_points = grad_normals = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # d out / d u = k / h; k is applied to the [V, D] side of the products, not to [N, V].
+            h = torch.abs(signed_1p_h, out=buf).sub_(1.0)
+            grad_u_over_k = torch.div(grad, h, out=buf)
+            if ctx.needs_input_grad[0]:
+                grad_points = grad_u_over_k @ (k.unsqueeze(-1) * normals)
+            if ctx.needs_input_grad[1]:
+                grad_normals = k.unsqueeze(-1) * (grad_u_over_k.T @ points)
+        return grad_points, grad_normals, grad_k
