@@ -104,9 +104,10 @@ class LorentzMultiheadAttention(nn.Module):
             dtype = point_dtype(s)
             s = s.to(dtype)
             cos, sin = self.rotary(position_ids, dtype=dtype)
-            qs = apply_rotary(s[:, :, 0], cos, sin)
-            ks = apply_rotary(s[:, :, 1], cos, sin)
-            vs = s[:, :, 2]
+            # unbind, not three selects: a select's backward zero-fills all of [B, T, 3, H, m] three times.
+            qs, ks, vs = s.unbind(2)
+            qs = apply_rotary(qs, cos, sin)
+            ks = apply_rotary(ks, cos, sin)
             return tuple(lorentz.lift(p.transpose(1, 2), c) for p in (qs, ks, vs))
 
     def forward(
@@ -118,13 +119,16 @@ class LorentzMultiheadAttention(nn.Module):
         q_tilde = lorentz.ip_query(q)  # (-q0, qs) . k = <q, k>_L
         weighted_v = v[..., :1] * v  # lambda_j v_j with lambda_j = v_j0
         width = self.head_dim + 1
-        if q.is_cuda and width % 8:
+        padded = q.is_cuda and width % 8 != 0
+        if padded:
             # Fused kernels want head widths that are multiples of 8; zero columns change no dot product.
             pad = (0, 8 - width % 8)
             q_tilde, k, weighted_v = (F.pad(p, pad) for p in (q_tilde, k, weighted_v))
         ambient = F.scaled_dot_product_attention(
             q_tilde, k, weighted_v, attn_mask=keys, scale=2.0 / math.sqrt(self.head_dim)
-        )[..., :width]  # [B, H, T, m+1] = sum_j a_ij v_j0 v_j
+        )  # [B, H, T, m+1] = sum_j a_ij v_j0 v_j
+        if padded:  # (a no-op slice would still cost a zero-filled buffer in the backward)
+            ambient = ambient[..., :width]
         with autocast_off(ambient):
             heads = lorentz.project(ambient.to(point_dtype(x)), c)[..., 1:]  # [B, H, T, m]
             merged = lorentz.lift(heads.transpose(1, 2).reshape(b, t, self.hidden_size), c)
