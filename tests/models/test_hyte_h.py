@@ -104,3 +104,26 @@ def test_max_seq_length_beyond_the_base_positions_is_rejected():
         ValueError, match=r"max_seq_length=1024 exceeds the base encoder's max_position_embeddings=512"
     ):
         build_model({"model_type": "hyte_h", "model_name": MINILM, "max_seq_length": 1024})
+
+
+def test_identity_projection_init_starts_from_the_base_coordinates():
+    """projection_init='identity': the tangent vectors before scaling are the base's own token states."""
+    base_path = str(packaged_minilm_path())
+    model = build_model(
+        {"model_type": "hyte_h", "model_name": base_path, "projection_init": "identity", "max_seq_length": 32}
+    )
+    assert torch.equal(model.projection.weight, torch.eye(384))
+    assert torch.count_nonzero(model.projection.bias) == 0
+    twin = build_model(
+        {
+            "model_type": "euclidean",
+            "model_name": base_path,
+            "projection_init": "identity",
+            "max_seq_length": 32,
+        }
+    )
+    assert torch.equal(twin.projection.weight, torch.eye(384))
+    random = build_model({"model_type": "hyte_h", "model_name": base_path, "max_seq_length": 32})
+    assert not torch.equal(random.projection.weight, torch.eye(384))
+    with pytest.raises(ValueError, match="projection_init"):
+        build_model({"model_type": "hyte_h", "model_name": base_path, "projection_init": "orthogonal"})

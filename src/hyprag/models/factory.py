@@ -143,6 +143,12 @@ class ModelArgs(BaseModel):
     base_lr_multiplier: float = Field(
         1.0, gt=0, description="Learning rate of the base encoder = lr * base_lr_multiplier (param_groups)."
     )
+    projection_init: Literal["random", "identity"] = Field(
+        "random",
+        description="hyte_h / euclidean-pretrained: initial Linear(d_base, d). 'identity' starts from the base "
+        "encoder's own coordinates (eye(d, d_base), zero bias), so training starts from the pretrained "
+        "geometry instead of a random rotation of it; 'random' is PyTorch's default init.",
+    )
     projection_scale: float = Field(
         1.0, gt=0, description="hyte_h: initial value of the learnable scale applied before expmap0."
     )
@@ -350,11 +356,25 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
             freeze_base=args.freeze_base,
             base_lr_multiplier=args.base_lr_multiplier,
         )
+        init_projection_(model.projection, args.projection_init)
     model.model_args = args.model_dump()
     model.attn_implementation = args.attn_implementation
     if source:
         _load_init_from(model, args, source)
     return model
+
+
+def init_projection_(linear: nn.Linear, how: str) -> None:
+    """Initialise a projection ``Linear(d_base, d)`` in place: ``identity`` copies the first ``min(d, d_base)``
+    base coordinates (``eye(d, d_base)``, zero bias); ``random`` keeps PyTorch's default."""
+    if how == "random":
+        return
+    if how != "identity":
+        raise ValueError(f"model_args.projection_init must be 'random' or 'identity', got {how!r}")
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.out_features, linear.in_features, dtype=linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.zero_()
 
 
 def _pretrained_base(args: ModelArgs) -> tuple[str, nn.Module]:
@@ -374,7 +394,7 @@ def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
 
     name, base = _pretrained_base(args)
     d = args.embedding_dim or int(base.config.hidden_size)
-    return HyteH(
+    model = HyteH(
         base,
         load_tokenizer(name),
         args.settings(d + 1),
@@ -388,6 +408,8 @@ def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
         freeze_base=args.freeze_base,
         base_lr_multiplier=args.base_lr_multiplier,
     )
+    init_projection_(model.projection, args.projection_init)
+    return model
 
 
 def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
