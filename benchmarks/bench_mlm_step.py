@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="print profiler tables instead of timing")
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--no-save", action="store_true", help="print, do not write the results files")
+    p.add_argument(
+        "--commit",
+        default=None,
+        help="record this commit instead of HEAD (for a run of an older tree put first on PYTHONPATH)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     run = {
-        "commit": _git_commit(),
+        "commit": args.commit or _git_commit(),
         "torch": torch.__version__,
         "threads": args.threads,
         "reps": args.reps,
