@@ -76,7 +76,6 @@ def test_every_quickstart_config_validates_and_twins_share_the_budget() -> None:
         "max_steps",
         "batch_size",
         "seed",
-        "learning_rate",
         "warmup_steps",
         "schedule_type",
         "weight_decay",
