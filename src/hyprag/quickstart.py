@@ -11,11 +11,12 @@ geometries (DESIGN.md sections 4-5, 10):
 It also runs a tiny HyTE-FH pipeline (masked LM on the bundled Python-docs text, then contrastive training
 initialised from it) so the fully hyperbolic path is exercised end to end.
 
-Stages (each timed and printed): prepare data -> zero-shot base -> Euclidean twin -> HyTE-H -> HyTE-FH MLM
--> HyTE-FH contrastive -> report. Training goes through :func:`hyprag.training.trainer.train` with the
-YAML configs in ``configs/quickstart/``; evaluation through :func:`hyprag.eval.retrieval.evaluate_beir`
-(what ``hyprag eval beir`` runs) and :func:`hyprag.eval.hierarchy.hierarchy_probe`. This module only
-chooses the data mixture, orchestrates, and writes ``results.json``, ``report.md`` and the plots.
+Stages (each timed and printed, wall and CPU time): prepare data -> zero-shot base -> Euclidean twin ->
+HyTE-H -> HyTE-FH MLM -> HyTE-FH contrastive -> hierarchy probe (all models) -> report. Training goes
+through :func:`hyprag.training.trainer.train` with the YAML configs in ``configs/quickstart/``; evaluation
+through :func:`hyprag.eval.retrieval.evaluate_beir` (what ``hyprag eval beir`` runs) and
+:func:`hyprag.eval.hierarchy.hierarchy_probe`. This module only chooses the data mixture and the
+evaluation length, orchestrates, and writes ``results.json``, ``report.md`` and the plots.
 """
 
 from __future__ import annotations
