@@ -86,6 +86,7 @@ def test_every_quickstart_config_validates_and_twins_share_the_budget() -> None:
     shared_model = (
         "model_name",
         "embedding_dim",
+        "projection_init",
         "freeze_base",
         "max_seq_length",
         "query_prefix",

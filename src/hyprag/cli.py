@@ -274,7 +274,7 @@ def _add_quickstart_command(sub) -> None:
         "--steps",
         type=int,
         default=None,
-        help="contrastive steps of HyTE-H and the twin (default 200); the HyTE-FH stages scale with it",
+        help="contrastive steps of HyTE-H and the twin (default 100); the HyTE-FH stages scale with it",
     )
     p.add_argument("--fast", action="store_true", help="a tiny smoke run (< 1 minute; numbers mean nothing)")
 
