@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 quickstart: $(STAMP)
-	$(PY) -m hyprag.cli info
+	$(PY) -m hyprag.cli quickstart
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
