@@ -217,13 +217,19 @@ def _add_index_commands(sub) -> None:
     index_sub = p.add_subparsers(dest="index_command", metavar="INDEX")
     p.set_defaults(func=lambda args: p.print_help() or 2)
     b = index_sub.add_parser("build", help="embed a corpus and save a FAISS index folder")
-    b.add_argument("--model", required=True, help="a folder hyprag.load_model accepts (recorded in the index)")
+    b.add_argument(
+        "--model", required=True, help="a folder hyprag.load_model accepts (recorded in the index)"
+    )
     b.add_argument("--corpus", required=True, help="JSONL rows {_id, title, text}, or a BEIR folder")
     b.add_argument("--out", required=True, help="index folder to write")
-    b.add_argument("--kind", choices=["flat", "hnsw"], default="flat", help="flat: exact (default); hnsw: approximate")
+    b.add_argument(
+        "--kind", choices=["flat", "hnsw"], default="flat", help="flat: exact (default); hnsw: approximate"
+    )
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
-    b.add_argument("--ef-search", type=int, default=128, help="HNSW efSearch (raised to the fetch size if smaller)")
+    b.add_argument(
+        "--ef-search", type=int, default=128, help="HNSW efSearch (raised to the fetch size if smaller)"
+    )
     b.set_defaults(func=_run_index_build)
 
     s = sub.add_parser("search", help="search an index folder with query texts")
