@@ -92,6 +92,9 @@ def test_mlm_loss_falls_on_real_text(mlm_run):
     for r in records:
         assert {"lr", "tokens_per_s", "curvature", "x0_mean", "x0_max"} <= r.keys()
         assert r["tokens_per_s"] > 0 and 1.0 <= r["x0_mean"] <= r["x0_max"]
+        # Radius drift is visible per layer of the HyTE-FH trunk.
+        assert r["radius/layer_0/x0_mean"] <= r["radius/layer_0/x0_max"]
+        assert r["x0_mean"] == r["radius/final_norm/x0_mean"]
     # The final folder is an MLM model that loads strictly; the effective config is saved with it.
     model = load_mlm_model(result.final_model_dir)
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -641,8 +641,11 @@ def train(
             trunk = getattr(model, "model", None)
             radius = getattr(trunk, "last_radius_stats", None)
             if radius:
-                metrics["x0_mean"] = radius.get("final_norm/x0_mean", float("nan"))
-                metrics["x0_max"] = radius.get("final_norm/x0_max", float("nan"))
+                # Per-layer radius drift of the HyTE-FH trunk (DESIGN.md section 3); x0_mean/x0_max stay the
+                # pooled embeddings' where a contrastive step produced them, else the trunk's output tokens.
+                metrics.update({f"radius/{name}": value for name, value in radius.items()})
+                metrics.setdefault("x0_mean", radius.get("final_norm/x0_mean", float("nan")))
+                metrics.setdefault("x0_max", radius.get("final_norm/x0_max", float("nan")))
             logger.log(step, metrics)
             window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
 
