@@ -7,9 +7,9 @@ The HyTE-FH trunk lives in :mod:`hyprag.models.hyte_fh`; everything here is impo
 
 from __future__ import annotations
 
+from hyprag.models.args import ModelArgs
 from hyprag.models.base import EmbeddingModel, ModelSettings
 from hyprag.models.factory import (
-    ModelArgs,
     build_mlm_model,
     build_model,
     load_mlm_model,

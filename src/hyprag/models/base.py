@@ -14,6 +14,7 @@ else (prefixes, tokenization, batching, similarity, optimizer groups, saving) li
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def euclidean_pool(name: str, hidden: Tensor, mask: Tensor) -> Tensor:
     return h.sum(1) / counts
 
 
-class EmbeddingModel(nn.Module):
+class EmbeddingModel(nn.Module, abc.ABC):
     """Base class: texts -> embeddings ``[n, D]``, a similarity, optimizer groups, and saving.
 
     Subclasses set ``settings``, ``tokenizer`` and ``is_hyperbolic`` and implement :meth:`forward` and
@@ -149,9 +150,9 @@ class EmbeddingModel(nn.Module):
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    @abc.abstractmethod
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Pooled embeddings ``[B, D]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def encode(
@@ -274,9 +275,9 @@ class EmbeddingModel(nn.Module):
 
     # --- saving ---------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def hyprag_config(self) -> dict[str, Any]:
         """Model-specific entries of the saved ``config.json`` ``hyprag`` section (architecture configs)."""
-        raise NotImplementedError
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json`` (with a ``hyprag`` section), ``model.safetensors`` and the tokenizer files."""

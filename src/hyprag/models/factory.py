@@ -1,7 +1,7 @@
 """Building, loading and saving models from the ``model_args`` config section (DESIGN.md sections 7 and 9).
 
-:class:`ModelArgs` is the validated ``model_args`` section (pydantic v2, unknown keys rejected with the
-closest valid key). :func:`build_model` turns it into an :class:`~hyprag.models.base.EmbeddingModel`,
+:class:`~hyprag.models.args.ModelArgs` (in :mod:`hyprag.models.args`) is the validated ``model_args``
+section. :func:`build_model` turns it into an :class:`~hyprag.models.base.EmbeddingModel`,
 :func:`build_mlm_model` into a masked-LM model, :func:`load_model` reads any saved hyprag folder (or a
 sentence-transformers folder) back, :func:`save_mlm_model`/:func:`load_mlm_model` do the same for MLM models.
 
@@ -23,23 +23,15 @@ Which encoder ``model_type`` builds:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from hyprag.models.base import (
-    EUCLIDEAN_POOLINGS,
-    EUCLIDEAN_SIMILARITIES,
-    HYPERBOLIC_POOLINGS,
-    HYPERBOLIC_SIMILARITIES,
-    EmbeddingModel,
-    ModelSettings,
-)
+from hyprag.models.args import SIZE_KEYS, ModelArgs, as_model_args
+from hyprag.models.base import EmbeddingModel, ModelSettings
 from hyprag.models.hf_base import (
     base_from_config_dict,
     load_pretrained_base,
@@ -67,169 +59,7 @@ __all__ = [
     "save_mlm_model",
 ]
 
-_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 _MLM_TYPES = {"hyte_fh": "hyte_fh_mlm", "euclidean": "euclidean_mlm"}
-
-
-class ModelArgs(BaseModel):
-    """The ``model_args`` section: which encoder, its sizes, pooling, similarity, curvature and prefixes."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=False)
-
-    model_type: Literal["hyte_fh", "hyte_h", "euclidean"] = Field(
-        "hyte_fh",
-        description="hyte_fh (fully hyperbolic), hyte_h (pretrained encoder + expmap), euclidean (twin).",
-    )
-    model_name: str = Field(
-        "answerdotai/ModernBERT-base",
-        description="hyte_fh / euclidean-modernbert: ModernBERT config source and tokenizer source (hub id or "
-        "folder; any tokenizer folder works, sizes then come from this section). hyte_h / "
-        "euclidean-pretrained: the pretrained base encoder. 'all-MiniLM-L6-v2' resolves to the packaged "
-        "copy when the hub is offline.",
-    )
-    euclidean_base: Literal["auto", "modernbert", "pretrained"] = Field(
-        "auto",
-        description="euclidean only: 'modernbert' = ModernBertModel from scratch at HyTE-FH's sizes (twin of "
-        "HyTE-FH); 'pretrained' = model_name + Linear + pooling (twin of HyTE-H); 'auto' = modernbert if "
-        "init_from or a size key is set, else pretrained.",
-    )
-    pooling: str | None = Field(
-        None,
-        description="Hyperbolic: cls, lorentz_centroid (alias mean), einstein_midpoint, "
-        "outward_einstein_midpoint, mean_tangent (default outward_einstein_midpoint). Euclidean: mean, cls "
-        "(default mean).",
-    )
-    pooling_p: float = Field(
-        1.0, gt=0, description="Exponent p of the outward Einstein midpoint (paper's p)."
-    )
-    similarity: Literal["geodesic", "lorentz_inner", "cosine"] | None = Field(
-        None,
-        description="Saved scoring function: geodesic (-d) or lorentz_inner (<q,x>_L + 1/c) for hyperbolic "
-        "models (default geodesic), cosine for Euclidean ones. The trainer sets it from train_args.distance.",
-    )
-    curvature: float = Field(
-        1.0, ge=0.1, le=10.0, description="Initial curvature magnitude c (space curvature -c)."
-    )
-    trainable_curvature: bool = Field(True, description="Learn c (stored as log c, clamped to [0.1, 10]).")
-    query_prefix: str = Field("search_query: ", description="Prepended to every query text.")
-    document_prefix: str = Field("search_document: ", description="Prepended to every document text.")
-    max_seq_length: int = Field(512, ge=1, description="Truncation length in tokens (prefix included).")
-    hidden_size: int | None = Field(
-        None, ge=2, description="hyte_fh / euclidean-modernbert: space dim d of the trunk (override)."
-    )
-    num_hidden_layers: int | None = Field(None, ge=1, description="hyte_fh / euclidean-modernbert: layers.")
-    num_attention_heads: int | None = Field(
-        None, ge=1, description="Attention heads of the trunk (hyte_fh / euclidean) or of HyTE-H's blocks."
-    )
-    intermediate_size: int | None = Field(
-        None,
-        ge=1,
-        description="FFN width of the trunk or of HyTE-H's blocks (default 1.5 x hidden size when the "
-        "hidden size is overridden, ModernBERT's ratio).",
-    )
-    max_position_embeddings: int | None = Field(None, ge=1, description="Longest sequence the trunk accepts.")
-    embedding_dim: int | None = Field(
-        None,
-        ge=1,
-        description="hyte_h / euclidean-pretrained: output dim d of Linear(d_base, d) (default d_base). "
-        "Hyperbolic embeddings have d+1 coordinates.",
-    )
-    num_hyperbolic_blocks: int = Field(
-        0, ge=0, description="hyte_h: HyTE-FH blocks after the exponential map."
-    )
-    freeze_base: bool = Field(
-        False, description="hyte_h / euclidean-pretrained: do not train the base encoder."
-    )
-    base_lr_multiplier: float = Field(
-        1.0, gt=0, description="Learning rate of the base encoder = lr * base_lr_multiplier (param_groups)."
-    )
-    projection_init: Literal["random", "identity"] = Field(
-        "random",
-        description="hyte_h / euclidean-pretrained: initial Linear(d_base, d). 'identity' starts from the base "
-        "encoder's own coordinates (eye(d, d_base), zero bias), so training starts from the pretrained "
-        "geometry instead of a random rotation of it; 'random' is PyTorch's default init.",
-    )
-    projection_scale: float = Field(
-        1.0, gt=0, description="hyte_h: initial value of the learnable scale applied before expmap0."
-    )
-    max_norm: float = Field(
-        5.0, gt=0, description="hyte_h: tangent vectors are clipped to |v| <= max_norm before expmap0."
-    )
-    init_from: str | None = Field(
-        None,
-        description="Folder written by an MLM model's save (its trunk weights are loaded, mismatches raise) "
-        "or by an embedding model of the same type (all weights are loaded).",
-    )
-    attn_implementation: Literal["sdpa", "eager"] = Field(
-        "sdpa", description="Attention kernel of transformers encoders (no flash-attn on CPU)."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            known = set(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    match = difflib.get_close_matches(str(key), sorted(known), n=1)
-                    hint = f"; did you mean {match[0]!r}?" if match else ""
-                    raise ValueError(f"unknown model_args key {key!r}{hint}")
-        return data
-
-    @model_validator(mode="after")
-    def _check_geometry(self) -> ModelArgs:
-        hyperbolic = self.model_type != "euclidean"
-        if self.pooling is None:
-            self.pooling = "outward_einstein_midpoint" if hyperbolic else "mean"
-        if self.similarity is None:
-            self.similarity = "geodesic" if hyperbolic else "cosine"
-        poolings = HYPERBOLIC_POOLINGS if hyperbolic else EUCLIDEAN_POOLINGS
-        similarities = HYPERBOLIC_SIMILARITIES if hyperbolic else EUCLIDEAN_SIMILARITIES
-        if self.pooling not in poolings:
-            raise ValueError(
-                f"model_args.pooling={self.pooling!r} is not valid for model_type={self.model_type!r}; "
-                f"choose one of {list(poolings)}"
-            )
-        if self.similarity not in similarities:
-            raise ValueError(
-                f"model_args.similarity={self.similarity!r} is not valid for model_type={self.model_type!r}; "
-                f"choose one of {list(similarities)}"
-            )
-        if self.num_hyperbolic_blocks and self.model_type != "hyte_h":
-            raise ValueError("model_args.num_hyperbolic_blocks is only used by model_type='hyte_h'")
-        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"model_args.hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        return self
-
-    @property
-    def is_hyperbolic(self) -> bool:
-        return self.model_type != "euclidean"
-
-    def resolved_euclidean_base(self) -> str:
-        """``modernbert`` or ``pretrained`` (``auto`` resolved, see the field's description)."""
-        if self.euclidean_base != "auto":
-            return self.euclidean_base
-        sized = any(getattr(self, k) is not None for k in _SIZE_KEYS)
-        return "modernbert" if (self.init_from or sized) else "pretrained"
-
-    def settings(self, embedding_dim: int) -> ModelSettings:
-        return ModelSettings(
-            model_type=self.model_type,
-            pooling=str(self.pooling),
-            similarity=str(self.similarity),
-            embedding_dim=embedding_dim,
-            pooling_p=self.pooling_p,
-            query_prefix=self.query_prefix,
-            document_prefix=self.document_prefix,
-            max_seq_length=self.max_seq_length,
-        )
-
-
-def _as_args(model_args: Mapping[str, Any] | ModelArgs) -> ModelArgs:
-    return model_args if isinstance(model_args, ModelArgs) else ModelArgs.model_validate(dict(model_args))
 
 
 # --- trunk configs (shared by HyTE-FH and its Euclidean twin, so both get the same sizes) -------------
@@ -268,7 +98,7 @@ def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
         "eos_token_id": tokenizer.sep_token_id,
     }
     values.update({k: v for k, v in special.items() if v is not None})
-    for key in (*_SIZE_KEYS, "max_position_embeddings"):
+    for key in (*SIZE_KEYS, "max_position_embeddings"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.hidden_size is not None and args.intermediate_size is None:
@@ -316,7 +146,7 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
     ``init_from`` loads weights explicitly afterwards: an MLM folder's trunk into the trunk, or a saved
     embedding model of the same type into the whole model; any mismatch raises :class:`WeightsMismatchError`.
     """
-    args = _as_args(model_args)
+    args = as_model_args(model_args)
     source = args.init_from
     if args.model_type == "hyte_fh":
         from hyprag.models.hyte_fh_encoder import HyteFH
@@ -416,7 +246,7 @@ def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
     """The masked-LM model for ``model_type`` ``hyte_fh`` (``HyteFHForMaskedLM``) or ``euclidean``
     (``EuclideanForMaskedLM``, the same sizes), with ``.tokenizer`` set. Save it with
     :func:`save_mlm_model` (``EuclideanForMaskedLM.save_pretrained`` does the same)."""
-    args = _as_args(model_args)
+    args = as_model_args(model_args)
     tokenizer = load_tokenizer(resolve_model_name(args.model_name))
     if args.model_type == "hyte_fh":
         from hyprag.models.hyte_fh import HyteFHForMaskedLM
@@ -518,7 +348,7 @@ def _init_from_trunk_config(path: str, model_type: str) -> Any:
 
 
 def _check_sizes_agree(args: ModelArgs, config: Any, path: str) -> None:
-    for key in _SIZE_KEYS:
+    for key in SIZE_KEYS:
         want = getattr(args, key)
         have = getattr(config, key)
         if want is not None and want != have:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -13,7 +15,7 @@ from hyprag.nn._precision import autocast_off, point_dtype
 __all__ = ["LorentzLayerNorm", "LorentzRMSNorm", "build_lorentz_norm"]
 
 
-class _LorentzSpaceNorm(nn.Module):
+class _LorentzSpaceNorm(nn.Module, abc.ABC):
     """Normalise the space coordinates in float32, then recompute the time coordinate.
 
     x: ``[..., dim+1]`` -> ``[..., dim+1]``. The stored time coordinate is ignored.
@@ -29,8 +31,9 @@ class _LorentzSpaceNorm(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @abc.abstractmethod
     def _normalize(self, xs: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The Euclidean normalisation of the space part ``xs: [..., dim]`` (float32)."""
 
     def forward(self, x: Tensor, c: Curvature) -> Tensor:
         if x.shape[-1] != self.dim + 1:

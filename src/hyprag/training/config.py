@@ -3,7 +3,7 @@
 A run is described by four sections (DESIGN.md section 7)::
 
     train_args:  the optimisation, objective, precision, checkpointing and logging knobs (TrainArgs)
-    model_args:  what to build (hyprag.models.factory.ModelArgs, owned by the models package)
+    model_args:  what to build (hyprag.models.args.ModelArgs, owned by the models package)
     data_args:   where the training rows come from (DataArgs)
     mlm_args:    masking rates for the MLM objective (MLMArgs)
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hyprag.models.factory import ModelArgs
+from hyprag.models.args import ModelArgs
 
 __all__ = [
     "DOTENV_VARIABLES",
