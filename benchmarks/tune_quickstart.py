@@ -31,6 +31,7 @@ import torch
 
 import hyprag
 from hyprag import quickstart as qs
+from hyprag import quickstart_report as qr
 from hyprag.data.bundled import faq_dev_path, wordnet_levels_path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -171,9 +172,9 @@ def run_trial(
         "settings": knobs(summary["config"]),
         "curvature": None if curvature is None else float(curvature),
         "retrieval": retrieval,
-        "hierarchy_growth_pct": qs.probe_growth(h),
-        "hierarchy_spearman": qs.probe_rho(h),
-        "hierarchy_mean_by_level": qs.level_means(h),
+        "hierarchy_growth_pct": qr.probe_growth(h),
+        "hierarchy_spearman": qr.probe_rho(h),
+        "hierarchy_mean_by_level": qr.level_means(h),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -198,9 +199,9 @@ def zero_shot_record() -> dict[str, Any]:
         "stage": "zero_shot",
         "overrides": {},
         "retrieval": retrieval,
-        "hierarchy_growth_pct": qs.probe_growth(h),
-        "hierarchy_spearman": qs.probe_rho(h),
-        "hierarchy_mean_by_level": qs.level_means(h),
+        "hierarchy_growth_pct": qr.probe_growth(h),
+        "hierarchy_spearman": qr.probe_rho(h),
+        "hierarchy_mean_by_level": qr.level_means(h),
         "seconds": time.perf_counter() - t0,
     }
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hyprag import quickstart as qs
+from hyprag import quickstart_report as qr
 from hyprag.cli import build_parser
 from hyprag.data.beir import load_beir
 from hyprag.data.bundled import faq_dev_path, read_jsonl, wordnet_levels_path
@@ -205,7 +206,7 @@ def _models() -> dict:
 
 
 def test_comparisons_report_measured_values_and_ties_do_not_win() -> None:
-    out = {(c["claim"]): c for c in qs.compare(_models())}
+    out = {(c["claim"]): c for c in qr.compare(_models())}
     tie = out["HyTE-H beats Euclidean twin on ndcg@10"]
     assert tie["a_value"] == tie["b_value"] == 0.45 and tie["holds"] is False
     mrr = out["HyTE-H beats Euclidean twin on mrr@10"]
@@ -216,14 +217,14 @@ def test_comparisons_report_measured_values_and_ties_do_not_win() -> None:
     # Growth of the mean with a negative rank correlation is not "grows with depth".
     mixed = _models()
     mixed["hyte_h"]["hierarchy"]["spearman"]["rho"] = -0.05
-    assert not next(c for c in qs.compare(mixed) if c["claim"] == growth["claim"])["holds"]
+    assert not next(c for c in qr.compare(mixed) if c["claim"] == growth["claim"])["holds"]
     flat = next(c for c in out.values() if c["a"] == "euclidean" and c["kind"] == "hierarchy")
     assert flat["a_value"] == pytest.approx(-5.0) and flat["holds"] is True
 
     shrinking = _models()
     shrinking["hyte_h"]["hierarchy"]["relative_increase"] = -0.25
     shrinking["euclidean"]["hierarchy"]["relative_increase"] = 0.2
-    out = {c["claim"]: c for c in qs.compare(shrinking)}
+    out = {c["claim"]: c for c in qr.compare(shrinking)}
     assert out["HyTE-H radius grows with WordNet depth"]["holds"] is False
     assert (
         next(c for c in out.values() if c["a"] == "euclidean" and c["kind"] == "hierarchy")["holds"] is False
@@ -240,13 +241,13 @@ def test_report_states_each_outcome_as_measured() -> None:
             "probe": "p.jsonl",
         },
         "models": models,
-        "comparisons": qs.compare(models),
+        "comparisons": qr.compare(models),
         "timings_s": {"prepare data": 1.0, "report": 2.0},
         "total_seconds": 3.0,
         "peak_rss_mb": 1234.0,
         "plots": ["retrieval.png"],
     }
-    report = qs.render_report(results)
+    report = qr.render_report(results)
     assert "| HyTE-H | 45.00 | 43.00 | 50.00 | 90.00 | +20.0 | +0.300 |" in report
     assert "HyTE-H beats Euclidean twin on ndcg@10: DOES NOT HOLD (45.00 vs 45.00, +0.00 points)" in report
     assert "HyTE-H beats Euclidean twin on mrr@10: HOLDS (43.00 vs 41.00, +2.00 points)" in report
@@ -287,7 +288,7 @@ def test_fast_run_writes_every_file_and_a_complete_results_json(fast_run: tuple[
     for key, model in on_disk["models"].items():
         for metric in ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"):
             assert 0.0 <= model["retrieval"][metric] <= 1.0, (key, metric)
-        levels = qs.level_means(model["hierarchy"])
+        levels = qr.level_means(model["hierarchy"])
         assert list(levels) == [1, 2, 3, 4, 5]
         assert all(math.isfinite(v) and v > 0 for v in levels.values()), key
         assert model["hierarchy"]["levels"]["1"]["n"] == qs.make_plan(fast=True).probe_per_level
@@ -324,7 +325,7 @@ def test_fast_run_models_load_and_reproduce_their_metrics(fast_run: tuple[Path, 
 def test_fast_run_report_contains_the_table_and_outcomes(fast_run: tuple[Path, dict]) -> None:
     out, results = fast_run
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert qs.format_comparison_table(results["models"]) in report
+    assert qr.format_comparison_table(results["models"]) in report
     for comparison in results["comparisons"]:
         assert comparison["claim"] in report
     assert "--fast" in report
