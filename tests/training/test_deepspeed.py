@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _tiny_run import TINY_RUN_OVERRIDES
 
 from hyprag.data.bundled import pair_paths
 from hyprag.training.config import load_config
@@ -70,17 +71,8 @@ def test_zero2_run_on_cpu(tmp_path):
         f"--deepspeed_config={DS_CONFIG}",
         f"--train_args.output_dir={out}",
         f"--data_args.data_path={pairs}",
-        "--model_args.init_from=null",
-        "--model_args.hidden_size=32",
-        "--model_args.num_hidden_layers=1",
-        "--model_args.num_attention_heads=2",
-        "--model_args.intermediate_size=48",
-        "--model_args.max_seq_length=32",
-        "--train_args.batch_size=4",
         "--train_args.max_steps=3",
-        "--train_args.save_every=2",
-        "--train_args.log_every=1",
-        "--data_args.max_rows=64",
+        *TINY_RUN_OVERRIDES,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_run import TINY_RUN_OVERRIDES
 from safetensors.torch import load_file
 
 from hyprag.data.bundled import mlm_text_path, pair_paths
@@ -257,17 +258,8 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
         "--config=configs/train/cpu_tiny_contrastive.yaml",
         f"--train_args.output_dir={out}",
         f"--data_args.data_path={PYTHON_PAIRS}",
-        "--model_args.init_from=null",
-        "--model_args.hidden_size=32",
-        "--model_args.num_hidden_layers=1",
-        "--model_args.num_attention_heads=2",
-        "--model_args.intermediate_size=48",
-        "--model_args.max_seq_length=32",
-        "--train_args.batch_size=4",
         "--train_args.max_steps=4",
-        "--train_args.save_every=2",
-        "--train_args.log_every=1",
-        "--data_args.max_rows=64",
+        *TINY_RUN_OVERRIDES,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
