@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``hyprag ...``: user errors end in one ``error:`` line and exit status 2 (``--debug``: traceback)."""
+    from hyprag.errors import run_entry_point
+
+    return run_entry_point(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

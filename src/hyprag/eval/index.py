@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from hyprag.geometry import lorentz
+from hyprag.models.base import check_finite_embeddings
 
 __all__ = ["INDEX_KINDS", "VectorIndex", "read_corpus"]
 
@@ -195,6 +196,7 @@ class VectorIndex:
         if len(doc_ids) != len(doc_texts):
             raise ValueError(f"{len(doc_ids)} document ids but {len(doc_texts)} texts")
         emb = model.encode(list(doc_texts), prompt_type="document", batch_size=batch_size)
+        check_finite_embeddings(emb, list(doc_texts), "documents")
         c = model.curvature() if model.is_hyperbolic else None
         return cls.from_embeddings(
             doc_ids,
@@ -257,6 +259,7 @@ class VectorIndex:
             q = q.unsqueeze(0)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be [n, {self.dim}], got shape {tuple(q.shape)}")
+        check_finite_embeddings(q, what="query embeddings")
         n_docs = len(self)
         k_eff = min(k, n_docs)
         out_scores = torch.empty(q.shape[0], k_eff, dtype=torch.float64)
@@ -319,7 +322,7 @@ class VectorIndex:
         """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first."""
         self._check_model(model)
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
-        emb = model.encode(texts, prompt_type="query")
+        emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
         scores, positions = self.search_embeddings(emb, k)
         return [
             [(self.doc_ids[p], s) for p, s in zip(pos_row, score_row)]

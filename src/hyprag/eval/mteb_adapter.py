@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hyprag.models.base import check_finite_embeddings
+
 __all__ = [
     "MTEBEncoder",
     "add_mteb_arguments",
@@ -98,6 +100,8 @@ class MTEBEncoder:
             texts.extend(batch["text"])
         kind = None if prompt_type is None else str(getattr(prompt_type, "value", prompt_type))
         emb = self.model.encode(texts, prompt_type=kind, batch_size=int(kwargs.get("batch_size", 32)))
+        # Every model, sentence-transformers ones included: a NaN row would score as a tie, not fail.
+        check_finite_embeddings(emb, texts)
         return torch.as_tensor(emb).to(torch.float32).numpy()
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> Tensor:
@@ -410,7 +414,13 @@ def run_mteb_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``eval_mteb_hyperbolic.py``."""
+    """Entry point of ``eval_mteb_hyperbolic.py`` (user errors: one ``error:`` line, exit status 2)."""
+    from hyprag.errors import run_entry_point
+
+    return run_entry_point(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="eval_mteb_hyperbolic.py",
         description="Run MTEB with a hyprag model, ranking by its hyperbolic similarity. The model type "

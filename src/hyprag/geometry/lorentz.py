@@ -82,7 +82,8 @@ def _safe_norm(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     """Euclidean norm whose gradient at 0 is 0 instead of NaN."""
     sq = x.pow(2).sum(dim=dim, keepdim=keepdim)
     tiny = torch.finfo(sq.dtype).tiny
-    return torch.where(sq > tiny, sq.clamp_min(tiny).sqrt(), torch.zeros_like(sq))
+    # `sq <= tiny`, not `sq > tiny`: a NaN fails both tests, and it must reach the result, not become 0.
+    return torch.where(sq <= tiny, torch.zeros_like(sq), sq.clamp_min(tiny).sqrt())
 
 
 def _out(t: Tensor, ref_dtype: torch.dtype, dtype: torch.dtype | None) -> Tensor:
@@ -167,10 +168,11 @@ def sq_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None
 
 def _distance_from_sq(sq: Tensor, cc: Tensor) -> Tensor:
     # d = (2/sqrt(c)) asinh(sqrt(c)/2 * |x-y|_L). sqrt has an infinite derivative at 0; the double `where`
-    # makes d(x, x) exactly 0 with gradient 0 (the distance's subgradient at its minimum).
+    # makes d(x, x) exactly 0 with gradient 0 (the distance's subgradient at its minimum). The test is
+    # `sq <= tiny` so that a NaN (which fails every comparison) propagates instead of reading as distance 0.
     tiny = torch.finfo(sq.dtype).tiny
-    positive = sq > tiny
-    chord = torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+    zero = sq <= tiny
+    chord = torch.where(zero, torch.zeros_like(sq), torch.where(zero, torch.ones_like(sq), sq).sqrt())
     sc = cc.sqrt()
     return 2.0 / sc * torch.asinh(sc / 2 * chord)
 

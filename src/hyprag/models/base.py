@@ -34,6 +34,9 @@ __all__ = [
     "HYPERBOLIC_SIMILARITIES",
     "EmbeddingModel",
     "ModelSettings",
+    "NonFiniteEmbeddingError",
+    "check_finite_embeddings",
+    "check_texts",
     "euclidean_pool",
 ]
 
@@ -79,6 +82,40 @@ class ModelSettings:
     def from_dict(cls, data: dict[str, Any]) -> ModelSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class NonFiniteEmbeddingError(ValueError):
+    """A model produced NaN or infinite embeddings; the message counts the texts and quotes the first."""
+
+
+def check_texts(texts: Sequence[Any]) -> None:
+    """Raise ``TypeError`` naming the first entry of ``texts`` that is not a string (``None``, a number, ...)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{i}] is {text!r} ({type(text).__name__}); every text to embed must be a str"
+            )
+
+
+def check_finite_embeddings(
+    embeddings: Tensor, texts: Sequence[str] | None = None, what: str = "texts"
+) -> Tensor:
+    """Return ``embeddings`` ``[n, D]`` unchanged, or raise :class:`NonFiniteEmbeddingError` if a row holds
+    NaN or inf: a NaN embedding would otherwise rank as a tie (documents in file order) and score plausibly."""
+    emb = torch.as_tensor(embeddings)
+    bad = ~torch.isfinite(emb.reshape(len(emb), -1)).all(dim=1) if emb.ndim else ~torch.isfinite(emb)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        first = f"the first at position {rows[0]}"
+        if texts is not None and rows[0] < len(texts):
+            text = texts[rows[0]]
+            first += f": {text if len(text) <= 80 else text[:77] + '...'!r}"
+        raise NonFiniteEmbeddingError(
+            f"the model produced NaN or infinite embeddings for {len(rows)} of {len(emb)} {what}, {first}. Its "
+            "weights or inputs are broken (a diverged training run?); results computed from them would be "
+            "meaningless"
+        )
+    return embeddings
 
 
 def euclidean_pool(name: str, hidden: Tensor, mask: Tensor) -> Tensor:
@@ -171,6 +208,7 @@ class EmbeddingModel(nn.Module, abc.ABC):
         pooler masks padding). ``prompt_type`` selects the saved query/document prefix.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
+        check_texts(texts)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
@@ -195,7 +233,7 @@ class EmbeddingModel(nn.Module, abc.ABC):
                 out[torch.tensor(idx)] = emb.detach().to("cpu", torch.float32)
         finally:
             self.train(was_training)
-        return out
+        return check_finite_embeddings(out, texts)
 
     # --- similarity -----------------------------------------------------------------------------------
 

@@ -551,16 +551,18 @@ def _save_final(model: nn.Module, engine: Any, final_dir: Path, is_main: bool) -
 
 
 def main(argv: list[str]) -> int:
-    """``train.py`` / ``hyprag train``: parse and validate everything first, then train. Returns an exit code."""
-    import sys
+    """``train.py`` / ``hyprag train``: parse and validate everything first, then train. Returns an exit code;
+    user errors (config, data, checkpoint, divergence, a folder in use, a full disk) print one ``error:`` line
+    and return 2 (``--debug`` or ``HYPRAG_DEBUG=1``: with the traceback)."""
+    from hyprag.errors import run_entry_point
 
-    from hyprag.training.config import ConfigError, parse_command_line
+    return run_entry_point(_main, argv)
 
-    try:
-        parsed = parse_command_line(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _main(argv: list[str]) -> int:
+    from hyprag.training.config import parse_command_line
+
+    parsed = parse_command_line(argv)
     result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final model: {result.final_model_dir} (step {result.steps}, loss {result.last_loss:.4f})")

@@ -109,19 +109,14 @@ def add_rag_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Handler: build :class:`RagEvalConfig` from parsed flags and run; a user error exits 2 with its message."""
-    import sys
-
-    from hyprag.eval.rag.datasets import RagDatasetError
-    from hyprag.eval.rag.pipeline import RagEvalConfig, RagEvalError, run_rag_eval
+    """Handler: build :class:`RagEvalConfig` from parsed flags and run. User errors (``RagDatasetError``,
+    ``RagEvalError``, missing files, ...) propagate to the entry point's boundary (:mod:`hyprag.errors`),
+    which prints one ``error:`` line and exits 2."""
+    from hyprag.eval.rag.pipeline import RagEvalConfig, run_rag_eval
 
     fields = RagEvalConfig.__dataclass_fields__
     config = RagEvalConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
-    try:
-        result = run_rag_eval(config)
-    except (RagDatasetError, RagEvalError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run_rag_eval(config)
     return 1 if result.summary["n_rows"] == 0 else 0
 
 
@@ -133,5 +128,7 @@ def build_parser(prog: str = "eval_ragas.py") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python eval_ragas.py ...``"""
-    return run_from_args(build_parser().parse_args(argv))
+    """``python eval_ragas.py ...`` (user errors: one ``error:`` line, exit status 2; ``--debug``: traceback)."""
+    from hyprag.errors import run_entry_point
+
+    return run_entry_point(lambda args: run_from_args(build_parser().parse_args(args)), argv)
