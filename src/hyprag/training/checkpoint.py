@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hyprag.errors import describe_error, user_error
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "LATEST_FILE",
@@ -55,8 +57,9 @@ CONFIG_FILE = "config.yaml"
 DEEPSPEED_TAG = "deepspeed"
 
 
+@user_error
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found or read; the message names the path."""
+    """A checkpoint cannot be found, read or written; the message names the path."""
 
 
 def _rank_file(rank: int) -> str:
@@ -126,6 +129,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then the folders: the data is on disk before the rename publishes it."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync_dir(path)
+
+
+def _write_failed(tmp: Path, output_dir: Path, error: BaseException) -> CheckpointError:
+    latest = output_dir / LATEST_FILE
+    previous = latest.read_text(encoding="utf-8").strip() if latest.is_file() else None
+    kept = (
+        f"the previous checkpoint {output_dir / previous} is intact"
+        if previous
+        else "no earlier checkpoint exists"
+    )
+    return CheckpointError(f"could not write checkpoint {tmp}: {describe_error(error)}; {kept}")
+
+
 def save_checkpoint(
     output_dir: str | os.PathLike[str],
     step: int,
@@ -159,17 +183,28 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
 
-    torch.save({"rng": capture_rng_state(), **(rank_state or {})}, tmp / _rank_file(rank))
-    if deepspeed_engine is not None:
-        deepspeed_engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
-    if rank == 0:
-        if training_state is not None:
-            torch.save(training_state, tmp / TRAINING_STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    try:
+        torch.save({"rng": capture_rng_state(), **(rank_state or {})}, tmp / _rank_file(rank))
+        if deepspeed_engine is not None:
+            deepspeed_engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
+        if rank == 0:
+            if training_state is not None:
+                torch.save(training_state, tmp / TRAINING_STATE_FILE)
+            (tmp / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+            (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    except OSError as error:  # a full disk, a permission: the .tmp folder is never published
+        raise _write_failed(tmp, output_dir, error) from error
+    except RuntimeError as error:  # torch.save reports a failed write as RuntimeError
+        if isinstance(error.__cause__, OSError) or "write" in str(error):
+            raise _write_failed(tmp, output_dir, error) from error
+        raise
     barrier()
 
     if rank == 0:
+        try:
+            _fsync_tree(tmp)
+        except OSError as error:
+            raise _write_failed(tmp, output_dir, error) from error
         if final.exists():  # re-saving a step after a resume: replace the old folder
             old = output_dir / f"{final.name}.old.tmp"
             os.replace(final, old)
@@ -233,7 +268,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, rank: int = 0) -> LoadedChe
     warning: the run resumes, but not bit-exactly.
     """
     folder = resolve_checkpoint(path)
-    trainer_state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    try:
+        trainer_state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{folder / TRAINER_STATE_FILE}: not valid JSON ({error}); the checkpoint is damaged"
+        ) from None
     state_file = folder / TRAINING_STATE_FILE
     # Our own files: optimizer states hold python scalars and lists, so the full unpickler is needed.
     training_state = (

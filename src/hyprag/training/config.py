@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -58,7 +59,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate: .inf` passes `gt=0` and would train to NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainArgs(_Section):
@@ -92,6 +94,9 @@ class TrainArgs(_Section):
     seed: int = 42
     output_dir: str = "${OUTPUT_DIR:-outputs/run}"
     checkpoint: str | None = None  # resume from a checkpoint folder or an output folder (-> latest)
+    # A new run (no checkpoint) refuses an output folder that already holds files; true replaces the
+    # previous run's files (config, metrics, checkpoints, final model).
+    overwrite: bool = False
     save_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
@@ -235,8 +240,18 @@ def _read_dotenv(folder: Path) -> None:
 
 
 def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    """Parse a YAML mapping and remember the line of every key: ``{("train_args", "dtype"): 7}``."""
-    text = path.read_text(encoding="utf-8")
+    """Parse a YAML mapping and remember the line of every key: ``{("train_args", "dtype"): 7}``.
+
+    A key given twice in one mapping is an error (YAML would silently keep the last value).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+            "save the file as UTF-8"
+        ) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -252,6 +267,11 @@ def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], 
         if isinstance(n, yaml.MappingNode):
             for key_node, value_node in n.value:
                 key = (*prefix, str(key_node.value))
+                if key in lines:
+                    raise ConfigError(
+                        f"{path}:{key_node.start_mark.line + 1}: duplicate key '{'.'.join(key)}' (first set on "
+                        f"line {lines[key]}); YAML would silently keep the last value: remove one"
+                    )
                 lines[key] = key_node.start_mark.line + 1
                 walk(value_node, key)
 
@@ -416,7 +436,55 @@ def load_config(
         raise ConfigError(_format_errors(error, sources)) from None
     # Expand ${VAR} in defaults (output_dir) the same way as in the file.
     config.train_args.output_dir = _expand(config.train_args.output_dir, "train_args.output_dir")
+    _remember_path_sources(config, sources)
     return config
+
+
+# Where a loaded config's init_from and data_path came from (file:line), for check_local_paths. Kept beside
+# the config (keyed by identity, dropped with it), not in it: two equal configs stay equal.
+_PATH_SOURCES: dict[int, tuple[weakref.ReferenceType, dict[tuple[str, str], str]]] = {}
+
+
+def _remember_path_sources(config: TrainConfig, sources: _Sources) -> None:
+    key = id(config)
+    where = {k: sources.describe(k) for k in (("model_args", "init_from"), ("data_args", "data_path"))}
+    _PATH_SOURCES[key] = (weakref.ref(config, lambda _: _PATH_SOURCES.pop(key, None)), where)
+
+
+def _path_source(config: TrainConfig, key: tuple[str, str]) -> str:
+    entry = _PATH_SOURCES.get(id(config))
+    return entry[1][key] if entry is not None and entry[0]() is config else "config"
+
+
+def check_local_paths(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for local paths a run needs that do not exist: ``model_args.init_from`` (a
+    folder, never a hub id) and a ``data_args.data_path`` written like a path (a hub dataset name is ``name``
+    or ``owner/name``). Called when a run starts; :func:`load_config` only validates (a config may be
+    checked on a machine that does not hold the data)."""
+    init_from = config.model_args.init_from
+    if init_from is not None and not Path(init_from).is_dir():
+        where = _path_source(config, ("model_args", "init_from"))
+        raise ConfigError(
+            f"model_args.init_from={init_from} ({where}): no such folder; it must be a folder written by a "
+            "previous run (output_dir/final)"
+        )
+    paths = config.data_args.data_path
+    for path in [paths] if isinstance(paths, str) else paths:
+        if not Path(path).exists() and (
+            config.data_args.data_format in ("jsonl", "mds") or looks_like_path(path)
+        ):
+            where = _path_source(config, ("data_args", "data_path"))
+            raise ConfigError(f"data_args.data_path={path} ({where}): no such file or folder")
+
+
+def looks_like_path(source: str) -> bool:
+    """True if ``source`` cannot be a Hugging Face hub dataset name (``name`` or ``owner/name``)."""
+    return (
+        source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or "\\" in source
+        or source.endswith((".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".arrow"))
+    )
 
 
 def _split_override(text: str) -> tuple[str, Any]:
@@ -499,6 +567,9 @@ def parse_command_line(
         # `--deepspeed` (HF style) is only a switch; the JSON comes from --deepspeed_config.
         flags.pop("deepspeed")
     config = load_config(flags.get("config"), dict(overrides), dotenv_dir=dotenv_dir)
+    ds_config = flags.get("deepspeed_config")
+    if ds_config is not None and not Path(ds_config).is_file():
+        raise ConfigError(f"--deepspeed_config={ds_config}: file not found")
     local_rank = flags.get("local_rank")
     return ParsedCommandLine(
         config=config,

@@ -37,8 +37,11 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from hyprag.errors import user_error
+from hyprag.folder_lock import RUN_LOCK_NAME, exclusive_lock
+from hyprag.models.io import WeightsMismatchError, check_and_load_state_dict
 from hyprag.training import checkpoint as ckpt
-from hyprag.training.config import TrainConfig, write_config
+from hyprag.training.config import ConfigError, TrainConfig, check_local_paths, write_config
 from hyprag.training.data_stream import DataStream
 from hyprag.training.distributed import barrier, init_distributed
 from hyprag.training.logging import MetricsLogger
@@ -49,6 +52,7 @@ __all__ = [
     "KILL_AFTER_STEP_ENV",
     "TrainResult",
     "TrainStep",
+    "TrainingDivergedError",
     "build_training_model",
     "fill_deepspeed_config",
     "main",
@@ -60,6 +64,11 @@ __all__ = [
 KILL_AFTER_STEP_ENV = "HYPRAG_KILL_AFTER_STEP"
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@user_error
+class TrainingDivergedError(FloatingPointError):
+    """A non-finite loss, gradient norm or parameter: the run stops before the update is kept or saved."""
 
 
 @dataclass
@@ -137,7 +146,10 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train_args.device={name} but CUDA is not available")
+        raise ConfigError(
+            f"train_args.device={name}, but this machine has no usable CUDA device (torch.cuda.is_available() "
+            "is False); use --train_args.device=cpu or auto"
+        )
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
@@ -254,6 +266,107 @@ def _deepspeed_zero_dim_broadcast() -> Iterator[None]:
         DeepSpeedEngine._broadcast_model = original
 
 
+def _all_finite(tensors: Iterator[Tensor]) -> bool:
+    """One device sync for the whole model: are all values of all ``tensors`` finite?"""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _diverged(step: int, quantity: str, value: float, args: Any, output_dir: Path) -> TrainingDivergedError:
+    found = ckpt.list_checkpoints(output_dir)
+    last = (
+        f"the last good checkpoint is {found[-1]} (resume with --train_args.checkpoint={output_dir} and, "
+        "e.g., a lower --train_args.learning_rate)"
+        if found
+        else "no checkpoint was written before it"
+    )
+    return TrainingDivergedError(
+        f"training diverged at step {step}: {quantity} is {value} (learning_rate {args.learning_rate:g}, dtype "
+        f"{args.dtype}); the update was not saved and no checkpoint or final model was written from it; {last}"
+    )
+
+
+#: Keys a resumed run may change freely: where and how often it writes, not what it computes.
+_RESUME_BOOKKEEPING = {
+    ("train_args", key)
+    for key in (
+        "checkpoint",
+        "output_dir",
+        "overwrite",
+        "save_every",
+        "keep_last",
+        "log_every",
+        "wandb_project",
+        "wandb_run_name",
+        "device",
+        "num_workers",
+    )
+}
+#: Keys a resumed run applies explicitly (the learning-rate schedule from the resumed step on).
+_RESUME_APPLIED = {
+    ("train_args", key)
+    for key in ("learning_rate", "warmup_steps", "schedule_type", "min_lr_ratio", "max_steps", "num_epochs")
+}
+
+
+def config_differences(saved_yaml: str, config: TrainConfig) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """``{(section, key): (checkpoint value, current value)}`` for every key that differs, except bookkeeping
+    keys (:data:`_RESUME_BOOKKEEPING`) and keys the checkpoint's config does not have (newer fields)."""
+    saved = yaml.safe_load(saved_yaml) or {}
+    differences = {}
+    for section, body in config.model_dump(mode="json").items():
+        old = saved.get(section)
+        if not isinstance(old, dict) or not isinstance(body, dict):
+            continue
+        for key, value in body.items():
+            if (section, key) not in _RESUME_BOOKKEEPING and key in old and old[key] != value:
+                differences[(section, key)] = (old[key], value)
+    return differences
+
+
+def _describe_differences(differences: dict[tuple[str, str], tuple[Any, Any]]) -> str:
+    return "\n  ".join(
+        f"{section}.{key}: {old!r} in the checkpoint, {new!r} now"
+        for (section, key), (old, new) in differences.items()
+    )
+
+
+def _apply_schedule(scheduler: Any, optimizer: Any, peak_lrs: list[float]) -> None:
+    """After a resume: the current config's peak learning rates and schedule from the checkpoint's step on.
+
+    ``load_state_dict`` restored the checkpoint's peaks (``base_lrs``/``initial_lr``); the schedule's shape is
+    the current config's already (the lambda is built from it), so only the peaks and this step's rates are set.
+    """
+    scheduler.base_lrs = list(peak_lrs)
+    for group, peak, factor in zip(optimizer.param_groups, peak_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = peak
+        group["lr"] = peak * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _claim_output_folder(output_dir: Path, args: Any) -> None:
+    """Refuse a folder that holds files unless the run resumes or ``overwrite`` is set; with ``overwrite``,
+    remove the previous run's files (config, metrics, checkpoints, final model, wandb)."""
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_LOCK_NAME)
+    if not entries or args.checkpoint is not None:
+        return
+    if not args.overwrite:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise ConfigError(
+            f"train_args.output_dir={output_dir} is not empty ({shown}); a new run would destroy it. Resume it "
+            f"with --train_args.checkpoint={output_dir}, choose another output_dir, or pass "
+            "--train_args.overwrite=true to replace it"
+        )
+    import shutil
+
+    run_files = {ckpt.CONFIG_FILE, "metrics.jsonl", ckpt.LATEST_FILE, "final", "wandb", "resumes.jsonl"}
+    for name in entries:
+        if name in run_files or name.startswith(ckpt.CHECKPOINT_PREFIX) or name == ckpt.LATEST_FILE + ".tmp":
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    print(f"overwrite: removed the previous run's files from {output_dir}", flush=True)
+
+
 def _maybe_kill_self(step: int) -> None:
     target = os.environ.get(KILL_AFTER_STEP_ENV)
     if target is not None and step == int(target):
@@ -279,18 +392,33 @@ def build_training_model(config: TrainConfig) -> nn.Module:
 def train(
     config: TrainConfig, *, deepspeed_config: str | os.PathLike[str] | dict | None = None
 ) -> TrainResult:
-    """Run the training described by ``config``; returns where the final model is. See the module docstring."""
+    """Run the training described by ``config``; returns where the final model is. See the module docstring.
+
+    Rank 0 holds an exclusive lock on ``output_dir`` for the run's life (a second run there fails at once,
+    naming the holder's pid), and a new run refuses a non-empty ``output_dir`` unless ``train_args.overwrite``
+    is set or it resumes (``train_args.checkpoint``).
+    """
+    if deepspeed_config is not None and config.train_args.grad_cache_chunk is not None:
+        # The engine owns backward (engine.backward(loss)); GradCache's two-pass backward cannot run in it.
+        raise ValueError(
+            "train_args.grad_cache_chunk is not supported under DeepSpeed; use torchrun (DDP) for GradCache "
+            "or pass --train_args.grad_cache_chunk=null"
+        )
+    check_local_paths(config)
+    output_dir = Path(config.train_args.output_dir)
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            stack.enter_context(exclusive_lock(output_dir / RUN_LOCK_NAME, f"output folder {output_dir}"))
+            _claim_output_folder(output_dir, config.train_args)
+        return _train(config, deepspeed_config)
+
+
+def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict | None) -> TrainResult:
     args = config.train_args
     output_dir = Path(args.output_dir)
 
     # 1. processes, device, seeds ---------------------------------------------------------------------
     if deepspeed_config is not None:
-        if args.grad_cache_chunk is not None:
-            # The engine owns backward (engine.backward(loss)); GradCache's two-pass backward cannot run in it.
-            raise ValueError(
-                "train_args.grad_cache_chunk is not supported under DeepSpeed; use torchrun (DDP) for GradCache "
-                "or pass --train_args.grad_cache_chunk=null"
-            )
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     world = init_distributed()
     rank, world_size = world.rank, world.world_size
@@ -321,8 +449,11 @@ def train(
     if args.max_steps is None and micro_per_epoch is None:
         raise ValueError("streamed data has no known length: set train_args.max_steps instead of num_epochs")
     if micro_per_epoch is not None and micro_per_epoch < accum:
-        raise ValueError(
-            f"one epoch has {micro_per_epoch} batches per rank, fewer than gradient_accumulation_steps={accum}"
+        rows = len(data.dataset) if hasattr(data, "dataset") else "?"
+        raise ConfigError(
+            f"data_args.data_path={config.data_args.data_path} gives {rows} rows: {micro_per_epoch} full batches "
+            f"of train_args.batch_size={args.batch_size} per rank (world size {world_size}), fewer than one "
+            f"optimizer step (gradient_accumulation_steps={accum}); use more rows or a smaller batch_size"
         )
     total_steps = args.max_steps or args.num_epochs * (micro_per_epoch // accum)
 
@@ -370,14 +501,49 @@ def train(
     step, tokens_seen = 0, 0
     if args.checkpoint is not None:
         loaded = ckpt.load_checkpoint(args.checkpoint, rank=rank)
+        differences = config_differences(loaded.config_yaml, config)
+        refused = {k: v for k, v in differences.items() if k not in _RESUME_APPLIED}
+        peak_lrs = list(scheduler.base_lrs)
         if engine is not None:
             engine.load_checkpoint(str(loaded.path), tag=ckpt.DEEPSPEED_TAG)
         else:
             state = loaded.training_state
-            step_module.load_state_dict(state["model"])
+            try:
+                check_and_load_state_dict(
+                    step_module, state["model"], f"{loaded.path / ckpt.TRAINING_STATE_FILE}"
+                )
+            except WeightsMismatchError as error:
+                model_diffs = {k: v for k, v in refused.items() if k[0] == "model_args"}
+                settings = f" ({_describe_differences(model_diffs)})" if model_diffs else ""
+                raise ckpt.CheckpointError(
+                    f"train_args.checkpoint={loaded.path} holds another model than this run builds{settings}:\n{error}"
+                ) from None
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+        if refused:
+            raise ConfigError(
+                f"train_args.checkpoint={loaded.path} was written with other settings, and a resumed run cannot "
+                f"change them (the checkpoint's are in {loaded.path / ckpt.CONFIG_FILE}):\n  "
+                + _describe_differences(refused)
+            )
+        if differences:
+            _apply_schedule(scheduler, optimizer, peak_lrs)
+            if is_main:
+                print(
+                    "resume: applying the new schedule from step "
+                    f"{loaded.trainer_state['step']} on:\n  {_describe_differences(differences)}",
+                    flush=True,
+                )
+                output_dir.mkdir(parents=True, exist_ok=True)
+                with open(output_dir / "resumes.jsonl", "a", encoding="utf-8") as handle:
+                    changed = {f"{s}.{k}": [old, new] for (s, k), (old, new) in differences.items()}
+                    record = {
+                        "step": loaded.trainer_state["step"],
+                        "checkpoint": str(loaded.path),
+                        "changed": changed,
+                    }
+                    handle.write(json.dumps(record) + "\n")
         trainer_state = loaded.trainer_state
         step, tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
         if loaded.rank_state is not None:
@@ -402,6 +568,10 @@ def train(
     )
 
     def save(at_step: int) -> None:
+        if not _all_finite(
+            step_module.parameters()
+        ):  # never write, point `latest` at or prune for NaN weights
+            raise _diverged(at_step, "a parameter (before saving)", float("nan"), args, output_dir)
         data_state = data.state_dict()
         trainer_state = {
             "step": at_step,
@@ -468,21 +638,29 @@ def train(
             step_loss += loss.detach().float() / accum
             step_tokens += tokens * world_size  # ranks see equal shares; no collective needed
 
+        # Divergence is caught before the update is kept: a non-finite loss or gradient norm stops the run
+        # (under fp16 the GradScaler skips such steps itself), and so do non-finite parameters after it.
+        loss_value = float(step_loss)
+        if not math.isfinite(loss_value) and args.dtype != "fp16":
+            raise _diverged(step + 1, "the loss", loss_value, args, output_dir)
         grad_norm = None
         if engine is None:
             scaler.unscale_(optimizer)
-            if args.max_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(step_module.parameters(), args.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                step_module.parameters(), args.max_grad_norm if args.max_grad_norm is not None else math.inf
+            )
+            if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+                raise _diverged(step + 1, "the gradient norm", float(grad_norm), args, output_dir)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+        if not _all_finite(step_module.parameters()):
+            raise _diverged(step + 1, "a parameter after the optimizer step", float("nan"), args, output_dir)
         step += 1
         tokens_seen += step_tokens
         window_tokens += step_tokens
-        last_loss = float(step_loss)
-        if not math.isfinite(last_loss) and args.dtype != "fp16":
-            raise FloatingPointError(f"loss is {last_loss} at step {step} (dtype {args.dtype})")
+        last_loss = loss_value
         window_loss += last_loss
         window_steps += 1
         logger.advance()
@@ -523,7 +701,15 @@ def train(
     # 7. the result -----------------------------------------------------------------------------------
     save(step)
     final_dir = output_dir / "final"
-    _save_final(model, engine, final_dir, is_main)
+    try:
+        _save_final(model, engine, final_dir, is_main)
+    except (OSError, RuntimeError) as error:
+        from hyprag.errors import describe_error
+
+        raise ckpt.CheckpointError(
+            f"could not write the final model to {final_dir}: {describe_error(error)}; the checkpoint of step "
+            f"{step} is intact: free space and resume with --train_args.checkpoint={output_dir}"
+        ) from error
     if is_main:
         write_config(config, final_dir / "training_config.yaml")
     barrier()
