@@ -244,6 +244,11 @@ def _add_index_commands(sub) -> None:
     s.add_argument("queries", nargs="+", help="query texts")
     s.add_argument("-k", type=int, default=10, help="results per query")
     s.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
+    s.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="search even if the model is not the one the index was built with (its fingerprint differs)",
+    )
     s.set_defaults(func=_run_search)
 
 
@@ -265,7 +270,13 @@ def _run_index_build(args: argparse.Namespace) -> int:
 def _run_search(args: argparse.Namespace) -> int:
     from hyprag.eval.index import search_command
 
-    search_command(args.index, args.queries, args.k, model_path=args.model)
+    search_command(
+        args.index,
+        args.queries,
+        args.k,
+        model_path=args.model,
+        allow_model_mismatch=args.allow_model_mismatch,
+    )
     return 0
 
 

@@ -4,6 +4,8 @@ point in-process and read what it printed."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +87,14 @@ def run_main(main: Callable, argv: list[str], capsys: pytest.CaptureFixture[str]
     status = main(argv)
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def hold_lock(lock_file: Path) -> subprocess.Popen:
+    """Another process holding ``lock_file`` (as a running training or index build would) until killed."""
+    code = (
+        "import time; from hyprag.folder_lock import exclusive_lock\n"
+        f"with exclusive_lock({str(lock_file)!r}, 'x'):\n    print('locked', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder

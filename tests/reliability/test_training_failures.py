@@ -21,7 +21,7 @@ from hyprag.training.config import ConfigError, load_config, parse_command_line
 from hyprag.training.logging import read_metrics
 from hyprag.training.trainer import TrainingDivergedError, train
 
-from .conftest import REPO
+from .conftest import REPO, hold_lock
 
 TINY = {
     "model_args.hidden_size": 32,
@@ -189,19 +189,9 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run_unless_overwrite(finished_r
     assert [r["step"] for r in read_metrics(copy)] == [1]
 
 
-def _hold_lock(lock_file: Path) -> subprocess.Popen:
-    code = (
-        "import sys, time; from hyprag.folder_lock import exclusive_lock\n"
-        f"with exclusive_lock({str(lock_file)!r}, 'x'):\n    print('locked', flush=True); time.sleep(120)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 def test_a_second_run_on_the_same_folder_fails_at_once_naming_the_holder(tmp_path):
     out = tmp_path / "shared"
-    holder = _hold_lock(out / RUN_LOCK_NAME)
+    holder = hold_lock(out / RUN_LOCK_NAME)
     try:
         with pytest.raises(
             FolderInUseError, match=rf"output folder {out} is in use by another process \(pid {holder.pid}"

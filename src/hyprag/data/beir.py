@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ def _read_qrels(
         found = repr(lines[0]) if lines else "an empty file"
         raise BeirFormatError(f"{path}:1: expected header {chr(9).join(QRELS_HEADER)!r}, found {found}")
     qrels: dict[str, dict[str, int]] = {}
+    first_line: dict[tuple[str, str], int] = {}
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -121,7 +123,20 @@ def _read_qrels(
             raise BeirFormatError(f"{path}:{lineno}: query id {query_id!r} is not in queries.jsonl")
         if doc_id not in corpus:
             raise BeirFormatError(f"{path}:{lineno}: corpus id {doc_id!r} is not in corpus.jsonl")
-        qrels.setdefault(query_id, {})[doc_id] = score
+        judged = qrels.setdefault(query_id, {})
+        if doc_id in judged and judged[doc_id] != score:
+            raise BeirFormatError(
+                f"{path}:{lineno}: query {query_id!r}, document {doc_id!r} judged {score} here but "
+                f"{judged[doc_id]} on line {first_line[(query_id, doc_id)]}; keep one judgment"
+            )
+        first_line.setdefault((query_id, doc_id), lineno)
+        judged[doc_id] = score
+    if qrels and not any(score > 0 for judged in qrels.values() for score in judged.values()):
+        warnings.warn(
+            f"{path}: every judgment is 0 (no relevant document for any query): every metric will be 0",
+            UserWarning,
+            stacklevel=3,
+        )
     return qrels
 
 

@@ -43,7 +43,7 @@ from torch import Tensor
 from hyprag.geometry import lorentz
 from hyprag.models.base import check_finite_embeddings
 
-__all__ = ["INDEX_KINDS", "VectorIndex", "read_corpus"]
+__all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex", "read_corpus"]
 
 INDEX_KINDS = ("flat", "hnsw")
 _FAISS_FILE = "faiss.index"
@@ -55,6 +55,14 @@ _U32 = 2.0**-24
 # Queries re-scored at once: the element-wise float64 re-rank holds [chunk, fetch, D] doubles (kept
 # small so the temporaries stay in cache).
 _RERANK_CHUNK = 64
+
+
+class IndexFormatError(ValueError):
+    """An index folder cannot be read (a missing, truncated or damaged file); the message names the file."""
+
+
+class IndexModelMismatchError(ValueError):
+    """The model given for a search is not the one the index was built with (its fingerprint differs)."""
 
 
 def _faiss():
@@ -84,6 +92,7 @@ class VectorIndex:
         max_norm: float,
         ef_search: int = 128,
         model_path: str | None = None,
+        model_fingerprint: str | None = None,
     ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
@@ -103,6 +112,8 @@ class VectorIndex:
         self.max_norm = float(max_norm)
         self.ef_search = int(ef_search)
         self.model_path = model_path
+        # EmbeddingModel.fingerprint() of the model that embedded the documents (None: not recorded).
+        self.model_fingerprint = model_fingerprint
 
     # --- construction -----------------------------------------------------------------------------------
 
@@ -198,7 +209,7 @@ class VectorIndex:
         emb = model.encode(list(doc_texts), prompt_type="document", batch_size=batch_size)
         check_finite_embeddings(emb, list(doc_texts), "documents")
         c = model.curvature() if model.is_hyperbolic else None
-        return cls.from_embeddings(
+        index = cls.from_embeddings(
             doc_ids,
             emb,
             similarity=model.settings.similarity,
@@ -207,6 +218,8 @@ class VectorIndex:
             model_path=model_path,
             **index_options,
         )
+        index.model_fingerprint = model.fingerprint() if hasattr(model, "fingerprint") else None
+        return index
 
     # --- search -----------------------------------------------------------------------------------------
 
@@ -317,10 +330,14 @@ class VectorIndex:
         return out_scores, out_pos
 
     def search(
-        self, model: Any, query_texts: Sequence[str] | str, k: int = 10
+        self, model: Any, query_texts: Sequence[str] | str, k: int = 10, *, allow_model_mismatch: bool = False
     ) -> list[list[tuple[str, float]]]:
-        """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first."""
-        self._check_model(model)
+        """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first.
+
+        ``model`` must be the one the index was built with (same fingerprint: weights, settings, curvature);
+        ``allow_model_mismatch=True`` searches with another model of the same dimension and curvature anyway.
+        """
+        self._check_model(model, allow_model_mismatch=allow_model_mismatch)
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
         scores, positions = self.search_embeddings(emb, k)
@@ -329,7 +346,7 @@ class VectorIndex:
             for pos_row, score_row in zip(positions.tolist(), scores.tolist())
         ]
 
-    def _check_model(self, model: Any) -> None:
+    def _check_model(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
         if model.embedding_dim != self.dim:
             raise ValueError(
                 f"the model embeds into {model.embedding_dim} dimensions, the index holds {self.dim}"
@@ -344,13 +361,45 @@ class VectorIndex:
                 raise ValueError(
                     f"the model's curvature c = {c} differs from the index's c = {self.curvature}"
                 )
+        if allow_model_mismatch or self.model_fingerprint is None or not hasattr(model, "fingerprint"):
+            return
+        found = model.fingerprint()
+        if found != self.model_fingerprint:
+            built = f" ({self.model_path})" if self.model_path else ""
+            raise IndexModelMismatchError(
+                f"the index was built with another model{built}: its fingerprint is {self.model_fingerprint[:12]}, "
+                f"this model's is {found[:12]} (other weights or settings; was the model folder overwritten?). "
+                "Rankings would silently differ: rebuild the index with this model, or pass "
+                "--allow-model-mismatch (allow_model_mismatch=True) to search anyway"
+            )
 
     # --- persistence ------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``faiss.index``, ``doc_ids.json`` and ``index.json`` (settings, model path) to ``path``."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write ``faiss.index``, ``doc_ids.json`` and ``index.json`` (settings, model path and fingerprint)
+        to folder ``path`` atomically: into a folder beside it, then renamed over it, so a crash or a full disk
+        leaves the previous index (or none) in place, never a mix."""
+        import shutil
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self._write_files(staging)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _write_files(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
         _faiss().write_index(self.faiss_index, str(folder / _FAISS_FILE))
         (folder / _IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
         meta = {
@@ -363,9 +412,12 @@ class VectorIndex:
             "max_norm": self.max_norm,
             "ef_search": self.ef_search,
             "model_path": self.model_path,
+            "model_fingerprint": self.model_fingerprint,
         }
         (folder / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return folder
+        for name in (_FAISS_FILE, _IDS_FILE, _META_FILE):
+            with open(folder / name, "rb") as handle:
+                os.fsync(handle.fileno())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
@@ -374,13 +426,22 @@ class VectorIndex:
         for name in (_META_FILE, _IDS_FILE, _FAISS_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: missing (not a hyprag index folder?)")
-        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
+        meta = _read_json(folder / _META_FILE, dict)
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
+            raise IndexFormatError(
                 f"{folder / _META_FILE}: unsupported format_version {meta.get('format_version')!r}"
             )
-        doc_ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
-        index = _faiss().read_index(str(folder / _FAISS_FILE))
+        doc_ids = _read_json(folder / _IDS_FILE, list)
+        try:
+            index = _faiss().read_index(str(folder / _FAISS_FILE))
+        except RuntimeError as error:
+            raise IndexFormatError(
+                f"{folder / _FAISS_FILE}: not a readable FAISS index (truncated?): {error}"
+            ) from None
+        if index.ntotal != len(doc_ids):
+            raise IndexFormatError(
+                f"{folder / _FAISS_FILE} holds {index.ntotal} vectors but {folder / _IDS_FILE} lists {len(doc_ids)} ids"
+            )
         return cls(
             doc_ids,
             index,
@@ -390,7 +451,19 @@ class VectorIndex:
             max_norm=meta["max_norm"],
             ef_search=meta["ef_search"],
             model_path=meta.get("model_path"),
+            model_fingerprint=meta.get("model_fingerprint"),
         )
+
+
+def _read_json(file: Path, kind: type) -> Any:
+    """A JSON file of an index folder; a truncated or damaged file is an :class:`IndexFormatError` naming it."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise IndexFormatError(f"{file}: not valid JSON (truncated or damaged?): {error}") from None
+    if not isinstance(value, kind):
+        raise IndexFormatError(f"{file}: expected a JSON {kind.__name__}, found {type(value).__name__}")
+    return value
 
 
 def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
@@ -448,8 +521,23 @@ def build_index_command(
 ) -> VectorIndex:
     """``hyprag index build``: embed a corpus with the model folder and save the index to ``out``."""
     import hyprag
+    from hyprag.folder_lock import exclusive_lock, sibling_lock_path
 
-    model = hyprag.load_model(model_path)
+    with exclusive_lock(sibling_lock_path(out), f"index folder {out}"):
+        return _build_index(model_path, corpus, out, kind, batch_size, hnsw_m, ef_search, hyprag.load_model)
+
+
+def _build_index(
+    model_path: str,
+    corpus: str,
+    out: str,
+    kind: str,
+    batch_size: int,
+    hnsw_m: int,
+    ef_search: int,
+    load_model: Any,
+) -> VectorIndex:
+    model = load_model(model_path)
     ids, texts = read_corpus(corpus)
     options: dict[str, Any] = {"ef_search": ef_search}
     if kind == "hnsw":
@@ -469,9 +557,15 @@ def build_index_command(
 
 
 def search_command(
-    index_dir: str, queries: Sequence[str], k: int = 10, model_path: str | None = None
+    index_dir: str,
+    queries: Sequence[str],
+    k: int = 10,
+    model_path: str | None = None,
+    *,
+    allow_model_mismatch: bool = False,
 ) -> list:
-    """``hyprag search``: load the index and its model (or ``model_path``) and print the top ``k``."""
+    """``hyprag search``: load the index and its model (or ``model_path``) and print the top ``k``; a model
+    other than the one the index was built with is refused unless ``allow_model_mismatch``."""
     import hyprag
 
     index = VectorIndex.load(index_dir)
@@ -479,7 +573,7 @@ def search_command(
     if not path:
         raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")
     model = hyprag.load_model(path)
-    results = index.search(model, list(queries), k)
+    results = index.search(model, list(queries), k, allow_model_mismatch=allow_model_mismatch)
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, (doc_id, score) in enumerate(hits, start=1):

@@ -313,6 +313,21 @@ class EmbeddingModel(nn.Module, abc.ABC):
 
     # --- saving ---------------------------------------------------------------------------------------
 
+    def fingerprint(self) -> str:
+        """A sha256 of the settings, the curvature and every weight (names, dtypes, shapes, bytes): what an
+        index records so that searching it with another model, or a changed model folder, is refused."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(self.settings.to_dict(), sort_keys=True).encode("utf-8"))
+        c = self.curvature()
+        digest.update(repr(None if c is None else float(c.detach())).encode("ascii"))
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     @abc.abstractmethod
     def hyprag_config(self) -> dict[str, Any]:
         """Model-specific entries of the saved ``config.json`` ``hyprag`` section (architecture configs)."""

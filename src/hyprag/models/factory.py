@@ -402,6 +402,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Embed
             f"{path} holds an MLM model ({kind}); load it with hyprag.models.load_mlm_model, or start an "
             "embedding model from it with model_args.init_from"
         )
+    validate_saved_section(path / "config.json", section)
     settings = ModelSettings.from_dict(section)
     tokenizer = load_tokenizer(str(path))
     attn = section.get("attn_implementation", "sdpa")
@@ -410,6 +411,78 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Embed
     model.model_args = section.get("model_args")
     check_and_load_state_dict(model, load_weights_file(path), where=str(path / "model.safetensors"))
     return model.to(device).eval()
+
+
+class ModelFolderError(ValueError):
+    """A saved model's ``config.json`` does not describe a valid model; the message names the file and key."""
+
+
+_SETTING_KEYS = (
+    "model_type",
+    "pooling",
+    "pooling_p",
+    "similarity",
+    "max_seq_length",
+    "query_prefix",
+    "document_prefix",
+)
+
+
+def validate_saved_section(config_file: Path, section: Mapping[str, Any]) -> None:
+    """Validate a saved ``hyprag`` section the way a config's ``model_args`` is validated (a hand-edited
+    ``similarity: cosine`` on a hyperbolic model would otherwise load and score nonsense), plus the
+    dimensions and the maximum length against the saved architecture. Raises :class:`ModelFolderError`."""
+    from pydantic import ValidationError
+
+    values = dict(section.get("model_args") or {})
+    values.update({k: section[k] for k in _SETTING_KEYS if k in section})
+    values.pop("init_from", None)  # where the weights first came from; irrelevant (and maybe gone) now
+    try:
+        ModelArgs.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            (f"hyprag.{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
+        )
+        # The keys live in the file's "hyprag" section: name them the way the file does.
+        problems = problems.replace("model_args.", "hyprag.")
+        raise ModelFolderError(f"{config_file}: invalid 'hyprag' section: {problems}") from None
+    kind = section["model_type"]
+
+    def int_of(*keys: str) -> int | None:
+        value: Any = section
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    if kind == "hyte_fh":
+        width, positions = (
+            int_of("trunk_config", "hidden_size"),
+            int_of("trunk_config", "max_position_embeddings"),
+        )
+        expected = None if width is None else width + 1
+    elif kind == "hyte_h":
+        projection = int_of("projection_dim")
+        expected = None if projection is None else projection + 1
+        positions = int_of("base_config", "max_position_embeddings")
+    else:
+        expected = int_of("projection_dim") or int_of("base_config", "hidden_size")
+        positions = int_of("base_config", "max_position_embeddings")
+    dim = int_of("embedding_dim")
+    if expected is not None and dim != expected:
+        raise ModelFolderError(
+            f"{config_file}: hyprag.embedding_dim={section.get('embedding_dim')!r}, but the saved {kind} "
+            f"architecture produces {expected}-dimensional embeddings"
+        )
+    length = int_of("max_seq_length")
+    if positions is not None and length is not None and length > positions:
+        raise ModelFolderError(
+            f"{config_file}: hyprag.max_seq_length={length} exceeds the encoder's max_position_embeddings={positions}"
+        )
+    c = section.get("curvature")
+    if kind != "euclidean" and c is not None and not (isinstance(c, (int, float)) and 0 < c < float("inf")):
+        raise ModelFolderError(f"{config_file}: hyprag.curvature={c!r} must be a finite number > 0")
 
 
 def _skeleton(
