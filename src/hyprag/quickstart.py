@@ -1,22 +1,31 @@
 """``hyprag quickstart``: train and compare hyperbolic and Euclidean retrievers on real data, on a CPU.
 
-The run answers the paper's two quality questions on held-out data with the same budget for both
-geometries (DESIGN.md sections 4-5, 10):
+The run answers the paper's quality questions on held-out data, over several seeds, with the same budget
+for every geometry (DESIGN.md sections 4-5, 10):
 
-1. does HyTE-H (the packaged all-MiniLM-L6-v2 + projection + ``expmap0`` + outward Einstein midpoint,
-   geodesic InfoNCE) retrieve better than its Euclidean twin (same base and projection, mean pooling,
-   cosine InfoNCE; same pairs, steps, batch size and seed) and than the zero-shot base?
-2. does the hyperbolic radius grow with WordNet depth while the Euclidean norm does not?
+1. does HyTE-H retrieve better than its Euclidean twins where hierarchy matters (``eval/wordnet-hier``:
+   held-out WordNet synset -> its ancestors among 5,000 train glosses, graded by hops)?
+2. is it at parity or better on ordinary FAQ retrieval (``eval/faq-dev``)?
+3. does its radius grow with WordNet depth (the hierarchy probe, Spearman and level 1 -> 5 growth)?
 
-It also runs a tiny HyTE-FH pipeline (masked LM on the bundled Python-docs text, then contrastive training
-initialised from it) so the fully hyperbolic path is exercised end to end.
+Models (``configs/quickstart/``): HyTE-H with the ``pooled`` head (starts as zero-shot MiniLM) trained with
+geodesic InfoNCE plus the WordNet hierarchy objective; the **Euclidean-distance twin** (the same head,
+``y = r u``, Euclidean distance, the same losses in Euclidean form); the **cosine twin** (mean pooling +
+Linear, cosine, the same losses); the zero-shot base; ablation rows (no hierarchy loss, the paper's
+``token`` head, the ``token_radius`` head, a trainable top base layer); and a tiny HyTE-FH (one seed; it
+shows the fully hyperbolic pipeline runs).
 
-Stages (each timed and printed, wall and CPU time): prepare data -> zero-shot base -> Euclidean twin ->
-HyTE-H -> HyTE-FH MLM -> HyTE-FH contrastive -> hierarchy probe (all models) -> report. Training goes
-through :func:`hyprag.training.trainer.train` with the YAML configs in ``configs/quickstart/``; evaluation
-through :func:`hyprag.eval.retrieval.evaluate_beir` (what ``hyprag eval beir`` runs) and
-:func:`hyprag.eval.hierarchy.hierarchy_probe`. This module only chooses the data mixture and the
-evaluation length, orchestrates, and writes ``results.json``, ``report.md`` and the plots.
+Protocol: every trained row runs with each seed of the plan (data order and initialisation); numbers are
+reported as mean +- sd over seeds on the *report* halves of the evaluation sets, with paired differences
+and a 95% bootstrap interval over seeds and queries (:func:`hyprag.eval.stats.paired_bootstrap`). A claim
+HOLDS only when its interval excludes 0 (parity: when it stays above -1 nDCG point). The *tune* halves are
+measured too and written to ``results.json`` for ``benchmarks/tune_quickstart.py``, the only place
+settings are chosen. With a frozen base, every text runs through MiniLM once per run
+(:func:`hyprag.models.hf_base.cached_base_states`), so extra seeds cost only head training.
+
+Stages (each timed and printed): prepare data -> zero-shot base -> seeds x rows -> HyTE-FH MLM -> HyTE-FH
+contrastive -> report. Training goes through :func:`hyprag.training.trainer.train`, evaluation through
+:func:`hyprag.eval.retrieval.evaluate_beir` and :func:`hyprag.eval.hierarchy.embedding_radii`.
 """
 
 from __future__ import annotations
@@ -36,21 +45,19 @@ from pathlib import Path
 from typing import Any
 
 from hyprag.quickstart_report import (
-    MODEL_KEYS,
-    MODEL_LABELS,
-    TABLE_METRICS,
+    MAIN_KEYS,
+    Row,
     compare,
     format_comparison_table,
     format_outcomes,
-    probe_growth,
-    probe_rho,
     render_report,
+    summarize,
     write_plots,
 )
 
 __all__ = [
-    "MODEL_KEYS",
     "RESULTS_SCHEMA_VERSION",
+    "ROWS",
     "QuickstartPlan",
     "StageTimer",
     "make_plan",
@@ -59,7 +66,7 @@ __all__ = [
     "run_quickstart",
 ]
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
 
 #: Plots written by the hierarchy probe (hyprag.eval.hierarchy) into the output folder.
 PROBE_PLOTS = ("radius_by_level.png", "embeddings_2d.png")
@@ -68,10 +75,64 @@ PROBE_PLOTS = ("radius_by_level.png", "embeddings_2d.png")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "quickstart"
 CONFIG_FILES = {
     "euclidean": "euclidean.yaml",
+    "euclidean_distance": "euclidean_distance.yaml",
     "hyte_h": "hyte_h.yaml",
     "hyte_fh_mlm": "hyte_fh_mlm.yaml",
     "hyte_fh": "hyte_fh_contrastive.yaml",
 }
+
+_NO_HIERARCHY = {"hierarchy_args.weight": 0.0, "hierarchy_args.centripetal_weight": 0.0}
+
+#: Every trained row over seeds: (key, label, config, overrides, main or ablation). The three main rows
+#: share pairs, edges, steps, batch size and seeds; each ablation changes one thing of a main row.
+ROWS: tuple[Row, ...] = (
+    Row("hyte_h", "HyTE-H (pooled head + hierarchy)", "hyte_h", {}, "main"),
+    Row("euclidean_distance", "Euclidean-distance twin (+ hierarchy)", "euclidean_distance", {}, "main"),
+    Row("euclidean", "cosine twin (+ hierarchy)", "euclidean", {}, "main"),
+    Row("hyte_h_no_hierarchy", "HyTE-H pooled, InfoNCE only", "hyte_h", _NO_HIERARCHY, "ablation", "hyte_h"),
+    Row(
+        "euclidean_distance_no_hierarchy",
+        "Euclidean-distance twin, InfoNCE only",
+        "euclidean_distance",
+        _NO_HIERARCHY,
+        "ablation",
+        "euclidean_distance",
+    ),
+    Row(
+        "hyte_h_token",
+        "HyTE-H token head (paper's, clip 2, OEM) + hierarchy",
+        "hyte_h",
+        {
+            "model_args.hyte_h_head": "token",
+            "model_args.pooling": "outward_einstein_midpoint",
+            "model_args.max_norm": 2.0,
+        },
+        "ablation",
+        "hyte_h",
+    ),
+    Row(
+        "hyte_h_token_radius",
+        "HyTE-H token_radius head (OEM) + hierarchy",
+        "hyte_h",
+        {"model_args.hyte_h_head": "token_radius", "model_args.pooling": "outward_einstein_midpoint"},
+        "ablation",
+        "hyte_h",
+    ),
+    Row(
+        "hyte_h_trainable_base",
+        "HyTE-H pooled + hierarchy, top base layer trained",
+        "hyte_h",
+        {"model_args.trainable_base_layers": 1},
+        "ablation",
+        "hyte_h",
+    ),
+)
+
+
+#: Rows of a default run. The trainable-base ablation trains MiniLM's top layer, so no state cache can
+#: serve it (about 2 minutes per seed on 2 cores): ``--rows hyte_h_trainable_base`` adds it, and
+#: ``benchmarks/tune_quickstart.py`` measures it over seeds.
+DEFAULT_ROWS = tuple(row.key for row in ROWS if row.key != "hyte_h_trainable_base")
 
 
 # --- the plan: what to run, derived from the options --------------------------------------------------
@@ -81,55 +142,73 @@ CONFIG_FILES = {
 class QuickstartPlan:
     """Every size the run uses; written into ``results.json`` so a result says how it was made.
 
-    ``steps`` are optimizer steps of the HyTE-H / Euclidean-twin contrastive stage (both get the same);
-    the HyTE-FH stages scale with it. ``python_docs_pairs`` / ``wordnet_pairs``: how many rows of each
-    bundled pair file go into the training mixture (``None``: all). ``eval_queries`` / ``eval_docs`` /
-    ``probe_per_level``: subsample the evaluation sets (``None``: the full sets; only ``--fast`` does).
-    ``eval_max_length``: every model, the zero-shot base included, embeds evaluation texts truncated to
-    this many tokens (training uses the configs' shorter ``max_seq_length`` to fit the CPU budget); the
-    trained models are saved with it, so loading one reproduces the recorded metrics.
+    ``seeds``: the seeds of every trained row (``seed`` is the first; the tiny HyTE-FH uses it alone).
+    ``steps`` are optimizer steps of every row; the HyTE-FH stages scale with it. ``slow_row_seeds``: how
+    many seeds the rows whose base is partly trained (no state cache) get. ``python_docs_pairs`` /
+    ``wordnet_pairs``: rows of each bundled pair file in the training mixture (``None``: all).
+    ``eval_queries`` / ``eval_docs`` / ``probe_per_level``: subsample the evaluation sets (``None``: the
+    full sets; only ``--fast`` does). ``eval_max_length``: every model embeds evaluation texts truncated to
+    this many tokens; the trained models are saved with it, so loading one reproduces the recorded metrics.
     """
 
     seed: int = 42
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44, 45, 46])
     fast: bool = False
     steps: int = 100
     fh_mlm_steps: int = 300
     fh_contrastive_steps: int = 150
+    slow_row_seeds: int = 5
     python_docs_pairs: int | None = None
     wordnet_pairs: int | None = 4069
     eval_queries: int | None = None
     eval_docs: int | None = None
     probe_per_level: int | None = None
     eval_max_length: int = 128
+    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-#: Default sizes of a full run and of ``--fast``. 100 contrastive steps: the tuning sweep ran at 100, and a
-#: 200-step run scored lower on faq-dev for both geometries (twin 81.25 vs 82.01, HyTE-H 79.79 vs 79.86
-#: nDCG@10); a full run takes about 4 minutes on 2 cores (benchmarks/results/quickstart_tuning.md).
-_FULL = {"steps": 100, "fh_mlm_steps": 300, "fh_contrastive_steps": 150}
+#: Default sizes of a full run and of ``--fast``. 100 contrastive steps per row and seed.
+_FULL = {"steps": 100, "fh_mlm_steps": 300, "fh_contrastive_steps": 150, "n_seeds": 5, "slow_row_seeds": 5}
 _FAST = {
     "steps": 6,
     "fh_mlm_steps": 6,
     "fh_contrastive_steps": 6,
+    "n_seeds": 2,
+    "slow_row_seeds": 1,
     "python_docs_pairs": 256,
     "wordnet_pairs": 256,
     "eval_queries": 40,
-    "eval_docs": 100,
+    "eval_docs": 150,
     "probe_per_level": 12,
     "eval_max_length": 32,
 }
 #: Config overrides of ``--fast`` for every stage: small batches and short sequences (< 1 minute in all).
-_FAST_STAGE = {"train_args.batch_size": 8, "train_args.warmup_steps": 0, "model_args.max_seq_length": 32}
-_FAST_OVERRIDES: dict[str, dict[str, Any]] = {name: dict(_FAST_STAGE) for name in CONFIG_FILES}
+_FAST_STAGE = {
+    "train_args.batch_size": 8,
+    "train_args.warmup_steps": 0,
+    "model_args.max_seq_length": 32,
+}
+_FAST_HIERARCHY = {"hierarchy_args.edges_per_step": 4, "hierarchy_args.max_children": 200}
+_FAST_OVERRIDES: dict[str, dict[str, Any]] = {
+    name: {**_FAST_STAGE, **({} if name == "hyte_fh_mlm" else _FAST_HIERARCHY)} for name in CONFIG_FILES
+}
 
 
-def make_plan(*, seed: int = 42, steps: int | None = None, fast: bool = False) -> QuickstartPlan:
-    """The sizes of a run: the full defaults, or ``--fast``; ``steps`` rescales every training stage."""
+def make_plan(
+    *, seed: int = 42, steps: int | None = None, fast: bool = False, seeds: int | None = None
+) -> QuickstartPlan:
+    """The sizes of a run: the full defaults, or ``--fast``; ``steps`` rescales every training stage;
+    ``seeds`` is the number of seeds (``seed``, ``seed + 1``, ...)."""
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     base: dict[str, Any] = dict(_FAST if fast else _FULL)
-    plan = QuickstartPlan(seed=seed, fast=fast, **base)
+    n_seeds = seeds if seeds is not None else base.pop("n_seeds")
+    base.pop("n_seeds", None)
+    plan = QuickstartPlan(seed=seed, seeds=[seed + i for i in range(n_seeds)], fast=fast, **base)
+    plan.slow_row_seeds = min(plan.slow_row_seeds, n_seeds)
     if fast:
         plan.overrides = {k: dict(v) for k, v in _FAST_OVERRIDES.items()}
     if steps is not None:
@@ -230,26 +309,32 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def prepare_eval_subset(
     source: Path, out_dir: Path, *, n_queries: int, n_docs: int | None, seed: int
 ) -> Path:
-    """A smaller BEIR folder (``--fast``): ``n_queries`` seeded-sampled queries of ``source``, their judged
-    documents, and seeded-sampled other documents up to ``n_docs`` in all (``None``: the whole corpus)."""
+    """A smaller BEIR folder (``--fast``): ``n_queries`` seeded-sampled queries of ``source`` (half from each
+    of its tune and report parts when it has them), their judged documents, and seeded-sampled other
+    documents up to ``n_docs`` in all (``None``: the whole corpus). Every qrels split of ``source``
+    (``test``, ``tune``, ``report``) is kept for the chosen queries."""
     from hyprag.data.beir import load_beir, write_beir
 
-    data = load_beir(source, "test")
+    splits = [p.stem for p in sorted((source / "qrels").glob("*.tsv"))]
+    data = {split: load_beir(source, split) for split in splits}
     rng = random.Random(f"quickstart-eval-{seed}")
-    chosen = sorted(rng.sample(list(data.queries), min(n_queries, len(data.queries))))
-    corpus = data.corpus
+    parts = [sp for sp in ("tune", "report") if sp in data] or ["test"]
+    chosen: list[str] = []
+    for sp in parts:
+        pool = sorted(data[sp].queries)
+        chosen += rng.sample(pool, min(n_queries // len(parts), len(pool)))
+    chosen = sorted(chosen)
+    full = data["test"] if "test" in data else data[splits[0]]
+    corpus = full.corpus
     if n_docs is not None:
-        keep = {d for q in chosen for d in data.qrels[q]}
-        others = [d for d in corpus if d not in keep]
+        keep = {d for sp in splits for q in chosen for d in data[sp].qrels.get(q, {})}
+        others = sorted(d for d in corpus if d not in keep)
         keep.update(rng.sample(others, max(0, min(len(others), n_docs - len(keep)))))
         corpus = {d: doc for d, doc in corpus.items() if d in keep}
-    write_beir(
-        out_dir,
-        corpus=corpus,
-        queries={q: data.queries[q] for q in chosen},
-        qrels={q: data.qrels[q] for q in chosen},
-        split="test",
-    )
+    queries = {q: full.queries[q] for q in chosen}
+    for split in splits:
+        judged = {q: data[split].qrels[q] for q in chosen if data[split].qrels.get(q)}
+        write_beir(out_dir, corpus=corpus, queries=queries, qrels=judged, split=split)
     return out_dir
 
 
@@ -272,12 +357,14 @@ def prepare_probe_subset(source: Path, out_path: Path, *, per_level: int) -> Pat
 # --- training and evaluation (library calls) --------------------------------------------------------
 
 
-def stage_overrides(name: str, plan: QuickstartPlan, output_dir: Path, pairs_path: Path) -> dict[str, Any]:
+def stage_overrides(
+    name: str, plan: QuickstartPlan, output_dir: Path, pairs_path: Path, *, seed: int | None = None
+) -> dict[str, Any]:
     """Config overrides of stage ``name`` (a key of :data:`CONFIG_FILES`): output folder, seed, steps, data.
 
     Every stage reads the same training mixture (``pairs_path``; the MLM stage the bundled Python-docs
-    text) with the same seed; HyTE-H and the twin get the same number of steps. The plan's per-stage
-    overrides (``--fast``) come last.
+    text) with the same seed; every row gets the same number of steps. The plan's per-stage overrides
+    (``--fast``) come last.
     """
     from hyprag.data.bundled import mlm_text_path
     from hyprag.models import packaged_minilm_path
@@ -285,7 +372,7 @@ def stage_overrides(name: str, plan: QuickstartPlan, output_dir: Path, pairs_pat
     steps_for = {"hyte_fh_mlm": plan.fh_mlm_steps, "hyte_fh": plan.fh_contrastive_steps}
     o: dict[str, Any] = {
         "train_args.output_dir": str(output_dir),
-        "train_args.seed": plan.seed,
+        "train_args.seed": plan.seed if seed is None else seed,
         "train_args.max_steps": steps_for.get(name, plan.steps),
         "train_args.device": "cpu",
         "data_args.data_path": str(mlm_text_path() if name == "hyte_fh_mlm" else pairs_path),
@@ -297,7 +384,7 @@ def stage_overrides(name: str, plan: QuickstartPlan, output_dir: Path, pairs_pat
 
 
 def train_stage(
-    name: str, config_dir: Path, overrides: Mapping[str, Any], timer: StageTimer
+    name: str, config_dir: Path, overrides: Mapping[str, Any], timer: StageTimer, *, quiet: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """Load ``configs/quickstart/<name>.yaml`` with ``overrides``, train, return (final model dir, summary)."""
     from hyprag.training.config import load_config
@@ -305,10 +392,11 @@ def train_stage(
 
     config = load_config(config_dir / CONFIG_FILES[name], dict(overrides), dotenv_dir=None)
     args = config.train_args
-    timer.say(
-        f"    {config.model_args.model_type} / {args.task}: {args.max_steps} steps x batch {args.batch_size}, "
-        f"lr {args.learning_rate:g}, max length {config.model_args.max_seq_length}"
-    )
+    if not quiet:
+        timer.say(
+            f"    {config.model_args.model_type} / {args.task}: {args.max_steps} steps x batch "
+            f"{args.batch_size}, lr {args.learning_rate:g}, max length {config.model_args.max_seq_length}"
+        )
     t0 = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - t0
@@ -321,7 +409,8 @@ def train_stage(
         "seconds": seconds,
         "config": config.model_dump(mode="json"),
     }
-    timer.say(f"    final loss {result.last_loss:.4f} after {result.steps} steps")
+    if not quiet:
+        timer.say(f"    final loss {result.last_loss:.4f} after {result.steps} steps")
     return Path(result.final_model_dir), summary
 
 
@@ -337,23 +426,70 @@ def set_max_length(model: Any, max_length: int) -> Any:
     return model
 
 
-def evaluate_retrieval(model: Any, eval_dir: Path) -> dict[str, Any]:
-    """BEIR metrics of one loaded model on ``eval_dir`` (:func:`hyprag.eval.retrieval.evaluate_beir`)."""
+@dataclass
+class EvalSets:
+    """The evaluation data of one run: BEIR folders by name and the hierarchy probe rows."""
+
+    beir: dict[str, Path]
+    probe_rows: list[dict[str, Any]]
+
+
+def evaluate_retrieval(model: Any, eval_dir: Path, split: str = "report") -> dict[str, Any]:
+    """BEIR metrics (with per-query nDCG@10 / MRR@10) of one model on a split of ``eval_dir``."""
     from hyprag.eval.retrieval import evaluate_beir
 
-    return evaluate_beir(model, eval_dir, "test", batch_size=32, top_k=100)
+    return evaluate_beir(model, eval_dir, split, batch_size=32, top_k=100, per_query=True)
 
 
-def probe_hierarchy(models: Mapping[str, Any], probe_path: Path, out_dir: Path) -> dict[str, Any]:
-    """:func:`hyprag.eval.hierarchy.hierarchy_probe` on the level file for ``{name: model}``.
+def probe_radii(model: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Radius (or norm) by WordNet level on each part of the probe: ``{part: radius_stats + kind}``."""
+    from hyprag.data.bundled import part_of
+    from hyprag.eval.hierarchy import embedding_radii, radius_stats
 
-    Writes ``hierarchy.json``, ``radius_by_level.png`` and ``embeddings_2d.png`` into ``out_dir``; returns
-    ``{name: stats}`` (per-level ``levels``, ``relative_increase``, ``spearman``, ``radius_kind``).
-    """
-    from hyprag.eval.hierarchy import hierarchy_probe, read_level_rows
+    radii, _, kind = embedding_radii(model, [r["text"] for r in rows], batch_size=32)
+    out = {}
+    for part in ("tune", "report"):
+        idx = [i for i, r in enumerate(rows) if part_of(str(r["id"])) == part]
+        stats = radius_stats(radii[idx], [int(rows[i]["level"]) for i in idx])
+        out[part] = {**stats, "radius_kind": kind}
+    return out
 
-    summary = hierarchy_probe(models, read_level_rows(probe_path), out_dir, batch_size=32)
-    return summary["models"]
+
+class _EncodeOnce:
+    """``model`` whose :meth:`encode` remembers each (texts, prompt type) call, so the tune and report parts
+    of a set, which share its corpus, embed it once. Everything else is the model's own."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def encode(self, texts: Sequence[str], prompt_type: Any = None, **kwargs: Any) -> Any:
+        key = (tuple(texts), str(prompt_type))
+        if key not in self._memo:
+            self._memo[key] = self._model.encode(list(texts), prompt_type=prompt_type, **kwargs)
+        return self._memo[key]
+
+
+def evaluate_model(model: Any, sets: EvalSets) -> dict[str, Any]:
+    """Every measurement of one model: ``{set: {part: metrics}}`` for each BEIR set, and the probe."""
+    model = _EncodeOnce(model)
+    result: dict[str, Any] = {
+        name: {part: evaluate_retrieval(model, folder, part) for part in ("tune", "report")}
+        for name, folder in sets.beir.items()
+    }
+    result["probe"] = probe_radii(model, sets.probe_rows)
+    return result
+
+
+def probe_hierarchy(models: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
+    """:func:`hyprag.eval.hierarchy.hierarchy_probe` on the probe rows for ``{label: model}``: writes
+    ``hierarchy.json``, ``radius_by_level.png`` and ``embeddings_2d.png`` into ``out_dir``."""
+    from hyprag.eval.hierarchy import hierarchy_probe
+
+    hierarchy_probe(models, list(rows), out_dir, batch_size=32)
 
 
 # --- the whole run ------------------------------------------------------------------------------------
@@ -365,26 +501,37 @@ def run_quickstart(
     seed: int = 42,
     steps: int | None = None,
     fast: bool = False,
+    seeds: int | None = None,
+    rows: Sequence[str] | None = None,
     config_dir: str | os.PathLike[str] | None = None,
     stream: Any = None,
 ) -> dict[str, Any]:
     """Train, evaluate and compare; write ``out/results.json``, ``out/report.md``, plots and ``out/models``.
 
-    Returns the results dictionary (what ``results.json`` holds). ``config_dir`` defaults to
-    ``configs/quickstart``; ``stream`` receives the progress lines (stdout by default).
+    Returns the results dictionary (what ``results.json`` holds). ``rows`` restricts the trained rows (keys
+    of :data:`ROWS`; the main rows are always run). ``config_dir`` defaults to ``configs/quickstart``;
+    ``stream`` receives the progress lines (stdout by default).
     """
     import torch
 
     import hyprag
-    from hyprag.data.bundled import faq_dev_path, wordnet_levels_path
+    from hyprag.data.bundled import faq_dev_path, wordnet_hier_path, wordnet_levels_path
+    from hyprag.eval.hierarchy import read_level_rows
     from hyprag.models import packaged_minilm_path
+    from hyprag.models.hf_base import cached_base_states
 
     out_dir = Path(out)
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
-    plan = make_plan(seed=seed, steps=steps, fast=fast)
-    timer = StageTimer(total=8, stream=stream)
+    plan = make_plan(seed=seed, steps=steps, fast=fast, seeds=seeds)
+    if rows is not None:
+        unknown = sorted(set(rows) - {r.key for r in ROWS})
+        if unknown:
+            raise ValueError(f"unknown quickstart rows {unknown}; choose from {[r.key for r in ROWS]}")
+        plan.rows = [r.key for r in ROWS if r.key in set(rows) or r.key in MAIN_KEYS]
+    chosen_rows = [r for r in ROWS if r.key in plan.rows]
+    timer = StageTimer(total=5, stream=stream)
     timer.say(
-        f"hyprag quickstart -> {out_dir} (seed {seed}, {plan.steps} contrastive steps"
+        f"hyprag quickstart -> {out_dir} (seeds {plan.seeds}, {plan.steps} contrastive steps per row"
         f"{', --fast' if fast else ''}, {torch.get_num_threads()} CPU threads)"
     )
     for sub in ("models", "train", "data"):
@@ -392,110 +539,139 @@ def run_quickstart(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    models: dict[str, dict[str, Any]] = {}
-    training: dict[str, dict[str, Any]] = {}
+    measured: dict[str, dict[str, Any]] = {}  # key -> {"seeds": {seed: evaluation}, "training": {...}}
     train_logs: dict[str, Path] = {}
+    cache_stats: dict[str, int] = {}
 
     with timer.stage("prepare data"):
         pairs_path = out_dir / "data" / "train_pairs.jsonl"
         pair_counts = prepare_training_pairs(
             pairs_path, seed=seed, python_docs_pairs=plan.python_docs_pairs, wordnet_pairs=plan.wordnet_pairs
         )
-        eval_dir, probe_path = faq_dev_path(), wordnet_levels_path()
+        beir = {"faq-dev": faq_dev_path(), "wordnet-hier": wordnet_hier_path()}
+        probe_path = wordnet_levels_path()
         if plan.eval_queries is not None:
-            eval_dir = prepare_eval_subset(
-                eval_dir,
-                out_dir / "data" / "faq-dev-subset",
-                n_queries=plan.eval_queries,
-                n_docs=plan.eval_docs,
-                seed=seed,
-            )
+            beir = {
+                name: prepare_eval_subset(
+                    folder,
+                    out_dir / "data" / f"{name}-subset",
+                    n_queries=plan.eval_queries,
+                    n_docs=plan.eval_docs,
+                    seed=seed,
+                )
+                for name, folder in beir.items()
+            }
         if plan.probe_per_level is not None:
             probe_path = prepare_probe_subset(
-                probe_path,
-                out_dir / "data" / "wordnet-levels-subset.jsonl",
-                per_level=plan.probe_per_level,
+                probe_path, out_dir / "data" / "wordnet-levels-subset.jsonl", per_level=plan.probe_per_level
             )
-        timer.say(f"    training pairs: {pair_counts}; eval: {eval_dir}; probe: {probe_path}")
+        sets = EvalSets(beir=beir, probe_rows=read_level_rows(probe_path))
+        timer.say(f"    training pairs: {pair_counts}; eval: {beir}; probe: {probe_path}")
+        timer.say(f"    every model is evaluated with {plan.eval_max_length}-token inputs")
 
-    timer.say(
-        f"    training max length {_config_max_length(config_dir, plan)}; every model is evaluated with "
-        f"{plan.eval_max_length}-token inputs"
-    )
+    # Every frozen-base forward below reads its states from one cache: each text meets MiniLM once.
+    with cached_base_states() as cache:
+        with timer.stage("zero-shot all-MiniLM-L6-v2"):
+            zero_shot = set_max_length(hyprag.load_model(packaged_minilm_path()), plan.eval_max_length)
+            measured["minilm_zero_shot"] = {
+                "label": "all-MiniLM-L6-v2 (zero-shot)",
+                "role": "baseline",
+                "seeds": {"-": evaluate_model(zero_shot, sets)},
+                "training": {},
+            }
+            timer.say("    " + _summary_line(measured["minilm_zero_shot"]))
 
-    def shared(name: str) -> dict[str, Any]:
-        return stage_overrides(name, plan, out_dir / "train" / name, pairs_path)
+        saved: dict[str, Any] = {}
+        with timer.stage(f"train + evaluate {len(chosen_rows)} rows x {len(plan.seeds)} seeds"):
+            for row in chosen_rows:
+                slow = "model_args.trainable_base_layers" in row.overrides
+                row_seeds = plan.seeds[: plan.slow_row_seeds] if slow else plan.seeds
+                measured[row.key] = {
+                    "label": row.label,
+                    "role": row.role,
+                    "base": row.base,
+                    "seeds": {},
+                    "training": {},
+                }
+                t0 = time.perf_counter()
+                for s in row_seeds:
+                    run_dir = out_dir / "train" / row.key / f"seed-{s}"
+                    o = stage_overrides(row.config, plan, run_dir, pairs_path, seed=s)
+                    o.update(row.overrides)
+                    final_dir, summary = train_stage(row.config, config_dir, o, timer, quiet=True)
+                    model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
+                    measured[row.key]["seeds"][str(s)] = evaluate_model(model, sets)
+                    measured[row.key]["training"][str(s)] = {
+                        k: v for k, v in summary.items() if k != "config"
+                    }
+                    if s == plan.seed:
+                        measured[row.key]["config"] = summary["config"]
+                        if row.key in MAIN_KEYS:
+                            target = out_dir / "models" / row.key
+                            model.save_pretrained(target)
+                            shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
+                            saved[row.label] = model
+                            train_logs[row.label] = run_dir
+                    shutil.rmtree(final_dir)
+                timer.say(
+                    f"    {row.label}: {len(row_seeds)} seeds, {time.perf_counter() - t0:.0f} s; "
+                    + _summary_line(measured[row.key])
+                )
+        cache_stats = {"texts_cached": len(cache), "hits": cache.hits, "misses": cache.misses}
+        timer.say(f"    base-state cache: {cache_stats}")
 
-    loaded: dict[str, Any] = {}  # kept for the hierarchy probe, which compares all models in one plot
-
-    def finish(name: str, final_dir: Path) -> None:
-        """Save the trained model to ``out/models/<name>`` with the evaluation length, reload it, evaluate."""
-        target = out_dir / "models" / name
-        model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
-        model.save_pretrained(target)
-        shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
-        shutil.rmtree(final_dir)
-        train_logs[MODEL_LABELS[name]] = out_dir / "train" / name
-        loaded[name] = hyprag.load_model(target)
-        models[name] = {"path": str(target), "retrieval": evaluate_retrieval(loaded[name], eval_dir)}
-        timer.say("    " + _retrieval_line(models[name]["retrieval"]))
-
-    with timer.stage("zero-shot all-MiniLM-L6-v2"):
-        loaded["minilm_zero_shot"] = set_max_length(
-            hyprag.load_model(packaged_minilm_path()), plan.eval_max_length
-        )
-        models["minilm_zero_shot"] = {
-            "path": str(packaged_minilm_path()),
-            "retrieval": evaluate_retrieval(loaded["minilm_zero_shot"], eval_dir),
-        }
-        timer.say("    " + _retrieval_line(models["minilm_zero_shot"]["retrieval"]))
-
-    for name in ("euclidean", "hyte_h"):
-        with timer.stage(f"train + evaluate {MODEL_LABELS[name]}"):
-            final_dir, training[name] = train_stage(name, config_dir, shared(name), timer)
-            finish(name, final_dir)
-
-    with timer.stage("HyTE-FH masked-LM pretraining"):
-        mlm_dir, training["hyte_fh_mlm"] = train_stage(
-            "hyte_fh_mlm", config_dir, shared("hyte_fh_mlm"), timer
-        )
-        train_logs["HyTE-FH MLM"] = out_dir / "train" / "hyte_fh_mlm"
-
-    with timer.stage("train + evaluate HyTE-FH contrastive"):
-        o = shared("hyte_fh")
-        o["model_args.init_from"] = str(mlm_dir)
-        final_dir, training["hyte_fh"] = train_stage("hyte_fh", config_dir, o, timer)
-        finish("hyte_fh", final_dir)
-
-    with timer.stage("hierarchy probe"):
-        probe = probe_hierarchy({MODEL_LABELS[k]: loaded[k] for k in MODEL_KEYS}, probe_path, out_dir)
-        for key in MODEL_KEYS:
-            models[key]["hierarchy"] = probe[MODEL_LABELS[key]]
-            h = models[key]["hierarchy"]
-            timer.say(
-                f"    {MODEL_LABELS[key]}: {h['radius_kind']} level 1 -> 5 {probe_growth(h):+.1f}%, "
-                f"Spearman {probe_rho(h):+.3f}"
+        with timer.stage("HyTE-FH (tiny): masked-LM pretraining + contrastive, one seed"):
+            mlm_dir, fh_mlm = train_stage(
+                "hyte_fh_mlm",
+                config_dir,
+                stage_overrides("hyte_fh_mlm", plan, out_dir / "train" / "hyte_fh_mlm", pairs_path),
+                timer,
             )
-        loaded.clear()
+            train_logs["HyTE-FH MLM"] = out_dir / "train" / "hyte_fh_mlm"
+            o = stage_overrides("hyte_fh", plan, out_dir / "train" / "hyte_fh", pairs_path)
+            o["model_args.init_from"] = str(mlm_dir)
+            final_dir, fh = train_stage("hyte_fh", config_dir, o, timer)
+            target = out_dir / "models" / "hyte_fh"
+            model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
+            model.save_pretrained(target)
+            shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
+            shutil.rmtree(final_dir)
+            measured["hyte_fh"] = {
+                "label": "HyTE-FH (tiny, one seed)",
+                "role": "pipeline",
+                "seeds": {str(plan.seed): evaluate_model(model, sets)},
+                "training": {
+                    "mlm": {k: v for k, v in fh_mlm.items() if k != "config"},
+                    str(plan.seed): {k: v for k, v in fh.items() if k != "config"},
+                },
+                "config": fh["config"],
+            }
+            saved["HyTE-FH (tiny)"] = model
+            train_logs["HyTE-FH contrastive"] = out_dir / "train" / "hyte_fh"
+            timer.say("    " + _summary_line(measured["hyte_fh"]))
 
-    with timer.stage("report"):
-        comparisons = compare(models)
-        results: dict[str, Any] = {
-            "schema_version": RESULTS_SCHEMA_VERSION,
-            "hyprag_version": hyprag.__version__,
-            "plan": asdict(plan),
-            "data": {
-                "training_pairs": pair_counts,
-                "training_pairs_file": str(pairs_path),
-                "eval": str(eval_dir),
-                "probe": str(probe_path),
-            },
-            "models": models,
-            "training": training,
-            "comparisons": comparisons,
-        }
-        results["plots"] = [*write_plots(results, out_dir, train_logs), *PROBE_PLOTS]
-        _prune_checkpoints(out_dir / "train")
+        with timer.stage("report"):
+            probe_hierarchy({"all-MiniLM-L6-v2 (zero-shot)": zero_shot, **saved}, sets.probe_rows, out_dir)
+            summary = summarize(measured)
+            comparisons = compare(measured)
+            results: dict[str, Any] = {
+                "schema_version": RESULTS_SCHEMA_VERSION,
+                "hyprag_version": hyprag.__version__,
+                "plan": asdict(plan),
+                "rows": [asdict(r) for r in chosen_rows],
+                "data": {
+                    "training_pairs": pair_counts,
+                    "training_pairs_file": str(pairs_path),
+                    "eval": {k: str(v) for k, v in beir.items()},
+                    "probe": str(probe_path),
+                },
+                "summary": summary,
+                "comparisons": comparisons,
+                "models": _without_per_query(measured),
+                "base_state_cache": cache_stats,
+            }
+            results["plots"] = [*write_plots(results, out_dir, train_logs), *PROBE_PLOTS]
+            _prune_checkpoints(out_dir / "train")
     # Written after the last stage so the timings and the peak memory are complete.
     results["timings_s"] = dict(timer.seconds)
     results["cpu_seconds"] = dict(timer.cpu_seconds)
@@ -506,8 +682,8 @@ def run_quickstart(
     (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-    timer.say("\n" + format_comparison_table(models))
-    timer.say("\n" + "\n".join(format_outcomes(comparisons)))
+    timer.say("\n" + format_comparison_table(results["summary"]))
+    timer.say("\n" + "\n".join(format_outcomes(results["comparisons"])))
     timer.say(
         "\nstage timings: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timer.seconds.items())
@@ -517,17 +693,27 @@ def run_quickstart(
     return results
 
 
-def _config_max_length(config_dir: Path, plan: QuickstartPlan) -> int:
-    from hyprag.training.config import load_config
+def _summary_line(entry: Mapping[str, Any]) -> str:
+    """``faq-dev ndcg@10 .. | wordnet-hier ndcg@10 .. | radius rho ..`` on the report parts, mean over seeds."""
+    seeds = list(entry["seeds"].values())
+    parts = []
+    for name in ("faq-dev", "wordnet-hier"):
+        values = [100 * float(e[name]["report"]["ndcg@10"]) for e in seeds]
+        parts.append(f"{name} ndcg@10 {sum(values) / len(values):.2f}")
+    rhos = [float(e["probe"]["report"]["spearman"]["rho"]) for e in seeds]
+    parts.append(f"depth rho {sum(rhos) / len(rhos):+.3f}")
+    return ", ".join(parts)
 
-    override = plan.overrides.get("hyte_h", {}).get("model_args.max_seq_length")
-    if override is not None:
-        return int(override)
-    return load_config(config_dir / CONFIG_FILES["hyte_h"], dotenv_dir=None).model_args.max_seq_length
 
+def _without_per_query(measured: Mapping[str, Any]) -> dict[str, Any]:
+    """``measured`` without the per-query tables (kept in memory for the bootstrap, too long for JSON)."""
 
-def _retrieval_line(metrics: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {100 * float(metrics[k]):.2f}" for k in TABLE_METRICS)
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if k != "per_query"}
+        return value
+
+    return strip(measured)
 
 
 def _prune_checkpoints(train_root: Path) -> None:
@@ -536,12 +722,12 @@ def _prune_checkpoints(train_root: Path) -> None:
     ``config.yaml`` and ``metrics.jsonl`` of every run stay for the record (and the MLM stage's ``final``,
     which the contrastive HyTE-FH stage started from).
     """
-    for run in train_root.iterdir() if train_root.is_dir() else ():
-        for child in run.iterdir():
-            if child.is_dir() and child.name != "final":
-                shutil.rmtree(child, ignore_errors=True)
-            elif child.name == "latest":  # the trainer's pointer to the newest checkpoint, now removed
-                child.unlink()
+    for checkpoint in sorted(train_root.rglob("ckpt-*")) if train_root.is_dir() else ():
+        if checkpoint.is_dir():
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    for pointer in sorted(train_root.rglob("latest")) if train_root.is_dir() else ():
+        if pointer.is_file() or pointer.is_symlink():
+            pointer.unlink()
 
 
 def jsonable(value: Any) -> Any:
@@ -560,6 +746,11 @@ def jsonable(value: Any) -> Any:
 
 
 def main_from_args(args: Any, run: Callable[..., dict[str, Any]] = run_quickstart) -> int:
-    """The CLI handler: ``hyprag quickstart --out DIR [--seed N] [--steps N] [--fast]``."""
-    run(args.out, seed=args.seed, steps=args.steps, fast=args.fast)
+    """The CLI handler: ``hyprag quickstart --out DIR [--seed N] [--seeds N] [--steps N] [--fast]
+    [--rows KEY ...]``."""
+    kwargs: dict[str, Any] = {"seed": args.seed, "steps": args.steps, "fast": args.fast}
+    for name in ("seeds", "rows"):
+        if getattr(args, name, None) is not None:
+            kwargs[name] = getattr(args, name)
+    run(args.out, **kwargs)
     return 0

@@ -201,3 +201,48 @@ def test_load_wordnet_levels_rejects_bad_rows(tmp_path: Path) -> None:
     )
     with pytest.raises(DataFormatError, match=r"levels\.jsonl:2: 'level' must be an integer >= 1"):
         load_wordnet_levels(path)
+
+
+# --- the hierarchical retrieval set and the tune / report parts ---------------------------------------
+
+
+def test_wordnet_hier_queries_are_heldout_and_judge_train_ancestors_by_hops(
+    nouns: list[dict[str, Any]],
+) -> None:
+    by_id = {r["id"]: r for r in nouns}
+    data = load_beir(bundled.wordnet_hier_path(), "test")
+    assert len(data.queries) == 1000 and len(data.corpus) == 5000
+    synsets = {q.split("#")[0] for q in data.queries}
+    assert len(synsets) == 500 and all(by_id[s]["split"] == "heldout" for s in synsets)
+    assert all(by_id[d]["split"] == "train" for d in data.corpus)
+    assert all(data.corpus[d]["text"] == by_id[d]["gloss"] for d in data.corpus)
+    for qid, judged in data.qrels.items():
+        synset, variant = qid.split("#")
+        assert data.queries[qid] == (
+            by_id[synset]["gloss"] if variant == "gloss" else by_id[synset]["lemmas"][0].replace("_", " ")
+        )
+        parents = by_id[synset]["hypernyms"] + by_id[synset]["instance_hypernyms"]
+        # Every direct hypernym is judged 3; grandparents 2 (unless also a parent).
+        assert all(judged[p] == 3 for p in parents)
+        for p in parents:
+            for g in by_id[p]["hypernyms"] + by_id[p]["instance_hypernyms"]:
+                if g in judged and g not in parents:
+                    assert judged[g] == 2
+        assert set(judged.values()) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize("folder", ["faq-dev", "wordnet-hier"])
+def test_tune_and_report_parts_partition_the_queries_by_the_library_rule(folder: str) -> None:
+    path = data_dir() / "eval" / folder
+    test, tune, report = (load_beir(path, split) for split in ("test", "tune", "report"))
+    assert not set(tune.qrels) & set(report.qrels)
+    assert set(tune.qrels) | set(report.qrels) == set(test.qrels)
+    assert {**tune.qrels, **report.qrels} == dict(test.qrels)
+    assert min(len(tune.qrels), len(report.qrels)) > 0.35 * len(test.qrels)
+    for part, data in (("tune", tune), ("report", report)):
+        assert all(bundled.part_of(q.split("#")[0]) == part for q in data.qrels)
+
+
+def test_probe_items_split_by_the_same_rule() -> None:
+    parts = Counter(bundled.part_of(item.id) for item in load_wordnet_levels())
+    assert set(parts) == {"tune", "report"} and min(parts.values()) > 350

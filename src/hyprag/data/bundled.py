@@ -8,6 +8,7 @@ count and sha256. Set ``HYPRAG_DATA_DIR`` to read the same layout from another f
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -52,6 +53,23 @@ def manifest_path() -> Path:
 def faq_dev_path() -> Path:
     """BEIR folder of the FAQ development set (Python FAQ + Debian FAQ; question -> answer)."""
     return data_dir() / "eval" / "faq-dev"
+
+
+def wordnet_hier_path() -> Path:
+    """BEIR folder of the hierarchical retrieval set: held-out synset (name or gloss) -> its train-split
+    ancestors, graded by hops (3 = parent); qrels splits ``test`` (all), ``tune`` and ``report``."""
+    return data_dir() / "eval" / "wordnet-hier"
+
+
+#: The two halves of every evaluation set: settings are chosen on ``tune``, results reported on ``report``.
+PARTS = ("tune", "report")
+
+
+def part_of(key: str) -> str:
+    """``"tune"`` or ``"report"``: sha256(``part:<key>``) even or odd (the rule ``scripts/build_data.py``
+    splits the qrels with; keys are query ids, query synsets or probe synset ids)."""
+    digest = hashlib.sha256(f"part:{key}".encode()).digest()
+    return PARTS[int.from_bytes(digest[:8], "big") % 2]
 
 
 def wordnet_levels_path() -> Path:

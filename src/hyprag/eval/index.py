@@ -96,6 +96,12 @@ class VectorIndex:
     ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
+        if similarity == "euclidean":
+            raise ValueError(
+                "the vector index serves geodesic, lorentz_inner and cosine models; a Euclidean-distance model "
+                "(similarity 'euclidean') is not indexable yet: evaluate it with exact search "
+                "(hyprag eval beir --search exact)"
+            )
         if similarity not in ("geodesic", "lorentz_inner", "cosine"):
             raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
         if similarity != "cosine" and (curvature is None or not curvature > 0):
@@ -169,6 +175,12 @@ class VectorIndex:
             index.hnsw.efConstruction = int(ef_construction)
         else:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
+        if similarity == "euclidean":
+            raise ValueError(
+                "the vector index serves geodesic, lorentz_inner and cosine models; a Euclidean-distance model "
+                "(similarity 'euclidean') is not indexable yet: evaluate it with exact search "
+                "(hyprag eval beir --search exact)"
+            )
         if similarity not in ("geodesic", "lorentz_inner", "cosine"):
             raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
         if similarity != "cosine" and (c is None or not c > 0):

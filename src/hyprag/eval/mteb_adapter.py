@@ -47,7 +47,8 @@ class MTEBEncoder:
     """mteb's ``EncoderProtocol`` around a hyprag embedding model.
 
     ``scoring`` (``geodesic`` | ``lorentz_inner``) overrides a hyperbolic model's saved similarity for the
-    ranking; for Euclidean models it must be ``None`` or ``cosine`` is used (see :func:`run_mteb_command`).
+    ranking; a Euclidean model ranks by its saved similarity (``cosine``, or ``euclidean`` for the
+    Euclidean-distance twin), and ``scoring`` must be ``None`` or that (see :func:`run_mteb_command`).
     """
 
     def __init__(
@@ -68,9 +69,10 @@ class MTEBEncoder:
             c = model.curvature()
             self.curvature: float | None = float(c.detach()) if isinstance(c, Tensor) else float(c)
         else:
-            if scoring not in (None, "cosine"):
-                raise ValueError(f"a Euclidean model ranks by cosine; scoring {scoring!r} does not apply")
-            scoring = "cosine"
+            saved = model.settings.similarity
+            if scoring not in (None, saved):
+                raise ValueError(f"this Euclidean model ranks by {saved}; scoring {scoring!r} does not apply")
+            scoring = saved
             self.curvature = None
         self.scoring = scoring
         self.model_name = model_name or f"hyprag/{type(model).__name__}"
@@ -117,15 +119,11 @@ class MTEBEncoder:
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> Tensor:
         """Row-by-row float64 similarity: ``[n, D]`` x ``[n, D]`` -> ``[n]``."""
-        from hyprag.geometry import lorentz
+        from hyprag.geometry import similarity
 
         a = _as_2d(embeddings1).to(torch.float64)
         b = _as_2d(embeddings2).to(torch.float64)
-        if self.scoring == "cosine":
-            return torch.nn.functional.cosine_similarity(a, b, dim=-1)
-        if self.scoring == "geodesic":
-            return -lorentz.geodesic_distance(a, b, self.curvature)
-        return lorentz.inner(a, b) + 1.0 / self.curvature  # type: ignore[operator]
+        return similarity.rowwise(a, b, self.scoring, self.curvature)
 
     @property
     def mteb_model_meta(self) -> Any:
@@ -352,7 +350,7 @@ def add_mteb_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCORINGS,
         default=None,
         help="hyperbolic ranking: geodesic (-d(q, x)) or lorentz_inner (<q, x>_L + 1/c); default: the "
-        "model's saved similarity. Euclidean models always use cosine.",
+        "model's saved similarity. Euclidean models use their saved similarity (cosine or euclidean).",
     )
     parser.add_argument(
         "--hybrid",

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hyprag.geometry import lorentz
+from hyprag.geometry import similarity as similarity_fns
 
 __all__ = [
     "METRIC_KEYS",
@@ -46,7 +46,7 @@ __all__ = [
 
 #: The keys of the metrics JSON, in print order.
 METRIC_KEYS = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10", "recall@100")
-SIMILARITIES = ("geodesic", "lorentz_inner", "cosine")
+SIMILARITIES = similarity_fns.KINDS
 SEARCH_METHODS = ("exact", "faiss", "hnsw")
 
 # Elements of one float64 score block (queries x documents); 2^22 doubles = 32 MiB, and the geodesic
@@ -62,7 +62,7 @@ def document_text(doc: Mapping[str, str]) -> str:
 def _check_similarity(similarity: str, c: float | Tensor | None) -> None:
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose one of {list(SIMILARITIES)}")
-    if similarity != "cosine" and c is None:
+    if similarity in similarity_fns.HYPERBOLIC_KINDS and c is None:
         raise ValueError(f"similarity {similarity!r} is hyperbolic and needs the curvature c, got None")
 
 
@@ -72,17 +72,16 @@ def pairwise_scores(
     """All float64 scores, higher = closer: queries ``[n, D]``, docs ``[m, D]`` -> ``[n, m]``.
 
     ``geodesic``: ``-d(q, x)`` (:func:`hyprag.geometry.lorentz.pairwise_geodesic_distance`);
-    ``lorentz_inner``: ``<q, x>_L + 1/c``; ``cosine``: cosine similarity. Inputs are upcast to float64.
+    ``lorentz_inner``: ``<q, x>_L + 1/c``; ``cosine``: cosine similarity; ``euclidean``: ``-|q - x|``
+    (:mod:`hyprag.geometry.similarity`). Inputs are upcast to float64.
     """
     _check_similarity(similarity, c)
     q = queries.detach().to(torch.float64)
     x = docs.detach().to(torch.float64)
-    if similarity == "cosine":
-        return torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(x, dim=-1).T
-    cc = float(c.detach()) if isinstance(c, Tensor) else float(c)  # type: ignore[arg-type]
-    if similarity == "geodesic":
-        return -lorentz.pairwise_geodesic_distance(q, x, cc)
-    return lorentz.pairwise_inner(q, x) + 1.0 / cc
+    cc = None if c is None else (float(c.detach()) if isinstance(c, Tensor) else float(c))
+    return similarity_fns.pairwise(
+        q, x, similarity, cc if similarity in similarity_fns.HYPERBOLIC_KINDS else None
+    )
 
 
 def _merge_top_k(
@@ -159,13 +158,14 @@ def ranked_run(
 
 
 def compute_metrics(
-    qrels: Mapping[str, Mapping[str, int]], ranked: Mapping[str, Sequence[str]]
-) -> dict[str, float]:
+    qrels: Mapping[str, Mapping[str, int]], ranked: Mapping[str, Sequence[str]], *, per_query: bool = False
+) -> dict[str, Any]:
     """Mean BEIR metrics over the queries with non-empty qrels.
 
     ``ranked`` maps a query id to its retrieved document ids, best first (at least 100 for ``recall@100``
     and ``map@100`` to mean what they say). Returns exactly :data:`METRIC_KEYS`. ``mrr@10`` is pytrec_eval's
     ``recip_rank`` on the run truncated to its first 10 documents (pytrec's measure has no cutoff).
+    ``per_query=True`` adds ``"per_query": {query id: {"ndcg@10", "mrr@10"}}`` (for paired statistics).
     """
     import pytrec_eval
 
@@ -185,21 +185,26 @@ def compute_metrics(
         return run
 
     measures = {"ndcg_cut_10", "map_cut_100", "recall_1", "recall_10", "recall_100"}
-    per_query = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(run_of(None))
+    table = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(run_of(None))
     rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(run_of(10))
     n = len(judged)
 
     def mean(measure: str, table: Mapping[str, Mapping[str, float]]) -> float:
         return sum(table[qid][measure] for qid in judged) / n
 
-    return {
-        "ndcg@10": mean("ndcg_cut_10", per_query),
+    out: dict[str, Any] = {
+        "ndcg@10": mean("ndcg_cut_10", table),
         "mrr@10": mean("recip_rank", rr),
-        "map@100": mean("map_cut_100", per_query),
-        "recall@1": mean("recall_1", per_query),
-        "recall@10": mean("recall_10", per_query),
-        "recall@100": mean("recall_100", per_query),
+        "map@100": mean("map_cut_100", table),
+        "recall@1": mean("recall_1", table),
+        "recall@10": mean("recall_10", table),
+        "recall@100": mean("recall_100", table),
     }
+    if per_query:
+        out["per_query"] = {
+            qid: {"ndcg@10": table[qid]["ndcg_cut_10"], "mrr@10": rr[qid]["recip_rank"]} for qid in judged
+        }
+    return out
 
 
 def format_metrics_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS) -> str:
@@ -231,6 +236,7 @@ def evaluate_beir(
     *,
     search: str = "exact",
     model_path: str | None = None,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Embed a BEIR folder with ``model`` and score exact top-``top_k`` retrieval.
 
@@ -238,8 +244,8 @@ def evaluate_beir(
     (``model.encode(..., prompt_type=...)``). ``search``: ``exact`` (:func:`exact_search`, blocked float64),
     ``faiss`` (the flat :class:`hyprag.eval.index.VectorIndex`: the same ranking, faster on large corpora)
     or ``hnsw`` (approximate candidates, exact re-rank). Returns :data:`METRIC_KEYS` (floats in [0, 1])
-    plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds). Queries without
-    qrels are excluded.
+    plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds), and
+    ``"per_query"`` when asked (:func:`compute_metrics`). Queries without qrels are excluded.
     """
     from hyprag.data.beir import load_beir
 
@@ -271,7 +277,9 @@ def evaluate_beir(
         _, positions = index.search_embeddings(query_emb, top_k)
     t3 = time.perf_counter()
     ranked = {qid: [doc_ids[p] for p in row] for qid, row in zip(query_ids, positions.tolist())}
-    metrics: dict[str, Any] = compute_metrics({q: data.qrels[q] for q in query_ids}, ranked)
+    metrics: dict[str, Any] = compute_metrics(
+        {q: data.qrels[q] for q in query_ids}, ranked, per_query=per_query
+    )
     t4 = time.perf_counter()
     metrics["meta"] = {
         "model": model_path,

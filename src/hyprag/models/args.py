@@ -53,10 +53,11 @@ class ModelArgs(BaseModel):
     pooling_p: float = Field(
         1.0, gt=0, description="Exponent p of the outward Einstein midpoint (paper's p)."
     )
-    similarity: Literal["geodesic", "lorentz_inner", "cosine"] | None = Field(
+    similarity: Literal["geodesic", "lorentz_inner", "cosine", "euclidean"] | None = Field(
         None,
         description="Saved scoring function: geodesic (-d) or lorentz_inner (<q,x>_L + 1/c) for hyperbolic "
-        "models (default geodesic), cosine for Euclidean ones. The trainer sets it from train_args.distance.",
+        "models (default geodesic), cosine or euclidean (-|q - x|) for Euclidean ones (default cosine). The "
+        "trainer sets it from train_args.distance.",
     )
     curvature: float = Field(
         1.0, ge=0.1, le=10.0, description="Initial curvature magnitude c (space curvature -c)."
@@ -104,7 +105,33 @@ class ModelArgs(BaseModel):
         1.0, gt=0, description="hyte_h: initial value of the learnable scale applied before expmap0."
     )
     max_norm: float = Field(
-        5.0, gt=0, description="hyte_h: tangent vectors are clipped to |v| <= max_norm before expmap0."
+        5.0,
+        gt=0,
+        description="hyte_h token head: tangent vectors are clipped to |v| <= max_norm before expmap0. "
+        "pooled / token_radius / direction_norm heads: a safety bound on the learnt radius (not its control).",
+    )
+    hyte_h_head: Literal["token", "pooled", "token_radius"] = Field(
+        "token",
+        description="hyte_h: 'token' (the paper's: project and clip every token, expmap0, pool), 'pooled' (the "
+        "base's own pooling, then a direction + radius head: starts as the base model), 'token_radius' (per "
+        "token direction + radius head, all radii equal at init, then the hyperbolic pooling).",
+    )
+    euclidean_head: Literal["linear", "direction_norm"] = Field(
+        "linear",
+        description="euclidean-pretrained: 'linear' (pooling + Linear, cosine twin) or 'direction_norm' (the "
+        "same direction + radius head as hyte_h's pooled head, y = r u; pair it with similarity euclidean).",
+    )
+    radius_init: float = Field(
+        2.0, gt=0, description="Direction + radius heads: every radius at initialisation (r0)."
+    )
+    radius_gain: float = Field(
+        5.0, gt=0, description="Direction + radius heads: r = r0 exp(gain * w.phi); the gain speeds up w."
+    )
+    trainable_base_layers: int = Field(
+        0,
+        ge=0,
+        description="hyte_h / euclidean-pretrained: train only the top N layers of the base (the rest frozen, "
+        "in eval mode); 0 keeps freeze_base as it is.",
     )
     init_from: str | None = Field(
         None,
@@ -130,8 +157,21 @@ class ModelArgs(BaseModel):
     @model_validator(mode="after")
     def _check_geometry(self) -> ModelArgs:
         hyperbolic = self.model_type != "euclidean"
+        pooled_head = self.model_type == "hyte_h" and self.hyte_h_head == "pooled"
         if self.pooling is None:
-            self.pooling = "outward_einstein_midpoint" if hyperbolic else "mean"
+            self.pooling = "outward_einstein_midpoint" if hyperbolic and not pooled_head else "mean"
+        if pooled_head and self.pooling not in EUCLIDEAN_POOLINGS:
+            raise ValueError(
+                f"model_args.pooling={self.pooling!r}: hyte_h_head='pooled' pools the base's token states before "
+                f"lifting them, with the base's own pooling; choose one of {list(EUCLIDEAN_POOLINGS)}"
+            )
+        if self.euclidean_head != "linear" and (
+            self.model_type != "euclidean" or self.resolved_euclidean_base() != "pretrained"
+        ):
+            raise ValueError(
+                "model_args.euclidean_head='direction_norm' is for model_type='euclidean' with a pretrained base "
+                "(the twin of HyTE-H)"
+            )
         if self.similarity is None:
             self.similarity = "geodesic" if hyperbolic else "cosine"
         poolings = HYPERBOLIC_POOLINGS if hyperbolic else EUCLIDEAN_POOLINGS

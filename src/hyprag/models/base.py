@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyprag.geometry import lorentz, pooling
+from hyprag.geometry import similarity as similarity_fns
 
 __all__ = [
     "EUCLIDEAN_POOLINGS",
@@ -42,8 +42,8 @@ __all__ = [
 
 HYPERBOLIC_POOLINGS = (*pooling.POOLERS, "mean")
 EUCLIDEAN_POOLINGS = ("mean", "cls")
-HYPERBOLIC_SIMILARITIES = ("geodesic", "lorentz_inner")
-EUCLIDEAN_SIMILARITIES = ("cosine",)
+HYPERBOLIC_SIMILARITIES = similarity_fns.HYPERBOLIC_KINDS
+EUCLIDEAN_SIMILARITIES = similarity_fns.EUCLIDEAN_KINDS
 
 
 @dataclass
@@ -244,36 +244,30 @@ class EmbeddingModel(nn.Module, abc.ABC):
         # Scoring fixed embeddings (evaluation) must not build a graph through a trainable c.
         return c if (a.requires_grad or b.requires_grad) else c.detach()
 
+    def _similarity_args(self, a: Tensor, b: Tensor) -> tuple[str, Tensor | None]:
+        kind = self.settings.similarity
+        return kind, (self._similarity_c(a, b) if kind in similarity_fns.HYPERBOLIC_KINDS else None)
+
     def similarity(self, a: Tensor, b: Tensor) -> Tensor:
         """All similarities, higher = closer: a ``[n, D]``, b ``[m, D]`` -> ``[n, m]``.
 
         ``geodesic``: ``-d(a_i, b_j)``; ``lorentz_inner``: ``<a_i, b_j>_L + 1/c`` (0 for identical points);
-        ``cosine``: cosine similarity. Computed in the wider of the inputs' dtype and float32 (pass float64
-        embeddings to score in float64).
+        ``cosine``: cosine similarity; ``euclidean``: ``-|a_i - b_j|`` (:mod:`hyprag.geometry.similarity`).
+        Computed in the wider of the inputs' dtype and float32 (pass float64 embeddings to score in float64).
         """
-        a, b = _as_float(a), _as_float(b)
-        kind = self.settings.similarity
-        if kind == "cosine":
-            return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
-        c = self._similarity_c(a, b).to(a.device)
-        if kind == "geodesic":
-            return -lorentz.pairwise_geodesic_distance(a, b, c)
-        if kind == "lorentz_inner":
-            return lorentz.pairwise_inner(a, b) + c.to(a.dtype).reciprocal()
-        raise ValueError(f"unknown similarity {kind!r}")
+        return similarity_fns.pairwise(a, b, *self._similarity_args(a, b))
 
     def similarity_pairwise(self, a: Tensor, b: Tensor) -> Tensor:
         """Row-by-row similarity of ``a[i]`` and ``b[i]``: ``[n, D]`` x ``[n, D]`` -> ``[n]``."""
-        a, b = _as_float(a), _as_float(b)
-        kind = self.settings.similarity
-        if kind == "cosine":
-            return F.cosine_similarity(a, b, dim=-1)
-        c = self._similarity_c(a, b).to(a.device)
-        if kind == "geodesic":
-            return -lorentz.geodesic_distance(a, b, c)
-        if kind == "lorentz_inner":
-            return lorentz.inner(a, b) + c.to(a.dtype).reciprocal()
-        raise ValueError(f"unknown similarity {kind!r}")
+        return similarity_fns.rowwise(a, b, *self._similarity_args(a, b))
+
+    def radius(self, embeddings: Tensor) -> Tensor:
+        """How far from the centre each embedding lies, ``[n, D] -> [n]``: ``d(o, x)`` on the hyperboloid,
+        the Euclidean norm otherwise (the quantity a hierarchy makes grow with depth)."""
+        c = self.curvature()
+        if self.is_hyperbolic and c is not None:
+            return lorentz.radius(embeddings.float(), c if embeddings.requires_grad else c.detach())
+        return embeddings.float().norm(dim=-1)
 
     # --- training -------------------------------------------------------------------------------------
 
@@ -337,7 +331,3 @@ class EmbeddingModel(nn.Module, abc.ABC):
         from hyprag.models.io import save_embedding_model
 
         save_embedding_model(self, path)
-
-
-def _as_float(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()

@@ -4,18 +4,22 @@ sentence-transformers folders as cosine baselines.
 - :class:`EuclideanEncoder` with ``kind="modernbert"``: transformers' own ``ModernBertModel`` initialised
   at random from a ``ModernBertConfig`` of the same sizes as HyTE-FH (the twin of HyTE-FH), pooled with
   ``mean`` or ``cls``.
-- :class:`EuclideanEncoder` with ``kind="pretrained"``: a pretrained ``AutoModel`` + ``Linear(d_base, d)``
-  + pooling (the twin of HyTE-H).
+- :class:`EuclideanEncoder` with ``kind="pretrained"``: a pretrained ``AutoModel`` + pooling +
+  ``Linear(d_base, d)`` (the twin of HyTE-H); with ``head="direction_norm"`` the pooled state goes through
+  the same direction + radius head as HyTE-H's ``pooled`` head (:mod:`hyprag.models.heads`) and the output
+  is ``y = r u``, compared by the Euclidean distance (the fair twin: its norm can carry depth, as the
+  hyperbolic radius can).
 - :class:`EuclideanForMaskedLM`: ``ModernBertForMaskedLM`` with sparse prediction (logits only where
   ``labels != -100``) and the hyprag save format, the twin of ``HyteFHForMaskedLM``.
 - :class:`SentenceTransformerModel`: any sentence-transformers folder (its own pooling and normalisation).
 
-All use cosine similarity.
+They use cosine similarity, or ``euclidean`` (``-|q - x|``) where the norm is meant to matter.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +28,13 @@ from torch import Tensor, nn
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 from hyprag.models.base import EmbeddingModel, ModelSettings, euclidean_pool
+from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
 from hyprag.models.hf_base import base_config_dict, base_token_states
 
-__all__ = ["EuclideanEncoder", "EuclideanForMaskedLM", "SentenceTransformerModel"]
+__all__ = ["EUCLIDEAN_HEADS", "EuclideanEncoder", "EuclideanForMaskedLM", "SentenceTransformerModel"]
 
 EuclideanKind = Literal["modernbert", "pretrained"]
+EUCLIDEAN_HEADS = ("linear", "direction_norm")
 
 
 class EuclideanEncoder(EmbeddingModel):
@@ -50,23 +56,51 @@ class EuclideanEncoder(EmbeddingModel):
         projection_dim: int | None = None,
         freeze_base: bool = False,
         base_lr_multiplier: float = 1.0,
+        head: str = "linear",
+        radius_init: float = 2.0,
+        radius_gain: float = 5.0,
+        max_norm: float = 10.0,
+        trainable_base_layers: int = 0,
     ) -> None:
         super().__init__(settings, tokenizer)
+        if head not in EUCLIDEAN_HEADS:
+            raise ValueError(f"Euclidean head must be one of {list(EUCLIDEAN_HEADS)}, got {head!r}")
         self.kind = kind
+        self.head_kind = head
         self.projection: nn.Linear | None = None
+        self.head: DirectionRadiusHead | None = None
         if kind == "modernbert":
+            if head != "linear":
+                raise ValueError("head='direction_norm' needs kind='pretrained' (the twin of HyTE-H)")
             self.model = encoder
         elif kind == "pretrained":
             if projection_dim is None or projection_dim < 1:
                 raise ValueError(f"kind='pretrained' needs projection_dim >= 1, got {projection_dim}")
             self.base = encoder
-            self.projection = nn.Linear(int(encoder.config.hidden_size), projection_dim)
+            d_base = int(encoder.config.hidden_size)
+            if head == "linear":
+                self.projection = nn.Linear(d_base, projection_dim)
+            else:
+                self.head = DirectionRadiusHead(
+                    d_base,
+                    projection_dim,
+                    radius_init=radius_init,
+                    radius_gain=radius_gain,
+                    max_radius=max(max_norm, radius_init),
+                    length_feature=True,
+                )
         else:
             raise ValueError(f"kind must be 'modernbert' or 'pretrained', got {kind!r}")
-        self.freeze_base = bool(freeze_base) and kind == "pretrained"
+        self.trainable_base_layers = int(trainable_base_layers) if kind == "pretrained" else 0
+        self.freeze_base = (bool(freeze_base) or self.trainable_base_layers > 0) and kind == "pretrained"
         self._base_lr_multiplier = float(base_lr_multiplier)
         if self.freeze_base:
-            self.base.requires_grad_(False)
+            unfreeze_top_layers(self.base, self.trainable_base_layers)
+
+    @property
+    def direction_layer(self) -> nn.Linear | None:
+        """The ``Linear(d_base, d)`` after pooling (``projection_init`` applies to it); ``None`` for ModernBERT."""
+        return self.head.direction if self.head is not None else self.projection
 
     @property
     def encoder(self) -> nn.Module:
@@ -89,18 +123,29 @@ class EuclideanEncoder(EmbeddingModel):
         """Pooled embeddings ``[B, d]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
         hidden = base_token_states(self.encoder, input_ids, attention_mask)
         pooled = euclidean_pool(self.settings.pooling, hidden, attention_mask)
+        if self.head is not None:
+            u, r = self.head(pooled.float(), attention_mask.sum(-1))
+            return r.unsqueeze(-1) * u
         if self.projection is not None:
             pooled = self.projection(pooled)
         return pooled.float()
 
     def hyprag_config(self) -> dict[str, Any]:
-        return {
+        layer = self.direction_layer
+        config: dict[str, Any] = {
             "euclidean_kind": self.kind,
             "base_config": base_config_dict(self.encoder),
-            "projection_dim": None if self.projection is None else self.projection.out_features,
+            "projection_dim": None if layer is None else layer.out_features,
             "freeze_base": self.freeze_base,
             "base_lr_multiplier": self._base_lr_multiplier,
+            "euclidean_head": self.head_kind,
+            "trainable_base_layers": self.trainable_base_layers,
         }
+        if self.head is not None:
+            config["radius_init"] = math.exp(self.head.log_radius_init)
+            config["radius_gain"] = self.head.radius_gain
+            config["max_norm"] = self.head.max_radius
+        return config
 
 
 class EuclideanForMaskedLM(ModernBertForMaskedLM):

@@ -185,8 +185,13 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
             projection_dim=dim,
             freeze_base=args.freeze_base,
             base_lr_multiplier=args.base_lr_multiplier,
+            head=args.euclidean_head,
+            radius_init=args.radius_init,
+            radius_gain=args.radius_gain,
+            max_norm=args.max_norm,
+            trainable_base_layers=args.trainable_base_layers,
         )
-        init_projection_(model.projection, args.projection_init)
+        init_projection_(model.direction_layer, args.projection_init)
     model.model_args = args.model_dump()
     model.attn_implementation = args.attn_implementation
     if source:
@@ -237,8 +242,12 @@ def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
         blocks_config=_blocks_config(args, d) if args.num_hyperbolic_blocks else None,
         freeze_base=args.freeze_base,
         base_lr_multiplier=args.base_lr_multiplier,
+        head=args.hyte_h_head,
+        radius_init=args.radius_init,
+        radius_gain=args.radius_gain,
+        trainable_base_layers=args.trainable_base_layers,
     )
-    init_projection_(model.projection, args.projection_init)
+    init_projection_(model.direction_layer, args.projection_init)
     return model
 
 
@@ -512,6 +521,10 @@ def _skeleton(
             blocks_config=HyteFHConfig.from_dict(blocks) if blocks else None,
             freeze_base=bool(section.get("freeze_base", False)),
             base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+            head=str(section.get("hyte_h_head", "token")),
+            radius_init=float(section.get("radius_init", 2.0)),
+            radius_gain=float(section.get("radius_gain", 5.0)),
+            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
         )
     if kind == "euclidean":
         from hyprag.models.euclidean import EuclideanEncoder
@@ -524,6 +537,11 @@ def _skeleton(
             projection_dim=section.get("projection_dim"),
             freeze_base=bool(section.get("freeze_base", False)),
             base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+            head=str(section.get("euclidean_head", "linear")),
+            radius_init=float(section.get("radius_init", 2.0)),
+            radius_gain=float(section.get("radius_gain", 5.0)),
+            max_norm=float(section.get("max_norm", 10.0)),
+            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
         )
     raise ValueError(
         f"unknown hyprag model_type {kind!r} in the saved config; expected hyte_fh, hyte_h or euclidean"

@@ -7,7 +7,9 @@ folder is loaded, so the saved folder never depends on the original base path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ from torch import Tensor, nn
 
 __all__ = [
     "MINILM_NAMES",
+    "BaseStateCache",
     "base_config_dict",
     "base_from_config_dict",
     "base_token_states",
+    "cached_base_states",
     "load_pretrained_base",
     "load_tokenizer",
     "packaged_minilm_path",
@@ -114,6 +118,91 @@ def base_from_config_dict(config: dict[str, Any], attn_implementation: str = "sd
     return _drop_pooler(base)
 
 
+class BaseStateCache:
+    """Last hidden states of *frozen* base encoders, per text, kept while :func:`cached_base_states` is active.
+
+    A frozen base in eval mode maps the same token ids to the same states, so a run that trains only a head
+    on top of it (and evaluates it, over several seeds) needs to run the base once per distinct text. Keys
+    are the unpadded token ids of one text, under a fingerprint of the base's weights (recomputed whenever a
+    parameter is modified in place, so a changed base never reads stale states). Values are float32
+    ``[T_i, d_base]`` CPU tensors; ``hits`` / ``misses`` count texts.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, bytes], Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def states(self, base: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``[B, T, d_base]`` for one batch; rows not seen before go through ``base`` (one call)."""
+        fingerprint = _weights_fingerprint(base)
+        lengths = attention_mask.sum(-1).tolist()
+        ids = input_ids.detach().cpu()
+        keys = [(fingerprint, ids[i, : int(n)].numpy().tobytes()) for i, n in enumerate(lengths)]
+        # Right padding only: a left-padded row's ids would not start at column 0.
+        expected = torch.arange(attention_mask.shape[1], device=attention_mask.device) < attention_mask.sum(
+            -1, keepdim=True
+        )
+        if not bool((attention_mask.bool() == expected).all()):
+            return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        missing = [i for i, key in enumerate(keys) if key not in self._store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            rows = torch.tensor(missing, device=input_ids.device)
+            width = max(int(lengths[i]) for i in missing)
+            hidden = base(
+                input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width]
+            ).last_hidden_state
+            for j, i in enumerate(missing):
+                self._store[keys[i]] = hidden[j, : int(lengths[i])].detach().to("cpu", torch.float32).clone()
+        d = self._store[keys[0]].shape[-1]
+        out = torch.zeros(len(keys), input_ids.shape[1], d, dtype=torch.float32)
+        for i, key in enumerate(keys):
+            out[i, : int(lengths[i])] = self._store[key]
+        return out.to(input_ids.device)
+
+
+_ACTIVE_CACHE: BaseStateCache | None = None
+
+
+def _weights_fingerprint(base: nn.Module) -> str:
+    """A hash of every parameter and buffer of ``base``; cached on the module until one changes in place."""
+    import hashlib
+
+    tensors = [*base.parameters(), *base.buffers()]
+    versions = tuple(t._version for t in tensors)
+    cached = getattr(base, "_hyprag_fingerprint", None)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    digest = hashlib.sha1()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()
+    object.__setattr__(base, "_hyprag_fingerprint", (versions, value))
+    return value
+
+
+@contextlib.contextmanager
+def cached_base_states(cache: BaseStateCache | None = None) -> Iterator[BaseStateCache]:
+    """Within the block, frozen base encoders in eval mode read their states from ``cache`` (a new one by
+    default), so each distinct text runs through the base once. Bases with a trainable parameter or in
+    training mode are never cached."""
+    global _ACTIVE_CACHE
+    previous, _ACTIVE_CACHE = _ACTIVE_CACHE, cache if cache is not None else BaseStateCache()
+    try:
+        yield _ACTIVE_CACHE
+    finally:
+        _ACTIVE_CACHE = previous
+
+
 def base_token_states(base: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Last hidden states ``[B, T, d_base]`` of a base encoder."""
-    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """Last hidden states ``[B, T, d_base]`` of a base encoder (from the active :class:`BaseStateCache` when
+    the base is frozen and in eval mode)."""
+    cache = _ACTIVE_CACHE
+    if cache is None or base.training or any(p.requires_grad for p in base.parameters()):
+        return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return cache.states(base, input_ids, attention_mask)

@@ -6,6 +6,7 @@ A run is described by four sections (DESIGN.md section 7)::
     model_args:  what to build (hyprag.models.args.ModelArgs, owned by the models package)
     data_args:   where the training rows come from (DataArgs)
     mlm_args:    masking rates for the MLM objective (MLMArgs)
+    hierarchy_args: the WordNet is-a objective added to the contrastive loss (HierarchyArgs, off by default)
 
 Sources, in increasing priority: the YAML file given with ``--config=PATH``, then ``--section.key=value``
 (or ``--section.key value``) flags. ``${VAR}`` / ``${VAR:-default}`` in YAML values expand from the
@@ -34,6 +35,7 @@ __all__ = [
     "DOTENV_VARIABLES",
     "ConfigError",
     "DataArgs",
+    "HierarchyArgs",
     "MLMArgs",
     "ParsedCommandLine",
     "TrainArgs",
@@ -69,9 +71,10 @@ class TrainArgs(_Section):
     task: Literal["mlm", "contrastive"] = "contrastive"
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     # Similarity inside the contrastive loss: -geodesic distance or <q,x>_L + 1/c (hyperbolic models),
-    # cosine (Euclidean twin only); None: geodesic for hyperbolic models, cosine for the twin. The trained
-    # model is saved with the same similarity (model_args.similarity). Ignored by the MLM objective.
-    distance: Literal["geodesic", "lorentz_inner", "cosine"] | None = None
+    # cosine or euclidean (-|q - x|; Euclidean twins only); None: geodesic for hyperbolic models, cosine for
+    # the twin. The trained model is saved with the same similarity (model_args.similarity). Ignored by the
+    # MLM objective.
+    distance: Literal["geodesic", "lorentz_inner", "cosine", "euclidean"] | None = None
     learning_rate: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -151,6 +154,35 @@ class MLMArgs(_Section):
         return self
 
 
+class HierarchyArgs(_Section):
+    """The hierarchy objective (:mod:`hyprag.training.hierarchy`), added to the contrastive loss.
+
+    Off unless ``weight`` or ``centripetal_weight`` is > 0. Edges are is-a pairs of the train-split WordNet
+    noun closure; texts are glosses embedded as documents.
+    """
+
+    weight: float = Field(0.0, ge=0, description="Weight of the clustering triplet loss.")
+    margin: float = Field(1.0, ge=0, description="Triplet margin, in the model's own distance.")
+    centripetal_weight: float = Field(0.0, ge=0, description="Weight of the centripetal hinge on the radius.")
+    centripetal_margin: float = Field(0.2, ge=0, description="r(ancestor) + margin <= r(child) is the aim.")
+    edges_per_step: int = Field(32, ge=1, description="Edges (and negatives) sampled per micro-batch.")
+    direct_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of direct hypernym edges; the rest any ancestor of the closure."
+    )
+    sibling_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of sibling-of-ancestor negatives; the rest random synsets."
+    )
+    max_children: int | None = Field(
+        None, ge=1, description="Take the closure of a sample of this many child synsets (None: all)."
+    )
+    pool_seed: int = Field(0, description="Seed of that sample (fixed across training seeds).")
+    wordnet_path: str | None = Field(None, description="nouns.jsonl(.gz) file; None: the bundled one.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or self.centripetal_weight > 0
+
+
 class TrainConfig(_Section):
     """The whole run; also what is written as ``config.yaml`` into the output folder and every checkpoint."""
 
@@ -158,6 +190,7 @@ class TrainConfig(_Section):
     model_args: ModelArgs = Field(default_factory=ModelArgs)
     data_args: DataArgs
     mlm_args: MLMArgs = Field(default_factory=MLMArgs)
+    hierarchy_args: HierarchyArgs = Field(default_factory=HierarchyArgs)
 
     @model_validator(mode="before")
     @classmethod
@@ -189,17 +222,21 @@ class TrainConfig(_Section):
             self.train_args.distance = "geodesic" if hyperbolic else "cosine"
         distance = self.train_args.distance
         if self.train_args.task == "contrastive":
-            if hyperbolic and distance == "cosine":
+            if hyperbolic and distance in ("cosine", "euclidean"):
                 raise ValueError(
-                    f"train_args.distance=cosine is for the Euclidean twin; model_args.model_type={model_type} "
-                    "is hyperbolic: use geodesic or lorentz_inner"
+                    f"train_args.distance={distance} is for the Euclidean twin; model_args.model_type="
+                    f"{model_type} is hyperbolic: use geodesic or lorentz_inner"
                 )
-            if not hyperbolic and distance != "cosine":
+            if not hyperbolic and distance not in ("cosine", "euclidean"):
                 raise ValueError(
                     f"train_args.distance={distance} needs a hyperbolic model; "
-                    "model_args.model_type=euclidean uses cosine"
+                    "model_args.model_type=euclidean uses cosine or euclidean"
                 )
             self.model_args.similarity = distance  # the saved model scores the way it was trained
+        if self.hierarchy_args.enabled and self.train_args.task != "contrastive":
+            raise ValueError("hierarchy_args is added to the contrastive loss: set its weights to 0 for MLM")
+        if self.hierarchy_args.enabled and self.train_args.grad_cache_chunk is not None:
+            raise ValueError("hierarchy_args does not run with train_args.grad_cache_chunk (GradCache) yet")
         if self.train_args.grad_cache_chunk is not None and self.train_args.task != "contrastive":
             raise ValueError("train_args.grad_cache_chunk applies to the contrastive task only")
         if self.train_args.task == "mlm" and model_type == "hyte_h":
@@ -510,7 +547,7 @@ def write_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
 USAGE = """usage: train.py --config=PATH [--section.key=value | --section.key value ...]
                 [--deepspeed_config=PATH] [--local_rank=N]
 
-Sections: train_args, model_args, data_args, mlm_args. Valid keys:
+Sections: train_args, model_args, data_args, mlm_args, hierarchy_args. Valid keys:
   {keys}
 """
 

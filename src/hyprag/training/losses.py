@@ -5,7 +5,9 @@ and softmax temperatures of 1/50 do not survive bf16. Similarities are "higher =
 
 - ``geodesic``: ``-d(q, x)`` (the paper's best, Table A2);
 - ``lorentz_inner``: ``<q, x>_L + 1/c`` (``<= 0``, 0 iff ``q == x``; the shift does not change the softmax);
-- ``cosine``: for the Euclidean twin.
+- ``cosine`` and ``euclidean`` (``-|q - x|``): for the Euclidean twins.
+
+The similarity functions themselves live in :mod:`hyprag.geometry.similarity`.
 
 InfoNCE takes the document *pool* of the batch (positives and hard negatives, in any order) and, for each
 query, the explicit position of its positive in that pool. Under ``torch.distributed`` the pools of all
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyprag.geometry.lorentz import pairwise_geodesic_distance, pairwise_inner
+from hyprag.geometry import similarity as similarity_fns
 from hyprag.training.distributed import gather_sizes, gather_with_grad, is_distributed
 
 __all__ = [
@@ -35,8 +37,8 @@ __all__ = [
     "similarity_matrix",
 ]
 
-Distance = Literal["geodesic", "lorentz_inner", "cosine"]
-DISTANCES: tuple[str, ...] = ("geodesic", "lorentz_inner", "cosine")
+Distance = Literal["geodesic", "lorentz_inner", "cosine", "euclidean"]
+DISTANCES: tuple[str, ...] = similarity_fns.KINDS
 
 
 def _no_autocast(t: Tensor) -> contextlib.AbstractContextManager:
@@ -75,24 +77,19 @@ def mlm_loss(logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Ten
 def similarity_matrix(q: Tensor, d: Tensor, distance: Distance, c: float | Tensor | None = None) -> Tensor:
     """Pairwise similarities, higher = closer: q ``[n, D]``, d ``[m, D]`` -> ``[n, m]`` (float32 or float64).
 
-    ``geodesic``: ``-d(q, x)``; ``lorentz_inner``: ``<q, x>_L + 1/c``; ``cosine``: ``q.x / (|q||x|)``.
+    ``geodesic``: ``-d(q, x)``; ``lorentz_inner``: ``<q, x>_L + 1/c``; ``cosine``: ``q.x / (|q||x|)``;
+    ``euclidean``: ``-|q - x|``.
     Hyperbolic similarities need the curvature ``c`` (float or 0-d tensor, gradients flow into it).
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; expected one of {', '.join(DISTANCES)}")
     if q.shape[-1] != d.shape[-1]:
         raise ValueError(f"queries have dimension {q.shape[-1]} but documents {d.shape[-1]}")
+    if distance in similarity_fns.HYPERBOLIC_KINDS and c is None:
+        raise ValueError(f"distance={distance!r} needs the curvature c (model.curvature())")
     with _no_autocast(q):
         dtype = _loss_dtype(q, d)
-        q, d = q.to(dtype), d.to(dtype)
-        if distance == "cosine":
-            return F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).transpose(-1, -2)
-        if c is None:
-            raise ValueError(f"distance={distance!r} needs the curvature c (model.curvature())")
-        if distance == "geodesic":
-            return -pairwise_geodesic_distance(q, d, c)
-        c_t = c.to(dtype) if isinstance(c, Tensor) else torch.tensor(float(c), dtype=dtype, device=q.device)
-        return pairwise_inner(q, d) + c_t.reciprocal()
+        return similarity_fns.pairwise(q.to(dtype), d.to(dtype), distance, c)
 
 
 def _gather_with_offset(t: Tensor, distributed: bool) -> tuple[Tensor, int]:

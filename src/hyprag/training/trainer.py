@@ -44,6 +44,12 @@ from hyprag.training import checkpoint as ckpt
 from hyprag.training.config import ConfigError, TrainConfig, check_local_paths, write_config
 from hyprag.training.data_stream import DataStream
 from hyprag.training.distributed import barrier, init_distributed
+from hyprag.training.hierarchy import (
+    HierarchyLoss,
+    WordNetHierarchy,
+    hierarchy_triplets,
+    resolve_wordnet_path,
+)
 from hyprag.training.logging import MetricsLogger
 from hyprag.training.losses import InfoNCELoss, mlm_loss
 from hyprag.training.optim import build_optimizer, build_scheduler
@@ -94,11 +100,18 @@ class TrainStep(nn.Module):
     coordinate for hyperbolic models).
     """
 
-    def __init__(self, model: nn.Module, task: str, loss: InfoNCELoss | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        loss: InfoNCELoss | None = None,
+        hierarchy_loss: HierarchyLoss | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.loss = loss
+        self.hierarchy_loss = hierarchy_loss
         if task == "contrastive" and loss is None:
             raise ValueError("the contrastive task needs an InfoNCELoss")
 
@@ -129,7 +142,17 @@ class TrainStep(nn.Module):
         q = self.embed(batch["query"])
         docs = self.embed(batch["documents"])
         loss = self.contrastive_loss(q, docs, batch["positive_index"])
-        return loss, _time_stats(torch.cat([q.detach(), docs.detach()]), self.model)
+        stats = _time_stats(torch.cat([q.detach(), docs.detach()]), self.model)
+        if self.hierarchy_loss is not None and "hierarchy" in batch:
+            # [children; ancestors; negatives] glosses, embedded as documents (hyprag.training.hierarchy).
+            emb = self.embed(batch["hierarchy"])
+            extra, hierarchy_stats = self.hierarchy_loss(
+                emb, self.model.radius(emb), self.model.settings.similarity, self.curvature()
+            )
+            stats.update(hierarchy_stats)
+            stats["loss/contrastive"] = loss.detach()
+            loss = loss + extra
+        return loss, stats
 
 
 def _time_stats(embeddings: Tensor, model: nn.Module) -> dict[str, Tensor]:
@@ -439,7 +462,17 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
             trainable_logit_scale=args.trainable_logit_scale,
             symmetric=args.symmetric_loss,
         ).to(device)
-    step_module = TrainStep(model, args.task, loss_module)
+    hierarchy_loss, hierarchy = None, None
+    if config.hierarchy_args.enabled:
+        h = config.hierarchy_args
+        hierarchy = WordNetHierarchy.load(resolve_wordnet_path(h.wordnet_path), h.max_children, h.pool_seed)
+        hierarchy_loss = HierarchyLoss(
+            weight=h.weight,
+            margin=h.margin,
+            centripetal_weight=h.centripetal_weight,
+            centripetal_margin=h.centripetal_margin,
+        )
+    step_module = TrainStep(model, args.task, loss_module, hierarchy_loss)
     _seed_everything(args.seed + rank)
 
     # 3. data -----------------------------------------------------------------------------------------
@@ -568,9 +601,7 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
     )
 
     def save(at_step: int) -> None:
-        if not _all_finite(
-            step_module.parameters()
-        ):  # never write, point `latest` at or prune for NaN weights
+        if not _all_finite(p for p in step_module.parameters() if p.requires_grad):  # never save NaN weights
             raise _diverged(at_step, "a parameter (before saving)", float("nan"), args, output_dir)
         data_state = data.state_dict()
         trainer_state = {
@@ -614,7 +645,21 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
         step_tokens = 0
         stats: dict[str, Tensor] = {}
         for micro in range(accum):
-            batch = _to_device(next(batches), device)
+            batch = next(batches)
+            if hierarchy is not None:
+                h = config.hierarchy_args
+                texts = hierarchy_triplets(
+                    hierarchy,
+                    h.edges_per_step,
+                    seed=args.seed,
+                    rank=rank,
+                    step=step,
+                    micro=micro,
+                    direct_fraction=h.direct_fraction,
+                    sibling_fraction=h.sibling_fraction,
+                )
+                batch["hierarchy"] = model.tokenize(texts, prompt_type="document")
+            batch = _to_device(batch, device)
             tokens = _count_tokens(batch)
             if engine is not None:
                 loss, stats = engine(batch)
@@ -655,7 +700,8 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-        if not _all_finite(step_module.parameters()):
+        # Only trained parameters can turn non-finite in a step (a frozen base is checked at no cost).
+        if not _all_finite(p for p in step_module.parameters() if p.requires_grad):
             raise _diverged(step + 1, "a parameter after the optimizer step", float("nan"), args, output_dir)
         step += 1
         tokens_seen += step_tokens

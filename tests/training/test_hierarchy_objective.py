@@ -1,0 +1,162 @@
+"""The hierarchy objective: WordNet closure sampling (train split only, negatives never ancestors), the
+triplet + centripetal loss, its config section, and a training run that uses it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyprag.training.config import load_config
+from hyprag.training.hierarchy import HierarchyLoss, WordNetHierarchy, hierarchy_triplets
+
+# entity -> {animal -> {dog -> {puppy}, cat}, plant -> {tree}}; "wolf" is held out (never sampled).
+TREE = [
+    ("entity", [], "train"),
+    ("animal", ["entity"], "train"),
+    ("plant", ["entity"], "train"),
+    ("dog", ["animal"], "train"),
+    ("cat", ["animal"], "train"),
+    ("puppy", ["dog"], "train"),
+    ("tree", ["plant"], "train"),
+    ("wolf", ["animal"], "heldout"),
+]
+
+
+@pytest.fixture
+def nouns(tmp_path: Path) -> str:
+    path = tmp_path / "nouns.jsonl.gz"
+    rows = [
+        {"id": i, "gloss": f"gloss of {i}", "hypernyms": h, "instance_hypernyms": [], "split": s}
+        for i, h, s in TREE
+    ]
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return str(path)
+
+
+def test_closure_edges_hops_and_held_out_synsets(nouns: str) -> None:
+    h = WordNetHierarchy.load(nouns)
+    assert "wolf" not in h.ids
+    edges = {(h.ids[c], h.ids[a], hops) for c, a, hops in h.edges}
+    assert (
+        ("puppy", "dog", 1) in edges and ("puppy", "animal", 2) in edges and ("puppy", "entity", 3) in edges
+    )
+    assert len(edges) == 1 + 1 + 2 + 2 + 3 + 2  # animal, plant, dog, cat, puppy, tree
+    assert all(hops == 1 for *_, hops in h.direct_edges)
+
+
+def test_sampled_negatives_are_never_ancestors_and_siblings_are_siblings(nouns: str) -> None:
+    h = WordNetHierarchy.load(nouns)
+    triples = h.sample(random.Random(0), 500, direct_fraction=0.5, sibling_fraction=1.0)
+    for child, ancestor, negative in triples:
+        assert negative != child and negative not in h.ancestors[child]
+        if h.parents[ancestor] and any(
+            s not in h.ancestors[child] | {child} for g in h.parents[ancestor] for s in h.children[g]
+        ):
+            # a sibling of the ancestor: a child of one of its hypernyms
+            assert any(negative in h.children[g] for g in h.parents[ancestor])
+    direct = h.sample(random.Random(1), 200, direct_fraction=1.0, sibling_fraction=0.0)
+    assert all(a in h.parents[c] for c, a, _ in direct)
+
+
+def test_triplets_are_a_pure_function_of_seed_rank_step_and_micro(nouns: str) -> None:
+    h = WordNetHierarchy.load(nouns)
+    kw = {"direct_fraction": 0.5, "sibling_fraction": 0.5}
+    a = hierarchy_triplets(h, 8, seed=1, rank=0, step=3, micro=0, **kw)
+    assert a == hierarchy_triplets(h, 8, seed=1, rank=0, step=3, micro=0, **kw) and len(a) == 24
+    assert a != hierarchy_triplets(h, 8, seed=1, rank=1, step=3, micro=0, **kw)
+    assert a != hierarchy_triplets(h, 8, seed=1, rank=0, step=4, micro=0, **kw)
+
+
+def test_max_children_bounds_the_texts_a_run_embeds(nouns: str) -> None:
+    h = WordNetHierarchy.load(nouns, max_children=2, pool_seed=0)
+    assert len({c for c, _, _ in h.edges}) == 2
+    assert WordNetHierarchy.load(nouns, max_children=2, pool_seed=0).edges == h.edges
+
+
+@pytest.mark.parametrize("kind", ["geodesic", "euclidean", "cosine"])
+def test_loss_is_zero_when_satisfied_and_pulls_ancestors_inward(kind: str) -> None:
+    loss = HierarchyLoss(weight=1.0, margin=0.1, centripetal_weight=1.0, centripetal_margin=0.2)
+    from hyprag.geometry import lorentz
+
+    def embed(v: torch.Tensor) -> torch.Tensor:
+        return lorentz.expmap0(v, 1.0) if kind == "geodesic" else v
+
+    child = torch.tensor([[2.0, 0.1]])
+    ancestor = torch.tensor([[1.0, 0.05]])
+    negative = torch.tensor([[-2.0, 0.0]])
+    e = embed(torch.cat([child, ancestor, negative]))
+    radii = torch.tensor([2.0, 1.0, 2.0])
+    value, stats = loss(e, radii, kind, 1.0)
+    assert float(value) == 0.0 and float(stats["hierarchy/ancestor_inside"]) == 1.0
+    # An ancestor outside its child: the centripetal hinge is active and its gradient pulls it inward.
+    radii = torch.tensor([1.0, 2.0, 2.0], requires_grad=True)
+    value, _ = loss(e, radii, kind, 1.0)
+    value.backward()
+    assert float(value.detach()) > 0 and radii.grad[1] > 0 and radii.grad[0] < 0
+    # A negative closer than the ancestor: the triplet is active.
+    bad = embed(torch.cat([child, negative, ancestor]))
+    assert float(loss(bad, torch.tensor([2.0, 1.0, 1.0]), kind, 1.0)[1]["hierarchy/triplet"]) > 0
+
+
+def test_config_section_validates(tmp_path: Path) -> None:
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(
+        "train_args: {task: mlm, max_steps: 1}\nmodel_args: {model_type: hyte_fh}\n"
+        "data_args: {data_path: x.jsonl}\nhierarchy_args: {weight: 1.0}\n"
+    )
+    with pytest.raises(Exception, match="hierarchy_args is added to the contrastive loss"):
+        load_config(yaml, dotenv_dir=None)
+    yaml.write_text(
+        "train_args: {task: contrastive, max_steps: 1}\nmodel_args: {model_type: hyte_fh}\n"
+        "data_args: {data_path: x.jsonl}\nhierarchy_args: {wieght: 1.0}\n"
+    )
+    with pytest.raises(Exception, match="weight"):
+        load_config(yaml, dotenv_dir=None)
+
+
+@pytest.mark.slow
+def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from hyprag.training.logging import read_metrics
+    from hyprag.training.trainer import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"query": f"q {i}", "document": f"doc {i} text"}) + "\n" for i in range(64))
+    )
+    overrides = {
+        "train_args.max_steps": 4,
+        "train_args.batch_size": 4,
+        "train_args.warmup_steps": 0,
+        # A constant rate: the cut run's schedule (2 steps) then matches the whole run's (4 steps).
+        "train_args.schedule_type": "constant",
+        "train_args.log_every": 1,
+        "data_args.data_path": str(pairs),
+        "model_args.max_seq_length": 16,
+        "hierarchy_args.edges_per_step": 4,
+        "hierarchy_args.max_children": 50,
+    }
+    config_path = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "hyte_h.yaml"
+
+    def run(out: Path, extra: dict) -> dict:
+        cfg = load_config(
+            config_path, {**overrides, "train_args.output_dir": str(out), **extra}, dotenv_dir=None
+        )
+        result = train(cfg)
+        return load_file(str(Path(result.final_model_dir) / "model.safetensors"))
+
+    whole = run(tmp_path / "whole", {})
+    records = read_metrics(tmp_path / "whole")
+    assert all("hierarchy/triplet" in r and "loss/contrastive" in r for r in records)
+    run(tmp_path / "cut", {"train_args.max_steps": 2, "train_args.save_every": 1})
+    resumed = run(
+        tmp_path / "cut", {"train_args.checkpoint": str(tmp_path / "cut"), "train_args.overwrite": True}
+    )
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
