@@ -492,6 +492,44 @@ def probe_hierarchy(models: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     hierarchy_probe(models, list(rows), out_dir, batch_size=32)
 
 
+#: HyTE-H heads measured untrained: how close each one starts to the base model.
+STEP0_HEADS = {
+    "pooled": {},
+    "token_radius": {
+        "model_args.hyte_h_head": "token_radius",
+        "model_args.pooling": "outward_einstein_midpoint",
+    },
+    "token (clip 2)": {
+        "model_args.hyte_h_head": "token",
+        "model_args.pooling": "outward_einstein_midpoint",
+        "model_args.max_norm": 2.0,
+    },
+}
+
+
+def measure_step0(config_dir: Path, plan: QuickstartPlan, sets: EvalSets) -> dict[str, dict[str, float]]:
+    """nDCG@10 on the report halves of HyTE-H with each head *before any training* (identity direction
+    init, every radius r0): the pooled head ranks exactly as the base does; the others show how far from
+    the base the paper's token-level lifting starts."""
+    import torch
+
+    from hyprag.models import build_model, packaged_minilm_path
+    from hyprag.training.config import load_config
+
+    out: dict[str, dict[str, float]] = {}
+    for head, overrides in STEP0_HEADS.items():
+        o = {"model_args.model_name": str(packaged_minilm_path()), **overrides}
+        config = load_config(config_dir / CONFIG_FILES["hyte_h"], o, dotenv_dir=None)
+        torch.manual_seed(plan.seed)
+        model = set_max_length(build_model(config.model_args), plan.eval_max_length)
+        encoder = _EncodeOnce(model)
+        out[head] = {
+            name: float(evaluate_retrieval(encoder, folder, "report")["ndcg@10"])
+            for name, folder in sets.beir.items()
+        }
+    return out
+
+
 # --- the whole run ------------------------------------------------------------------------------------
 
 
@@ -529,7 +567,7 @@ def run_quickstart(
             raise ValueError(f"unknown quickstart rows {unknown}; choose from {[r.key for r in ROWS]}")
         plan.rows = [r.key for r in ROWS if r.key in set(rows) or r.key in MAIN_KEYS]
     chosen_rows = [r for r in ROWS if r.key in plan.rows]
-    timer = StageTimer(total=5, stream=stream)
+    timer = StageTimer(total=6, stream=stream)
     timer.say(
         f"hyprag quickstart -> {out_dir} (seeds {plan.seeds}, {plan.steps} contrastive steps per row"
         f"{', --fast' if fast else ''}, {torch.get_num_threads()} CPU threads)"
@@ -580,6 +618,14 @@ def run_quickstart(
                 "training": {},
             }
             timer.say("    " + _summary_line(measured["minilm_zero_shot"]))
+
+        with timer.stage("untrained HyTE-H heads (step 0)"):
+            step0 = measure_step0(config_dir, plan, sets)
+            for head, metrics in step0.items():
+                timer.say(
+                    f"    {head}: "
+                    + ", ".join(f"{name} ndcg@10 {100 * v:.2f}" for name, v in metrics.items())
+                )
 
         saved: dict[str, Any] = {}
         with timer.stage(f"train + evaluate {len(chosen_rows)} rows x {len(plan.seeds)} seeds"):
@@ -669,6 +715,7 @@ def run_quickstart(
                 "comparisons": comparisons,
                 "models": _without_per_query(measured),
                 "base_state_cache": cache_stats,
+                "step0": step0,
             }
             results["plots"] = [*write_plots(results, out_dir, train_logs), *PROBE_PLOTS]
             _prune_checkpoints(out_dir / "train")

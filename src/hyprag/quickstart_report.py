@@ -300,6 +300,23 @@ def render_report(results: Mapping[str, Any]) -> str:
         "A retrieval claim HOLDS when the 95% bootstrap interval of the paired difference (seeds and queries "
         f"resampled) lies above 0; parity when it lies above -{100 * PARITY_MARGIN:g} point.",
     ]
+    step0 = results.get("step0")
+    if step0:
+        zero = summary.get("minilm_zero_shot")
+        lines += [
+            "",
+            "## Where each HyTE-H head starts (untrained, report halves)",
+            "",
+            "| head at step 0 | wordnet-hier nDCG@10 | faq-dev nDCG@10 |",
+            "|---|---:|---:|",
+        ]
+        if zero:
+            lines.append(
+                f"| all-MiniLM-L6-v2 (zero-shot) | {100 * zero['wordnet-hier']['ndcg@10']['mean']:.2f} "
+                f"| {100 * zero['faq-dev']['ndcg@10']['mean']:.2f} |"
+            )
+        for head, metrics in step0.items():
+            lines.append(f"| {head} | {100 * metrics['wordnet-hier']:.2f} | {100 * metrics['faq-dev']:.2f} |")
     cpu = results.get("cpu_seconds", {})
     lines += ["", "## Stage timings", "", "| stage | wall s | CPU s |", "|---|---:|---:|"]
     for stage, seconds in results["timings_s"].items():
