@@ -119,44 +119,66 @@ def test_config_section_validates(tmp_path: Path) -> None:
         load_config(yaml, dotenv_dir=None)
 
 
-@pytest.mark.slow
-def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly(tmp_path: Path) -> None:
+def _tiny_hyte_h_run(tmp_path: Path, out: Path, extra: dict) -> dict:
+    """Train the quickstart's HyTE-H config for a few tiny steps; returns the final weights."""
     from safetensors.torch import load_file
 
-    from hyprag.training.logging import read_metrics
     from hyprag.training.trainer import train
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(
-        "".join(json.dumps({"query": f"q {i}", "document": f"doc {i} text"}) + "\n" for i in range(64))
-    )
+    if not pairs.exists():
+        pairs.write_text(
+            "".join(json.dumps({"query": f"q {i}", "document": f"doc {i} text"}) + "\n" for i in range(64))
+        )
     overrides = {
         "train_args.max_steps": 4,
         "train_args.batch_size": 4,
         "train_args.warmup_steps": 0,
-        # A constant rate: the cut run's schedule (2 steps) then matches the whole run's (4 steps).
+        # A constant rate: a run cut after 2 steps then has the schedule of the whole 4-step run.
         "train_args.schedule_type": "constant",
         "train_args.log_every": 1,
+        "train_args.output_dir": str(out),
         "data_args.data_path": str(pairs),
         "model_args.max_seq_length": 16,
         "hierarchy_args.edges_per_step": 4,
         "hierarchy_args.max_children": 50,
+        **extra,
     }
     config_path = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "hyte_h.yaml"
+    result = train(load_config(config_path, overrides, dotenv_dir=None))
+    return load_file(str(Path(result.final_model_dir) / "model.safetensors"))
 
-    def run(out: Path, extra: dict) -> dict:
-        cfg = load_config(
-            config_path, {**overrides, "train_args.output_dir": str(out), **extra}, dotenv_dir=None
-        )
-        result = train(cfg)
-        return load_file(str(Path(result.final_model_dir) / "model.safetensors"))
 
-    whole = run(tmp_path / "whole", {})
+@pytest.mark.slow
+def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly(tmp_path: Path) -> None:
+    from hyprag.training.logging import read_metrics
+
+    whole = _tiny_hyte_h_run(tmp_path, tmp_path / "whole", {})
     records = read_metrics(tmp_path / "whole")
     assert all("hierarchy/triplet" in r and "loss/contrastive" in r for r in records)
-    run(tmp_path / "cut", {"train_args.max_steps": 2, "train_args.save_every": 1})
-    resumed = run(
-        tmp_path / "cut", {"train_args.checkpoint": str(tmp_path / "cut"), "train_args.overwrite": True}
+    _tiny_hyte_h_run(tmp_path, tmp_path / "cut", {"train_args.max_steps": 2, "train_args.save_every": 1})
+    resumed = _tiny_hyte_h_run(
+        tmp_path,
+        tmp_path / "cut",
+        {"train_args.checkpoint": str(tmp_path / "cut"), "train_args.overwrite": True},
     )
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.slow
+def test_grad_cache_with_the_hierarchy_objective_trains_like_the_plain_step(tmp_path: Path) -> None:
+    """GradCache runs the hierarchy term as a pass of its own; the weights match the plain path's."""
+    from hyprag.training.logging import read_metrics
+
+    plain = _tiny_hyte_h_run(tmp_path, tmp_path / "plain", {"train_args.max_steps": 2})
+    cached = _tiny_hyte_h_run(
+        tmp_path, tmp_path / "cached", {"train_args.max_steps": 2, "train_args.grad_cache_chunk": 2}
+    )
+    assert plain.keys() == cached.keys()
+    for k in plain:
+        torch.testing.assert_close(cached[k], plain[k], rtol=1e-4, atol=1e-5)
+    changed = [k for k in plain if k.startswith("head.")]
+    assert changed
+    records = read_metrics(tmp_path / "cached")
+    assert all("hierarchy/triplet" in r and "loss/contrastive" in r for r in records)

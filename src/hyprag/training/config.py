@@ -235,8 +235,6 @@ class TrainConfig(_Section):
             self.model_args.similarity = distance  # the saved model scores the way it was trained
         if self.hierarchy_args.enabled and self.train_args.task != "contrastive":
             raise ValueError("hierarchy_args is added to the contrastive loss: set its weights to 0 for MLM")
-        if self.hierarchy_args.enabled and self.train_args.grad_cache_chunk is not None:
-            raise ValueError("hierarchy_args does not run with train_args.grad_cache_chunk (GradCache) yet")
         if self.train_args.grad_cache_chunk is not None and self.train_args.task != "contrastive":
             raise ValueError("train_args.grad_cache_chunk applies to the contrastive task only")
         if self.train_args.task == "mlm" and model_type == "hyte_h":

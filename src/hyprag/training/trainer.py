@@ -130,9 +130,18 @@ class TrainStep(nn.Module):
     def contrastive_loss(self, q: Tensor, docs: Tensor, positive_index: Tensor) -> Tensor:
         return self.loss(q, docs, positive_index, c=self.curvature())
 
+    def hierarchy_term(self, tokens: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The hierarchy objective on ``[children; ancestors; negatives]`` glosses, embedded as documents
+        (:mod:`hyprag.training.hierarchy`)."""
+        emb = self.embed(tokens)
+        assert self.hierarchy_loss is not None
+        return self.hierarchy_loss(emb, self.model.radius(emb), self.model.settings.similarity, self.curvature())
+
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]] | Tensor:
         if "embed" in batch:  # GradCache's chunked embedding passes, routed through DDP's forward
             return self.embed(batch["embed"])
+        if "hierarchy_only" in batch:  # GradCache runs the hierarchy term as a pass of its own
+            return self.hierarchy_term(batch["hierarchy_only"])
         if self.task == "mlm":
             out = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
@@ -144,11 +153,7 @@ class TrainStep(nn.Module):
         loss = self.contrastive_loss(q, docs, batch["positive_index"])
         stats = _time_stats(torch.cat([q.detach(), docs.detach()]), self.model)
         if self.hierarchy_loss is not None and "hierarchy" in batch:
-            # [children; ancestors; negatives] glosses, embedded as documents (hyprag.training.hierarchy).
-            emb = self.embed(batch["hierarchy"])
-            extra, hierarchy_stats = self.hierarchy_loss(
-                emb, self.model.radius(emb), self.model.settings.similarity, self.curvature()
-            )
+            extra, hierarchy_stats = self.hierarchy_term(batch["hierarchy"])
             stats.update(hierarchy_stats)
             stats["loss/contrastive"] = loss.detach()
             loss = loss + extra
@@ -245,6 +250,14 @@ def _grad_cache_micro_step(
 
     accum = args.gradient_accumulation_steps
     positive_index = batch["positive_index"]
+    stats: dict[str, Tensor] = {}
+    extra = None
+    if "hierarchy" in batch and step_module.hierarchy_loss is not None:
+        # The hierarchy term does not depend on the contrastive batch: its own forward and backward, with
+        # gradients accumulated locally; GradCache's last (synchronised) backward all-reduces them.
+        with runner.no_sync() if world_size > 1 else contextlib.nullcontext():
+            extra, stats = runner({"hierarchy_only": batch["hierarchy"]})
+            scaler.scale(extra / accum).backward()
     loss = grad_cache_backward(
         lambda chunk: runner({"embed": chunk}),
         [batch["query"], batch["documents"]],
@@ -253,7 +266,10 @@ def _grad_cache_micro_step(
         backward=lambda value: scaler.scale(value).backward(),
         no_sync=runner.no_sync if world_size > 1 else None,
     )
-    return loss * accum, {}
+    if extra is not None:
+        stats["loss/contrastive"] = (loss * accum).detach()
+        return loss * accum + extra.detach(), stats
+    return loss * accum, stats
 
 
 @contextlib.contextmanager
