@@ -188,3 +188,9 @@ def test_encode_refuses_a_text_that_is_not_a_string(tiny_model_dir):
         TypeError, match=r"texts\[1\] is None \(NoneType\); every text to embed must be a str"
     ):
         model.encode(["a", None])
+
+
+def test_a_sentence_transformers_baseline_refuses_a_text_that_is_not_a_string():
+    model = load_model("all-MiniLM-L6-v2")
+    with pytest.raises(TypeError, match=r"texts\[2\] is 3 \(int\)"):
+        model.encode(["a", "b", 3])

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-from hyprag.models.base import EmbeddingModel, ModelSettings, euclidean_pool
+from hyprag.models.base import EmbeddingModel, ModelSettings, check_texts, euclidean_pool
 from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
 from hyprag.models.hf_base import base_config_dict, base_token_states
 
@@ -240,6 +240,7 @@ class SentenceTransformerModel(EmbeddingModel):
     ) -> Tensor:
         """Embed through ``SentenceTransformer.encode``: float32 CPU ``[n, d]`` in input order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        check_texts(texts)
         if not texts:
             return torch.empty(0, self.embedding_dim, dtype=torch.float32)
         prefix = self.settings.prefix(prompt_type)
