@@ -194,3 +194,15 @@ def test_a_sentence_transformers_baseline_refuses_a_text_that_is_not_a_string():
     model = load_model("all-MiniLM-L6-v2")
     with pytest.raises(TypeError, match=r"texts\[2\] is 3 \(int\)"):
         model.encode(["a", "b", 3])
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["/no/such/folder", "./missing", "data/missing.jsonl", "some/deep/missing/folder", "rows.jsonl.gz"],
+)
+def test_a_missing_local_data_path_is_not_sent_to_the_hub(source):
+    from hyprag.data.readers import detect_format
+
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        detect_format(source)
+    assert detect_format("org/dataset-name") == "hf"  # a hub name stays a hub name

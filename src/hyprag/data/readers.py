@@ -201,7 +201,23 @@ def detect_format(source: str | os.PathLike[str]) -> str:
         if any(p.name.endswith(_JSONL_SUFFIXES) for p in path.rglob("*")):
             return "jsonl"
         return "hf"
+    if _looks_local(str(source)):
+        raise FileNotFoundError(
+            f"no such file or folder: {source} (a Hugging Face hub dataset is named like 'org/name')"
+        )
     return "hf"  # not a local path: a hub name
+
+
+def _looks_local(source: str) -> bool:
+    """Whether a source that does not exist was meant as a local path (absolute or relative with ./, ../
+    or ~, a data file suffix, or more folders than a hub 'org/name' has), not a hub dataset name."""
+    suffixes = (*_JSONL_SUFFIXES, ".json", ".parquet", ".csv", ".arrow", ".txt")
+    return (
+        source.startswith(("/", "./", "../", "~"))
+        or source.endswith(suffixes)
+        or source.count("/") > 1
+        or (os.sep != "/" and os.sep in source)
+    )
 
 
 def _load_hf(source: str, split: str, streaming: bool):
