@@ -108,7 +108,12 @@ def save_embedding_model(model: Any, path: str | Path) -> Path:
     }
     c = model.curvature()
     section["curvature"] = None if c is None else float(c.detach())
-    return save_module_folder(model, path, section, tokenizer=model.tokenizer)
+    save_module_folder(model, path, section, tokenizer=model.tokenizer)
+    # The same folder is also a sentence-transformers model (modules.json and its module folders).
+    from hyprag.models.st_export import write_sentence_transformers_files
+
+    write_sentence_transformers_files(model, path)
+    return Path(path)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
