@@ -142,3 +142,55 @@ def test_folders_without_sentence_transformers_files_still_load(tmp_path):
         shutil.copy(tmp_path / "new" / name, old / name)
     for path in (tmp_path / "new", old):
         torch.testing.assert_close(load_model(path).encode(TEXTS, "query"), model.encode(TEXTS, "query"))
+
+
+def _front_matter(path):
+    import yaml
+
+    text = (path / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---", 2)[1]), text
+
+
+def test_saved_folder_has_a_model_card_with_hub_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(
+        {"model_type": "hyte_h", "model_name": MINILM, "embedding_dim": 16, "curvature": 2.0, **PREFIXES}
+    ).eval()
+    model.card_data = {
+        "training_data": "data/pairs.jsonl",
+        "training_steps": 123,
+        "eval_results": {"faq-dev": {"ndcg_at_10": 0.5}},
+    }
+    model.save_pretrained(tmp_path)
+    meta, text = _front_matter(tmp_path)
+    assert meta["library_name"] == "hyprag" and meta["pipeline_tag"] == "sentence-similarity"
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["license"] == "apache-2.0"  # read from the packaged base folder's own card
+    assert {"hyperbolic", "hyte_h", "sentence-transformers"} <= set(meta["tags"])
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["name"] == "faq-dev" and result["metrics"] == [
+        {"type": "ndcg_at_10", "value": 0.5}
+    ]
+    for expected in (
+        "| Embedding dimensions | 17 (time coordinate first) |",
+        "c = 2 (trained)",
+        "| Pooling | `outward_einstein_midpoint`, exponent p = 1 |",
+        "| Similarity | `geodesic` |",
+        "`'q: '`",
+        "| Training data | data/pairs.jsonl |",
+        "| Training steps | 123 |",
+        "hyprag.load_model(",
+        "trust_remote_code=True",
+        "arXiv:2602.07739",
+    ):
+        assert expected in text, expected
+
+
+def test_model_card_of_a_scratch_model_claims_no_base_or_training(tmp_path):
+    torch.manual_seed(0)
+    build_model({"model_type": "euclidean", "pooling": "cls", **TINY}).save_pretrained(tmp_path)
+    meta, text = _front_matter(tmp_path)
+    assert "model-index" not in meta and "Training steps" not in text and "Curvature" not in text
+    assert "base_model" not in meta and "| Base model | none (trained from scratch) |" in text
+    assert "trust_remote_code" not in text  # native sentence-transformers modules

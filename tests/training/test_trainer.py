@@ -138,6 +138,8 @@ def test_contrastive_loss_falls_and_the_model_saves_with_its_similarity(contrast
     assert sum(losses[-2:]) / 2 < 0.85 * losses[0], losses
     model = load_model(result.final_model_dir)
     assert model.settings.similarity == config.train_args.distance == "geodesic"
+    card = (result.final_model_dir / "README.md").read_text()  # the card reports this run
+    assert f"| Training steps | {result.steps} |" in card and "| Training data |" in card
     records = read_metrics(result.output_dir)
     assert all("logit_scale" in r and 1.0 <= r["logit_scale"] <= 100.0 for r in records)
 

@@ -113,6 +113,9 @@ def save_embedding_model(model: Any, path: str | Path) -> Path:
     from hyprag.models.st_export import write_sentence_transformers_files
 
     write_sentence_transformers_files(model, path)
+    from hyprag.models.card import write_model_card
+
+    write_model_card(model, path)
     return Path(path)
 
 

@@ -135,7 +135,9 @@ class TrainStep(nn.Module):
         (:mod:`hyprag.training.hierarchy`)."""
         emb = self.embed(tokens)
         assert self.hierarchy_loss is not None
-        return self.hierarchy_loss(emb, self.model.radius(emb), self.model.settings.similarity, self.curvature())
+        return self.hierarchy_loss(
+            emb, self.model.radius(emb), self.model.settings.similarity, self.curvature()
+        )
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]] | Tensor:
         if "embed" in batch:  # GradCache's chunked embedding passes, routed through DDP's forward
@@ -763,6 +765,8 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
     # 7. the result -----------------------------------------------------------------------------------
     save(step)
     final_dir = output_dir / "final"
+    if hasattr(model, "settings"):  # what the model card reports about this run
+        model.card_data = {"training_data": config.data_args.data_path, "training_steps": step}
     try:
         _save_final(model, engine, final_dir, is_main)
     except (OSError, RuntimeError) as error:
