@@ -244,3 +244,30 @@ def test_real_models_mteb_equals_eval_beir(tmp_path, real_model_paths, which):
     assert theirs["recall_at_10"] == pytest.approx(ours["recall@10"], abs=1e-4)
     if which == "minilm":  # a real retriever: most FAQ questions find their answer among 20 documents
         assert ours["ndcg@10"] > 0.5
+
+
+def test_model_meta_loader_rebuilds_the_encoder_with_our_scoring(tmp_path):
+    from mteb.models import EncoderProtocol
+
+    from hyprag.models import build_model, packaged_minilm_path
+
+    torch.manual_seed(0)
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    model = build_model({"model_type": "hyte_fh", "model_name": str(packaged_minilm_path()), **tiny})
+    model.save_pretrained(tmp_path / "m")
+    encoder = MTEBEncoder(
+        hyprag.load_model(tmp_path / "m"),
+        "lorentz_inner",
+        model_name="hyprag/tiny",
+        revision="abc123",
+        model_path=str(tmp_path / "m"),
+    )
+    meta = encoder.mteb_model_meta
+    rebuilt = meta.load_model()
+    assert isinstance(rebuilt, MTEBEncoder) and isinstance(rebuilt, EncoderProtocol)
+    assert rebuilt is not encoder and rebuilt.scoring == "lorentz_inner"  # not the saved "geodesic"
+    assert (rebuilt.mteb_model_meta.name, rebuilt.mteb_model_meta.revision) == ("hyprag/tiny", "abc123")
+    batches = [{"text": ["hyperbolic space", "a tree"]}]
+    np.testing.assert_array_equal(rebuilt.encode(batches), encoder.encode(batches))
+    # Without a path to load from, the meta says so instead of pretending.
+    assert MTEBEncoder(HashingModel(8)).mteb_model_meta.loader is None

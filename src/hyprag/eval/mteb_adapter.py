@@ -35,6 +35,7 @@ __all__ = [
     "add_mteb_arguments",
     "aggregate_summary",
     "beir_task",
+    "load_mteb_encoder",
     "run_mteb",
     "run_mteb_command",
 ]
@@ -58,8 +59,12 @@ class MTEBEncoder:
         *,
         model_name: str | None = None,
         revision: str | None = None,
+        model_path: str | None = None,
     ) -> None:
         self.model = model
+        # Where hyprag.load_model finds the model again (a folder or a Hub id): the meta's loader needs it.
+        self.model_path = model_path
+        self._meta: Any = None
         if model.is_hyperbolic:
             scoring = scoring or model.settings.similarity
             if scoring not in SCORINGS:
@@ -127,13 +132,18 @@ class MTEBEncoder:
 
     @property
     def mteb_model_meta(self) -> Any:
+        """The ``ModelMeta``; with a ``model_path`` its ``load_model()`` rebuilds this encoder (same scoring)
+        through :func:`load_mteb_encoder`. mteb's ``load_model`` assigns its own copy here afterwards."""
+        if self._meta is not None:
+            return self._meta
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         n_params = None
         if hasattr(self.model, "parameters"):
             n_params = sum(p.numel() for p in self.model.parameters())
         return ModelMeta(
-            loader=None,
+            loader=load_mteb_encoder if self.model_path else None,
+            loader_kwargs={"model_path": self.model_path} if self.model_path else {},
             name=self.model_name,
             revision=self.revision,
             release_date=None,
@@ -153,6 +163,29 @@ class MTEBEncoder:
             training_datasets=None,
             experiment_kwargs={"scoring": self.scoring},
         )
+
+    @mteb_model_meta.setter
+    def mteb_model_meta(self, meta: Any) -> None:
+        self._meta = meta
+
+
+def load_mteb_encoder(
+    model_name: str,
+    revision: str | None = None,
+    *,
+    model_path: str | None = None,
+    scoring: str | None = None,
+    device: str | None = None,
+    **_: Any,
+) -> MTEBEncoder:
+    """``ModelMeta.loader``: mteb's ``EncoderProtocol`` constructor signature (``model_name``, ``revision``,
+    keyword arguments). Loads ``model_path`` (default: ``model_name``) with :func:`hyprag.load_model` and
+    wraps it with ``scoring`` (the meta's ``experiment_kwargs``)."""
+    import hyprag
+
+    source = model_path or model_name
+    model = hyprag.load_model(source, device=device or "cpu")
+    return MTEBEncoder(model, scoring, model_name=model_name, revision=revision, model_path=source)
 
 
 def _as_2d(x: Any) -> Tensor:
@@ -401,7 +434,9 @@ def run_mteb_command(args: argparse.Namespace) -> dict[str, Any]:
     name = Path(args.model).resolve().name or "model"
     config = Path(args.model) / "config.json"
     revision = hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.is_file() else "local"
-    encoder = MTEBEncoder(model, scoring, model_name=f"hyprag/{name}", revision=revision)
+    encoder = MTEBEncoder(
+        model, scoring, model_name=f"hyprag/{name}", revision=revision, model_path=str(args.model)
+    )
     tasks = _select_tasks(args)
     summary = run_mteb(encoder, tasks, args.output_dir, batch_size=args.batch_size)
     print(format_summary(summary))
