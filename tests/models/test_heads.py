@@ -78,7 +78,9 @@ def test_pooled_head_and_fair_twin_rank_faq_dev_exactly_as_the_base_at_step_zero
             d = model.encode(docs, prompt_type="document")
             q = model.encode(queries, prompt_type="query")
             c = model.curvature()
-            _, pos = exact_search(q, d, 10, model.settings.similarity, None if c is None else float(c))
+            _, pos = exact_search(
+                q, d, 10, model.settings.similarity, None if c is None else float(c.detach())
+            )
             rankings[name] = pos
             if name != "base":  # every radius (norm) equals r0 = 2 at step 0
                 radii = model.radius(d)
