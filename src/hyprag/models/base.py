@@ -331,3 +331,10 @@ class EmbeddingModel(nn.Module, abc.ABC):
         from hyprag.models.io import save_embedding_model
 
         save_embedding_model(self, path)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the saved folder (with its model card) to the Hub repo ``repo_id``; keyword arguments
+        ``private``, ``token``, ``revision``, ``commit_message`` (:func:`hyprag.models.hub.push_to_hub`)."""
+        from hyprag.models.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)

@@ -387,11 +387,24 @@ def _load_init_from(model: EmbeddingModel, args: ModelArgs, path: str) -> None:
 # --- loading ----------------------------------------------------------------------------------------
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> EmbeddingModel:
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+) -> EmbeddingModel:
     """Load a folder saved by ``EmbeddingModel.save_pretrained`` (strictly: every weight, no extras), or a
     sentence-transformers folder (``modules.json``) as a cosine baseline. Names such as ``all-MiniLM-L6-v2``
-    are resolved like ``model_args.model_name``."""
-    path = Path(resolve_model_name(str(path)))
+    are resolved like ``model_args.model_name``; an ``org/name`` that is not a folder is a Hugging Face Hub
+    repo (``revision``, ``cache_dir``, ``token``; ``HF_HUB_OFFLINE=1`` reads only the cache, see
+    :mod:`hyprag.models.hub`)."""
+    from hyprag.models.hub import resolve_model_folder
+
+    path = resolve_model_folder(
+        resolve_model_name(str(path)), revision=revision, cache_dir=cache_dir, token=token
+    )
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     config = read_config(path) if (path / "config.json").is_file() else {}
