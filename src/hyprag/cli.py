@@ -13,8 +13,26 @@ from collections.abc import Sequence
 from hyprag import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose long options accept both spellings, ``--top-k`` and ``--top_k``.
+
+    Subcommand parsers inherit the class (``add_subparsers`` uses the parent's type), so every command
+    follows the same convention; the help shows both spellings.
+    """
+
+    def add_argument(self, *names: str, **kwargs):  # type: ignore[override]
+        spelled = list(names)
+        for name in names:
+            if not name.startswith("--") or "." in name:
+                continue
+            for other in (name[:2] + name[2:].replace("_", "-"), name[:2] + name[2:].replace("-", "_")):
+                if other not in spelled and other not in self._option_string_actions:
+                    spelled.append(other)
+        return super().add_argument(*spelled, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hyprag",
         description="Train and evaluate hyperbolic (Lorentz-model) text-embedding retrievers.",
     )
@@ -138,7 +156,13 @@ def _add_eval_commands(sub) -> None:
     b.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
     b.add_argument("--split", default="test")
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--top-k", type=int, default=100, help="documents ranked per query (default 100)")
+    b.add_argument(
+        "--top-k",
+        type=int,
+        default=100,
+        help="documents ranked per query (default 100); metrics that read more (map@100 and recall@100 "
+        "for --top-k 10) are not reported",
+    )
     b.add_argument("--output", help="write the metrics JSON here")
     b.add_argument(
         "--search",
@@ -154,7 +178,7 @@ def _add_eval_commands(sub) -> None:
         help="MTEB (mteb 2.x) with the model's hyperbolic similarity; --beir registers local folders",
         description=_MTEB_DESCRIPTION,
     )
-    from hyprag.eval.mteb_adapter import add_mteb_arguments
+    from hyprag.eval.mteb_args import add_mteb_arguments
 
     add_mteb_arguments(m)
     m.set_defaults(func=_run_eval_mteb)
@@ -242,7 +266,7 @@ def _add_index_commands(sub) -> None:
     s = sub.add_parser("search", help="search an index folder with query texts")
     s.add_argument("--index", required=True, help="folder written by `hyprag index build`")
     s.add_argument("queries", nargs="+", help="query texts")
-    s.add_argument("-k", type=int, default=10, help="results per query")
+    s.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="results per query")
     s.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
     s.add_argument(
         "--allow-model-mismatch",

@@ -224,10 +224,19 @@ def test_top_k_limits_the_ranking(tmp_path):
     folder, *_ = _random_beir(tmp_path, n_docs=60, n_queries=10, seed=1)
     model = HashingModel(12)
     full = evaluate_beir(model, folder, top_k=100)
-    short = evaluate_beir(model, folder, top_k=10)
-    assert short["ndcg@10"] == pytest.approx(full["ndcg@10"], abs=1e-12)
-    assert short["recall@100"] == pytest.approx(short["recall@10"], abs=1e-12)
-    assert short["recall@100"] < full["recall@100"]
+    with pytest.warns(UserWarning, match=r"top_k=10 ranks fewer documents than map@100, recall@100"):
+        short = evaluate_beir(model, folder, top_k=10)
+    for key in ("ndcg@10", "mrr@10", "recall@1", "recall@10"):
+        assert short[key] == pytest.approx(full[key], abs=1e-12), key
+    # recall@100 of a 10-document ranking would be recall@10 under another name: not reported.
+    assert "recall@100" not in short and "map@100" not in short
+    assert (
+        short["meta"]["dropped_metrics"] == ["map@100", "recall@100"]
+        and full["meta"]["dropped_metrics"] == []
+    )
+    # A corpus no larger than top_k is ranked completely, so every metric means what it says.
+    small = evaluate_beir(model, _random_beir(tmp_path / "small", n_docs=8, n_queries=4, seed=1)[0], top_k=10)
+    assert set(METRIC_KEYS) <= set(small)
 
 
 def test_cli_eval_beir_writes_the_metrics(tmp_path, monkeypatch, capsys):
@@ -243,8 +252,8 @@ def test_cli_eval_beir_writes_the_metrics(tmp_path, monkeypatch, capsys):
             "some/model",
             "--data",
             str(folder),
-            "--top-k",
-            "20",
+            "--top_k",
+            "40",
             "--output",
             str(out),
         ]
@@ -252,7 +261,7 @@ def test_cli_eval_beir_writes_the_metrics(tmp_path, monkeypatch, capsys):
     assert code == 0
     written = json.loads(out.read_text())
     assert set(written) == {*METRIC_KEYS, "meta"}
-    direct = evaluate_beir(model, folder, top_k=20)
+    direct = evaluate_beir(model, folder, top_k=40)
     for key in METRIC_KEYS:
         assert written[key] == pytest.approx(direct[key], abs=1e-12)
     assert written["meta"]["model"] == "some/model" and written["meta"]["similarity"] == "geodesic"
@@ -272,8 +281,8 @@ def test_errors_name_the_problem(tmp_path):
 def test_faiss_search_gives_the_same_metrics(tmp_path, hyperbolic):
     folder, *_ = _random_beir(tmp_path, n_docs=120, n_queries=20, seed=3)
     model = HashingModel(12, hyperbolic=hyperbolic)
-    exact = evaluate_beir(model, folder, top_k=50)
-    flat = evaluate_beir(model, folder, top_k=50, search="faiss")
+    exact = evaluate_beir(model, folder, top_k=100)
+    flat = evaluate_beir(model, folder, top_k=100, search="faiss")
     assert flat["meta"]["search"] == "faiss"
     for key in METRIC_KEYS:
         assert flat[key] == pytest.approx(exact[key], abs=1e-12), key

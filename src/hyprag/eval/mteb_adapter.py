@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hyprag.eval.mteb_args import DEFAULT_BENCHMARK, SCORINGS, add_mteb_arguments
 from hyprag.models.base import check_finite_embeddings
 
 __all__ = [
@@ -39,9 +40,6 @@ __all__ = [
     "run_mteb",
     "run_mteb_command",
 ]
-
-DEFAULT_BENCHMARK = "MTEB(eng, v2)"
-SCORINGS = ("geodesic", "lorentz_inner")
 
 
 class MTEBEncoder:
@@ -372,38 +370,6 @@ def run_mteb(
         json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8"
     )
     return summary
-
-
-def add_mteb_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``eval_mteb_hyperbolic.py`` and ``hyprag eval mteb`` (seed-compatible names)."""
-    parser.add_argument("--model", required=True, help="a folder hyprag.load_model accepts")
-    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="results/mteb")
-    parser.add_argument(
-        "--scoring",
-        choices=SCORINGS,
-        default=None,
-        help="hyperbolic ranking: geodesic (-d(q, x)) or lorentz_inner (<q, x>_L + 1/c); default: the "
-        "model's saved similarity. Euclidean models use their saved similarity (cosine or euclidean).",
-    )
-    parser.add_argument(
-        "--hybrid",
-        action="store_true",
-        help="accepted for compatibility with the seed's script; the model type (HyTE-H or not) is read "
-        "from the saved config, so this flag changes nothing",
-    )
-    parser.add_argument(
-        "--benchmark", default=None, help=f'an mteb benchmark name (e.g. "{DEFAULT_BENCHMARK}")'
-    )
-    parser.add_argument("--tasks", default=None, help="comma-separated mteb task names (T1,T2)")
-    parser.add_argument(
-        "--beir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a local BEIR folder to run as an mteb retrieval task (repeatable; works offline)",
-    )
-    parser.add_argument("--split", default="test", help="qrels split of the --beir folders")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
 
 
 def _select_tasks(args: argparse.Namespace) -> list[Any]:

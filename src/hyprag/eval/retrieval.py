@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ __all__ = [
 
 #: The keys of the metrics JSON, in print order.
 METRIC_KEYS = ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10", "recall@100")
+#: How many ranked documents per query each metric reads.
+METRIC_CUTOFFS = {
+    "ndcg@10": 10,
+    "mrr@10": 10,
+    "map@100": 100,
+    "recall@1": 1,
+    "recall@10": 10,
+    "recall@100": 100,
+}
 SIMILARITIES = similarity_fns.KINDS
 SEARCH_METHODS = ("exact", "faiss", "hnsw")
 
@@ -244,7 +254,8 @@ def evaluate_beir(
     (``model.encode(..., prompt_type=...)``). ``search``: ``exact`` (:func:`exact_search`, blocked float64),
     ``faiss`` (the flat :class:`hyprag.eval.index.VectorIndex`: the same ranking, faster on large corpora)
     or ``hnsw`` (approximate candidates, exact re-rank). Returns :data:`METRIC_KEYS` (floats in [0, 1])
-    plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds), and
+    except those that read more than ``top_k`` documents of a larger corpus (``top_k=10`` cannot give
+    ``recall@100``: they are dropped with a warning and listed in ``meta["dropped_metrics"]``), plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds), and
     ``"per_query"`` when asked (:func:`compute_metrics`). Queries without qrels are excluded.
     """
     from hyprag.data.beir import load_beir
@@ -281,6 +292,15 @@ def evaluate_beir(
         {q: data.qrels[q] for q in query_ids}, ranked, per_query=per_query
     )
     t4 = time.perf_counter()
+    dropped = [k for k in METRIC_KEYS if METRIC_CUTOFFS[k] > top_k and len(doc_ids) > top_k]
+    if dropped:
+        warnings.warn(
+            f"top_k={top_k} ranks fewer documents than {', '.join(dropped)} read"
+            f" ({max(METRIC_CUTOFFS[k] for k in dropped)}); those metrics are not reported",
+            stacklevel=2,
+        )
+        for key in dropped:
+            del metrics[key]
     metrics["meta"] = {
         "model": model_path,
         "model_type": getattr(model.settings, "model_type", type(model).__name__),
@@ -291,6 +311,7 @@ def evaluate_beir(
         "n_queries": len(query_ids),
         "n_docs": len(doc_ids),
         "top_k": top_k,
+        "dropped_metrics": dropped,
         "search": search,
         "timings_s": {
             "encode_corpus": t1 - t0,
@@ -327,6 +348,6 @@ def run_beir_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {out}")
-    if not all(math.isfinite(result[key]) for key in METRIC_KEYS):
+    if not all(math.isfinite(result[key]) for key in METRIC_KEYS if key in result):
         raise RuntimeError(f"non-finite metric in {result}")
     return result

@@ -1,0 +1,94 @@
+"""Command-line conventions: --help without torch, both spellings of every long option."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hyprag import cli
+
+HELP_COMMANDS = [
+    [],
+    ["info"],
+    ["data", "to-mds"],
+    ["eval"],
+    ["eval", "beir"],
+    ["eval", "mteb"],
+    ["eval", "hierarchy"],
+    ["eval", "rag"],
+    ["index", "build"],
+    ["search"],
+    ["quickstart"],
+]
+
+_PROBE = """
+import sys
+from hyprag.cli import main
+for argv in {commands!r}:
+    try:
+        main([*argv, "--help"])
+    except SystemExit as stop:
+        assert stop.code in (0, None), (argv, stop.code)
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers", "mteb") if m in sys.modules)
+print("HEAVY:", heavy)
+"""
+
+
+def test_help_does_not_import_torch():
+    # A fresh interpreter: this test process has torch imported already.
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(commands=HELP_COMMANDS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "HEAVY: []" in out, out[-2000:]
+    assert "--top-k TOP_K, --top_k TOP_K" in out  # eval beir's help lists both spellings
+
+
+@pytest.mark.parametrize("spelling", ["-", "_"])
+def test_long_options_accept_both_spellings(spelling):
+    parser = cli.build_parser()
+
+    def flag(name):
+        return "--" + name.replace("-", spelling)
+
+    beir = parser.parse_args(
+        ["eval", "beir", "--model", "m", "--data", "d", flag("top-k"), "7", flag("batch-size"), "3"]
+    )
+    assert (beir.top_k, beir.batch_size) == (7, 3)
+    mteb = parser.parse_args(
+        ["eval", "mteb", "--model", "m", flag("output-dir"), "o", flag("batch-size"), "5"]
+    )
+    assert (mteb.output_dir, mteb.batch_size) == ("o", 5)
+    search = parser.parse_args(
+        ["search", "--index", "i", flag("top-k"), "4", flag("allow-model-mismatch"), "q"]
+    )
+    assert (search.k, search.allow_model_mismatch, search.queries) == (4, True, ["q"])
+    build = parser.parse_args(
+        [
+            "index",
+            "build",
+            "--model",
+            "m",
+            "--corpus",
+            "c",
+            "--out",
+            "o",
+            flag("hnsw-m"),
+            "8",
+            flag("ef-search"),
+            "9",
+        ]
+    )
+    assert (build.hnsw_m, build.ef_search) == (8, 9)
+    data = parser.parse_args(["data", "to-mds", "--input", "i", "--out", "o", flag("skip-malformed")])
+    assert data.skip_malformed
+
+
+def test_train_overrides_are_passed_through_untouched():
+    args = cli.build_parser().parse_args(["train", "--config=x.yaml", "--train_args.max_steps=3"])
+    assert args.train_argv == ["--config=x.yaml", "--train_args.max_steps=3"]
