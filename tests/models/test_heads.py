@@ -187,5 +187,38 @@ def test_mteb_and_the_index_respect_the_twins_euclidean_distance() -> None:
     torch.testing.assert_close(encoder.similarity_pairwise(q, d[:2]), -(q - d[:2]).double().norm(dim=-1))
     with pytest.raises(ValueError, match="ranks by euclidean"):
         MTEBEncoder(twin, scoring="cosine")
-    with pytest.raises(ValueError, match="not indexable yet"):
-        VectorIndex.from_model(twin, ["a", "b", "c", "d"], TEXTS)
+    # The index serves the twin's Euclidean distance exactly: (x, -|x|^2/2) documents, (q, 1) queries.
+    index = VectorIndex.from_model(twin, ["a", "b", "c", "d"], TEXTS)
+    assert index.dim == 384 and index.similarity == "euclidean"
+    hits = index.search(twin, TEXTS, k=4)
+    assert [row[0][0] for row in hits] == ["a", "b", "c", "d"]  # each text finds itself first
+    assert all(row[0][1] == 0.0 for row in hits)
+    cosine_model = build_model(
+        {"model_type": "euclidean", "euclidean_base": "pretrained", **{**COMMON, "max_seq_length": 32}}
+    )
+    with pytest.raises(ValueError, match="built for similarity 'euclidean'"):
+        index.search(cosine_model, ["a dog"], k=1)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_index_ranks_euclidean_distance_exactly_far_from_the_origin(kind: str, tmp_path) -> None:
+    from hyprag.eval.index import VectorIndex
+    from hyprag.eval.retrieval import exact_search
+
+    g = torch.Generator().manual_seed(0)
+    # Large norms with small differences: float32 inner products alone could not order these.
+    docs = 50.0 * torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=-1)
+    docs = docs + 0.05 * torch.randn(400, 16, generator=g)
+    queries = docs[:40] + 0.01 * torch.randn(40, 16, generator=g)
+    ids = [f"d{i}" for i in range(400)]
+    index = VectorIndex.from_embeddings(ids, docs, similarity="euclidean", kind=kind)
+    scores, positions = index.search_embeddings(queries, 10)
+    want_scores, want_positions = exact_search(queries, docs, 10, "euclidean")
+    if kind == "flat":
+        assert torch.equal(positions, want_positions)
+        torch.testing.assert_close(scores, want_scores, rtol=1e-9, atol=1e-9)
+    else:
+        recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(positions, want_positions)) / 400
+        assert recall > 0.9
+    again = VectorIndex.load(index.save(tmp_path / "idx"))
+    assert torch.equal(again.search_embeddings(queries, 10)[1], positions)

@@ -25,6 +25,11 @@ hyperboloid points its recall@10 was about 1%. We use the standard reduction of 
 L2 nearest neighbours instead: documents ``b(x) = (x, sqrt(R^2 - |x|^2))`` with ``R = max |x|``, queries
 ``a(q) = (ip_query(q), 0)``, so ``|a - b|^2 = |a|^2 + R^2 - 2 <q, x>_L``, exactly the same order, and the
 graph links documents that are close as points (recall@10 about 0.99 at the same settings).
+
+The Euclidean-distance twin (similarity ``euclidean``, ``-|q - x|``) is served by the same machinery:
+``-|q - x|^2 / 2 = q.x - |x|^2 / 2 - |q|^2 / 2``, so documents are stored as ``(x, -|x|^2 / 2)`` and queries
+searched as ``(q, 1)``: the inner product orders documents exactly as the distance does (the ``|q|^2`` term
+is the same for every document). The re-rank computes ``-|q - x|`` in float64 from the stored ``x``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from hyprag.models.base import check_finite_embeddings
 __all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex", "read_corpus"]
 
 INDEX_KINDS = ("flat", "hnsw")
+HYPERBOLIC = ("geodesic", "lorentz_inner")
+SIMILARITIES = (*HYPERBOLIC, "cosine", "euclidean")
 _FAISS_FILE = "faiss.index"
 _IDS_FILE = "doc_ids.json"
 _META_FILE = "index.json"
@@ -96,15 +103,9 @@ class VectorIndex:
     ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
-        if similarity == "euclidean":
-            raise ValueError(
-                "the vector index serves geodesic, lorentz_inner and cosine models; a Euclidean-distance model "
-                "(similarity 'euclidean') is not indexable yet: evaluate it with exact search "
-                "(hyprag eval beir --search exact)"
-            )
-        if similarity not in ("geodesic", "lorentz_inner", "cosine"):
-            raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
-        if similarity != "cosine" and (curvature is None or not curvature > 0):
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r} ({', '.join(SIMILARITIES)})")
+        if similarity in HYPERBOLIC and (curvature is None or not curvature > 0):
             raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {curvature}")
         if faiss_index.ntotal != len(doc_ids):
             raise ValueError(
@@ -113,7 +114,7 @@ class VectorIndex:
         self.doc_ids = list(doc_ids)
         self.faiss_index = faiss_index
         self.similarity = similarity
-        self.curvature = None if similarity == "cosine" else float(curvature)  # type: ignore[arg-type]
+        self.curvature = float(curvature) if similarity in HYPERBOLIC else None  # type: ignore[arg-type]
         self.kind = kind
         self.max_norm = float(max_norm)
         self.ef_search = int(ef_search)
@@ -125,12 +126,13 @@ class VectorIndex:
 
     @property
     def is_hyperbolic(self) -> bool:
-        return self.similarity != "cosine"
+        return self.similarity in HYPERBOLIC
 
     @property
     def dim(self) -> int:
-        """Embedding length ``D`` (the HNSW index stores one extra coordinate, see the module docstring)."""
-        return int(self.faiss_index.d) - (1 if self.kind == "hnsw" else 0)
+        """Embedding length ``D`` (HNSW and the Euclidean distance store extra coordinates, see the module
+        docstring)."""
+        return int(self.faiss_index.d) - (self.kind == "hnsw") - (self.similarity == "euclidean")
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -167,7 +169,7 @@ class VectorIndex:
         if not torch.isfinite(emb).all():
             raise ValueError("embeddings contain NaN or inf")
         c = float(curvature.detach()) if isinstance(curvature, Tensor) else curvature
-        d = int(emb.shape[1])
+        d = int(emb.shape[1]) + (similarity == "euclidean")
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif kind == "hnsw":
@@ -175,15 +177,9 @@ class VectorIndex:
             index.hnsw.efConstruction = int(ef_construction)
         else:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
-        if similarity == "euclidean":
-            raise ValueError(
-                "the vector index serves geodesic, lorentz_inner and cosine models; a Euclidean-distance model "
-                "(similarity 'euclidean') is not indexable yet: evaluate it with exact search "
-                "(hyprag eval beir --search exact)"
-            )
-        if similarity not in ("geodesic", "lorentz_inner", "cosine"):
-            raise ValueError(f"unknown similarity {similarity!r} (geodesic, lorentz_inner or cosine)")
-        if similarity != "cosine" and (c is None or not c > 0):
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r} ({', '.join(SIMILARITIES)})")
+        if similarity in HYPERBOLIC and (c is None or not c > 0):
             raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {c}")
         stored = _stored_form(emb, similarity, c).to(torch.float32)
         norms = stored.to(torch.float64).norm(dim=-1)
@@ -257,9 +253,16 @@ class VectorIndex:
         ``<q, x>_L = -cosh(sqrt(c) d) / c`` and ``<q, x>_L + 1/c = -2 sinh^2(sqrt(c) d / 2) / c`` (exact
         identities on the hyperboloid, and without the inner-product form's cancellation).
         """
-        vecs = torch.from_numpy(self.faiss_index.reconstruct_batch(cand.reshape(-1).numpy()))[:, : self.dim]
+        width = self.dim + (
+            self.similarity == "euclidean"
+        )  # the stored (x, -|x|^2/2) of the Euclidean distance
+        vecs = torch.from_numpy(self.faiss_index.reconstruct_batch(cand.reshape(-1).numpy()))[:, :width]
         x = vecs.to(torch.float64).reshape(cand.shape[0], cand.shape[1], -1)
         qq = q.unsqueeze(1)
+        if self.similarity == "euclidean":
+            # q is the search form (q, 1): the certificate needs the stored inner product, the score the
+            # distance (element-wise, so identical points score exactly 0).
+            return -(qq[..., :-1] - x[..., :-1]).pow(2).sum(-1).sqrt(), (qq * x).sum(-1)
         if not self.is_hyperbolic:
             cos = (qq * torch.nn.functional.normalize(x, dim=-1)).sum(-1)
             return cos, cos
@@ -292,6 +295,8 @@ class VectorIndex:
         if q.shape[0] == 0 or n_docs == 0:
             return out_scores, out_pos
         q64 = self._stored_form(q)
+        if self.similarity == "euclidean":  # documents are (x, -|x|^2/2), queries (q, 1)
+            q64 = torch.cat([q.detach().to(torch.float64), torch.ones(q.shape[0], 1, dtype=torch.float64)], 1)
         faiss_q = lorentz.ip_query(q64) if self.is_hyperbolic else q64
         faiss_q32 = faiss_q.to(torch.float32)
         bound = self._error_bound(faiss_q32.to(torch.float64).norm(dim=-1))
@@ -363,7 +368,9 @@ class VectorIndex:
             raise ValueError(
                 f"the model embeds into {model.embedding_dim} dimensions, the index holds {self.dim}"
             )
-        if bool(model.is_hyperbolic) != self.is_hyperbolic:
+        if bool(model.is_hyperbolic) != self.is_hyperbolic or (
+            not self.is_hyperbolic and model.settings.similarity != self.similarity
+        ):
             raise ValueError(
                 f"the index was built for similarity {self.similarity!r}, the model uses {model.settings.similarity!r}"
             )
@@ -483,9 +490,12 @@ def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
 
     Hyperbolic: the time coordinate recomputed from the space part (:func:`lorentz.lift`), so the inner
     product agrees with the geodesic distance, which reads only space coordinates. Cosine: unit vectors.
+    Euclidean distance: ``(x, -|x|^2 / 2)`` (``[n, D+1]``; the module docstring says why).
     """
     x = x.detach().to(torch.float64)
-    if similarity != "cosine":
+    if similarity == "euclidean":
+        return torch.cat([x, -0.5 * x.pow(2).sum(-1, keepdim=True)], dim=-1)
+    if similarity in HYPERBOLIC:
         return lorentz.lift(x[..., 1:], c)  # type: ignore[arg-type]
     return torch.nn.functional.normalize(x, dim=-1)
 
