@@ -182,3 +182,66 @@ def test_grad_cache_with_the_hierarchy_objective_trains_like_the_plain_step(tmp_
     assert changed
     records = read_metrics(tmp_path / "cached")
     assert all("hierarchy/triplet" in r and "loss/contrastive" in r for r in records)
+
+
+@pytest.mark.parametrize("c", [0.5, 1.0, 2.0])
+def test_cone_exterior_angle_is_zero_outward_and_pi_inward_on_the_hyperboloid(c: float) -> None:
+    from hyprag.geometry import lorentz
+    from hyprag.training.hierarchy import cone_exterior_angle, cone_half_aperture
+
+    u = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
+    a = lorentz.expmap0(1.0 * u, c)
+    further = lorentz.expmap0(2.5 * u, c)
+    nearer = lorentz.expmap0(0.3 * u, c)
+    across = lorentz.expmap0(
+        1.0 * torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1), c
+    )
+    torch.testing.assert_close(
+        cone_exterior_angle(a, further, "geodesic", c), torch.zeros(5, dtype=torch.float64), atol=2e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        cone_exterior_angle(a, nearer, "geodesic", c),
+        torch.full((5,), torch.pi, dtype=torch.float64),
+        atol=2e-3,
+        rtol=0,
+    )
+    angle = cone_exterior_angle(a, across, "geodesic", c)
+    assert bool(((angle > 0) & (angle < torch.pi)).all())
+    # Cones narrow away from the origin.
+    assert bool(
+        (cone_half_aperture(further, "geodesic", c, 0.1) < cone_half_aperture(a, "geodesic", c, 0.1)).all()
+    )
+
+
+def test_euclidean_cone_angle_matches_the_elementary_geometry() -> None:
+    from hyprag.training.hierarchy import cone_exterior_angle, cone_half_aperture
+
+    a = torch.tensor([[1.0, 0.0]])
+    assert float(cone_exterior_angle(a, torch.tensor([[2.0, 0.0]]), "euclidean", None)) == pytest.approx(
+        0, abs=2e-3
+    )
+    assert float(cone_exterior_angle(a, torch.tensor([[1.0, 1.0]]), "euclidean", None)) == pytest.approx(
+        torch.pi / 2, abs=1e-4
+    )
+    assert float(cone_half_aperture(torch.tensor([[0.2, 0.0]]), "euclidean", None, 0.1)) == pytest.approx(
+        torch.pi / 6, abs=1e-4
+    )
+
+
+@pytest.mark.parametrize("kind", ["geodesic", "euclidean"])
+def test_cone_variant_is_zero_inside_and_positive_outside(kind: str) -> None:
+    from hyprag.geometry import lorentz
+
+    loss = HierarchyLoss(weight=1.0, centripetal_weight=0.0, variant="cone", cone_k=0.1)
+    embed = (lambda v: lorentz.expmap0(v, 1.0)) if kind == "geodesic" else (lambda v: v)
+    ancestor, child, negative = (
+        torch.tensor([[0.5, 0.0]]),
+        torch.tensor([[2.0, 0.01]]),
+        torch.tensor([[-1.0, 1.0]]),
+    )
+    radii = torch.ones(3)
+    good, _ = loss(embed(torch.cat([child, ancestor, negative])), radii, kind, 1.0)
+    bad, _ = loss(embed(torch.cat([negative, ancestor, child])), radii, kind, 1.0)
+    assert float(good) == pytest.approx(0.0, abs=1e-6) and float(bad) > 0.5
+    with pytest.raises(ValueError, match="variant"):
+        HierarchyLoss(variant="sphere")

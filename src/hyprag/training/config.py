@@ -161,7 +161,11 @@ class HierarchyArgs(_Section):
     noun closure; texts are glosses embedded as documents.
     """
 
-    weight: float = Field(0.0, ge=0, description="Weight of the clustering triplet loss.")
+    weight: float = Field(0.0, ge=0, description="Weight of the clustering triplet (or cone) loss.")
+    variant: Literal["triplet", "cone"] = Field(
+        "triplet", description="triplet (HiT-style, the default) or cone (entailment cones, an ablation)."
+    )
+    cone_k: float = Field(0.1, gt=0, description="Entailment cones: aperture constant K.")
     margin: float = Field(1.0, ge=0, description="Triplet margin, in the model's own distance.")
     centripetal_weight: float = Field(0.0, ge=0, description="Weight of the centripetal hinge on the radius.")
     centripetal_margin: float = Field(0.2, ge=0, description="r(ancestor) + margin <= r(child) is the aim.")

@@ -13,6 +13,13 @@ and ``r`` its radius (``d(o, x)`` or ``|y|``, :meth:`hyprag.models.base.Embeddin
 
 ``loss = weight * triplet + centripetal_weight * centripetal`` is added to the contrastive loss.
 
+``variant="cone"`` (an ablation) replaces the triplet by entailment cones (Ganea et al. 2018; MERU for the
+Lorentz model): each ancestor ``a`` owns a cone of half-aperture ``psi(a)`` around its outward radial
+direction, ``psi(a) = asin(min(1, 2K / (sqrt(c) |a_s|)))`` on the hyperboloid and ``asin(min(1, K / |a|))``
+in Euclidean space; with ``xi(a, y)`` the angle at ``a`` between that direction and the geodesic (segment)
+to ``y``, the loss is ``relu(xi(a, child) - psi(a)) + relu(psi(a) - xi(a, negative))``: children inside,
+negatives outside.
+
 Sampling is a pure function of (seed, rank, step, micro-batch), so an interrupted and resumed run samples
 the same edges as an uninterrupted one, with no state to checkpoint.
 """
@@ -32,7 +39,45 @@ from torch import Tensor, nn
 from hyprag.data.bundled import read_jsonl, wordnet_nouns_path
 from hyprag.geometry import similarity as similarity_fns
 
-__all__ = ["HierarchyLoss", "WordNetHierarchy", "hierarchy_triplets"]
+__all__ = [
+    "HierarchyLoss",
+    "WordNetHierarchy",
+    "cone_exterior_angle",
+    "cone_half_aperture",
+    "hierarchy_triplets",
+]
+
+_EPS = 1e-6
+
+
+def cone_half_aperture(a: Tensor, kind: str, c: Tensor | float | None, k: float) -> Tensor:
+    """Half-aperture ``psi(a)`` ``[n]`` of the entailment cone at ``a: [n, D]`` (points, time first, when
+    ``kind`` is hyperbolic; vectors otherwise): wide near the origin, narrow far from it."""
+    if kind in similarity_fns.HYPERBOLIC_KINDS:
+        norm = a[..., 1:].norm(dim=-1) * torch.as_tensor(c, dtype=a.dtype).sqrt()
+        ratio = 2.0 * k / norm.clamp_min(_EPS)
+    else:
+        ratio = k / a.norm(dim=-1).clamp_min(_EPS)
+    return torch.asin(ratio.clamp(max=1.0 - _EPS))
+
+
+def cone_exterior_angle(a: Tensor, y: Tensor, kind: str, c: Tensor | float | None) -> Tensor:
+    """``xi(a, y)`` ``[n]``: the angle at ``a`` between the outward radial direction and the way to ``y``
+    (0 when ``y`` lies further out on ``a``'s ray, pi when it lies towards the origin).
+
+    Hyperboloid, with ``l = <a, y>_L``: ``cos xi = (y0 + c l a0) / (|a_s| sqrt((c l)^2 - 1))``.
+    Euclidean: ``cos xi = (|y|^2 - |a|^2 - |y - a|^2) / (2 |a| |y - a|)``.
+    """
+    if kind in similarity_fns.HYPERBOLIC_KINDS:
+        cc = torch.as_tensor(c, dtype=a.dtype)
+        cl = cc * (-(a[..., 0] * y[..., 0]) + (a[..., 1:] * y[..., 1:]).sum(-1))
+        numer = y[..., 0] + cl * a[..., 0]
+        denom = a[..., 1:].norm(dim=-1) * (cl.pow(2) - 1).clamp_min(_EPS).sqrt()
+    else:
+        diff = y - a
+        numer = y.pow(2).sum(-1) - a.pow(2).sum(-1) - diff.pow(2).sum(-1)
+        denom = 2.0 * a.norm(dim=-1) * diff.norm(dim=-1)
+    return torch.acos((numer / denom.clamp_min(_EPS)).clamp(-1.0 + _EPS, 1.0 - _EPS))
 
 
 @dataclass(frozen=True)
@@ -156,8 +201,14 @@ class HierarchyLoss(nn.Module):
         margin: float = 1.0,
         centripetal_weight: float = 1.0,
         centripetal_margin: float = 0.2,
+        variant: str = "triplet",
+        cone_k: float = 0.1,
     ) -> None:
         super().__init__()
+        if variant not in ("triplet", "cone"):
+            raise ValueError(f"hierarchy variant must be 'triplet' or 'cone', got {variant!r}")
+        self.variant = variant
+        self.cone_k = float(cone_k)
         self.weight = float(weight)
         self.margin = float(margin)
         self.centripetal_weight = float(centripetal_weight)
@@ -175,9 +226,15 @@ class HierarchyLoss(nn.Module):
             child, ancestor, negative = embeddings.float().chunk(3)
             r_child, r_ancestor, _ = radii.float().chunk(3)
             hyperbolic_c = c if kind in similarity_fns.HYPERBOLIC_KINDS else None
-            d_pos = similarity_fns.distance_rowwise(child, ancestor, kind, hyperbolic_c)
-            d_neg = similarity_fns.distance_rowwise(child, negative, kind, hyperbolic_c)
-            triplet = torch.relu(self.margin + d_pos - d_neg).mean()
+            if self.variant == "cone":
+                psi = cone_half_aperture(ancestor, kind, hyperbolic_c, self.cone_k)
+                inside = cone_exterior_angle(ancestor, child, kind, hyperbolic_c)
+                outside = cone_exterior_angle(ancestor, negative, kind, hyperbolic_c)
+                triplet = (torch.relu(inside - psi) + torch.relu(psi - outside)).mean()
+            else:
+                d_pos = similarity_fns.distance_rowwise(child, ancestor, kind, hyperbolic_c)
+                d_neg = similarity_fns.distance_rowwise(child, negative, kind, hyperbolic_c)
+                triplet = torch.relu(self.margin + d_pos - d_neg).mean()
             centripetal = torch.relu(self.centripetal_margin + r_ancestor - r_child).mean()
             loss = self.weight * triplet + self.centripetal_weight * centripetal
         stats = {
@@ -189,8 +246,8 @@ class HierarchyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"weight={self.weight}, margin={self.margin}, centripetal_weight={self.centripetal_weight}, "
-            f"centripetal_margin={self.centripetal_margin}"
+            f"variant={self.variant}, weight={self.weight}, margin={self.margin}, "
+            f"centripetal_weight={self.centripetal_weight}, centripetal_margin={self.centripetal_margin}"
         )
 
 

@@ -489,6 +489,8 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
             margin=h.margin,
             centripetal_weight=h.centripetal_weight,
             centripetal_margin=h.centripetal_margin,
+            variant=h.variant,
+            cone_k=h.cone_k,
         )
     step_module = TrainStep(model, args.task, loss_module, hierarchy_loss)
     _seed_everything(args.seed + rank)
