@@ -12,6 +12,7 @@ from hyprag import cli
 HELP_COMMANDS = [
     [],
     ["info"],
+    ["train"],
     ["data", "to-mds"],
     ["eval"],
     ["eval", "beir"],
@@ -47,6 +48,29 @@ def test_help_does_not_import_torch():
     ).stdout
     assert "HEAVY: []" in out, out[-2000:]
     assert "--top-k TOP_K, --top_k TOP_K" in out  # eval beir's help lists both spellings
+
+
+def test_train_help_lists_every_config_key_with_type_default_and_description(capsys):
+    from hyprag.training.config import TrainConfig
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--config=any.yaml", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    described = 0
+    for name, section_field in TrainConfig.model_fields.items():
+        for key, field in section_field.annotation.model_fields.items():
+            assert f"\n  {name}.{key} (" in out, f"{name}.{key} missing from train --help"
+            if field.description:
+                assert " ".join(field.description.split()) in flat, f"{name}.{key}'s description missing"
+                described += 1
+    assert described >= 40
+    # Types and defaults, including for fields without a description.
+    assert "\n  train_args.learning_rate (float, default 0.0005)\n" in out
+    assert "\n  train_args.distance (geodesic|lorentz_inner|cosine|euclidean|null, default None)\n" in out
+    assert "\n  data_args.data_path (str|list[str], required)\n" in out
+    assert "model_args.model_type (hyte_fh|hyte_h|euclidean, default 'hyte_fh')\n      hyte_fh (fully" in out
 
 
 @pytest.mark.parametrize("spelling", ["-", "_"])

@@ -95,6 +95,11 @@ def _add_train_command(sub) -> None:
     p.add_argument("train_argv", nargs=argparse.REMAINDER)
 
     def run(args: argparse.Namespace) -> int:
+        if {"-h", "--help"} & set(args.train_argv):
+            # The config schema alone lists the keys; the trainer (and torch) is not imported for help.
+            from hyprag.training.config import parse_command_line
+
+            parse_command_line(["--help"])
         from hyprag.training.trainer import main as train_main
 
         return train_main(args.train_argv)

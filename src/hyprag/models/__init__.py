@@ -7,17 +7,37 @@ The HyTE-FH trunk lives in :mod:`hyprag.models.hyte_fh`; everything here is impo
 
 from __future__ import annotations
 
-from hyprag.models.args import ModelArgs
-from hyprag.models.base import EmbeddingModel, ModelSettings
-from hyprag.models.factory import (
-    build_mlm_model,
-    build_model,
-    load_mlm_model,
-    load_model,
-    save_mlm_model,
-)
-from hyprag.models.hf_base import packaged_minilm_path, resolve_model_name
-from hyprag.models.io import WeightsMismatchError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hyprag.models.args import ModelArgs
+    from hyprag.models.base import EmbeddingModel, ModelSettings
+    from hyprag.models.factory import (
+        build_mlm_model,
+        build_model,
+        load_mlm_model,
+        load_model,
+        save_mlm_model,
+    )
+    from hyprag.models.hf_base import packaged_minilm_path, resolve_model_name
+    from hyprag.models.io import WeightsMismatchError
+
+# Name -> submodule; imported on first access, so `hyprag.models.args` (the config schema, read by
+# `hyprag train --help`) does not import torch through this package.
+_LAZY = {
+    "ModelArgs": "args",
+    "EmbeddingModel": "base",
+    "ModelSettings": "base",
+    "build_mlm_model": "factory",
+    "build_model": "factory",
+    "load_mlm_model": "factory",
+    "load_model": "factory",
+    "save_mlm_model": "factory",
+    "packaged_minilm_path": "hf_base",
+    "resolve_model_name": "hf_base",
+    "WeightsMismatchError": "io",
+}
 
 __all__ = [
     "EmbeddingModel",
@@ -32,3 +52,11 @@ __all__ = [
     "resolve_model_name",
     "save_mlm_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"hyprag.models.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hyprag.models' has no attribute {name!r}")

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hyprag.models.base import (
-    EUCLIDEAN_POOLINGS,
-    EUCLIDEAN_SIMILARITIES,
-    HYPERBOLIC_POOLINGS,
-    HYPERBOLIC_SIMILARITIES,
-    ModelSettings,
-)
+# hyprag.models.base (and torch) is imported when a section is validated, not when this module is: the
+# field list and descriptions are read by `hyprag train --help`, which answers without torch.
+if TYPE_CHECKING:  # pragma: no cover
+    from hyprag.models.base import ModelSettings
 
 __all__ = ["SIZE_KEYS", "ModelArgs", "as_model_args"]
 
@@ -156,6 +153,13 @@ class ModelArgs(BaseModel):
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ModelArgs:
+        from hyprag.models.base import (
+            EUCLIDEAN_POOLINGS,
+            EUCLIDEAN_SIMILARITIES,
+            HYPERBOLIC_POOLINGS,
+            HYPERBOLIC_SIMILARITIES,
+        )
+
         hyperbolic = self.model_type != "euclidean"
         pooled_head = self.model_type == "hyte_h" and self.hyte_h_head == "pooled"
         if self.pooling is None:
@@ -207,6 +211,8 @@ class ModelArgs(BaseModel):
         return "modernbert" if (self.init_from or sized) else "pretrained"
 
     def settings(self, embedding_dim: int) -> ModelSettings:
+        from hyprag.models.base import ModelSettings
+
         return ModelSettings(
             model_type=self.model_type,
             pooling=str(self.pooling),

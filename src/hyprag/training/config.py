@@ -21,10 +21,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import textwrap
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +42,7 @@ __all__ = [
     "ParsedCommandLine",
     "TrainArgs",
     "TrainConfig",
+    "config_help",
     "load_config",
     "parse_command_line",
     "write_config",
@@ -549,9 +552,48 @@ def write_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
 USAGE = """usage: train.py --config=PATH [--section.key=value | --section.key value ...]
                 [--deepspeed_config=PATH] [--local_rank=N]
 
-Sections: train_args, model_args, data_args, mlm_args, hierarchy_args. Valid keys:
-  {keys}
+Sections: train_args, model_args, data_args, mlm_args, hierarchy_args. Every key, as
+section.key (type, default), then what it does where the schema says:
+
+{keys}
 """
+
+
+def _type_name(annotation: Any) -> str:
+    """``Literal['a', 'b'] | None`` -> ``a|b|null``; ``int`` -> ``int``; ``list[str]`` -> ``list[str]``."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(value) for value in get_args(annotation))
+    if origin in (Union, UnionType):
+        return "|".join("null" if arg is type(None) else _type_name(arg) for arg in get_args(annotation))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in get_args(annotation))}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_help(width: int = 100) -> str:
+    """Every config key with its type, default and description (``hyprag train --help``), from the pydantic
+    sections: descriptions are the fields' ``description=``, the one place they are written."""
+    lines = []
+    for name, section in _sections().items():
+        lines.append(f"{name}:")
+        for key, field in section.model_fields.items():
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = f"default {field.default_factory()!r}"  # type: ignore[call-arg]
+            else:
+                default = f"default {field.default!r}"
+            lines.append(f"  {name}.{key} ({_type_name(field.annotation)}, {default})")
+            if field.description:
+                lines += textwrap.wrap(
+                    field.description,
+                    width,
+                    initial_indent=" " * 6,
+                    subsequent_indent=" " * 6,
+                    break_on_hyphens=False,
+                )
+    return "\n".join(lines)
 
 
 class ParsedCommandLine(BaseModel):
@@ -583,7 +625,7 @@ def parse_command_line(
     while i < len(argv):
         token = argv[i]
         if token in ("-h", "--help"):
-            print(USAGE.format(keys="\n  ".join(_all_dotted_keys())))
+            print(USAGE.format(keys=config_help()))
             raise SystemExit(0)
         if not token.startswith("--"):
             raise ConfigError(
