@@ -343,6 +343,18 @@ def _add_quickstart_command(sub) -> None:
         help="train only these rows besides HyTE-H and its two twins (default: every ablation except "
         "hyte_h_trainable_base; name it to add that slow one)",
     )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="the bundled data folder (default: $HYPRAG_DATA_DIR, else the source checkout's data/; "
+        "an installed wheel has none)",
+    )
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        help="the quickstart configs (default: the source checkout's configs/quickstart; an installed wheel "
+        "has none)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from hyprag.quickstart import main_from_args

@@ -81,6 +81,12 @@ CONFIG_FILES = {
     "hyte_fh": "hyte_fh_contrastive.yaml",
 }
 
+#: The training-pair files of the mixture, under the bundled data folder.
+PAIR_FILES = {
+    "python_docs": "train/pairs_python_docs.jsonl.gz",
+    "wordnet_gloss": "train/pairs_wordnet_gloss.jsonl.gz",
+}
+
 _NO_HIERARCHY = {"hierarchy_args.weight": 0.0, "hierarchy_args.centripetal_weight": 0.0}
 
 #: Every trained row over seeds: (key, label, config, overrides, main or ablation). The three main rows
@@ -283,8 +289,8 @@ def prepare_training_pairs(
 
     rng = random.Random(f"quickstart-pairs-{seed}")
     sources = {
-        "python_docs": (data_dir() / "train" / "pairs_python_docs.jsonl.gz", python_docs_pairs),
-        "wordnet_gloss": (data_dir() / "train" / "pairs_wordnet_gloss.jsonl.gz", wordnet_pairs),
+        "python_docs": (data_dir() / PAIR_FILES["python_docs"], python_docs_pairs),
+        "wordnet_gloss": (data_dir() / PAIR_FILES["wordnet_gloss"], wordnet_pairs),
     }
     rows: list[dict[str, str]] = []
     counts: dict[str, int] = {}
@@ -560,6 +566,7 @@ def run_quickstart(
 
     out_dir = Path(out)
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
+    quickstart_resources(config_dir)  # everything missing, named, before any work
     plan = make_plan(seed=seed, steps=steps, fast=fast, seeds=seeds)
     if rows is not None:
         unknown = sorted(set(rows) - {r.key for r in ROWS})
@@ -792,12 +799,57 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def quickstart_resources(config_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Every file and folder the quickstart reads besides the packaged MiniLM weights, by name: its configs
+    (in ``config_dir``, default :data:`CONFIG_DIR`) and the bundled data (:func:`hyprag.data.bundled.data_dir`:
+    ``$HYPRAG_DATA_DIR``, else a source checkout's ``data/``). Raises :class:`FileNotFoundError` naming
+    everything missing and the option that supplies it (a hyprag installed from a wheel ships neither)."""
+    from hyprag.data import bundled
+
+    folder = Path(config_dir) if config_dir is not None else CONFIG_DIR
+    found = {f"config {name}": folder / file for name, file in CONFIG_FILES.items()}
+    problems = []
+    missing = [str(path) for path in found.values() if not path.is_file()]
+    if missing:
+        problems.append(
+            f"quickstart config files not found: {', '.join(missing)}. Pass --config-dir (config_dir=) naming a "
+            "folder with them, e.g. a source checkout's configs/quickstart (a hyprag wheel does not ship configs/)"
+        )
+    try:
+        data = bundled.data_dir()
+    except FileNotFoundError as error:
+        problems.append(f"{error}. hyprag quickstart: pass --data-dir naming that folder")
+    else:
+        data_files = {f"pairs {name}": data / file for name, file in PAIR_FILES.items()}
+        data_files.update(
+            {
+                "mlm text": bundled.mlm_text_path(),
+                "wordnet nouns": bundled.wordnet_nouns_path(),  # the hierarchy objective's edges
+                "faq-dev": bundled.faq_dev_path(),
+                "wordnet-hier": bundled.wordnet_hier_path(),
+                "wordnet levels": bundled.wordnet_levels_path(),
+            }
+        )
+        found.update(data_files)
+        missing = [str(path) for path in data_files.values() if not path.exists()]
+        if missing:
+            problems.append(f"bundled data files not found: {', '.join(missing)} (in {data})")
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
+    return found
+
+
 def main_from_args(args: Any, run: Callable[..., dict[str, Any]] = run_quickstart) -> int:
     """The CLI handler: ``hyprag quickstart --out DIR [--seed N] [--seeds N] [--steps N] [--fast]
-    [--rows KEY ...]``."""
+    [--rows KEY ...] [--data-dir DIR] [--config-dir DIR]``. ``--data-dir`` sets ``$HYPRAG_DATA_DIR`` for
+    the run, so every reader (the trainer's hierarchy objective included) uses it."""
+    from hyprag.data.bundled import DATA_DIR_ENV
+
     kwargs: dict[str, Any] = {"seed": args.seed, "steps": args.steps, "fast": args.fast}
-    for name in ("seeds", "rows"):
+    for name in ("seeds", "rows", "config_dir"):
         if getattr(args, name, None) is not None:
             kwargs[name] = getattr(args, name)
+    if getattr(args, "data_dir", None) is not None:
+        os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).expanduser().resolve())
     run(args.out, **kwargs)
     return 0
