@@ -32,6 +32,8 @@ import torch
 
 import hyprag
 from hyprag import quickstart as qs
+from hyprag import quickstart_data as qd
+from hyprag import quickstart_eval as qe
 from hyprag.data.bundled import faq_dev_path, wordnet_hier_path, wordnet_levels_path
 from hyprag.eval.hierarchy import read_level_rows
 from hyprag.eval.stats import mean_sd
@@ -90,7 +92,7 @@ TRIALS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def run_trial(
-    name: str, row_key: str, overrides: dict[str, Any], seeds: list[int], sets: qs.EvalSets, pairs: Path
+    name: str, row_key: str, overrides: dict[str, Any], seeds: list[int], sets: qe.EvalSets, pairs: Path
 ) -> dict[str, Any]:
     """Train ``row_key`` + ``overrides`` once per seed, evaluate on the tune halves, return the record."""
     row = next(r for r in qs.ROWS if r.key == row_key)
@@ -104,8 +106,8 @@ def run_trial(
             o.update(row.overrides)
             o.update(overrides)
             final_dir, summary = qs.train_stage(row.config, qs.CONFIG_DIR, o, timer, quiet=True)
-            model = qs.set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
-            evaluation = qs.evaluate_model(model, sets)
+            model = qe.set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
+            evaluation = qe.evaluate_model(model, sets)
             c = model.curvature()
             per_seed[str(seed)] = {
                 "wordnet-hier_ndcg@10": evaluation["wordnet-hier"]["tune"]["ndcg@10"],
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         seeds=seeds,
     )
-    sets = qs.EvalSets(
+    sets = qe.EvalSets(
         beir={"faq-dev": faq_dev_path(), "wordnet-hier": wordnet_hier_path()},
         probe_rows=read_level_rows(wordnet_levels_path()),
     )
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tune-pairs-") as tmp, cached_base_states():
         plan = qs.make_plan()
         pairs = Path(tmp) / "pairs.jsonl"
-        qs.prepare_training_pairs(
+        qd.prepare_training_pairs(
             pairs, seed=plan.seed, python_docs_pairs=plan.python_docs_pairs, wordnet_pairs=plan.wordnet_pairs
         )
         for name, row_key, overrides in TRIALS:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hyprag import quickstart as qs
+from hyprag import quickstart_data as qd
 from hyprag import quickstart_report as qr
 from hyprag.cli import build_parser
 from hyprag.data.beir import load_beir
@@ -127,9 +128,9 @@ def test_every_quickstart_config_validates_and_twins_share_the_budget() -> None:
 
 def test_training_mixture_is_seeded_and_takes_what_it_says(tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
-    counts = qs.prepare_training_pairs(a, seed=1, python_docs_pairs=100, wordnet_pairs=50)
-    qs.prepare_training_pairs(b, seed=1, python_docs_pairs=100, wordnet_pairs=50)
-    qs.prepare_training_pairs(c, seed=2, python_docs_pairs=100, wordnet_pairs=50)
+    counts = qd.prepare_training_pairs(a, seed=1, python_docs_pairs=100, wordnet_pairs=50)
+    qd.prepare_training_pairs(b, seed=1, python_docs_pairs=100, wordnet_pairs=50)
+    qd.prepare_training_pairs(c, seed=2, python_docs_pairs=100, wordnet_pairs=50)
     assert counts == {"python_docs": 100, "wordnet_gloss": 50}
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
@@ -154,7 +155,7 @@ def test_training_mixture_is_seeded_and_takes_what_it_says(tmp_path: Path) -> No
 def test_eval_subset_keeps_the_sampled_queries_and_their_answers(tmp_path: Path) -> None:
     full = load_beir(faq_dev_path())
     whole = load_beir(
-        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "whole", n_queries=26, n_docs=None, seed=0)
+        qd.prepare_eval_subset(faq_dev_path(), tmp_path / "whole", n_queries=26, n_docs=None, seed=0)
     )
     assert len(whole.queries) == 26 and whole.corpus == full.corpus
     # Half the sampled queries come from each part, and the parts' qrels are kept.
@@ -162,20 +163,20 @@ def test_eval_subset_keeps_the_sampled_queries_and_their_answers(tmp_path: Path)
     assert len(tune.queries) == len(report.queries) == 13 and not set(tune.queries) & set(report.queries)
     assert all(whole.qrels[q] == full.qrels[q] and whole.queries[q] == full.queries[q] for q in whole.queries)
     small = load_beir(
-        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "small", n_queries=26, n_docs=60, seed=0)
+        qd.prepare_eval_subset(faq_dev_path(), tmp_path / "small", n_queries=26, n_docs=60, seed=0)
     )
     assert list(small.queries) == list(whole.queries)  # same seed, same queries
     assert len(small.corpus) == 60
     assert all(d in small.corpus for q in small.qrels for d in small.qrels[q])
     assert all(small.corpus[d] == full.corpus[d] for d in small.corpus)
     other = load_beir(
-        qs.prepare_eval_subset(faq_dev_path(), tmp_path / "other", n_queries=26, n_docs=60, seed=1)
+        qd.prepare_eval_subset(faq_dev_path(), tmp_path / "other", n_queries=26, n_docs=60, seed=1)
     )
     assert list(other.queries) != list(small.queries)
 
 
 def test_probe_subset_takes_the_first_items_of_each_level(tmp_path: Path) -> None:
-    path = qs.prepare_probe_subset(wordnet_levels_path(), tmp_path / "p.jsonl", per_level=3)
+    path = qd.prepare_probe_subset(wordnet_levels_path(), tmp_path / "p.jsonl", per_level=3)
     rows = list(read_jsonl(path))
     full = list(read_jsonl(wordnet_levels_path()))
     assert [r["level"] for r in rows] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]

@@ -23,9 +23,10 @@ measured too and written to ``results.json`` for ``benchmarks/tune_quickstart.py
 settings are chosen. With a frozen base, every text runs through MiniLM once per run
 (:func:`hyprag.models.hf_base.cached_base_states`), so extra seeds cost only head training.
 
-Stages (each timed and printed): prepare data -> zero-shot base -> seeds x rows -> HyTE-FH MLM -> HyTE-FH
-contrastive -> report. Training goes through :func:`hyprag.training.trainer.train`, evaluation through
-:func:`hyprag.eval.retrieval.evaluate_beir` and :func:`hyprag.eval.hierarchy.embedding_radii`.
+Stages (each timed and printed): prepare data -> zero-shot base -> untrained heads -> seeds x rows ->
+HyTE-FH MLM + contrastive -> report. Training goes through :func:`hyprag.training.trainer.train`; the data
+comes from :mod:`hyprag.quickstart_data`, the measurements from :mod:`hyprag.quickstart_eval`, the
+statistics and report from :mod:`hyprag.quickstart_report`. This module holds the plan and the run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import resource
 import shutil
 import sys
@@ -44,6 +44,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyprag.quickstart_data import (
+    PAIR_FILES,
+    prepare_eval_subset,
+    prepare_probe_subset,
+    prepare_training_pairs,
+)
+from hyprag.quickstart_eval import (
+    EncodeOnce,
+    EvalSets,
+    evaluate_model,
+    evaluate_retrieval,
+    probe_hierarchy,
+    set_max_length,
+)
 from hyprag.quickstart_report import (
     MAIN_KEYS,
     Row,
@@ -61,8 +75,7 @@ __all__ = [
     "QuickstartPlan",
     "StageTimer",
     "make_plan",
-    "prepare_eval_subset",
-    "prepare_training_pairs",
+    "quickstart_resources",
     "run_quickstart",
 ]
 
@@ -79,12 +92,6 @@ CONFIG_FILES = {
     "hyte_h": "hyte_h.yaml",
     "hyte_fh_mlm": "hyte_fh_mlm.yaml",
     "hyte_fh": "hyte_fh_contrastive.yaml",
-}
-
-#: The training-pair files of the mixture, under the bundled data folder.
-PAIR_FILES = {
-    "python_docs": "train/pairs_python_docs.jsonl.gz",
-    "wordnet_gloss": "train/pairs_wordnet_gloss.jsonl.gz",
 }
 
 _NO_HIERARCHY = {"hierarchy_args.weight": 0.0, "hierarchy_args.centripetal_weight": 0.0}
@@ -271,95 +278,6 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
-# --- data ---------------------------------------------------------------------------------------------
-
-
-def prepare_training_pairs(
-    out_path: Path, *, seed: int, python_docs_pairs: int | None, wordnet_pairs: int | None
-) -> dict[str, int]:
-    """Write the contrastive training mixture to ``out_path`` (JSONL ``{"query", "document"}``).
-
-    faq-dev is Python + Debian FAQ (question -> answer): the Python-docs pairs (section title -> body) are
-    the closest in domain but few (4,069), the WordNet pairs (lemma -> gloss, 73,832) teach general
-    short-query -> definition matching and the hierarchy. The mixture takes ``python_docs_pairs`` rows of
-    the first and ``wordnet_pairs`` of the second (seeded sample, ``None`` = all), shuffled together, so
-    neither source drowns the other. Returns the number of rows taken per source.
-    """
-    from hyprag.data.bundled import data_dir, read_jsonl
-
-    rng = random.Random(f"quickstart-pairs-{seed}")
-    sources = {
-        "python_docs": (data_dir() / PAIR_FILES["python_docs"], python_docs_pairs),
-        "wordnet_gloss": (data_dir() / PAIR_FILES["wordnet_gloss"], wordnet_pairs),
-    }
-    rows: list[dict[str, str]] = []
-    counts: dict[str, int] = {}
-    for name, (path, limit) in sources.items():
-        source_rows = [{"query": r["query"], "document": r["document"]} for r in read_jsonl(path)]
-        if limit is not None and limit < len(source_rows):
-            source_rows = rng.sample(source_rows, limit)
-        counts[name] = len(source_rows)
-        rows.extend(source_rows)
-    rng.shuffle(rows)
-    _write_jsonl(out_path, rows)
-    return counts
-
-
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def prepare_eval_subset(
-    source: Path, out_dir: Path, *, n_queries: int, n_docs: int | None, seed: int
-) -> Path:
-    """A smaller BEIR folder (``--fast``): ``n_queries`` seeded-sampled queries of ``source`` (half from each
-    of its tune and report parts when it has them), their judged documents, and seeded-sampled other
-    documents up to ``n_docs`` in all (``None``: the whole corpus). Every qrels split of ``source``
-    (``test``, ``tune``, ``report``) is kept for the chosen queries."""
-    from hyprag.data.beir import load_beir, write_beir
-
-    splits = [p.stem for p in sorted((source / "qrels").glob("*.tsv"))]
-    data = {split: load_beir(source, split) for split in splits}
-    rng = random.Random(f"quickstart-eval-{seed}")
-    parts = [sp for sp in ("tune", "report") if sp in data] or ["test"]
-    chosen: list[str] = []
-    for sp in parts:
-        pool = sorted(data[sp].queries)
-        chosen += rng.sample(pool, min(n_queries // len(parts), len(pool)))
-    chosen = sorted(chosen)
-    full = data["test"] if "test" in data else data[splits[0]]
-    corpus = full.corpus
-    if n_docs is not None:
-        keep = {d for sp in splits for q in chosen for d in data[sp].qrels.get(q, {})}
-        others = sorted(d for d in corpus if d not in keep)
-        keep.update(rng.sample(others, max(0, min(len(others), n_docs - len(keep)))))
-        corpus = {d: doc for d, doc in corpus.items() if d in keep}
-    queries = {q: full.queries[q] for q in chosen}
-    for split in splits:
-        judged = {q: data[split].qrels[q] for q in chosen if data[split].qrels.get(q)}
-        write_beir(out_dir, corpus=corpus, queries=queries, qrels=judged, split=split)
-    return out_dir
-
-
-def prepare_probe_subset(source: Path, out_path: Path, *, per_level: int) -> Path:
-    """The first ``per_level`` items of each level of the hierarchy probe file (``--fast``)."""
-    from hyprag.data.bundled import read_jsonl
-
-    rows = list(read_jsonl(source))
-    taken: dict[int, int] = {}
-    kept = []
-    for row in rows:
-        level = int(row["level"])
-        if taken.get(level, 0) < per_level:
-            taken[level] = taken.get(level, 0) + 1
-            kept.append(row)
-    _write_jsonl(out_path, kept)
-    return out_path
-
-
 # --- training and evaluation (library calls) --------------------------------------------------------
 
 
@@ -420,84 +338,6 @@ def train_stage(
     return Path(result.final_model_dir), summary
 
 
-def set_max_length(model: Any, max_length: int) -> Any:
-    """Truncate ``model``'s inputs to ``max_length`` tokens from now on (and in its saved config); returns it.
-
-    A sentence-transformers baseline tokenizes through its own ``max_seq_length``, so that is set too.
-    """
-    model.settings.max_seq_length = int(max_length)
-    st = getattr(model, "st", None)
-    if st is not None:
-        st.max_seq_length = int(max_length)
-    return model
-
-
-@dataclass
-class EvalSets:
-    """The evaluation data of one run: BEIR folders by name and the hierarchy probe rows."""
-
-    beir: dict[str, Path]
-    probe_rows: list[dict[str, Any]]
-
-
-def evaluate_retrieval(model: Any, eval_dir: Path, split: str = "report") -> dict[str, Any]:
-    """BEIR metrics (with per-query nDCG@10 / MRR@10) of one model on a split of ``eval_dir``."""
-    from hyprag.eval.retrieval import evaluate_beir
-
-    return evaluate_beir(model, eval_dir, split, batch_size=32, top_k=100, per_query=True)
-
-
-def probe_radii(model: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Radius (or norm) by WordNet level on each part of the probe: ``{part: radius_stats + kind}``."""
-    from hyprag.data.bundled import part_of
-    from hyprag.eval.hierarchy import embedding_radii, radius_stats
-
-    radii, _, kind = embedding_radii(model, [r["text"] for r in rows], batch_size=32)
-    out = {}
-    for part in ("tune", "report"):
-        idx = [i for i, r in enumerate(rows) if part_of(str(r["id"])) == part]
-        stats = radius_stats(radii[idx], [int(rows[i]["level"]) for i in idx])
-        out[part] = {**stats, "radius_kind": kind}
-    return out
-
-
-class _EncodeOnce:
-    """``model`` whose :meth:`encode` remembers each (texts, prompt type) call, so the tune and report parts
-    of a set, which share its corpus, embed it once. Everything else is the model's own."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._memo: dict[tuple[Any, ...], Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def encode(self, texts: Sequence[str], prompt_type: Any = None, **kwargs: Any) -> Any:
-        key = (tuple(texts), str(prompt_type))
-        if key not in self._memo:
-            self._memo[key] = self._model.encode(list(texts), prompt_type=prompt_type, **kwargs)
-        return self._memo[key]
-
-
-def evaluate_model(model: Any, sets: EvalSets) -> dict[str, Any]:
-    """Every measurement of one model: ``{set: {part: metrics}}`` for each BEIR set, and the probe."""
-    model = _EncodeOnce(model)
-    result: dict[str, Any] = {
-        name: {part: evaluate_retrieval(model, folder, part) for part in ("tune", "report")}
-        for name, folder in sets.beir.items()
-    }
-    result["probe"] = probe_radii(model, sets.probe_rows)
-    return result
-
-
-def probe_hierarchy(models: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
-    """:func:`hyprag.eval.hierarchy.hierarchy_probe` on the probe rows for ``{label: model}``: writes
-    ``hierarchy.json``, ``radius_by_level.png`` and ``embeddings_2d.png`` into ``out_dir``."""
-    from hyprag.eval.hierarchy import hierarchy_probe
-
-    hierarchy_probe(models, list(rows), out_dir, batch_size=32)
-
-
 #: HyTE-H heads measured untrained: how close each one starts to the base model.
 STEP0_HEADS = {
     "pooled": {},
@@ -528,7 +368,7 @@ def measure_step0(config_dir: Path, plan: QuickstartPlan, sets: EvalSets) -> dic
         config = load_config(config_dir / CONFIG_FILES["hyte_h"], o, dotenv_dir=None)
         torch.manual_seed(plan.seed)
         model = set_max_length(build_model(config.model_args), plan.eval_max_length)
-        encoder = _EncodeOnce(model)
+        encoder = EncodeOnce(model)
         out[head] = {
             name: float(evaluate_retrieval(encoder, folder, "report")["ndcg@10"])
             for name, folder in sets.beir.items()
@@ -748,15 +588,12 @@ def run_quickstart(
 
 
 def _summary_line(entry: Mapping[str, Any]) -> str:
-    """``faq-dev ndcg@10 .. | wordnet-hier ndcg@10 .. | radius rho ..`` on the report parts, mean over seeds."""
-    seeds = list(entry["seeds"].values())
-    parts = []
-    for name in ("faq-dev", "wordnet-hier"):
-        values = [100 * float(e[name]["report"]["ndcg@10"]) for e in seeds]
-        parts.append(f"{name} ndcg@10 {sum(values) / len(values):.2f}")
-    rhos = [float(e["probe"]["report"]["spearman"]["rho"]) for e in seeds]
-    parts.append(f"depth rho {sum(rhos) / len(rhos):+.3f}")
-    return ", ".join(parts)
+    """``faq-dev ndcg@10 .., wordnet-hier ndcg@10 .., depth rho ..`` on the report parts, mean over seeds."""
+    row = summarize({"row": entry})["row"]
+    parts = [
+        f"{name} ndcg@10 {100 * row[name]['ndcg@10']['mean']:.2f}" for name in ("faq-dev", "wordnet-hier")
+    ]
+    return ", ".join([*parts, f"depth rho {row['probe']['spearman']['mean']:+.3f}"])
 
 
 def _without_per_query(measured: Mapping[str, Any]) -> dict[str, Any]:

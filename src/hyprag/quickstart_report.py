@@ -162,21 +162,22 @@ def compare(measured: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "holds": d["low"] > -PARITY_MARGIN,
             }
         )
-    summary = summarize({"hyte_h": measured["hyte_h"]})["hyte_h"]["probe"]
+    summary = summarize(measured)
+    probe = summary["hyte_h"]["probe"]
     out.append(
         {
             "claim": f"HyTE-H radius rises with WordNet depth (Spearman >= {RADIUS_RHO_TARGET:g}, growth "
             f"level 1 -> 5 >= {100 * RADIUS_GROWTH_TARGET:g}%)",
             "kind": "radius",
             "a": "hyte_h",
-            "spearman": summary["spearman"],
-            "growth": summary["growth"],
-            "holds": summary["spearman"]["mean"] >= RADIUS_RHO_TARGET
-            and summary["growth"]["mean"] >= RADIUS_GROWTH_TARGET,
+            "spearman": probe["spearman"],
+            "growth": probe["growth"],
+            "holds": probe["spearman"]["mean"] >= RADIUS_RHO_TARGET
+            and probe["growth"]["mean"] >= RADIUS_GROWTH_TARGET,
         }
     )
     if "euclidean_distance" in measured:
-        twin = summarize({"t": measured["euclidean_distance"]})["t"]["probe"]
+        twin = summary["euclidean_distance"]["probe"]
         out.append(
             {
                 "claim": "Euclidean-distance twin norm vs WordNet depth (informational)",
