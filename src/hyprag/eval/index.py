@@ -260,9 +260,10 @@ class VectorIndex:
         x = vecs.to(torch.float64).reshape(cand.shape[0], cand.shape[1], -1)
         qq = q.unsqueeze(1)
         if self.similarity == "euclidean":
-            # q is the search form (q, 1): the certificate needs the stored inner product, the score the
-            # distance (element-wise, so identical points score exactly 0).
-            return -(qq[..., :-1] - x[..., :-1]).pow(2).sum(-1).sqrt(), (qq * x).sum(-1)
+            # Stored forms (v, -|v|^2/2): the score is the distance of the first D coordinates (element-wise,
+            # so identical points score exactly 0), the certificate the searched inner product (q, 1).(x, -|x|^2/2).
+            q_, x_ = qq[..., :-1], x[..., :-1]
+            return -(q_ - x_).pow(2).sum(-1).sqrt(), (q_ * x_).sum(-1) + x[..., -1]
         if not self.is_hyperbolic:
             cos = (qq * torch.nn.functional.normalize(x, dim=-1)).sum(-1)
             return cos, cos
@@ -295,9 +296,7 @@ class VectorIndex:
         if q.shape[0] == 0 or n_docs == 0:
             return out_scores, out_pos
         q64 = self._stored_form(q)
-        if self.similarity == "euclidean":  # documents are (x, -|x|^2/2), queries (q, 1)
-            q64 = torch.cat([q.detach().to(torch.float64), torch.ones(q.shape[0], 1, dtype=torch.float64)], 1)
-        faiss_q = lorentz.ip_query(q64) if self.is_hyperbolic else q64
+        faiss_q = _search_form(q64, self.similarity)
         faiss_q32 = faiss_q.to(torch.float32)
         bound = self._error_bound(faiss_q32.to(torch.float64).norm(dim=-1))
         # Margin: float32 near-ties around the k-th score almost always fall within a few extra places.
@@ -498,6 +497,16 @@ def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
     if similarity in HYPERBOLIC:
         return lorentz.lift(x[..., 1:], c)  # type: ignore[arg-type]
     return torch.nn.functional.normalize(x, dim=-1)
+
+
+def _search_form(q64: Tensor, similarity: str) -> Tensor:
+    """The FAISS query for a query's stored form ``[n, D']``: ``ip_query`` on the hyperboloid (the inner
+    product of the search is then ``<q, x>_L``), ``(q, 1)`` for the Euclidean distance, itself for cosine."""
+    if similarity in HYPERBOLIC:
+        return lorentz.ip_query(q64)
+    if similarity == "euclidean":
+        return torch.cat([q64[:, :-1], torch.ones_like(q64[:, -1:])], dim=1)
+    return q64
 
 
 def read_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:

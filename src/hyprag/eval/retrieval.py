@@ -69,13 +69,6 @@ def document_text(doc: Mapping[str, str]) -> str:
     return (doc.get("title", "") + " " + doc["text"]).strip()
 
 
-def _check_similarity(similarity: str, c: float | Tensor | None) -> None:
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}; choose one of {list(SIMILARITIES)}")
-    if similarity in similarity_fns.HYPERBOLIC_KINDS and c is None:
-        raise ValueError(f"similarity {similarity!r} is hyperbolic and needs the curvature c, got None")
-
-
 def pairwise_scores(
     queries: Tensor, docs: Tensor, similarity: str, c: float | Tensor | None = None
 ) -> Tensor:
@@ -85,12 +78,10 @@ def pairwise_scores(
     ``lorentz_inner``: ``<q, x>_L + 1/c``; ``cosine``: cosine similarity; ``euclidean``: ``-|q - x|``
     (:mod:`hyprag.geometry.similarity`). Inputs are upcast to float64.
     """
-    _check_similarity(similarity, c)
-    q = queries.detach().to(torch.float64)
-    x = docs.detach().to(torch.float64)
+    similarity_fns.check_kind(similarity, c)
     cc = None if c is None else (float(c.detach()) if isinstance(c, Tensor) else float(c))
     return similarity_fns.pairwise(
-        q, x, similarity, cc if similarity in similarity_fns.HYPERBOLIC_KINDS else None
+        queries.detach().to(torch.float64), docs.detach().to(torch.float64), similarity, cc
     )
 
 

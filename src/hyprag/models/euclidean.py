@@ -19,7 +19,6 @@ They use cosine similarity, or ``euclidean`` (``-|q - x|``) where the norm is me
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,7 +85,7 @@ class EuclideanEncoder(EmbeddingModel):
                     projection_dim,
                     radius_init=radius_init,
                     radius_gain=radius_gain,
-                    max_radius=max(max_norm, radius_init),
+                    max_radius=max_norm,
                     length_feature=True,
                 )
         else:
@@ -142,9 +141,7 @@ class EuclideanEncoder(EmbeddingModel):
             "trainable_base_layers": self.trainable_base_layers,
         }
         if self.head is not None:
-            config["radius_init"] = math.exp(self.head.log_radius_init)
-            config["radius_gain"] = self.head.radius_gain
-            config["max_norm"] = self.head.max_radius
+            config.update(self.head.saved_config(), max_norm=self.head.max_radius)
         return config
 
 

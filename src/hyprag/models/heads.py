@@ -31,6 +31,7 @@ class DirectionRadiusHead(nn.Module):
     """``h: [..., d_base]`` (+ optional token counts ``[...]``) -> ``(u: [..., d] unit, r: [...] > 0)``.
 
     ``length_feature``: the radius also reads ``log(token count)`` (pooled heads pass the counts).
+    ``max_radius`` below ``radius_init`` is raised to it (a bound must not move the starting point).
     """
 
     def __init__(
@@ -44,8 +45,8 @@ class DirectionRadiusHead(nn.Module):
         length_feature: bool = False,
     ) -> None:
         super().__init__()
-        if not radius_init > 0 or not max_radius >= radius_init:
-            raise ValueError(f"need 0 < radius_init <= max_radius, got {radius_init}, {max_radius}")
+        if not radius_init > 0 or not max_radius > 0:
+            raise ValueError(f"need radius_init > 0 and max_radius > 0, got {radius_init}, {max_radius}")
         self.direction = nn.Linear(d_base, d)
         self.length_feature = bool(length_feature)
         self.radius = nn.Linear(d_base + 1 + int(self.length_feature), 1)
@@ -53,7 +54,7 @@ class DirectionRadiusHead(nn.Module):
         nn.init.zeros_(self.radius.bias)
         self.log_radius_init = math.log(radius_init)
         self.radius_gain = float(radius_gain)
-        self.max_radius = float(max_radius)
+        self.max_radius = max(float(max_radius), float(radius_init))
 
     def features(self, h: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``phi(h)``: ``[..., d_base + 1 (+1)]`` = unit direction, ``log |h|`` (and ``log`` token count)."""
@@ -72,6 +73,10 @@ class DirectionRadiusHead(nn.Module):
         # The bound is on log r (exp cannot overflow first); beyond it the radius saturates.
         r = log_r.clamp(max=math.log(self.max_radius)).exp()
         return u, r
+
+    def saved_config(self) -> dict[str, float]:
+        """The constructor settings a saved model records (``radius_init``, ``radius_gain``)."""
+        return {"radius_init": math.exp(self.log_radius_init), "radius_gain": self.radius_gain}
 
     def extra_repr(self) -> str:
         return (

@@ -101,7 +101,7 @@ class HyteH(EmbeddingModel):
                 projection_dim,
                 radius_init=radius_init,
                 radius_gain=radius_gain,
-                max_radius=max(self.max_norm, radius_init),
+                max_radius=self.max_norm,
                 length_feature=head == "pooled",
             )
         self.curvature_module = Curvature(curvature, trainable=trainable_curvature)
@@ -185,8 +185,7 @@ class HyteH(EmbeddingModel):
         if self.head_kind == "token":
             head_config["projection_scale"] = float(self.log_scale.detach().exp())
         else:
-            head_config["radius_init"] = math.exp(self.head.log_radius_init)
-            head_config["radius_gain"] = self.head.radius_gain
+            head_config.update(self.head.saved_config())
         return {
             "base_config": base_config_dict(self.base),
             "projection_dim": self.direction_layer.out_features,

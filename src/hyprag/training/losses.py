@@ -85,8 +85,6 @@ def similarity_matrix(q: Tensor, d: Tensor, distance: Distance, c: float | Tenso
         raise ValueError(f"unknown distance {distance!r}; expected one of {', '.join(DISTANCES)}")
     if q.shape[-1] != d.shape[-1]:
         raise ValueError(f"queries have dimension {q.shape[-1]} but documents {d.shape[-1]}")
-    if distance in similarity_fns.HYPERBOLIC_KINDS and c is None:
-        raise ValueError(f"distance={distance!r} needs the curvature c (model.curvature())")
     with _no_autocast(q):
         dtype = _loss_dtype(q, d)
         return similarity_fns.pairwise(q.to(dtype), d.to(dtype), distance, c)
