@@ -150,10 +150,10 @@ def bench_hyte_h_encode(args: argparse.Namespace) -> dict[str, Any]:
 def paper_size_params() -> dict[str, int]:
     from transformers import ModernBertConfig, ModernBertModel
 
-    from hyprag.models.hyte_fh import HyteFHConfig, HyteFHModel
+    from hyprag.models.hyte_fh import HyteFHConfig, HyteFHTrunk
 
     with torch.device("meta"):
-        hyte = HyteFHModel(HyteFHConfig())  # the paper's 12 x 768, ModernBERT-base vocabulary
+        hyte = HyteFHTrunk(HyteFHConfig())  # the paper's 12 x 768, ModernBERT-base vocabulary
         c = HyteFHConfig()
         twin_cfg = ModernBertConfig(
             vocab_size=c.vocab_size,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hyprag.geometry import lorentz
-from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM, HyteFHModel
+from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM, HyteFHTrunk
 
 PAD = 0
 
@@ -46,15 +46,15 @@ def padded_batch(seqs: list[list[int]], length: int | None = None, left: bool = 
 
 
 @pytest.fixture(scope="module")
-def model() -> HyteFHModel:
+def model() -> HyteFHTrunk:
     torch.manual_seed(0)
-    return HyteFHModel(tiny_config()).eval()
+    return HyteFHTrunk(tiny_config()).eval()
 
 
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
 def test_trunk_outputs_points_and_radius_stats(norm_type):
     torch.manual_seed(0)
-    m = HyteFHModel(tiny_config(norm_type=norm_type, num_hidden_layers=3))
+    m = HyteFHTrunk(tiny_config(norm_type=norm_type, num_hidden_layers=3))
     ids, mask = padded_batch([[5, 6, 7, 8, 9], [3, 4]])
     x = m(ids, mask)
     c = m.curvature().detach()
@@ -112,7 +112,7 @@ def test_gradients_reach_every_parameter_including_curvature():
 
 
 def test_frozen_curvature_gets_no_gradient():
-    m = HyteFHModel(tiny_config(trainable_curvature=False))
+    m = HyteFHTrunk(tiny_config(trainable_curvature=False))
     assert not m.curvature.log_c.requires_grad
     assert m.curvature().item() == pytest.approx(0.8, rel=1e-6)
 

@@ -31,6 +31,8 @@ from torch import Tensor
 
 __all__ = [
     "MAX_EXPMAP_ARG",
+    "CurvatureLike",
+    "as_curvature",
     "expmap0",
     "geodesic_distance",
     "inner",
@@ -47,7 +49,8 @@ __all__ = [
     "to_poincare",
 ]
 
-Curvature = float | Tensor
+# A curvature argument: a Python float, or a 0-d tensor (from `hyprag.nn.Curvature`, possibly trainable).
+CurvatureLike = float | Tensor
 
 # expmap0 caps sqrt(c)|v| at asinh(2^15) (about 11.09): beyond it x0 exceeds 2^15/sqrt(c), where float32
 # spacing (~4e-3) is coarser than the distances a retriever must tell apart, and cosh overflows bf16/fp16
@@ -66,7 +69,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-def _curvature(c: Curvature, like: Tensor) -> Tensor:
+def as_curvature(c: CurvatureLike, like: Tensor) -> Tensor:
     """``c`` as a tensor in ``like``'s dtype and device (keeps its autograd graph)."""
     if isinstance(c, Tensor):
         if c.numel() != 1:
@@ -90,21 +93,21 @@ def _out(t: Tensor, ref_dtype: torch.dtype, dtype: torch.dtype | None) -> Tensor
     return t.to(dtype or ref_dtype)
 
 
-def origin(d: int, c: Curvature = 1.0, *, dtype: torch.dtype | None = None, device=None) -> Tensor:
+def origin(d: int, c: CurvatureLike = 1.0, *, dtype: torch.dtype | None = None, device=None) -> Tensor:
     """The origin ``o = (1/sqrt(c), 0, ..., 0)`` of ``H^d_c``: ``[d+1]``."""
     o = torch.zeros(d + 1, dtype=dtype or torch.get_default_dtype(), device=device)
-    cc = _curvature(c, o)
+    cc = as_curvature(c, o)
     return torch.cat([cc.rsqrt().reshape(1), o[1:]])
 
 
-def lift(z: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def lift(z: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Lift a space vector onto the hyperboloid: ``(sqrt(1/c + |z|^2), z)``.
 
     z: ``[..., d]`` -> ``[..., d+1]``.
     """
     ct = _compute_dtype(z)
     zc = z.to(ct)
-    cc = _curvature(c, zc)
+    cc = as_curvature(c, zc)
     time = (cc.reciprocal() + zc.pow(2).sum(-1, keepdim=True)).sqrt()
     return _out(torch.cat([time, zc], dim=-1), z.dtype, dtype)
 
@@ -154,7 +157,7 @@ def _sq_distance_terms(x: Tensor, y: Tensor, cc: Tensor) -> Tensor:
     return _radial_sinh_term(nx, ny, cc) + angular
 
 
-def sq_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def sq_distance(x: Tensor, y: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Squared Lorentzian distance ``|x - y|_L^2 = -2/c - 2<x, y>_L`` (>= 0), broadcasting.
 
     Computed from the radial/angular decomposition in the module docstring (uses the space coordinates
@@ -162,7 +165,7 @@ def sq_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None
     """
     ct = _compute_dtype(x, y)
     xc, yc = x.to(ct), y.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     return _out(_sq_distance_terms(xc, yc, cc), torch.promote_types(x.dtype, y.dtype), dtype)
 
 
@@ -177,7 +180,7 @@ def _distance_from_sq(sq: Tensor, cc: Tensor) -> Tensor:
     return 2.0 / sc * torch.asinh(sc / 2 * chord)
 
 
-def geodesic_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def geodesic_distance(x: Tensor, y: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Geodesic distance ``d(x, y) = arcosh(-c<x, y>_L) / sqrt(c)``, broadcasting over leading dims.
 
     Evaluated as ``(2/sqrt(c)) asinh(sqrt(c)/2 * |x - y|_L)``: exact 0 at ``x == y`` with a finite gradient,
@@ -185,7 +188,7 @@ def geodesic_distance(x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype 
     """
     ct = _compute_dtype(x, y)
     xc, yc = x.to(ct), y.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     d = _distance_from_sq(_sq_distance_terms(xc, yc, cc), cc)
     return _out(d, torch.promote_types(x.dtype, y.dtype), dtype)
 
@@ -198,7 +201,7 @@ def _unit_float64(xs: Tensor) -> Tensor:
 
 
 def pairwise_geodesic_distance(
-    x: Tensor, y: Tensor, c: Curvature, *, dtype: torch.dtype | None = None
+    x: Tensor, y: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None
 ) -> Tensor:
     """All geodesic distances: x ``[n, d+1]``, y ``[m, d+1]`` -> ``[n, m]``.
 
@@ -209,7 +212,7 @@ def pairwise_geodesic_distance(
     """
     ct = _compute_dtype(x, y)
     xc, yc = x.to(ct), y.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     xs, ys = xc[..., 1:], yc[..., 1:]
     nx, ny = _safe_norm(xs), _safe_norm(ys)
     ux, uy = _unit_float64(xs), _unit_float64(ys)
@@ -223,14 +226,14 @@ def pairwise_geodesic_distance(
     return _out(d, torch.promote_types(x.dtype, y.dtype), dtype)
 
 
-def radius(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def radius(x: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Distance to the origin, ``d(o, x) = asinh(sqrt(c) |xs|) / sqrt(c)``: ``[..., d+1]`` -> ``[...]``.
 
     Equal to ``arcosh(sqrt(c) x0) / sqrt(c)`` on the hyperboloid, without arcosh's loss of accuracy near 1.
     """
     ct = _compute_dtype(x)
     xc = x.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     sc = cc.sqrt()
     return _out(torch.asinh(sc * _safe_norm(xc[..., 1:])) / sc, x.dtype, dtype)
 
@@ -252,7 +255,7 @@ def _ratio_near_zero(t: Tensor, fn, series_coef: float) -> Tensor:
     return torch.where(small, 1.0 + series_coef * t.pow(2), fn(t_safe) / t_safe)
 
 
-def expmap0(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def expmap0(v: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Exponential map at the origin for a space (tangent) vector ``v``: ``[..., d]`` -> ``[..., d+1]``.
 
     ``expmap0(v) = (cosh(sqrt(c)|v|)/sqrt(c), sinh(sqrt(c)|v|) v / (sqrt(c)|v|))``; ``sqrt(c)|v|`` is capped
@@ -261,7 +264,7 @@ def expmap0(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     """
     ct = _compute_dtype(v)
     vc = v.to(ct)
-    cc = _curvature(c, vc)
+    cc = as_curvature(c, vc)
     sc = cc.sqrt()
     out_dtype = dtype or v.dtype
     cap = _max_scaled_space_norm(sc, out_dtype)
@@ -275,21 +278,21 @@ def expmap0(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     return lift(scale * vc, cc, dtype=out_dtype)
 
 
-def logmap0(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def logmap0(x: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Logarithmic map at the origin: ``[..., d+1]`` -> space vector ``[..., d]``.
 
     ``logmap0(x) = d(o, x) * xs / |xs|`` with ``d(o, x) = asinh(sqrt(c)|xs|)/sqrt(c)``.
     """
     ct = _compute_dtype(x)
     xc = x.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     sc = cc.sqrt()
     xs = xc[..., 1:]
     t = sc * _safe_norm(xs, keepdim=True)
     return _out(_ratio_near_zero(t, torch.asinh, -1.0 / 6.0) * xs, x.dtype, dtype)
 
 
-def project(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def project(v: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Project a future-timelike ambient vector onto the hyperboloid: ``v / (sqrt(c) sqrt(-<v, v>_L))``.
 
     v: ``[..., d+1]`` with ``v0 > |vs|`` -> ``[..., d+1]``. The space part is rescaled and the time part
@@ -302,7 +305,7 @@ def project(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     """
     ct = _compute_dtype(v)
     vc = v.to(ct)
-    cc = _curvature(c, vc)
+    cc = as_curvature(c, vc)
     out_dtype = dtype or v.dtype
     v0 = vc[..., :1]
     vs = vc[..., 1:]
@@ -314,20 +317,20 @@ def project(v: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Ten
     return lift(space, cc, dtype=out_dtype)
 
 
-def to_poincare(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def to_poincare(x: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Poincare ball coordinates (ball of radius ``1/sqrt(c)``): ``xs / (1 + sqrt(c) x0)``.
 
     x: ``[..., d+1]`` -> ``[..., d]``. The time coordinate is recomputed from ``xs``.
     """
     ct = _compute_dtype(x)
     xc = x.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     xs = xc[..., 1:]
     x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()
     return _out(xs / (1.0 + cc.sqrt() * x0), x.dtype, dtype)
 
 
-def to_klein(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Tensor:
+def to_klein(x: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
     """Beltrami-Klein coordinates (ball of radius ``1/sqrt(c)``): ``xs / (sqrt(c) x0)``.
 
     x: ``[..., d+1]`` -> ``[..., d]``. Far from the origin ``1 - c|k|^2`` cancels catastrophically; use
@@ -335,7 +338,7 @@ def to_klein(x: Tensor, c: Curvature, *, dtype: torch.dtype | None = None) -> Te
     """
     ct = _compute_dtype(x)
     xc = x.to(ct)
-    cc = _curvature(c, xc)
+    cc = as_curvature(c, xc)
     xs = xc[..., 1:]
     x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()
     return _out(xs / (cc.sqrt() * x0), x.dtype, dtype)

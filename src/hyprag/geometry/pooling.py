@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 
 __all__ = [
     "POOLERS",
@@ -57,12 +57,12 @@ def _result_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _prepare(x: Tensor, mask: Tensor, c: Curvature, accum_dtype: torch.dtype):
+def _prepare(x: Tensor, mask: Tensor, c: CurvatureLike, accum_dtype: torch.dtype):
     """Zero padded tokens; return (space part, recomputed time part, log mask weights, c) in accum dtype."""
     _check(x, mask)
     valid = mask > 0
     xs = x[..., 1:].to(accum_dtype).masked_fill(~valid.unsqueeze(-1), 0.0)
-    cc = lorentz._curvature(c, xs)
+    cc = lorentz.as_curvature(c, xs)
     x0 = (cc.reciprocal() + xs.pow(2).sum(-1)).sqrt()
     w = mask.to(accum_dtype)
     log_w = torch.where(valid, w.clamp_min(torch.finfo(accum_dtype).tiny).log(), -torch.inf)
@@ -96,25 +96,25 @@ def _midpoint(x, mask, c, p_plus_one: float | None, accum_dtype) -> Tensor:
     return lorentz.project(v, cc).to(_result_dtype(x))
 
 
-def cls(x: Tensor, mask: Tensor, c: Curvature) -> Tensor:
+def cls(x: Tensor, mask: Tensor, c: CurvatureLike) -> Tensor:
     """The first token (its time coordinate recomputed): ``[B, T, d+1]`` -> ``[B, d+1]``."""
     _check(x, mask)
     # Lift straight into the result dtype: a bf16 round trip of x0 would put the point off the hyperboloid.
     return lorentz.lift(x[:, 0, 1:], c, dtype=_result_dtype(x))
 
 
-def lorentz_centroid(x: Tensor, mask: Tensor, c: Curvature, *, accum_dtype=torch.float64) -> Tensor:
+def lorentz_centroid(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=torch.float64) -> Tensor:
     """Lorentzian centroid ``P(sum_i w_i x_i)`` (the ``mean`` pooler): ``[B, T, d+1]`` -> ``[B, d+1]``."""
     return _midpoint(x, mask, c, None, accum_dtype)
 
 
-def einstein_midpoint(x: Tensor, mask: Tensor, c: Curvature, *, accum_dtype=torch.float64) -> Tensor:
+def einstein_midpoint(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=torch.float64) -> Tensor:
     """``P(sum_i w_i x_i0 x_i)``: the paper's Einstein midpoint (its OEM with p = 0)."""
     return _midpoint(x, mask, c, 1.0, accum_dtype)
 
 
 def outward_einstein_midpoint(
-    x: Tensor, mask: Tensor, c: Curvature, p: float = 1.0, *, accum_dtype=torch.float64
+    x: Tensor, mask: Tensor, c: CurvatureLike, p: float = 1.0, *, accum_dtype=torch.float64
 ) -> Tensor:
     """Outward Einstein Midpoint (the paper's section 4.3): ``P(sum_i w_i x_i0^(p+1) x_i)``.
 
@@ -127,7 +127,7 @@ def outward_einstein_midpoint(
     return _midpoint(x, mask, c, p + 1.0, accum_dtype)
 
 
-def mean_tangent(x: Tensor, mask: Tensor, c: Curvature, *, accum_dtype=torch.float64) -> Tensor:
+def mean_tangent(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=torch.float64) -> Tensor:
     """``expmap0(sum_i w_i logmap0(x_i) / sum_i w_i)``: mean in the tangent space at the origin."""
     xs, x0, log_w, cc = _prepare(x, mask, c, accum_dtype)
     a = torch.softmax(log_w, dim=-1)
@@ -145,7 +145,7 @@ POOLERS = {
 }
 
 
-def pool(name: str, x: Tensor, mask: Tensor, c: Curvature, *, p: float = 1.0) -> Tensor:
+def pool(name: str, x: Tensor, mask: Tensor, c: CurvatureLike, *, p: float = 1.0) -> Tensor:
     """Dispatch by pooler name (``mean`` is an alias of ``lorentz_centroid``)."""
     if name == "mean":
         name = "lorentz_centroid"

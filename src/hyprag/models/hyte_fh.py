@@ -49,7 +49,7 @@ from hyprag.nn import (
 from hyprag.nn.activation import ACTIVATIONS
 from hyprag.nn.attention import key_padding_mask
 
-__all__ = ["HyteFHBlock", "HyteFHConfig", "HyteFHForMaskedLM", "HyteFHModel", "MaskedLMOutput"]
+__all__ = ["HyteFHBlock", "HyteFHConfig", "HyteFHForMaskedLM", "HyteFHTrunk", "MaskedLMOutput"]
 
 
 def _closest(name: str, options) -> str:
@@ -235,7 +235,7 @@ def _position_ids(attention_mask: Tensor | None, batch: int, length: int, device
     return ((attention_mask > 0).long().cumsum(-1) - 1).clamp_min(0)
 
 
-class HyteFHModel(nn.Module):
+class HyteFHTrunk(nn.Module):
     """The HyTE-FH trunk: embeddings -> (embedding norm) -> blocks -> final norm.
 
     forward(input_ids ``[B, T]``, attention_mask ``[B, T]``) -> token points ``[B, T, d+1]`` (float32, float64
@@ -340,7 +340,7 @@ class HyteFHForMaskedLM(nn.Module):
     def __init__(self, config: HyteFHConfig):
         super().__init__()
         self.config = config
-        self.model = HyteFHModel(config)
+        self.model = HyteFHTrunk(config)
         self.head = LorentzMLR(config.hidden_size, config.vocab_size)
         init_hyte_fh_weights(self.head, config.initializer_range)
 

@@ -1,4 +1,4 @@
-"""HyTE-FH as an embedding model: the fully hyperbolic trunk (:class:`~hyprag.models.hyte_fh.HyteFHModel`)
+"""HyTE-FH as an embedding model: the fully hyperbolic trunk (:class:`~hyprag.models.hyte_fh.HyteFHTrunk`)
 followed by a hyperbolic pooler (DESIGN.md sections 2 and 3). Embeddings are points ``[n, d+1]``.
 
 The trunk is stored as ``.model``, the same name as in ``HyteFHForMaskedLM``, so MLM weights load into it
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from hyprag.geometry import pooling
 from hyprag.models.base import EmbeddingModel, ModelSettings
-from hyprag.models.hyte_fh import HyteFHConfig, HyteFHModel
+from hyprag.models.hyte_fh import HyteFHConfig, HyteFHTrunk
 from hyprag.nn._precision import autocast_off
 
 __all__ = ["HyteFH"]
@@ -27,7 +27,7 @@ class HyteFH(EmbeddingModel):
 
     def __init__(self, config: HyteFHConfig, tokenizer: Any, settings: ModelSettings) -> None:
         super().__init__(settings, tokenizer)
-        self.model = HyteFHModel(config)
+        self.model = HyteFHTrunk(config)
 
     @property
     def config(self) -> HyteFHConfig:

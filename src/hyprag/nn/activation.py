@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 from hyprag.nn.linear import LorentzLinear
 
@@ -32,7 +32,7 @@ class LorentzActivation(nn.Module):
         self.activation = activation
         self.act = get_activation(activation)
 
-    def forward(self, x: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
         with autocast_off(x):
             xs = x[..., 1:].to(point_dtype(x))
             return lorentz.lift(self.act(xs), c)
@@ -56,7 +56,7 @@ class LorentzGatedFFN(nn.Module):
         self.wi = LorentzLinear(hidden_size, 2 * intermediate_size, bias=bias)
         self.wo = LorentzLinear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, x: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
         gate_in, value = self.wi.space(x).chunk(2, dim=-1)
         h = self.act(gate_in) * value
         with autocast_off(h):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 from hyprag.nn.linear import LorentzLinear
 
@@ -93,7 +93,7 @@ class LorentzMultiheadAttention(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, rope_theta)
 
     def head_points(
-        self, x: Tensor, c: Curvature, position_ids: Tensor | None = None
+        self, x: Tensor, c: CurvatureLike, position_ids: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-head query, key and value points, each ``[B, H, T, m+1]`` (rotary applied to q and k)."""
         b, t, _ = x.shape
@@ -111,7 +111,7 @@ class LorentzMultiheadAttention(nn.Module):
             return tuple(lorentz.lift(p.transpose(1, 2), c) for p in (qs, ks, vs))
 
     def forward(
-        self, x: Tensor, attention_mask: Tensor | None, c: Curvature, position_ids: Tensor | None = None
+        self, x: Tensor, attention_mask: Tensor | None, c: CurvatureLike, position_ids: Tensor | None = None
     ) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.head_points(x, c, position_ids)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzEmbedding"]
@@ -37,7 +37,7 @@ class LorentzEmbedding(nn.Module):
             with torch.no_grad():
                 self.weight[self.padding_idx].zero_()  # the padding token sits at the origin
 
-    def forward(self, input_ids: Tensor, c: Curvature) -> Tensor:
+    def forward(self, input_ids: Tensor, c: CurvatureLike) -> Tensor:
         z = F.embedding(input_ids, self.weight, self.padding_idx)
         with autocast_off(z):
             return lorentz.lift(z, c, dtype=point_dtype(z))

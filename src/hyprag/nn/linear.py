@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzLinear"]
@@ -46,7 +46,7 @@ class LorentzLinear(nn.Module):
         # A bf16 model receives float32 points: compute in the weights' dtype (autocast may lower it further).
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
-    def forward(self, x: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
         z = self.space(x)
         with autocast_off(z):
             return lorentz.lift(z, c, dtype=point_dtype(z))

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from hyprag.geometry.lorentz import Curvature, _curvature
+from hyprag.geometry.lorentz import CurvatureLike, as_curvature
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzMLR"]
@@ -44,7 +44,7 @@ class LorentzMLR(nn.Module):
         nn.init.normal_(self.z, mean=0.0, std=std)
         nn.init.zeros_(self.a)
 
-    def forward(self, x: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
         if x.shape[-1] != self.in_features + 1:
             raise ValueError(
                 f"LorentzMLR expects points with {self.in_features + 1} coordinates, got {tuple(x.shape)}"
@@ -53,7 +53,7 @@ class LorentzMLR(nn.Module):
             # Far-out points make alpha a difference of large terms: keep the whole head in float32.
             dtype = point_dtype(x)
             xs = x[..., 1:].to(dtype)
-            cc = _curvature(c, xs)
+            cc = as_curvature(c, xs)
             sc = cc.sqrt()
             x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()  # never trust a stored x0
             z = self.z.to(dtype)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzLayerNorm", "LorentzRMSNorm", "build_lorentz_norm"]
@@ -35,7 +35,7 @@ class _LorentzSpaceNorm(nn.Module, abc.ABC):
     def _normalize(self, xs: Tensor) -> Tensor:
         """The Euclidean normalisation of the space part ``xs: [..., dim]`` (float32)."""
 
-    def forward(self, x: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
         if x.shape[-1] != self.dim + 1:
             raise ValueError(
                 f"{type(self).__name__} expects points with {self.dim + 1} coordinates, got {tuple(x.shape)}"

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from hyprag.geometry import lorentz
-from hyprag.geometry.lorentz import Curvature
+from hyprag.geometry.lorentz import CurvatureLike
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzResidual"]
@@ -33,7 +33,7 @@ class LorentzResidual(nn.Module):
         """``[w1, w2]``: ``[2]``."""
         return self.log_weights.exp()
 
-    def forward(self, x: Tensor, fx: Tensor, c: Curvature) -> Tensor:
+    def forward(self, x: Tensor, fx: Tensor, c: CurvatureLike) -> Tensor:
         if x.shape != fx.shape:
             raise ValueError(f"residual branch shape {tuple(fx.shape)} differs from input {tuple(x.shape)}")
         with autocast_off(x):
