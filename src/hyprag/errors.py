@@ -14,13 +14,14 @@ standard library is imported here, so the boundary costs nothing before the comm
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "describe_error", "run_entry_point", "user_error"]
+__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "closest_key", "describe_error", "run_entry_point", "user_error"]
 
 DEBUG_ENV = "HYPRAG_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -32,6 +33,12 @@ def user_error(cls: type[BaseException]) -> type[BaseException]:
     """Class decorator: exceptions of ``cls`` end a command with ``error: <message>`` and exit status 2."""
     _USER_ERRORS.append(cls)
     return cls
+
+
+def closest_key(key: str, candidates: Sequence[str], *, cutoff: float = 0.5) -> str | None:
+    """The candidate closest to a misspelt ``key`` (for "did you mean ...?" in error messages), or None."""
+    match = difflib.get_close_matches(str(key), sorted(map(str, candidates)), n=1, cutoff=cutoff)
+    return match[0] if match else None
 
 
 def _is_user_error(error: BaseException) -> bool:
