@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hyprag._version import __version__
 
 __all__ = ["__version__", "build_model", "load_model"]
 

@@ -2,15 +2,33 @@
 
 Every command calls a library function that tests can call too. Subcommand groups are registered by the
 ``_add_*`` functions below, one per area (train, data, eval, index, quickstart).
+
+The modules imported at the top hold only argument definitions and the config schema (no torch), so
+``hyprag --help`` and ``hyprag train --help`` answer at once. The module that does a command's work
+(and imports torch) is named as ``"module:function"`` and imported by :func:`_command` when the command
+runs: that is the one place the CLI imports lazily.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from hyprag import __version__
+from hyprag._version import __version__
+from hyprag.errors import run_entry_point
+from hyprag.eval.mteb_args import add_mteb_arguments
+from hyprag.eval.rag.command import DESCRIPTION as RAG_DESCRIPTION
+from hyprag.eval.rag.command import add_rag_arguments
+from hyprag.training.config import parse_command_line
+
+
+def _command(target: str) -> Callable[..., Any]:
+    """The function ``"package.module:function"``, imported now (a command's work, with its heavy imports)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hyprag ...``: user errors end in one ``error:`` line and exit status 2 (``--debug``: traceback)."""
-    from hyprag.errors import run_entry_point
-
     return run_entry_point(_main, argv)
 
 
@@ -72,10 +88,8 @@ def _add_info_command(sub) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from hyprag.geometry.selfcheck import geometry_report
-
     print(f"hyprag {__version__}")
-    print(geometry_report())
+    print(_command("hyprag.geometry.selfcheck:geometry_report")())
     return 0
 
 
@@ -97,12 +111,8 @@ def _add_train_command(sub) -> None:
     def run(args: argparse.Namespace) -> int:
         if {"-h", "--help"} & set(args.train_argv):
             # The config schema alone lists the keys; the trainer (and torch) is not imported for help.
-            from hyprag.training.config import parse_command_line
-
             parse_command_line(["--help"])
-        from hyprag.training.trainer import main as train_main
-
-        return train_main(args.train_argv)
+        return _command("hyprag.training.trainer:main")(args.train_argv)
 
     p.set_defaults(func=run)
 
@@ -125,9 +135,7 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--compression", default="zstd", help="MDS shard compression, or 'none'")
 
     def run(args: argparse.Namespace) -> int:
-        from hyprag.data.mds import convert_to_mds
-
-        report = convert_to_mds(
+        report = _command("hyprag.data.mds:convert_to_mds")(
             args.input,
             args.out,
             args.kind,
@@ -183,8 +191,6 @@ def _add_eval_commands(sub) -> None:
         help="MTEB (mteb 2.x) with the model's hyperbolic similarity; --beir registers local folders",
         description=_MTEB_DESCRIPTION,
     )
-    from hyprag.eval.mteb_args import add_mteb_arguments
-
     add_mteb_arguments(m)
     m.set_defaults(func=_run_eval_mteb)
 
@@ -210,38 +216,34 @@ _MTEB_DESCRIPTION = (
 
 
 def _run_eval_beir(args: argparse.Namespace) -> int:
-    from hyprag.eval.retrieval import run_beir_command
-
-    run_beir_command(args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search)
+    _command("hyprag.eval.retrieval:run_beir_command")(
+        args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search
+    )
     return 0
 
 
 def _run_eval_mteb(args: argparse.Namespace) -> int:
-    from hyprag.eval.mteb_adapter import run_mteb_command
-
-    run_mteb_command(args)
+    _command("hyprag.eval.mteb_adapter:run_mteb_command")(args)
     return 0
 
 
 def _run_eval_hierarchy(args: argparse.Namespace) -> int:
-    from hyprag.eval.hierarchy import run_hierarchy_command
-
-    run_hierarchy_command(args.model, args.data, args.output, batch_size=args.batch_size)
+    _command("hyprag.eval.hierarchy:run_hierarchy_command")(
+        args.model, args.data, args.output, batch_size=args.batch_size
+    )
     return 0
 
 
 def _add_eval_rag_command(eval_sub) -> None:
     """hyprag eval rag (owned by the RAG module): the flags of ``eval_ragas.py``."""
-    from hyprag.eval.rag.command import DESCRIPTION, add_rag_arguments, run_from_args
-
     r = eval_sub.add_parser(
         "rag",
         help="RAG evaluation on RAGBench (or a local file): retrieval, generation, ragas metrics",
-        description=DESCRIPTION,
+        description=RAG_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_rag_arguments(r)
-    r.set_defaults(func=run_from_args)
+    r.set_defaults(func=lambda args: _command("hyprag.eval.rag.command:run_from_args")(args))
 
 
 # --- index / search ---------------------------------------------------------------------------------
@@ -282,9 +284,7 @@ def _add_index_commands(sub) -> None:
 
 
 def _run_index_build(args: argparse.Namespace) -> int:
-    from hyprag.eval.index import build_index_command
-
-    build_index_command(
+    _command("hyprag.eval.index:build_index_command")(
         args.model,
         args.corpus,
         args.out,
@@ -297,9 +297,7 @@ def _run_index_build(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from hyprag.eval.index import search_command
-
-    search_command(
+    _command("hyprag.eval.index:search_command")(
         args.index,
         args.queries,
         args.k,
@@ -357,9 +355,7 @@ def _add_quickstart_command(sub) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from hyprag.quickstart import main_from_args
-
-        return main_from_args(args)
+        return _command("hyprag.quickstart:main_from_args")(args)
 
     p.set_defaults(func=run)
 
