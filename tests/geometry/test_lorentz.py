@@ -407,6 +407,41 @@ def test_pairwise_distance_equals_broadcast_distance(dtype, c):
     assert (self_d <= 4e-8 * x[:, 0].to(F64) + 1e-12).all()
 
 
+@pytest.mark.parametrize("d", [16, 768])
+def test_pairwise_distance_float32_angular_within_documented_bound(d):
+    """angular_dtype=float32: squared distance within ANGULAR_FP32_ERR_EPS * eps32 * |xs||ys| of float64;
+    distances >= 0.1 good to 1% at sqrt(c)|xs| <= 10; d(x, x) <= sqrt(16 eps32) |xs|; far points need f64."""
+    g = torch.Generator().manual_seed(40 + d)
+    for c in CURVATURES:
+        sc = math.sqrt(c)
+        # sqrt(c)|xs| uniform in [0, 10], random directions; y: near duplicates of x and independent points.
+        xs = torch.randn(200, d, generator=g, dtype=F64)
+        xs = xs / xs.norm(dim=-1, keepdim=True) * torch.rand(200, 1, generator=g, dtype=F64) * 10 / sc
+        ys = torch.cat([xs[:100] + 1e-3 / sc * torch.randn(100, d, generator=g, dtype=F64), xs[100:].flip(0)])
+        x, y = L.lift(xs.float(), c), L.lift(ys.float(), c)
+        d64 = L.pairwise_geodesic_distance(x, y, c, dtype=F64)
+        d32 = L.pairwise_geodesic_distance(x, y, c, dtype=F64, angular_dtype=F32)
+        assert torch.equal(d64, L.pairwise_geodesic_distance(x, y, c, dtype=F64, angular_dtype=F64))
+        nx, ny = x[:, 1:].to(F64).norm(dim=-1), y[:, 1:].to(F64).norm(dim=-1)
+        bound = L.ANGULAR_FP32_ERR_EPS * _eps(F32) * nx.unsqueeze(1) * ny.unsqueeze(0)
+        # |x - y|_L^2 = (4/c) sinh^2(sqrt(c) d / 2): compare squared chords, the quantity the bound is on.
+        # Plus float32 rounding of the sum and of d itself (relative ~ d eps32 in the squared chord).
+        sq32, sq64 = (4 / c * torch.sinh(sc * t / 2).pow(2) for t in (d32, d64))
+        rounding = 4 * _eps(F32) * (1 + sc * d64) * sq64
+        assert ((sq32 - sq64).abs() <= bound + rounding + 1e-12).all()
+        far = d64 >= 0.1
+        assert far.any() and (~far).any()
+        torch.testing.assert_close(d32[far], d64[far], rtol=1e-2, atol=0)
+        self32 = L.pairwise_geodesic_distance(x, x, c, dtype=F64, angular_dtype=F32).diagonal()
+        assert (self32 <= math.sqrt(L.ANGULAR_FP32_ERR_EPS * _eps(F32)) * nx + 1e-12).all()
+    # Far from the origin (x0 ~ 3e3, c = 1) float32 cannot resolve d(x, x) = 0; float64 can.
+    x = L.lift(torch.randn(64, d, generator=g).mul(3e3 / math.sqrt(d)), 1.0)
+    assert L.pairwise_geodesic_distance(x, x, 1.0, angular_dtype=F32).diagonal().max() > 0.1
+    assert L.pairwise_geodesic_distance(x, x, 1.0, dtype=F64).diagonal().max() < 1e-3
+    with pytest.raises(ValueError, match="angular_dtype"):
+        L.pairwise_geodesic_distance(x, x, 1.0, angular_dtype=torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_pairwise_inner_is_ip_query_matmul_and_ranks_like_distance(dtype):
     c = 1.0
