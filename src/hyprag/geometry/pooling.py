@@ -89,9 +89,10 @@ def outward_log_weights(x0: Tensor, log_w: Tensor, p: float) -> Tensor:
     return log_w + (p + 1.0) * x0.log()
 
 
-def _midpoint(x, mask, c, p_plus_one: float | None, accum_dtype) -> Tensor:
+def _midpoint(x, mask, c, p: float | None, accum_dtype) -> Tensor:
+    """``P(sum_i a_i x_i)`` with the OEM weights of exponent ``p`` (``None``: the plain centroid, ``a = w``)."""
     xs, x0, log_w, cc = _prepare(x, mask, c, accum_dtype)
-    log_a = log_w if p_plus_one is None else log_w + p_plus_one * x0.log()
+    log_a = log_w if p is None else outward_log_weights(x0, log_w, p)
     v = ambient_weighted_sum(xs, x0, log_a)
     return lorentz.project(v, cc).to(_result_dtype(x))
 
@@ -110,7 +111,7 @@ def lorentz_centroid(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=t
 
 def einstein_midpoint(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=torch.float64) -> Tensor:
     """``P(sum_i w_i x_i0 x_i)``: the paper's Einstein midpoint (its OEM with p = 0)."""
-    return _midpoint(x, mask, c, 1.0, accum_dtype)
+    return _midpoint(x, mask, c, 0.0, accum_dtype)
 
 
 def outward_einstein_midpoint(
@@ -124,7 +125,7 @@ def outward_einstein_midpoint(
     """
     if not p > 0:
         raise ValueError(f"the outward Einstein midpoint needs p > 0, got p={p} (p=0 is einstein_midpoint)")
-    return _midpoint(x, mask, c, p + 1.0, accum_dtype)
+    return _midpoint(x, mask, c, p, accum_dtype)
 
 
 def mean_tangent(x: Tensor, mask: Tensor, c: CurvatureLike, *, accum_dtype=torch.float64) -> Tensor:
