@@ -13,6 +13,9 @@ are shared with other jobs, so expect noise; runs of one comparison are back to 
 benchmarks/results/training.json and training.md. Run:
 
     .venv/bin/python benchmarks/bench_training.py [--steps 12] [--log-every 3]
+
+``--only pair`` runs the HyTE-FH / twin comparisons only (``--only ddp``: the DDP one only); ``--out DIR``
+writes training.json / training.md into DIR instead of benchmarks/results.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--only", choices=("pair", "ddp"), help="only the HyTE-FH / twin comparisons, or only the DDP one"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for training.json / training.md")
     args = parser.parse_args()
 
     env = dict(os.environ)
@@ -144,6 +151,10 @@ def main() -> None:
             ),
         ],
     }
+    if args.only == "pair":
+        del comparisons["ddp"]
+    elif args.only == "ddp":
+        del comparisons["mlm"], comparisons["contrastive"]
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp_name:
         tmp = Path(tmp_name)
@@ -153,19 +164,22 @@ def main() -> None:
                 for name, config, overrides, run_env, launcher in plan:
                     rounds[name].append(_isolated(name, config, overrides, tmp, run_env, launcher))
             results[key] = [_best(name, rs) for name, rs in rounds.items()]
-    rows = results["mlm"] + results["contrastive"]
-    ddp_rows = results["ddp"]
+    rows = results.get("mlm", []) + results.get("contrastive", [])
+    ddp_rows = results.get("ddp", [])
 
     by_name = {r["run"]: r for r in rows}
-    ratios = {
-        "mlm_tokens_per_s_hyte_fh_over_euclidean": by_name["hyte_fh_mlm"]["tokens_per_s"]
-        / by_name["euclidean_mlm"]["tokens_per_s"],
-        "contrastive_tokens_per_s_hyte_fh_over_euclidean": by_name["hyte_fh_contrastive"]["tokens_per_s"]
-        / by_name["euclidean_contrastive"]["tokens_per_s"],
-        "ddp_2proc_speedup": ddp_rows[1]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"],
-    }
+    ratios = {}
+    if rows:
+        ratios["mlm_tokens_per_s_hyte_fh_over_euclidean"] = (
+            by_name["hyte_fh_mlm"]["tokens_per_s"] / by_name["euclidean_mlm"]["tokens_per_s"]
+        )
+        ratios["contrastive_tokens_per_s_hyte_fh_over_euclidean"] = (
+            by_name["hyte_fh_contrastive"]["tokens_per_s"] / by_name["euclidean_contrastive"]["tokens_per_s"]
+        )
+    if ddp_rows:
+        ratios["ddp_2proc_speedup"] = ddp_rows[1]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
     command = "python benchmarks/bench_training.py " + " ".join(
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and k != "out"
     )
     result = {
         "command": command,
@@ -177,9 +191,9 @@ def main() -> None:
         "ddp": ddp_rows,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "training.md").write_text(_markdown(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "training.md").write_text(_markdown(result))
     print(_markdown(result))
 
 
@@ -233,10 +247,15 @@ def _markdown(result: dict[str, Any]) -> str:
     for r in result["runs"]:
         lines.append(_row(r))
     ratios = result["ratios"]
+    if result["runs"]:
+        lines += [
+            "",
+            f"Throughput HyTE-FH / twin: MLM **{ratios['mlm_tokens_per_s_hyte_fh_over_euclidean']:.2f}**, "
+            f"contrastive **{ratios['contrastive_tokens_per_s_hyte_fh_over_euclidean']:.2f}**.",
+        ]
+    if not result["ddp"]:
+        return "\n".join([*lines, ""])
     lines += [
-        "",
-        f"Throughput HyTE-FH / twin: MLM **{ratios['mlm_tokens_per_s_hyte_fh_over_euclidean']:.2f}**, "
-        f"contrastive **{ratios['contrastive_tokens_per_s_hyte_fh_over_euclidean']:.2f}**.",
         "",
         "## DDP (torchrun, gloo): 2 processes x 1 thread vs 1 process x 2 threads, HyTE-FH contrastive",
         "",
