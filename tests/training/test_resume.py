@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from safetensors.torch import load_file
 from hyprag.data.bundled import mlm_text_path
 from hyprag.training import checkpoint as ckpt
 from hyprag.training.logging import read_metrics
-from hyprag.training.trainer import KILL_AFTER_STEP_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,20 +116,18 @@ TINY = [
 
 
 def _train(out: Path, *extra: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop(KILL_AFTER_STEP_ENV, None)
-    if kill_after is not None:
-        env[KILL_AFTER_STEP_ENV] = str(kill_after)
+    # The killed run goes through a wrapper that SIGKILLs the process after step `kill_after`.
+    entry = ["train.py"] if kill_after is None else ["tests/training/_kill_after_step.py", str(kill_after)]
     cmd = [
         sys.executable,
-        "train.py",
+        *entry,
         "--config=configs/train/cpu_tiny_mlm.yaml",
         f"--train_args.output_dir={out}",
         f"--data_args.data_path={mlm_text_path()}",
         *TINY,
         *extra,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

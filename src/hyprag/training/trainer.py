@@ -1,18 +1,21 @@
 """The one training loop: masked-LM or contrastive, one process, DDP (torchrun) or DeepSpeed.
 
-Read it top to bottom; :func:`train` is the whole story:
+Read it top to bottom: :func:`train` claims the output folder and calls :func:`_train`, which is the whole
+story in four calls:
 
-1. processes and device: ``init_distributed`` (gloo on CPU, NCCL on GPU), seeds;
-2. the model: ``build_mlm_model`` (task ``mlm``) or ``build_model`` (task ``contrastive``; ``model_args.init_from``
-   loads an MLM output's trunk explicitly, and a mismatch raises);
-3. the data: rows -> :class:`ResumableSampler` (this rank's share, in a seeded order, resumable mid-epoch) ->
-   collator (MLM masking / query-document pools with explicit positive positions);
-4. the objective as a module (:class:`TrainStep`): one ``forward(batch) -> loss`` so DDP and DeepSpeed wrap a
-   single call; geometry and loss run in float32, only the encoder's matrix products in bf16/fp16;
-5. AdamW (no decay on norms, biases, ``log c``, logit scale), warmup + schedule, GradScaler for fp16;
-6. resume (model, optimizer, scheduler, scaler, RNG per rank, data position) from ``train_args.checkpoint``;
-7. the loop: gradient accumulation, clipping, logging every ``log_every`` steps, atomic checkpoints every
-   ``save_every`` steps; at the end the model is written with ``save_pretrained`` to ``output_dir/final``.
+1. :func:`_setup`: processes and device (``init_distributed``: gloo on CPU, NCCL on GPU), seeds; the model
+   (``build_mlm_model`` for task ``mlm``, ``build_model`` for ``contrastive``; ``model_args.init_from`` loads an
+   MLM output's trunk explicitly, and a mismatch raises) and its objective as a module (:class:`TrainStep`:
+   one ``forward(batch) -> loss`` so DDP and DeepSpeed wrap a single call; geometry and loss in float32, only
+   the encoder's matrix products in bf16/fp16); the data (rows -> this rank's share in a seeded, resumable
+   order -> MLM masking or query-document pools); AdamW (no decay on norms, biases, ``log c``, logit
+   scale), warmup + schedule, GradScaler for fp16; the backend (one process, DDP, or a DeepSpeed engine);
+2. :func:`_resume`: model, optimizer, scheduler, scaler, RNG per rank and data position from
+   ``train_args.checkpoint``;
+3. :func:`_loop`: :func:`_optimizer_step` (gradient accumulation, clipping, divergence checks) until
+   ``total_steps``, logging every ``log_every`` steps (:func:`_metrics`), atomic checkpoints every
+   ``save_every`` steps (:func:`_save_checkpoint`);
+4. :func:`_finish`: the last checkpoint and the model written with ``save_pretrained`` to ``output_dir/final``.
 
 On CPU an interrupted-and-resumed run ends with the same weights as an uninterrupted one: every random
 draw after step ``k`` depends only on state the checkpoint restores (RNGs, sampler position, optimizer).
@@ -25,10 +28,10 @@ import json
 import math
 import os
 import random
-import signal
+import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +40,19 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from hyprag.errors import user_error
+from hyprag.errors import describe_error, run_entry_point, user_error
 from hyprag.folder_lock import RUN_LOCK_NAME, exclusive_lock
+from hyprag.models.factory import build_mlm_model, build_model, save_mlm_model
 from hyprag.models.io import WeightsMismatchError, check_and_load_state_dict
 from hyprag.training import checkpoint as ckpt
-from hyprag.training.config import ConfigError, TrainConfig, check_local_paths, write_config
+from hyprag.training import grad_cache
+from hyprag.training.config import (
+    ConfigError,
+    TrainConfig,
+    check_local_paths,
+    parse_command_line,
+    write_config,
+)
 from hyprag.training.data_stream import DataStream
 from hyprag.training.distributed import barrier, init_distributed
 from hyprag.training.hierarchy import (
@@ -55,7 +66,6 @@ from hyprag.training.losses import InfoNCELoss, mlm_loss
 from hyprag.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
-    "KILL_AFTER_STEP_ENV",
     "TrainResult",
     "TrainStep",
     "TrainingDivergedError",
@@ -64,10 +74,6 @@ __all__ = [
     "main",
     "train",
 ]
-
-#: Test hook: a process that finishes optimizer step N (and its checkpoint, if one is due) kills itself
-#: with SIGKILL, exactly like a pre-empted job. Only read when set.
-KILL_AFTER_STEP_ENV = "HYPRAG_KILL_AFTER_STEP"
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -248,8 +254,6 @@ def _grad_cache_micro_step(
     The gradients equal the plain loss's (tested in tests/training/test_grad_cache.py); the loss is divided
     by the accumulation steps like the plain path. Returns the undivided loss for logging.
     """
-    from hyprag.training.grad_cache import grad_cache_backward
-
     accum = args.gradient_accumulation_steps
     positive_index = batch["positive_index"]
     stats: dict[str, Tensor] = {}
@@ -260,7 +264,7 @@ def _grad_cache_micro_step(
         with runner.no_sync() if world_size > 1 else contextlib.nullcontext():
             extra, stats = runner({"hierarchy_only": batch["hierarchy"]})
             scaler.scale(extra / accum).backward()
-    loss = grad_cache_backward(
+    loss = grad_cache.grad_cache_backward(
         lambda chunk: runner({"embed": chunk}),
         [batch["query"], batch["documents"]],
         lambda q, d: step_module.contrastive_loss(q, d, positive_index) / accum,
@@ -398,8 +402,6 @@ def _claim_output_folder(output_dir: Path, args: Any) -> None:
             f"with --train_args.checkpoint={output_dir}, choose another output_dir, or pass "
             "--train_args.overwrite=true to replace it"
         )
-    import shutil
-
     run_files = {ckpt.CONFIG_FILE, "metrics.jsonl", ckpt.LATEST_FILE, "final", "wandb", "resumes.jsonl"}
     for name in entries:
         if name in run_files or name.startswith(ckpt.CHECKPOINT_PREFIX) or name == ckpt.LATEST_FILE + ".tmp":
@@ -408,36 +410,71 @@ def _claim_output_folder(output_dir: Path, args: Any) -> None:
     print(f"overwrite: removed the previous run's files from {output_dir}", flush=True)
 
 
-def _maybe_kill_self(step: int) -> None:
-    target = os.environ.get(KILL_AFTER_STEP_ENV)
-    if target is not None and step == int(target):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def build_training_model(config: TrainConfig) -> nn.Module:
     """The model a run starts from: ``build_mlm_model`` for MLM, ``build_model`` for contrastive training.
 
     ``model_args.init_from`` is honoured by the factory: an MLM output's trunk weights are loaded explicitly
     and any missing, unexpected or mis-shaped weight raises (never a silent fresh start).
     """
-    from hyprag.models.factory import build_mlm_model, build_model
-
     if config.train_args.task == "mlm":
         return build_mlm_model(config.model_args)
     return build_model(config.model_args)
 
 
-# --- the loop ---------------------------------------------------------------------------------------
+# --- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one process trains with: built by :func:`_setup`, advanced by :func:`_optimizer_step`."""
+
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    model: nn.Module  # what is saved: an EmbeddingModel or an MLM model
+    step_module: TrainStep  # the model plus its objective
+    runner: nn.Module  # what forward and backward go through: step_module, DDP around it, or the engine
+    engine: Any  # the DeepSpeed engine, or None
+    data: DataStream
+    hierarchy: WordNetHierarchy | None
+    optimizer: Any
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    total_steps: int
+    step: int = 0
+    tokens_seen: int = 0
+
+    @property
+    def args(self) -> Any:
+        return self.config.train_args
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def config_yaml(self) -> str:
+        return yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def train(
-    config: TrainConfig, *, deepspeed_config: str | os.PathLike[str] | dict | None = None
+    config: TrainConfig,
+    *,
+    deepspeed_config: str | os.PathLike[str] | dict | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Run the training described by ``config``; returns where the final model is. See the module docstring.
 
     Rank 0 holds an exclusive lock on ``output_dir`` for the run's life (a second run there fails at once,
     naming the holder's pid), and a new run refuses a non-empty ``output_dir`` unless ``train_args.overwrite``
-    is set or it resumes (``train_args.checkpoint``).
+    is set or it resumes (``train_args.checkpoint``). ``after_step(step)`` is called after every optimizer
+    step and the checkpoint due at it (tests use it to interrupt a run like a pre-empted job).
     """
     if deepspeed_config is not None and config.train_args.grad_cache_chunk is not None:
         # The engine owns backward (engine.backward(loss)); GradCache's two-pass backward cannot run in it.
@@ -451,27 +488,112 @@ def train(
         if int(os.environ.get("RANK", "0")) == 0:
             stack.enter_context(exclusive_lock(output_dir / RUN_LOCK_NAME, f"output folder {output_dir}"))
             _claim_output_folder(output_dir, config.train_args)
-        return _train(config, deepspeed_config)
+        return _train(config, deepspeed_config, after_step)
 
 
-def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict | None) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    deepspeed_config: str | os.PathLike[str] | dict | None,
+    after_step: Callable[[int], None] | None,
+) -> TrainResult:
+    run = _setup(config, deepspeed_config)
+    if run.args.checkpoint is not None:
+        _resume(run)
+    if run.is_main:
+        write_config(config, run.output_dir / "config.yaml")
+    logger = MetricsLogger(
+        run.output_dir,
+        total_steps=run.total_steps,
+        start_step=run.step,
+        enabled=run.is_main,
+        wandb_project=run.args.wandb_project,
+        wandb_run_name=run.args.wandb_run_name,
+        config=config.model_dump(mode="json"),
+    )
+    last_loss = _loop(run, logger, after_step)
+    final_dir = _finish(run)
+    logger.close()
+    return TrainResult(
+        output_dir=run.output_dir, final_model_dir=final_dir, steps=run.step, last_loss=last_loss
+    )
+
+
+# --- 1-4. setup: processes, model and objective, data, optimizer, backend -----------------------------
+
+
+def _setup(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict | None) -> _Run:
     args = config.train_args
-    output_dir = Path(args.output_dir)
-
-    # 1. processes, device, seeds ---------------------------------------------------------------------
     if deepspeed_config is not None:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     world = init_distributed()
-    rank, world_size = world.rank, world.world_size
     device = _pick_device(args.device, world.local_rank)
-    is_main = rank == 0
     # Same seed on every rank for the weights (DDP also broadcasts them); then per-rank streams for
     # dropout and masking.
     _seed_everything(args.seed)
-
-    # 2. model ----------------------------------------------------------------------------------------
     model = build_training_model(config)
     model.to(device)
+    step_module, hierarchy = _build_objective(config, model, device)
+    _seed_everything(args.seed + world.rank)
+
+    data = DataStream(config, model, world.rank, world.world_size)
+    total_steps = _total_steps(config, data, world.world_size)
+
+    optimizer = build_optimizer(
+        model,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps,
+        extra_modules={"loss": step_module.loss} if step_module.loss is not None else None,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        warmup_steps=args.warmup_steps,
+        total_steps=total_steps,
+        schedule_type=args.schedule_type,
+        min_ratio=args.min_lr_ratio,
+    )
+    autocast_dtype = _AUTOCAST_DTYPES[args.dtype]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16" and deepspeed_config is None)
+
+    engine = None
+    if deepspeed_config is not None:
+        engine, optimizer, scheduler = _deepspeed_engine(
+            step_module, optimizer, scheduler, deepspeed_config, args, world.world_size
+        )
+        runner: nn.Module = engine
+        autocast_dtype = None  # the engine casts the model itself (bf16/fp16 sections)
+    elif world.world_size > 1:
+        runner = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    else:
+        runner = step_module
+    return _Run(
+        config=config,
+        rank=world.rank,
+        world_size=world.world_size,
+        device=device,
+        model=model,
+        step_module=step_module,
+        runner=runner,
+        engine=engine,
+        data=data,
+        hierarchy=hierarchy,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        autocast_dtype=autocast_dtype,
+        total_steps=total_steps,
+    )
+
+
+def _build_objective(
+    config: TrainConfig, model: nn.Module, device: torch.device
+) -> tuple[TrainStep, WordNetHierarchy | None]:
+    """The :class:`TrainStep` (model + InfoNCE for contrastive runs + the optional hierarchy term) and the
+    WordNet hierarchy its triplets are drawn from (None when ``hierarchy_args.enabled`` is off)."""
+    args = config.train_args
     loss_module = None
     if args.task == "contrastive":
         loss_module = InfoNCELoss(
@@ -492,11 +614,12 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
             variant=h.variant,
             cone_k=h.cone_k,
         )
-    step_module = TrainStep(model, args.task, loss_module, hierarchy_loss)
-    _seed_everything(args.seed + rank)
+    return TrainStep(model, args.task, loss_module, hierarchy_loss), hierarchy
 
-    # 3. data -----------------------------------------------------------------------------------------
-    data = DataStream(config, model, rank, world_size)
+
+def _total_steps(config: TrainConfig, data: DataStream, world_size: int) -> int:
+    """``max_steps``, else ``num_epochs`` times the optimizer steps in one epoch of this rank's share."""
+    args = config.train_args
     accum = args.gradient_accumulation_steps
     micro_per_epoch = data.batches_per_epoch()
     if args.max_steps is None and micro_per_epoch is None:
@@ -508,281 +631,321 @@ def _train(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
             f"of train_args.batch_size={args.batch_size} per rank (world size {world_size}), fewer than one "
             f"optimizer step (gradient_accumulation_steps={accum}); use more rows or a smaller batch_size"
         )
-    total_steps = args.max_steps or args.num_epochs * (micro_per_epoch // accum)
+    return args.max_steps or args.num_epochs * (micro_per_epoch // accum)
 
-    # 4. optimizer, schedule, precision ---------------------------------------------------------------
-    optimizer = build_optimizer(
-        model,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_eps,
-        extra_modules={"loss": loss_module} if loss_module is not None else None,
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        warmup_steps=args.warmup_steps,
-        total_steps=total_steps,
-        schedule_type=args.schedule_type,
-        min_ratio=args.min_lr_ratio,
-    )
-    autocast_dtype = _AUTOCAST_DTYPES[args.dtype]
-    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16" and deepspeed_config is None)
 
-    engine = None
-    if deepspeed_config is not None:
-        import deepspeed
+def _deepspeed_engine(
+    step_module: TrainStep,
+    optimizer: Any,
+    scheduler: Any,
+    deepspeed_config: str | os.PathLike[str] | dict,
+    args: Any,
+    world_size: int,
+) -> tuple[Any, Any, Any]:
+    """``deepspeed.initialize`` with our optimizer and schedule: ``(engine, optimizer, scheduler)``."""
+    import deepspeed
 
-        ds = deepspeed_config
-        if not isinstance(ds, dict):
-            ds = json.loads(Path(ds).read_text(encoding="utf-8"))
-        ds = fill_deepspeed_config(ds, args, world_size)
-        with _deepspeed_zero_dim_broadcast():
-            engine, optimizer, _, scheduler = deepspeed.initialize(
-                model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
-            )
-        runner: nn.Module = engine
-        autocast_dtype = None  # the engine casts the model itself (bf16/fp16 sections)
-    elif world_size > 1:
-        runner = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
+    ds = deepspeed_config
+    if not isinstance(ds, dict):
+        ds = json.loads(Path(ds).read_text(encoding="utf-8"))
+    ds = fill_deepspeed_config(ds, args, world_size)
+    with _deepspeed_zero_dim_broadcast():
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
         )
+    return engine, optimizer, scheduler
+
+
+# --- 5. resume --------------------------------------------------------------------------------------
+
+
+def _resume(run: _Run) -> None:
+    """Restore model, optimizer, scheduler, scaler, RNGs and data position from ``train_args.checkpoint``.
+
+    Settings that change what is computed must match the checkpoint's; the learning-rate schedule may change
+    (:data:`_RESUME_APPLIED`) and is applied from the checkpoint's step on, recorded in ``resumes.jsonl``.
+    """
+    loaded = ckpt.load_checkpoint(run.args.checkpoint, rank=run.rank)
+    differences = config_differences(loaded.config_yaml, run.config)
+    refused = {k: v for k, v in differences.items() if k not in _RESUME_APPLIED}
+    peak_lrs = list(run.scheduler.base_lrs)
+    if run.engine is not None:
+        run.engine.load_checkpoint(str(loaded.path), tag=ckpt.DEEPSPEED_TAG)
     else:
-        runner = step_module
+        _load_training_state(run, loaded, refused)
+    if refused:
+        raise ConfigError(
+            f"train_args.checkpoint={loaded.path} was written with other settings, and a resumed run cannot "
+            f"change them (the checkpoint's are in {loaded.path / ckpt.CONFIG_FILE}):\n  "
+            + _describe_differences(refused)
+        )
+    if differences:
+        _apply_schedule(run.scheduler, run.optimizer, peak_lrs)
+        if run.is_main:
+            _record_resume(run.output_dir, loaded, differences)
+    trainer_state = loaded.trainer_state
+    run.step, run.tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
+    if loaded.rank_state is not None:
+        run.data.load_state_dict(loaded.rank_state["data"])
+        ckpt.restore_rng_state(loaded.rank_state["rng"])
+    else:  # another world size: the data position is rank 0's, the random streams start afresh
+        run.data.load_state_dict(trainer_state["data"])
+    if run.is_main:
+        print(f"resumed from {loaded.path} at step {run.step}", flush=True)
 
-    # 5. resume ---------------------------------------------------------------------------------------
-    step, tokens_seen = 0, 0
-    if args.checkpoint is not None:
-        loaded = ckpt.load_checkpoint(args.checkpoint, rank=rank)
-        differences = config_differences(loaded.config_yaml, config)
-        refused = {k: v for k, v in differences.items() if k not in _RESUME_APPLIED}
-        peak_lrs = list(scheduler.base_lrs)
-        if engine is not None:
-            engine.load_checkpoint(str(loaded.path), tag=ckpt.DEEPSPEED_TAG)
-        else:
-            state = loaded.training_state
-            try:
-                check_and_load_state_dict(
-                    step_module, state["model"], f"{loaded.path / ckpt.TRAINING_STATE_FILE}"
-                )
-            except WeightsMismatchError as error:
-                model_diffs = {k: v for k, v in refused.items() if k[0] == "model_args"}
-                settings = f" ({_describe_differences(model_diffs)})" if model_diffs else ""
-                raise ckpt.CheckpointError(
-                    f"train_args.checkpoint={loaded.path} holds another model than this run builds{settings}:\n{error}"
-                ) from None
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        if refused:
-            raise ConfigError(
-                f"train_args.checkpoint={loaded.path} was written with other settings, and a resumed run cannot "
-                f"change them (the checkpoint's are in {loaded.path / ckpt.CONFIG_FILE}):\n  "
-                + _describe_differences(refused)
+
+def _load_training_state(run: _Run, loaded: Any, refused: dict[tuple[str, str], tuple[Any, Any]]) -> None:
+    state = loaded.training_state
+    try:
+        check_and_load_state_dict(
+            run.step_module, state["model"], f"{loaded.path / ckpt.TRAINING_STATE_FILE}"
+        )
+    except WeightsMismatchError as error:
+        model_diffs = {k: v for k, v in refused.items() if k[0] == "model_args"}
+        settings = f" ({_describe_differences(model_diffs)})" if model_diffs else ""
+        raise ckpt.CheckpointError(
+            f"train_args.checkpoint={loaded.path} holds another model than this run builds{settings}:\n{error}"
+        ) from None
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+
+
+def _record_resume(
+    output_dir: Path, loaded: Any, differences: dict[tuple[str, str], tuple[Any, Any]]
+) -> None:
+    print(
+        f"resume: applying the new schedule from step {loaded.trainer_state['step']} on:\n  "
+        f"{_describe_differences(differences)}",
+        flush=True,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    changed = {f"{s}.{k}": [old, new] for (s, k), (old, new) in differences.items()}
+    record = {"step": loaded.trainer_state["step"], "checkpoint": str(loaded.path), "changed": changed}
+    with open(output_dir / "resumes.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+# --- 6. the loop: optimizer steps, logging, checkpoints ------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """Running sums between two log lines."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _StepOutcome:
+    loss: float
+    tokens: int
+    lr: float
+    grad_norm: Tensor | None
+    stats: dict[str, Tensor]
+
+
+def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | None) -> float:
+    """Optimizer steps until ``total_steps``; returns the last step's loss."""
+    args = run.args
+    batches = iter(run.data)
+    run.runner.train()
+    last_loss = float("nan")
+    window = _Window()
+    while run.step < run.total_steps:
+        outcome = _optimizer_step(run, batches)
+        run.step += 1
+        run.tokens_seen += outcome.tokens
+        last_loss = outcome.loss
+        window.loss += outcome.loss
+        window.steps += 1
+        window.tokens += outcome.tokens
+        logger.advance()
+        if run.step % args.log_every == 0 or run.step == run.total_steps:
+            logger.log(run.step, _metrics(run, window, outcome))
+            window = _Window()
+        if run.step % args.save_every == 0 and run.step < run.total_steps:
+            _save_checkpoint(run)
+        if after_step is not None:
+            after_step(run.step)
+    return last_loss
+
+
+def _optimizer_step(run: _Run, batches: Iterator[dict[str, Any]]) -> _StepOutcome:
+    """``gradient_accumulation_steps`` micro-batches, then one update; stops the run on divergence."""
+    args, accum = run.args, run.args.gradient_accumulation_steps
+    lr = run.scheduler.get_last_lr()[0]  # the rate this step uses (first group: the model's own)
+    step_loss = torch.zeros((), device=run.device)
+    step_tokens = 0
+    stats: dict[str, Tensor] = {}
+    for micro in range(accum):
+        batch = _next_batch(run, batches, micro)
+        loss, stats = _micro_step(run, batch, last_micro=micro == accum - 1)
+        step_loss += loss.detach().float() / accum
+        step_tokens += _count_tokens(batch) * run.world_size  # ranks see equal shares; no collective needed
+
+    # Divergence is caught before the update is kept: a non-finite loss or gradient norm stops the run
+    # (under fp16 the GradScaler skips such steps itself), and so do non-finite parameters after it.
+    loss_value = float(step_loss)
+    if not math.isfinite(loss_value) and args.dtype != "fp16":
+        raise _diverged(run.step + 1, "the loss", loss_value, args, run.output_dir)
+    grad_norm = None
+    if run.engine is None:
+        grad_norm = _update(run)
+    # Only trained parameters can turn non-finite in a step (a frozen base is checked at no cost).
+    if not _all_finite(p for p in run.step_module.parameters() if p.requires_grad):
+        raise _diverged(
+            run.step + 1, "a parameter after the optimizer step", float("nan"), args, run.output_dir
+        )
+    return _StepOutcome(loss=loss_value, tokens=step_tokens, lr=lr, grad_norm=grad_norm, stats=stats)
+
+
+def _next_batch(run: _Run, batches: Iterator[dict[str, Any]], micro: int) -> dict[str, Any]:
+    """The next micro-batch on the device, with this step's hierarchy triplets when the objective has them."""
+    batch = next(batches)
+    if run.hierarchy is not None:
+        h = run.config.hierarchy_args
+        texts = hierarchy_triplets(
+            run.hierarchy,
+            h.edges_per_step,
+            seed=run.args.seed,
+            rank=run.rank,
+            step=run.step,
+            micro=micro,
+            direct_fraction=h.direct_fraction,
+            sibling_fraction=h.sibling_fraction,
+        )
+        batch["hierarchy"] = run.model.tokenize(texts, prompt_type="document")
+    return _to_device(batch, run.device)
+
+
+def _micro_step(run: _Run, batch: dict[str, Any], *, last_micro: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """Forward and backward of one micro-batch (the engine also steps); returns the undivided loss."""
+    if run.engine is not None:
+        loss, stats = run.engine(batch)
+        run.engine.backward(loss)
+        run.engine.step()
+        return loss, stats
+    args = run.args
+    # DDP all-reduces gradients once per optimizer step, on the last micro-batch.
+    sync = contextlib.nullcontext() if (last_micro or run.world_size == 1) else run.runner.no_sync()
+    dtype = run.autocast_dtype
+    autocast = torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
+    with sync, autocast:
+        if args.grad_cache_chunk is not None and args.task == "contrastive":
+            return _grad_cache_micro_step(
+                run.runner, run.step_module, batch, args, run.scaler, run.world_size
             )
-        if differences:
-            _apply_schedule(scheduler, optimizer, peak_lrs)
-            if is_main:
-                print(
-                    "resume: applying the new schedule from step "
-                    f"{loaded.trainer_state['step']} on:\n  {_describe_differences(differences)}",
-                    flush=True,
-                )
-                output_dir.mkdir(parents=True, exist_ok=True)
-                with open(output_dir / "resumes.jsonl", "a", encoding="utf-8") as handle:
-                    changed = {f"{s}.{k}": [old, new] for (s, k), (old, new) in differences.items()}
-                    record = {
-                        "step": loaded.trainer_state["step"],
-                        "checkpoint": str(loaded.path),
-                        "changed": changed,
-                    }
-                    handle.write(json.dumps(record) + "\n")
-        trainer_state = loaded.trainer_state
-        step, tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
-        if loaded.rank_state is not None:
-            data.load_state_dict(loaded.rank_state["data"])
-            ckpt.restore_rng_state(loaded.rank_state["rng"])
-        else:  # another world size: the data position is rank 0's, the random streams start afresh
-            data.load_state_dict(trainer_state["data"])
-        if is_main:
-            print(f"resumed from {loaded.path} at step {step}", flush=True)
+        loss, stats = run.runner(batch)
+        run.scaler.scale(loss / args.gradient_accumulation_steps).backward()
+    return loss, stats
 
-    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    if is_main:
-        write_config(config, output_dir / "config.yaml")
-    logger = MetricsLogger(
-        output_dir,
-        total_steps=total_steps,
-        start_step=step,
-        enabled=is_main,
-        wandb_project=args.wandb_project,
-        wandb_run_name=args.wandb_run_name,
-        config=config.model_dump(mode="json"),
+
+def _update(run: _Run) -> Tensor:
+    """Clip, step the optimizer (through the GradScaler), advance the schedule; returns the gradient norm."""
+    args = run.args
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        run.step_module.parameters(), args.max_grad_norm if args.max_grad_norm is not None else math.inf
+    )
+    if not run.scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+        raise _diverged(run.step + 1, "the gradient norm", float(grad_norm), args, run.output_dir)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return grad_norm
+
+
+def _metrics(run: _Run, window: _Window, outcome: _StepOutcome) -> dict[str, Any]:
+    """One log record: the window's mean loss and tokens/s, the step's rate, geometry and precision state."""
+    elapsed = time.perf_counter() - window.start
+    metrics: dict[str, Any] = {
+        "loss": window.loss / window.steps,
+        "lr": outcome.lr,
+        "tokens_per_s": window.tokens / max(elapsed, 1e-9),
+        "epoch": run.data.epoch,
+    }
+    c = run.step_module.curvature()
+    if c is not None:
+        metrics["curvature"] = float(c.detach())
+    if run.step_module.loss is not None:
+        metrics["logit_scale"] = float(run.step_module.loss.logit_scale().detach())
+    if outcome.grad_norm is not None:
+        metrics["grad_norm"] = float(outcome.grad_norm)
+    if run.scaler.is_enabled():
+        metrics["grad_scale"] = float(run.scaler.get_scale())
+    metrics.update({k: float(v) for k, v in outcome.stats.items()})
+    trunk = getattr(run.model, "model", None)
+    radius = getattr(trunk, "last_radius_stats", None)
+    if radius:
+        # Per-layer radius drift of the HyTE-FH trunk (DESIGN.md section 3); x0_mean/x0_max stay the
+        # pooled embeddings' where a contrastive step produced them, else the trunk's output tokens.
+        metrics.update({f"radius/{name}": value for name, value in radius.items()})
+        metrics.setdefault("x0_mean", radius.get("final_norm/x0_mean", float("nan")))
+        metrics.setdefault("x0_max", radius.get("final_norm/x0_max", float("nan")))
+    return metrics
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """An atomic checkpoint of step ``run.step`` (never of non-finite weights)."""
+    args, step = run.args, run.step
+    if not _all_finite(p for p in run.step_module.parameters() if p.requires_grad):
+        raise _diverged(step, "a parameter (before saving)", float("nan"), args, run.output_dir)
+    data_state = run.data.state_dict()
+    trainer_state = {
+        "step": step,
+        "epoch": data_state["epoch"],
+        "data": {k: v for k, v in data_state.items() if k != "collator"},  # JSON-safe part
+        "tokens_seen": run.tokens_seen,
+        "world_size": run.world_size,
+        "total_steps": run.total_steps,
+    }
+    training_state = None
+    if run.engine is None:
+        training_state = {
+            "model": run.step_module.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+        }
+    ckpt.save_checkpoint(
+        run.output_dir,
+        step,
+        trainer_state=trainer_state,
+        training_state=training_state,
+        config_yaml=run.config_yaml,
+        rank_state={"data": data_state},
+        rank=run.rank,
+        keep_last=args.keep_last,
+        barrier=barrier,
+        deepspeed_engine=run.engine,
     )
 
-    def save(at_step: int) -> None:
-        if not _all_finite(p for p in step_module.parameters() if p.requires_grad):  # never save NaN weights
-            raise _diverged(at_step, "a parameter (before saving)", float("nan"), args, output_dir)
-        data_state = data.state_dict()
-        trainer_state = {
-            "step": at_step,
-            "epoch": data_state["epoch"],
-            "data": {k: v for k, v in data_state.items() if k != "collator"},  # JSON-safe part
-            "tokens_seen": tokens_seen,
-            "world_size": world_size,
-            "total_steps": total_steps,
-        }
-        training_state = None
-        if engine is None:
-            training_state = {
-                "model": step_module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-            }
-        ckpt.save_checkpoint(
-            output_dir,
-            at_step,
-            trainer_state=trainer_state,
-            training_state=training_state,
-            config_yaml=config_yaml,
-            rank_state={"data": data_state},
-            rank=rank,
-            keep_last=args.keep_last,
-            barrier=barrier,
-            deepspeed_engine=engine,
-        )
 
-    # 6. the loop -------------------------------------------------------------------------------------
-    batches = iter(data)
-    runner.train()
-    last_loss = float("nan")
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    window_steps = 0
-    while step < total_steps:
-        step_lr = scheduler.get_last_lr()[0]  # the rate this step uses (first group: the model's own)
-        step_loss = torch.zeros((), device=device)
-        step_tokens = 0
-        stats: dict[str, Tensor] = {}
-        for micro in range(accum):
-            batch = next(batches)
-            if hierarchy is not None:
-                h = config.hierarchy_args
-                texts = hierarchy_triplets(
-                    hierarchy,
-                    h.edges_per_step,
-                    seed=args.seed,
-                    rank=rank,
-                    step=step,
-                    micro=micro,
-                    direct_fraction=h.direct_fraction,
-                    sibling_fraction=h.sibling_fraction,
-                )
-                batch["hierarchy"] = model.tokenize(texts, prompt_type="document")
-            batch = _to_device(batch, device)
-            tokens = _count_tokens(batch)
-            if engine is not None:
-                loss, stats = engine(batch)
-                engine.backward(loss)
-                engine.step()
-            else:
-                # DDP all-reduces gradients once per optimizer step, on the last micro-batch.
-                last_micro = micro == accum - 1
-                sync = contextlib.nullcontext() if (last_micro or world_size == 1) else runner.no_sync()
-                autocast = torch.autocast(
-                    device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                )
-                with sync, autocast:
-                    if args.grad_cache_chunk is not None and args.task == "contrastive":
-                        loss, stats = _grad_cache_micro_step(
-                            runner, step_module, batch, args, scaler, world_size
-                        )
-                    else:
-                        loss, stats = runner(batch)
-                        scaler.scale(loss / accum).backward()
-            step_loss += loss.detach().float() / accum
-            step_tokens += tokens * world_size  # ranks see equal shares; no collective needed
+# --- 7. the result ----------------------------------------------------------------------------------
 
-        # Divergence is caught before the update is kept: a non-finite loss or gradient norm stops the run
-        # (under fp16 the GradScaler skips such steps itself), and so do non-finite parameters after it.
-        loss_value = float(step_loss)
-        if not math.isfinite(loss_value) and args.dtype != "fp16":
-            raise _diverged(step + 1, "the loss", loss_value, args, output_dir)
-        grad_norm = None
-        if engine is None:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                step_module.parameters(), args.max_grad_norm if args.max_grad_norm is not None else math.inf
-            )
-            if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
-                raise _diverged(step + 1, "the gradient norm", float(grad_norm), args, output_dir)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-        # Only trained parameters can turn non-finite in a step (a frozen base is checked at no cost).
-        if not _all_finite(p for p in step_module.parameters() if p.requires_grad):
-            raise _diverged(step + 1, "a parameter after the optimizer step", float("nan"), args, output_dir)
-        step += 1
-        tokens_seen += step_tokens
-        window_tokens += step_tokens
-        last_loss = loss_value
-        window_loss += last_loss
-        window_steps += 1
-        logger.advance()
 
-        if step % args.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            metrics: dict[str, Any] = {
-                "loss": window_loss / window_steps,
-                "lr": step_lr,
-                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                "epoch": data.epoch,
-            }
-            c = step_module.curvature()
-            if c is not None:
-                metrics["curvature"] = float(c.detach())
-            if loss_module is not None:
-                metrics["logit_scale"] = float(loss_module.logit_scale().detach())
-            if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm)
-            if scaler.is_enabled():
-                metrics["grad_scale"] = float(scaler.get_scale())
-            metrics.update({k: float(v) for k, v in stats.items()})
-            trunk = getattr(model, "model", None)
-            radius = getattr(trunk, "last_radius_stats", None)
-            if radius:
-                # Per-layer radius drift of the HyTE-FH trunk (DESIGN.md section 3); x0_mean/x0_max stay the
-                # pooled embeddings' where a contrastive step produced them, else the trunk's output tokens.
-                metrics.update({f"radius/{name}": value for name, value in radius.items()})
-                metrics.setdefault("x0_mean", radius.get("final_norm/x0_mean", float("nan")))
-                metrics.setdefault("x0_max", radius.get("final_norm/x0_max", float("nan")))
-            logger.log(step, metrics)
-            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-
-        if step % args.save_every == 0 and step < total_steps:
-            save(step)
-        _maybe_kill_self(step)
-
-    # 7. the result -----------------------------------------------------------------------------------
-    save(step)
-    final_dir = output_dir / "final"
-    if hasattr(model, "settings"):  # what the model card reports about this run
-        model.card_data = {"training_data": config.data_args.data_path, "training_steps": step}
+def _finish(run: _Run) -> Path:
+    """The last checkpoint, then the model with ``save_pretrained`` in ``output_dir/final``; returns that."""
+    _save_checkpoint(run)
+    final_dir = run.output_dir / "final"
+    if hasattr(run.model, "settings"):  # what the model card reports about this run
+        run.model.card_data = {"training_data": run.config.data_args.data_path, "training_steps": run.step}
     try:
-        _save_final(model, engine, final_dir, is_main)
+        _save_final(run.model, run.engine, final_dir, run.is_main)
     except (OSError, RuntimeError) as error:
-        from hyprag.errors import describe_error
-
         raise ckpt.CheckpointError(
             f"could not write the final model to {final_dir}: {describe_error(error)}; the checkpoint of step "
-            f"{step} is intact: free space and resume with --train_args.checkpoint={output_dir}"
+            f"{run.step} is intact: free space and resume with --train_args.checkpoint={run.output_dir}"
         ) from error
-    if is_main:
-        write_config(config, final_dir / "training_config.yaml")
+    if run.is_main:
+        write_config(run.config, final_dir / "training_config.yaml")
     barrier()
-    logger.close()
-    return TrainResult(output_dir=output_dir, final_model_dir=final_dir, steps=step, last_loss=last_loss)
+    return final_dir
 
 
 def _save_final(model: nn.Module, engine: Any, final_dir: Path, is_main: bool) -> None:
@@ -796,8 +959,6 @@ def _save_final(model: nn.Module, engine: Any, final_dir: Path, is_main: bool) -
         if is_main and hasattr(model, "settings"):  # an EmbeddingModel
             model.save_pretrained(final_dir)
         elif is_main:
-            from hyprag.models.factory import save_mlm_model
-
             save_mlm_model(model, final_dir)
 
 
@@ -808,14 +969,10 @@ def main(argv: list[str]) -> int:
     """``train.py`` / ``hyprag train``: parse and validate everything first, then train. Returns an exit code;
     user errors (config, data, checkpoint, divergence, a folder in use, a full disk) print one ``error:`` line
     and return 2 (``--debug`` or ``HYPRAG_DEBUG=1``: with the traceback)."""
-    from hyprag.errors import run_entry_point
-
     return run_entry_point(_main, argv)
 
 
 def _main(argv: list[str]) -> int:
-    from hyprag.training.config import parse_command_line
-
     parsed = parse_command_line(argv)
     result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
     if int(os.environ.get("RANK", "0")) == 0:
