@@ -44,6 +44,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from hyprag._version import __version__
+from hyprag.data import bundled
+from hyprag.data.bundled import (
+    DATA_DIR_ENV,
+    faq_dev_path,
+    mlm_text_path,
+    wordnet_hier_path,
+    wordnet_levels_path,
+)
+from hyprag.eval.hierarchy import read_level_rows
+from hyprag.models import build_model, load_model, packaged_minilm_path
+from hyprag.models.hf_base import cached_base_states
 from hyprag.quickstart_data import (
     PAIR_FILES,
     prepare_eval_subset,
@@ -68,6 +82,8 @@ from hyprag.quickstart_report import (
     summarize,
     write_plots,
 )
+from hyprag.training.config import load_config
+from hyprag.training.trainer import train
 
 __all__ = [
     "RESULTS_SCHEMA_VERSION",
@@ -290,9 +306,6 @@ def stage_overrides(
     text) with the same seed; every row gets the same number of steps. The plan's per-stage overrides
     (``--fast``) come last.
     """
-    from hyprag.data.bundled import mlm_text_path
-    from hyprag.models import packaged_minilm_path
-
     steps_for = {"hyte_fh_mlm": plan.fh_mlm_steps, "hyte_fh": plan.fh_contrastive_steps}
     o: dict[str, Any] = {
         "train_args.output_dir": str(output_dir),
@@ -311,9 +324,6 @@ def train_stage(
     name: str, config_dir: Path, overrides: Mapping[str, Any], timer: StageTimer, *, quiet: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """Load ``configs/quickstart/<name>.yaml`` with ``overrides``, train, return (final model dir, summary)."""
-    from hyprag.training.config import load_config
-    from hyprag.training.trainer import train
-
     config = load_config(config_dir / CONFIG_FILES[name], dict(overrides), dotenv_dir=None)
     args = config.train_args
     if not quiet:
@@ -357,11 +367,6 @@ def measure_step0(config_dir: Path, plan: QuickstartPlan, sets: EvalSets) -> dic
     """nDCG@10 on the report halves of HyTE-H with each head *before any training* (identity direction
     init, every radius r0): the pooled head ranks exactly as the base does; the others show how far from
     the base the paper's token-level lifting starts."""
-    import torch
-
-    from hyprag.models import build_model, packaged_minilm_path
-    from hyprag.training.config import load_config
-
     out: dict[str, dict[str, float]] = {}
     for head, overrides in STEP0_HEADS.items():
         o = {"model_args.model_name": str(packaged_minilm_path()), **overrides}
@@ -376,7 +381,192 @@ def measure_step0(config_dir: Path, plan: QuickstartPlan, sets: EvalSets) -> dic
     return out
 
 
-# --- the whole run ------------------------------------------------------------------------------------
+# --- the whole run: named stages run in order by a small loop ---------------------------------------
+
+
+@dataclass
+class QuickstartRun:
+    """What the stages share: the plan and folders, and what each stage adds for the ones after it."""
+
+    out_dir: Path
+    config_dir: Path
+    plan: QuickstartPlan
+    rows: list[Row]
+    timer: StageTimer
+    pairs_path: Path | None = None
+    pair_counts: dict[str, int] = field(default_factory=dict)
+    beir: dict[str, Path] = field(default_factory=dict)
+    probe_path: Path | None = None
+    sets: EvalSets | None = None
+    zero_shot: Any = None
+    step0: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: key -> {"label", "role", "seeds": {seed: evaluation}, "training": {...}, "config"}
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    saved: dict[str, Any] = field(default_factory=dict)  # report label -> model, for the hierarchy probe
+    train_logs: dict[str, Path] = field(default_factory=dict)
+    base_cache: Any = None  # the BaseStateCache every frozen-base forward reads from
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_data(run: QuickstartRun) -> None:
+    """The training mixture (pairs) and the evaluation sets (subsets of them with ``--fast``)."""
+    plan, out_dir = run.plan, run.out_dir
+    run.pairs_path = out_dir / "data" / "train_pairs.jsonl"
+    run.pair_counts = prepare_training_pairs(
+        run.pairs_path,
+        seed=plan.seed,
+        python_docs_pairs=plan.python_docs_pairs,
+        wordnet_pairs=plan.wordnet_pairs,
+    )
+    run.beir = {"faq-dev": faq_dev_path(), "wordnet-hier": wordnet_hier_path()}
+    run.probe_path = wordnet_levels_path()
+    if plan.eval_queries is not None:
+        run.beir = {
+            name: prepare_eval_subset(
+                folder,
+                out_dir / "data" / f"{name}-subset",
+                n_queries=plan.eval_queries,
+                n_docs=plan.eval_docs,
+                seed=plan.seed,
+            )
+            for name, folder in run.beir.items()
+        }
+    if plan.probe_per_level is not None:
+        run.probe_path = prepare_probe_subset(
+            run.probe_path, out_dir / "data" / "wordnet-levels-subset.jsonl", per_level=plan.probe_per_level
+        )
+    run.sets = EvalSets(beir=run.beir, probe_rows=read_level_rows(run.probe_path))
+    run.timer.say(f"    training pairs: {run.pair_counts}; eval: {run.beir}; probe: {run.probe_path}")
+    run.timer.say(f"    every model is evaluated with {plan.eval_max_length}-token inputs")
+
+
+def evaluate_zero_shot(run: QuickstartRun) -> None:
+    """The base model as it ships: the baseline every trained row must beat."""
+    run.zero_shot = set_max_length(load_model(packaged_minilm_path()), run.plan.eval_max_length)
+    run.measured["minilm_zero_shot"] = {
+        "label": "all-MiniLM-L6-v2 (zero-shot)",
+        "role": "baseline",
+        "seeds": {"-": evaluate_model(run.zero_shot, run.sets)},
+        "training": {},
+    }
+    run.timer.say("    " + _summary_line(run.measured["minilm_zero_shot"]))
+
+
+def measure_untrained_heads(run: QuickstartRun) -> None:
+    """How close each HyTE-H head starts to the base (:func:`measure_step0`)."""
+    run.step0 = measure_step0(run.config_dir, run.plan, run.sets)
+    for head, metrics in run.step0.items():
+        run.timer.say(
+            f"    {head}: " + ", ".join(f"{name} ndcg@10 {100 * v:.2f}" for name, v in metrics.items())
+        )
+
+
+def train_rows(run: QuickstartRun) -> None:
+    """Every row over its seeds: train, evaluate, keep the first seed's model of the main rows."""
+    plan = run.plan
+    for row in run.rows:
+        slow = "model_args.trainable_base_layers" in row.overrides
+        row_seeds = plan.seeds[: plan.slow_row_seeds] if slow else plan.seeds
+        entry = {"label": row.label, "role": row.role, "base": row.base, "seeds": {}, "training": {}}
+        run.measured[row.key] = entry
+        t0 = time.perf_counter()
+        for s in row_seeds:
+            run_dir = run.out_dir / "train" / row.key / f"seed-{s}"
+            o = stage_overrides(row.config, plan, run_dir, run.pairs_path, seed=s)
+            o.update(row.overrides)
+            final_dir, summary = train_stage(row.config, run.config_dir, o, run.timer, quiet=True)
+            model = set_max_length(load_model(final_dir), plan.eval_max_length)
+            entry["seeds"][str(s)] = evaluate_model(model, run.sets)
+            entry["training"][str(s)] = {k: v for k, v in summary.items() if k != "config"}
+            if s == plan.seed:
+                entry["config"] = summary["config"]
+                if row.key in MAIN_KEYS:
+                    _keep_model(model, final_dir, run.out_dir / "models" / row.key)
+                    run.saved[row.label] = model
+                    run.train_logs[row.label] = run_dir
+            shutil.rmtree(final_dir)
+        run.timer.say(
+            f"    {row.label}: {len(row_seeds)} seeds, {time.perf_counter() - t0:.0f} s; "
+            + _summary_line(entry)
+        )
+
+
+def train_hyte_fh(run: QuickstartRun) -> None:
+    """The fully hyperbolic pipeline at toy size: masked-LM pretraining, then contrastive, one seed."""
+    plan, train_root = run.plan, run.out_dir / "train"
+    mlm_dir, fh_mlm = train_stage(
+        "hyte_fh_mlm",
+        run.config_dir,
+        stage_overrides("hyte_fh_mlm", plan, train_root / "hyte_fh_mlm", run.pairs_path),
+        run.timer,
+    )
+    run.train_logs["HyTE-FH MLM"] = train_root / "hyte_fh_mlm"
+    o = stage_overrides("hyte_fh", plan, train_root / "hyte_fh", run.pairs_path)
+    o["model_args.init_from"] = str(mlm_dir)
+    final_dir, fh = train_stage("hyte_fh", run.config_dir, o, run.timer)
+    model = set_max_length(load_model(final_dir), plan.eval_max_length)
+    _keep_model(model, final_dir, run.out_dir / "models" / "hyte_fh")
+    shutil.rmtree(final_dir)
+    run.measured["hyte_fh"] = {
+        "label": "HyTE-FH (tiny, one seed)",
+        "role": "pipeline",
+        "seeds": {str(plan.seed): evaluate_model(model, run.sets)},
+        "training": {
+            "mlm": {k: v for k, v in fh_mlm.items() if k != "config"},
+            str(plan.seed): {k: v for k, v in fh.items() if k != "config"},
+        },
+        "config": fh["config"],
+    }
+    run.saved["HyTE-FH (tiny)"] = model
+    run.train_logs["HyTE-FH contrastive"] = train_root / "hyte_fh"
+    run.timer.say("    " + _summary_line(run.measured["hyte_fh"]))
+
+
+def build_report(run: QuickstartRun) -> None:
+    """The hierarchy probe of the kept models, summaries over seeds, paired comparisons and plots."""
+    cache = run.base_cache
+    cache_stats = {"texts_cached": len(cache), "hits": cache.hits, "misses": cache.misses} if cache else {}
+    run.timer.say(f"    base-state cache: {cache_stats}")
+    probe_hierarchy(
+        {"all-MiniLM-L6-v2 (zero-shot)": run.zero_shot, **run.saved}, run.sets.probe_rows, run.out_dir
+    )
+    run.results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "hyprag_version": __version__,
+        "plan": asdict(run.plan),
+        "rows": [asdict(r) for r in run.rows],
+        "data": {
+            "training_pairs": run.pair_counts,
+            "training_pairs_file": str(run.pairs_path),
+            "eval": {k: str(v) for k, v in run.beir.items()},
+            "probe": str(run.probe_path),
+        },
+        "summary": summarize(run.measured),
+        "comparisons": compare(run.measured),
+        "models": _without_per_query(run.measured),
+        "base_state_cache": cache_stats,
+        "step0": run.step0,
+    }
+    run.results["plots"] = [*write_plots(run.results, run.out_dir, run.train_logs), *PROBE_PLOTS]
+    _prune_checkpoints(run.out_dir / "train")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the quickstart: ``title(run)`` is its progress header, ``work(run)`` does it."""
+
+    title: Callable[[QuickstartRun], str]
+    work: Callable[[QuickstartRun], None]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(lambda run: "prepare data", prepare_data),
+    Stage(lambda run: "zero-shot all-MiniLM-L6-v2", evaluate_zero_shot),
+    Stage(lambda run: "untrained HyTE-H heads (step 0)", measure_untrained_heads),
+    Stage(lambda run: f"train + evaluate {len(run.rows)} rows x {len(run.plan.seeds)} seeds", train_rows),
+    Stage(lambda run: "HyTE-FH (tiny): masked-LM pretraining + contrastive, one seed", train_hyte_fh),
+    Stage(lambda run: "report", build_report),
+)
 
 
 def run_quickstart(
@@ -394,17 +584,8 @@ def run_quickstart(
 
     Returns the results dictionary (what ``results.json`` holds). ``rows`` restricts the trained rows (keys
     of :data:`ROWS`; the main rows are always run). ``config_dir`` defaults to ``configs/quickstart``;
-    ``stream`` receives the progress lines (stdout by default).
+    ``stream`` receives the progress lines (stdout by default). The work is :data:`STAGES`, in order.
     """
-    import torch
-
-    import hyprag
-    from hyprag.data.bundled import faq_dev_path, wordnet_hier_path, wordnet_levels_path
-    from hyprag.eval.hierarchy import read_level_rows
-    from hyprag.models import packaged_minilm_path
-    from hyprag.models.hf_base import cached_base_states
-
-    out_dir = Path(out)
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
     quickstart_resources(config_dir)  # everything missing, named, before any work
     plan = make_plan(seed=seed, steps=steps, fast=fast, seeds=seeds)
@@ -413,160 +594,41 @@ def run_quickstart(
         if unknown:
             raise ValueError(f"unknown quickstart rows {unknown}; choose from {[r.key for r in ROWS]}")
         plan.rows = [r.key for r in ROWS if r.key in set(rows) or r.key in MAIN_KEYS]
-    chosen_rows = [r for r in ROWS if r.key in plan.rows]
-    timer = StageTimer(total=6, stream=stream)
-    timer.say(
-        f"hyprag quickstart -> {out_dir} (seeds {plan.seeds}, {plan.steps} contrastive steps per row"
+    run = QuickstartRun(
+        out_dir=Path(out),
+        config_dir=config_dir,
+        plan=plan,
+        rows=[r for r in ROWS if r.key in plan.rows],
+        timer=StageTimer(total=len(STAGES), stream=stream),
+    )
+    run.timer.say(
+        f"hyprag quickstart -> {run.out_dir} (seeds {plan.seeds}, {plan.steps} contrastive steps per row"
         f"{', --fast' if fast else ''}, {torch.get_num_threads()} CPU threads)"
     )
     for sub in ("models", "train", "data"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run.out_dir / sub, ignore_errors=True)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    measured: dict[str, dict[str, Any]] = {}  # key -> {"seeds": {seed: evaluation}, "training": {...}}
-    train_logs: dict[str, Path] = {}
-    cache_stats: dict[str, int] = {}
+    # Every frozen-base forward reads its states from one cache: each text meets MiniLM once.
+    with cached_base_states() as run.base_cache:
+        for stage in STAGES:
+            with run.timer.stage(stage.title(run)):
+                stage.work(run)
+    return _finish(run)
 
-    with timer.stage("prepare data"):
-        pairs_path = out_dir / "data" / "train_pairs.jsonl"
-        pair_counts = prepare_training_pairs(
-            pairs_path, seed=seed, python_docs_pairs=plan.python_docs_pairs, wordnet_pairs=plan.wordnet_pairs
-        )
-        beir = {"faq-dev": faq_dev_path(), "wordnet-hier": wordnet_hier_path()}
-        probe_path = wordnet_levels_path()
-        if plan.eval_queries is not None:
-            beir = {
-                name: prepare_eval_subset(
-                    folder,
-                    out_dir / "data" / f"{name}-subset",
-                    n_queries=plan.eval_queries,
-                    n_docs=plan.eval_docs,
-                    seed=seed,
-                )
-                for name, folder in beir.items()
-            }
-        if plan.probe_per_level is not None:
-            probe_path = prepare_probe_subset(
-                probe_path, out_dir / "data" / "wordnet-levels-subset.jsonl", per_level=plan.probe_per_level
-            )
-        sets = EvalSets(beir=beir, probe_rows=read_level_rows(probe_path))
-        timer.say(f"    training pairs: {pair_counts}; eval: {beir}; probe: {probe_path}")
-        timer.say(f"    every model is evaluated with {plan.eval_max_length}-token inputs")
 
-    # Every frozen-base forward below reads its states from one cache: each text meets MiniLM once.
-    with cached_base_states() as cache:
-        with timer.stage("zero-shot all-MiniLM-L6-v2"):
-            zero_shot = set_max_length(hyprag.load_model(packaged_minilm_path()), plan.eval_max_length)
-            measured["minilm_zero_shot"] = {
-                "label": "all-MiniLM-L6-v2 (zero-shot)",
-                "role": "baseline",
-                "seeds": {"-": evaluate_model(zero_shot, sets)},
-                "training": {},
-            }
-            timer.say("    " + _summary_line(measured["minilm_zero_shot"]))
+def _keep_model(model: Any, final_dir: Path, target: Path) -> None:
+    """Save ``model`` (at evaluation length) under ``target`` with the config it was trained from."""
+    model.save_pretrained(target)
+    shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
 
-        with timer.stage("untrained HyTE-H heads (step 0)"):
-            step0 = measure_step0(config_dir, plan, sets)
-            for head, metrics in step0.items():
-                timer.say(
-                    f"    {head}: "
-                    + ", ".join(f"{name} ndcg@10 {100 * v:.2f}" for name, v in metrics.items())
-                )
 
-        saved: dict[str, Any] = {}
-        with timer.stage(f"train + evaluate {len(chosen_rows)} rows x {len(plan.seeds)} seeds"):
-            for row in chosen_rows:
-                slow = "model_args.trainable_base_layers" in row.overrides
-                row_seeds = plan.seeds[: plan.slow_row_seeds] if slow else plan.seeds
-                measured[row.key] = {
-                    "label": row.label,
-                    "role": row.role,
-                    "base": row.base,
-                    "seeds": {},
-                    "training": {},
-                }
-                t0 = time.perf_counter()
-                for s in row_seeds:
-                    run_dir = out_dir / "train" / row.key / f"seed-{s}"
-                    o = stage_overrides(row.config, plan, run_dir, pairs_path, seed=s)
-                    o.update(row.overrides)
-                    final_dir, summary = train_stage(row.config, config_dir, o, timer, quiet=True)
-                    model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
-                    measured[row.key]["seeds"][str(s)] = evaluate_model(model, sets)
-                    measured[row.key]["training"][str(s)] = {
-                        k: v for k, v in summary.items() if k != "config"
-                    }
-                    if s == plan.seed:
-                        measured[row.key]["config"] = summary["config"]
-                        if row.key in MAIN_KEYS:
-                            target = out_dir / "models" / row.key
-                            model.save_pretrained(target)
-                            shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
-                            saved[row.label] = model
-                            train_logs[row.label] = run_dir
-                    shutil.rmtree(final_dir)
-                timer.say(
-                    f"    {row.label}: {len(row_seeds)} seeds, {time.perf_counter() - t0:.0f} s; "
-                    + _summary_line(measured[row.key])
-                )
-        cache_stats = {"texts_cached": len(cache), "hits": cache.hits, "misses": cache.misses}
-        timer.say(f"    base-state cache: {cache_stats}")
-
-        with timer.stage("HyTE-FH (tiny): masked-LM pretraining + contrastive, one seed"):
-            mlm_dir, fh_mlm = train_stage(
-                "hyte_fh_mlm",
-                config_dir,
-                stage_overrides("hyte_fh_mlm", plan, out_dir / "train" / "hyte_fh_mlm", pairs_path),
-                timer,
-            )
-            train_logs["HyTE-FH MLM"] = out_dir / "train" / "hyte_fh_mlm"
-            o = stage_overrides("hyte_fh", plan, out_dir / "train" / "hyte_fh", pairs_path)
-            o["model_args.init_from"] = str(mlm_dir)
-            final_dir, fh = train_stage("hyte_fh", config_dir, o, timer)
-            target = out_dir / "models" / "hyte_fh"
-            model = set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
-            model.save_pretrained(target)
-            shutil.copy2(final_dir / "training_config.yaml", target / "training_config.yaml")
-            shutil.rmtree(final_dir)
-            measured["hyte_fh"] = {
-                "label": "HyTE-FH (tiny, one seed)",
-                "role": "pipeline",
-                "seeds": {str(plan.seed): evaluate_model(model, sets)},
-                "training": {
-                    "mlm": {k: v for k, v in fh_mlm.items() if k != "config"},
-                    str(plan.seed): {k: v for k, v in fh.items() if k != "config"},
-                },
-                "config": fh["config"],
-            }
-            saved["HyTE-FH (tiny)"] = model
-            train_logs["HyTE-FH contrastive"] = out_dir / "train" / "hyte_fh"
-            timer.say("    " + _summary_line(measured["hyte_fh"]))
-
-        with timer.stage("report"):
-            probe_hierarchy({"all-MiniLM-L6-v2 (zero-shot)": zero_shot, **saved}, sets.probe_rows, out_dir)
-            summary = summarize(measured)
-            comparisons = compare(measured)
-            results: dict[str, Any] = {
-                "schema_version": RESULTS_SCHEMA_VERSION,
-                "hyprag_version": hyprag.__version__,
-                "plan": asdict(plan),
-                "rows": [asdict(r) for r in chosen_rows],
-                "data": {
-                    "training_pairs": pair_counts,
-                    "training_pairs_file": str(pairs_path),
-                    "eval": {k: str(v) for k, v in beir.items()},
-                    "probe": str(probe_path),
-                },
-                "summary": summary,
-                "comparisons": comparisons,
-                "models": _without_per_query(measured),
-                "base_state_cache": cache_stats,
-                "step0": step0,
-            }
-            results["plots"] = [*write_plots(results, out_dir, train_logs), *PROBE_PLOTS]
-            _prune_checkpoints(out_dir / "train")
-    # Written after the last stage so the timings and the peak memory are complete.
+def _finish(run: QuickstartRun) -> dict[str, Any]:
+    """Timings and peak memory into the results (after the last stage, so they are complete); write
+    ``results.json`` and ``report.md``; print the table and the outcome of each claim."""
+    timer, out_dir = run.timer, run.out_dir
+    results = dict(run.results)
     results["timings_s"] = dict(timer.seconds)
     results["cpu_seconds"] = dict(timer.cpu_seconds)
     results["total_seconds"] = timer.elapsed()
@@ -641,8 +703,6 @@ def quickstart_resources(config_dir: str | os.PathLike[str] | None = None) -> di
     (in ``config_dir``, default :data:`CONFIG_DIR`) and the bundled data (:func:`hyprag.data.bundled.data_dir`:
     ``$HYPRAG_DATA_DIR``, else a source checkout's ``data/``). Raises :class:`FileNotFoundError` naming
     everything missing and the option that supplies it (a hyprag installed from a wheel ships neither)."""
-    from hyprag.data import bundled
-
     folder = Path(config_dir) if config_dir is not None else CONFIG_DIR
     found = {f"config {name}": folder / file for name, file in CONFIG_FILES.items()}
     problems = []
@@ -680,8 +740,6 @@ def main_from_args(args: Any, run: Callable[..., dict[str, Any]] = run_quickstar
     """The CLI handler: ``hyprag quickstart --out DIR [--seed N] [--seeds N] [--steps N] [--fast]
     [--rows KEY ...] [--data-dir DIR] [--config-dir DIR]``. ``--data-dir`` sets ``$HYPRAG_DATA_DIR`` for
     the run, so every reader (the trainer's hierarchy objective included) uses it."""
-    from hyprag.data.bundled import DATA_DIR_ENV
-
     kwargs: dict[str, Any] = {"seed": args.seed, "steps": args.steps, "fast": args.fast}
     for name in ("seeds", "rows", "config_dir"):
         if getattr(args, name, None) is not None:

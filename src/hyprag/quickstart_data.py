@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hyprag.data.beir import load_beir, write_beir
+from hyprag.data.bundled import data_dir, read_jsonl
+
 __all__ = ["PAIR_FILES", "prepare_eval_subset", "prepare_probe_subset", "prepare_training_pairs"]
 
 #: The training-pair files of the mixture, under the bundled data folder.
@@ -32,8 +35,6 @@ def prepare_training_pairs(
     the first and ``wordnet_pairs`` of the second (seeded sample, ``None`` = all), shuffled together, so
     neither source drowns the other. Returns the number of rows taken per source.
     """
-    from hyprag.data.bundled import data_dir, read_jsonl
-
     rng = random.Random(f"quickstart-pairs-{seed}")
     sources = {
         "python_docs": (data_dir() / PAIR_FILES["python_docs"], python_docs_pairs),
@@ -66,8 +67,6 @@ def prepare_eval_subset(
     of its tune and report parts when it has them), their judged documents, and seeded-sampled other
     documents up to ``n_docs`` in all (``None``: the whole corpus). Every qrels split of ``source``
     (``test``, ``tune``, ``report``) is kept for the chosen queries."""
-    from hyprag.data.beir import load_beir, write_beir
-
     splits = [p.stem for p in sorted((source / "qrels").glob("*.tsv"))]
     data = {split: load_beir(source, split) for split in splits}
     rng = random.Random(f"quickstart-eval-{seed}")
@@ -93,8 +92,6 @@ def prepare_eval_subset(
 
 def prepare_probe_subset(source: Path, out_path: Path, *, per_level: int) -> Path:
     """The first ``per_level`` items of each level of the hierarchy probe file (``--fast``)."""
-    from hyprag.data.bundled import read_jsonl
-
     rows = list(read_jsonl(source))
     taken: dict[int, int] = {}
     kept = []

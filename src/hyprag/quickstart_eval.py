@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyprag.data.bundled import part_of
+from hyprag.eval.hierarchy import embedding_radii, hierarchy_probe, radius_stats
+from hyprag.eval.retrieval import evaluate_beir
+
 __all__ = [
     "EncodeOnce",
     "EvalSets",
@@ -42,16 +46,11 @@ class EvalSets:
 
 def evaluate_retrieval(model: Any, eval_dir: Path, split: str = "report") -> dict[str, Any]:
     """BEIR metrics (with per-query nDCG@10 / MRR@10) of one model on a split of ``eval_dir``."""
-    from hyprag.eval.retrieval import evaluate_beir
-
     return evaluate_beir(model, eval_dir, split, batch_size=32, top_k=100, per_query=True)
 
 
 def probe_radii(model: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Radius (or norm) by WordNet level on each part of the probe: ``{part: radius_stats + kind}``."""
-    from hyprag.data.bundled import part_of
-    from hyprag.eval.hierarchy import embedding_radii, radius_stats
-
     radii, _, kind = embedding_radii(model, [r["text"] for r in rows], batch_size=32)
     out = {}
     for part in ("tune", "report"):
@@ -93,6 +92,4 @@ def evaluate_model(model: Any, sets: EvalSets) -> dict[str, Any]:
 def probe_hierarchy(models: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
     """:func:`hyprag.eval.hierarchy.hierarchy_probe` on the probe rows for ``{label: model}``: writes
     ``hierarchy.json``, ``radius_by_level.png`` and ``embeddings_2d.png`` into ``out_dir``."""
-    from hyprag.eval.hierarchy import hierarchy_probe
-
     hierarchy_probe(models, list(rows), out_dir, batch_size=32)

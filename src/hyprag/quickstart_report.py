@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hyprag.eval.stats import mean_sd, paired_bootstrap
+from hyprag.training.logging import read_metrics
 
 __all__ = [
     "BEIR_SETS",
@@ -371,8 +372,6 @@ def write_plots(results: Mapping[str, Any], out_dir: Path, train_logs: Mapping[s
 
 def _read_losses(run_dir: Path) -> tuple[list[int], list[float]] | None:
     """``(steps, losses)`` from a training run folder's ``metrics.jsonl``; None if it has none."""
-    from hyprag.training.logging import read_metrics
-
     if not (run_dir / "metrics.jsonl").is_file():
         return None
     records = [r for r in read_metrics(run_dir) if isinstance(r.get("loss"), (int, float))]
