@@ -135,7 +135,7 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--compression", default="zstd", help="MDS shard compression, or 'none'")
 
     def run(args: argparse.Namespace) -> int:
-        report = _command("hyprag.data.mds:convert_to_mds")(
+        report = _command("hyprag.data.convert:convert_to_mds")(
             args.input,
             args.out,
             args.kind,

@@ -15,13 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyprag.data.readers import COLUMNS, Kind, ReadStats, open_dataset, validate_row
+from hyprag.data.schema import Kind, ReadStats, check_kind, validate_row
 
-__all__ = ["MDS_COLUMNS", "ConversionReport", "convert_to_mds", "import_streaming", "open_mds", "write_mds"]
+__all__ = ["MDS_COLUMNS", "import_streaming", "open_mds", "write_mds"]
 
 #: MDS column encodings per row kind.
 MDS_COLUMNS: dict[str, dict[str, str]] = {
@@ -74,37 +73,6 @@ def write_mds(
         shutil.rmtree(out, ignore_errors=True)
         raise
     return n
-
-
-@dataclass(frozen=True)
-class ConversionReport:
-    """What :func:`convert_to_mds` wrote: ``rows`` into ``out``; ``stats`` of the reader (skipped rows)."""
-
-    out: Path
-    rows: int
-    stats: ReadStats
-
-
-def convert_to_mds(
-    source: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    kind: Kind = "contrastive",
-    *,
-    split: str = "train",
-    skip_malformed: bool = False,
-    columns: Mapping[str, str] | None = None,
-    compression: str | None = "zstd",
-) -> ConversionReport:
-    """Read any JSONL / Hugging Face source with :func:`~hyprag.data.readers.open_dataset` and write it as MDS.
-
-    Every row is kept in its source order (one process, ``world_size=1``); malformed rows raise with file and
-    line, or are skipped and counted with ``skip_malformed``.
-    """
-    data = open_dataset(
-        source, kind, split=split, rank=0, world_size=1, skip_malformed=skip_malformed, columns=columns
-    )
-    n = write_mds(iter(data), out, kind, compression=compression)
-    return ConversionReport(out=Path(out), rows=n, stats=data.stats)
 
 
 _MDS_CLASS: type | None = None
@@ -164,8 +132,7 @@ def open_mds(
             f"MDS reading shards by the launcher's RANK={env_rank}/WORLD_SIZE={env_world}, but rank={rank}, "
             f"world_size={world_size} was asked for; launch with torchrun/deepspeed so they agree"
         )
-    if kind not in COLUMNS:
-        raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
+    check_kind(kind)
     if batch_size is None or batch_size < 1:
         raise ValueError(
             "open_mds needs batch_size, the per-rank DataLoader batch size (streaming partitions samples by it "

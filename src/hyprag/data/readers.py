@@ -1,10 +1,6 @@
 """Training-data readers: one API over JSONL files and folders, Hugging Face datasets and MDS folders.
 
-Rows (DESIGN.md section 8), after validation:
-
-- ``contrastive``: ``{"query": str, "document": str, "negatives": list[str]}`` (``negatives`` may be absent
-  in the source; it is then ``[]``);
-- ``mlm``: ``{"text": str}``.
+Rows are validated into the schema of :mod:`hyprag.data.schema` (``contrastive`` and ``mlm`` rows).
 
 :func:`open_dataset` picks the reader from the source and returns one of
 
@@ -27,7 +23,6 @@ import gzip
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,12 +30,12 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from hyprag.data.bundled import DataFormatError
+from hyprag.data.mds import open_mds
+from hyprag.data.schema import Kind, ReadStats, check_kind, validate_row
 
 __all__ = [
-    "COLUMNS",
     "DataFormatError",
     "IterableRows",
-    "ReadStats",
     "ResumableSampler",
     "RowDataset",
     "detect_format",
@@ -48,92 +43,10 @@ __all__ = [
     "jsonl_files",
     "open_dataset",
     "read_rows",
-    "validate_row",
 ]
 
-Kind = Literal["contrastive", "mlm"]
 Format = Literal["auto", "jsonl", "hf", "mds"]
-#: The columns of each kind of row; ``negatives`` is optional.
-COLUMNS: dict[str, tuple[str, ...]] = {"contrastive": ("query", "document", "negatives"), "mlm": ("text",)}
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
-# How many skipped-row messages ReadStats keeps for the log (the count is always complete).
-_KEEP_MESSAGES = 20
-
-
-@dataclass
-class ReadStats:
-    """What a reader saw: valid ``rows`` (all ranks), ``skipped`` malformed rows (with the first messages),
-    rows ``dropped_for_balance`` so that every rank has the same number."""
-
-    rows: int = 0
-    skipped: int = 0
-    dropped_for_balance: int = 0
-    messages: list[str] = field(default_factory=list)
-
-    def record_skip(self, error: Exception) -> None:
-        self.skipped += 1
-        if len(self.messages) < _KEEP_MESSAGES:
-            self.messages.append(str(error))
-
-    def summary(self) -> str:
-        text = f"{self.rows} rows"
-        if self.skipped:
-            text += f", {self.skipped} malformed rows skipped (first: {self.messages[0]})"
-        if self.dropped_for_balance:
-            text += f", {self.dropped_for_balance} dropped so every rank has the same number"
-        return text
-
-
-# --- validation -------------------------------------------------------------------------------------
-
-
-def _nonempty_text(row: Mapping[str, Any], name: str, source_name: str, where: str) -> str:
-    if source_name not in row:
-        present = ", ".join(sorted(map(str, row))) or "none"
-        raise DataFormatError(f"{where}: missing column {source_name!r} (columns present: {present})")
-    value = row[source_name]
-    if not isinstance(value, str):
-        raise DataFormatError(f"{where}: column {source_name!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataFormatError(f"{where}: column {source_name!r} ({name}) is empty")
-    return value
-
-
-def validate_row(
-    row: Any, kind: Kind, where: str, *, columns: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Check one source row and return it in canonical form (see the module docstring).
-
-    ``columns`` maps canonical names to the source's (e.g. ``{"query": "question"}``); ``where`` is the
-    position used in error messages (``file:line`` or ``dataset row i``).
-    """
-    if kind not in COLUMNS:
-        raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
-    if not isinstance(row, Mapping):
-        raise DataFormatError(f"{where}: expected an object with columns, got {type(row).__name__}")
-    names = {name: name for name in COLUMNS[kind]} | dict(columns or {})
-    if kind == "mlm":
-        return {"text": _nonempty_text(row, "text", names["text"], where)}
-    out: dict[str, Any] = {
-        "query": _nonempty_text(row, "query", names["query"], where),
-        "document": _nonempty_text(row, "document", names["document"], where),
-    }
-    negatives = row.get(names["negatives"])
-    if negatives is None:
-        negatives = []
-    if not isinstance(negatives, (list, tuple)):
-        raise DataFormatError(
-            f"{where}: column {names['negatives']!r} must be a list of strings, got {type(negatives).__name__}"
-        )
-    for i, neg in enumerate(negatives):
-        if not isinstance(neg, str) or not neg.strip():
-            raise DataFormatError(
-                f"{where}: {names['negatives']}[{i}] must be a non-empty string, got {neg!r}"
-            )
-    out["negatives"] = list(negatives)
-    return out
-
-
 # --- sources: (where, raw row) streams ----------------------------------------------------------------
 # A raw stream yields (where, row) pairs; a row may be an exception standing for a line that could not even
 # be decoded, so that the caller decides between raising and skipping in one place.
@@ -393,8 +306,7 @@ def open_dataset(
     Returns a :class:`RowDataset` (JSONL, HF in memory), an :class:`IterableRows` (HF streaming) or an MDS
     dataset; each has a ``stats`` :class:`ReadStats` (MDS: see ``open_mds``).
     """
-    if kind not in COLUMNS:
-        raise ValueError(f"unknown row kind {kind!r}; expected 'contrastive' or 'mlm'")
+    check_kind(kind)
     rank, world_size = _world(rank, world_size)
     sources = [str(source)] if isinstance(source, (str, os.PathLike)) else [str(s) for s in source]
     if not sources:
@@ -406,8 +318,6 @@ def open_dataset(
     if fmt == "mds":
         if len(sources) != 1:
             raise ValueError("open one MDS folder at a time (or merge them with streaming's Stream objects)")
-        from hyprag.data.mds import open_mds
-
         return open_mds(
             sources[0], kind, rank=rank, world_size=world_size, columns=columns, **dict(mds_options or {})
         )
