@@ -11,7 +11,8 @@ from eval_fake_models import HashingModel, random_hyperboloid
 
 import hyprag
 from hyprag import cli
-from hyprag.eval.index import VectorIndex, read_corpus
+from hyprag.data.beir import read_corpus
+from hyprag.eval.index import VectorIndex
 from hyprag.eval.retrieval import exact_search
 from hyprag.geometry import lorentz
 

@@ -13,11 +13,10 @@ from eval_fake_models import HashingModel, random_hyperboloid
 
 import hyprag
 from hyprag import cli
-from hyprag.data.beir import write_beir
+from hyprag.data.beir import document_text, write_beir
 from hyprag.eval.retrieval import (
     METRIC_KEYS,
     compute_metrics,
-    document_text,
     evaluate_beir,
     exact_search,
     pairwise_scores,

@@ -8,10 +8,10 @@ import torch
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableLambda
 
-from hyprag.data.beir import load_beir
+from hyprag.data.beir import document_text, load_beir
 from hyprag.data.bundled import faq_dev_path
 from hyprag.eval.index import VectorIndex
-from hyprag.eval.retrieval import document_text, exact_search
+from hyprag.eval.retrieval import exact_search
 from hyprag.geometry.lorentz import ip_query
 from hyprag.integrations.langchain import HypragEmbeddings, HypragRetriever
 from hyprag.models import build_model, packaged_minilm_path

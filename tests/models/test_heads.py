@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import hyprag
-from hyprag.data.beir import load_beir
+from hyprag.data.beir import document_text, load_beir
 from hyprag.data.bundled import faq_dev_path
-from hyprag.eval.retrieval import document_text, exact_search
+from hyprag.eval.retrieval import exact_search
 from hyprag.geometry import lorentz
 from hyprag.models import build_model
 from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers

@@ -58,6 +58,41 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
         raise BeirFormatError(str(error)) from error
 
 
+def document_text(doc: Mapping[str, str]) -> str:
+    """The text a document is embedded as: ``title + " " + text``, stripped (what BEIR and mteb do)."""
+    return (doc.get("title", "") + " " + doc["text"]).strip()
+
+
+def _read_corpus_file(path: Path) -> dict[str, dict[str, str]]:
+    """``{doc_id: {"title", "text"}}`` of a ``corpus.jsonl``, in file order (errors name file and line)."""
+    corpus: dict[str, dict[str, str]] = {}
+    for lineno, row in _read_rows(path):
+        where = f"{path}:{lineno}"
+        doc_id = _string_field(row, "_id", where)
+        if doc_id in corpus:
+            raise BeirFormatError(f"{where}: duplicate document id {doc_id!r}")
+        corpus[doc_id] = {
+            "title": _string_field(row, "title", where, required=False),
+            "text": _string_field(row, "text", where),
+        }
+    return corpus
+
+
+def read_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Document ids and texts (:func:`document_text`) of a corpus, in file order.
+
+    ``path`` is a JSONL file of ``{"_id", "title"?, "text"}`` rows or a BEIR folder (its ``corpus.jsonl``).
+    Raises ``FileNotFoundError`` for a missing file and :class:`BeirFormatError` naming the file and line.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "corpus.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: corpus not found (a .jsonl file or a BEIR folder)")
+    corpus = _read_corpus_file(file)
+    return list(corpus), [document_text(doc) for doc in corpus.values()]
+
+
 def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirData:
     """Load ``folder`` (a BEIR dataset) for ``split``.
 
@@ -70,17 +105,7 @@ def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirData:
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
     qrels_path = folder / "qrels" / f"{split}.tsv"
 
-    corpus: dict[str, dict[str, str]] = {}
-    for lineno, row in _read_rows(corpus_path):
-        where = f"{corpus_path}:{lineno}"
-        doc_id = _string_field(row, "_id", where)
-        if doc_id in corpus:
-            raise BeirFormatError(f"{where}: duplicate document id {doc_id!r}")
-        corpus[doc_id] = {
-            "title": _string_field(row, "title", where, required=False),
-            "text": _string_field(row, "text", where),
-        }
-
+    corpus = _read_corpus_file(corpus_path)
     all_queries: dict[str, str] = {}
     for lineno, row in _read_rows(queries_path):
         where = f"{queries_path}:{lineno}"

@@ -45,10 +45,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hyprag.data.beir import read_corpus
 from hyprag.geometry import lorentz
 from hyprag.models.base import check_finite_embeddings
 
-__all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex", "read_corpus"]
+__all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex"]
 
 INDEX_KINDS = ("flat", "hnsw")
 HYPERBOLIC = ("geodesic", "lorentz_inner")
@@ -507,37 +508,6 @@ def _search_form(q64: Tensor, similarity: str) -> Tensor:
     if similarity == "euclidean":
         return torch.cat([q64[:, :-1], torch.ones_like(q64[:, -1:])], dim=1)
     return q64
-
-
-def read_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """Document ids and texts (``title + " " + text``, stripped) of a corpus.
-
-    ``path`` is a JSONL file of ``{"_id", "title"?, "text"}`` rows or a BEIR folder (its ``corpus.jsonl``).
-    Errors name the file and line.
-    """
-    from hyprag.data.beir import BeirFormatError
-    from hyprag.data.bundled import read_jsonl_numbered
-    from hyprag.eval.retrieval import document_text
-
-    file = Path(path)
-    if file.is_dir():
-        file = file / "corpus.jsonl"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: corpus not found (a .jsonl file or a BEIR folder)")
-    ids: list[str] = []
-    texts: list[str] = []
-    seen: set[str] = set()
-    for lineno, row in read_jsonl_numbered(file):
-        where = f"{file}:{lineno}"
-        doc_id, text, title = row.get("_id"), row.get("text"), row.get("title") or ""
-        if not isinstance(doc_id, str) or not isinstance(text, str) or not isinstance(title, str):
-            raise BeirFormatError(f"{where}: a corpus row needs string fields '_id' and 'text' (and 'title')")
-        if doc_id in seen:
-            raise BeirFormatError(f"{where}: duplicate document id {doc_id!r}")
-        seen.add(doc_id)
-        ids.append(doc_id)
-        texts.append(document_text({"title": title, "text": text}))
-    return ids, texts
 
 
 def build_index_command(

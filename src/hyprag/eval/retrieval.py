@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hyprag.data.beir import document_text, load_beir
+from hyprag.eval.index import VectorIndex
 from hyprag.geometry import similarity as similarity_fns
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "SEARCH_METHODS",
     "SIMILARITIES",
     "compute_metrics",
-    "document_text",
     "evaluate_beir",
     "exact_search",
     "format_metrics_table",
@@ -62,11 +63,6 @@ SEARCH_METHODS = ("exact", "faiss", "hnsw")
 # Elements of one float64 score block (queries x documents); 2^22 doubles = 32 MiB, and the geodesic
 # computes a handful of temporaries of that size.
 _BLOCK_ELEMENTS = 1 << 22
-
-
-def document_text(doc: Mapping[str, str]) -> str:
-    """The text a document is embedded as: ``title + " " + text``, stripped (what BEIR and mteb do)."""
-    return (doc.get("title", "") + " " + doc["text"]).strip()
 
 
 def pairwise_scores(
@@ -249,8 +245,6 @@ def evaluate_beir(
     ``recall@100``: they are dropped with a warning and listed in ``meta["dropped_metrics"]``), plus ``"meta"`` (model path/type/similarity, n_queries, n_docs, timings in seconds), and
     ``"per_query"`` when asked (:func:`compute_metrics`). Queries without qrels are excluded.
     """
-    from hyprag.data.beir import load_beir
-
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if search not in SEARCH_METHODS:
@@ -272,8 +266,6 @@ def evaluate_beir(
     if search == "exact":
         _, positions = exact_search(query_emb, doc_emb, top_k, similarity, c)
     else:
-        from hyprag.eval.index import VectorIndex
-
         kind = "flat" if search == "faiss" else "hnsw"
         index = VectorIndex.from_embeddings(doc_ids, doc_emb, similarity=similarity, curvature=c, kind=kind)
         _, positions = index.search_embeddings(query_emb, top_k)
