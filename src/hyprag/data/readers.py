@@ -268,25 +268,14 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
 
 
-def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is None or world_size is None:
-        from hyprag.training.distributed import world_info
-
-        info = world_info()
-        rank = info.rank if rank is None else rank
-        world_size = info.world_size if world_size is None else world_size
-    _check_rank(rank, world_size)
-    return rank, world_size
-
-
 def open_dataset(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     kind: Kind = "contrastive",
     *,
     format: Format = "auto",
     split: str = "train",
-    rank: int | None = None,
-    world_size: int | None = None,
+    rank: int,
+    world_size: int,
     skip_malformed: bool = False,
     streaming: bool = False,
     max_rows: int | None = None,
@@ -298,7 +287,8 @@ def open_dataset(
     source: a ``.jsonl``/``.jsonl.gz`` file, a folder of them, a Hugging Face ``save_to_disk`` folder, a
     folder of parquet/csv files or a hub name (``split`` picks the split), an MDS folder; or a list of
     sources of one format, read one after the other. ``format="auto"`` decides with :func:`detect_format`.
-    rank / world_size: default to the running process group (:func:`hyprag.training.distributed.world_info`).
+    rank / world_size: this process's place (the caller asks its launcher, e.g.
+    :func:`hyprag.training.distributed.world_info`); required, so that no reader guesses it.
     streaming: read a Hugging Face dataset lazily (:class:`IterableRows`) instead of into memory.
     columns: canonical -> source column names, e.g. ``{"query": "question", "document": "answer"}``.
     mds_options: keyword arguments for :func:`hyprag.data.mds.open_mds` (``batch_size``, ``shuffle``, ...).
@@ -307,7 +297,7 @@ def open_dataset(
     dataset; each has a ``stats`` :class:`ReadStats` (MDS: see ``open_mds``).
     """
     check_kind(kind)
-    rank, world_size = _world(rank, world_size)
+    _check_rank(rank, world_size)
     sources = [str(source)] if isinstance(source, (str, os.PathLike)) else [str(s) for s in source]
     if not sources:
         raise ValueError("open_dataset needs at least one source")
