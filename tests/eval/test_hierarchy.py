@@ -13,6 +13,7 @@ from eval_fake_models import HashingModel
 
 import hyprag
 from hyprag import cli
+from hyprag.eval import hierarchy as hierarchy_module
 from hyprag.eval.hierarchy import (
     FLAT_KIND,
     HYPERBOLIC_KIND,
@@ -132,7 +133,7 @@ def test_cli_and_row_validation(tmp_path, monkeypatch, capsys):
     data = tmp_path / "levels.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _rows(levels=(1, 2), per_level=3)) + "\n")
     model = RadiusModel({1: 1.0, 2: 1.2})
-    monkeypatch.setattr(hyprag, "load_model", lambda path: model, raising=False)
+    monkeypatch.setattr(hierarchy_module, "load_model", lambda path: model)
     out = tmp_path / "out"
     assert (
         cli.main(

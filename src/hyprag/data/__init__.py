@@ -1,20 +1,20 @@
-"""Data readers: the bundled real data (``bundled``) and BEIR evaluation folders (``beir``)."""
+"""Data readers: the bundled real data (``bundled``), BEIR evaluation folders (``beir``) and the one JSONL
+reader (``jsonl``)."""
 
 from __future__ import annotations
 
 from hyprag.data.beir import BeirData, BeirFormatError, load_beir, write_beir
 from hyprag.data.bundled import (
-    DataFormatError,
     LevelItem,
     data_dir,
     faq_dev_path,
     load_wordnet_levels,
     mlm_text_path,
     pair_paths,
-    read_jsonl,
     wordnet_levels_path,
     wordnet_nouns_path,
 )
+from hyprag.data.jsonl import DataFormatError, read_jsonl
 
 __all__ = [
     "BeirData",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyprag.data.bundled import DataFormatError, read_jsonl_numbered
+from hyprag.data.jsonl import DataFormatError, read_jsonl_numbered
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 

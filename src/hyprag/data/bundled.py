@@ -1,4 +1,4 @@
-"""The real data bundled in the repository's ``data/`` folder, and a JSONL reader.
+"""The real data bundled in the repository's ``data/`` folder.
 
 ``data/`` is produced by ``scripts/build_data.py`` from Debian packages (WordNet 3.0, the Python 3.11
 documentation, the Debian FAQ); ``data/README.md`` lists every file with its source, license, row
@@ -7,22 +7,19 @@ count and sha256. Set ``HYPRAG_DATA_DIR`` to read the same layout from another f
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+# DataFormatError and read_jsonl are re-exported: callers outside data/ import them from here.
+from hyprag.data.jsonl import DataFormatError as DataFormatError
+from hyprag.data.jsonl import read_jsonl as read_jsonl
+from hyprag.data.jsonl import read_jsonl_numbered
 
 DATA_DIR_ENV = "HYPRAG_DATA_DIR"
 #: ``<repo>/data`` for a source checkout (``src/hyprag/data/bundled.py`` -> three folders up).
 REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
-
-
-class DataFormatError(ValueError):
-    """A data file is not in the expected format; the message names the file and line."""
 
 
 def data_dir() -> Path:
@@ -93,44 +90,6 @@ def pair_paths() -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"no pairs_*.jsonl.gz files in {data_dir() / 'train'}")
     return paths
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file, one per non-blank line.
-
-    Raises :class:`DataFormatError` naming ``file:line`` for invalid UTF-8, invalid JSON or a line
-    that is not a JSON object, and ``FileNotFoundError`` for a missing file.
-    """
-    for _lineno, row in read_jsonl_numbered(path):
-        yield row
-
-
-def read_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Like :func:`read_jsonl`, but yield ``(line number, row)`` so callers can report positions."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        try:
-            for lineno, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataFormatError(f"{path}:{lineno}: not valid UTF-8 ({error.reason})") from error
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataFormatError(
-                        f"{path}:{lineno}: invalid JSON ({error.msg} at column {error.colno})"
-                    ) from error
-                if not isinstance(row, dict):
-                    raise DataFormatError(
-                        f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
-                    )
-                yield lineno, row
-        except (gzip.BadGzipFile, EOFError) as error:  # corrupt or truncated gzip stream
-            raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
 
 
 @dataclass(frozen=True)

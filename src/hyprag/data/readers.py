@@ -13,14 +13,12 @@ Rows are validated into the schema of :mod:`hyprag.data.schema` (``contrastive``
 Sharding: each rank gets a disjoint, deterministic share of the *valid* rows, row ``k`` going to rank
 ``k % world_size``; shares are cut to equal length (the last ``n % world_size`` rows are dropped and counted)
 because DDP hangs when ranks run different numbers of steps. Malformed rows (invalid JSON or UTF-8, a missing
-column, a wrong type, an empty text) raise :class:`~hyprag.data.bundled.DataFormatError` naming the file and
+column, a wrong type, an empty text) raise :class:`~hyprag.data.jsonl.DataFormatError` naming the file and
 line (or dataset row); with ``skip_malformed=True`` they are skipped and counted in :class:`ReadStats`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from hyprag.data.bundled import DataFormatError
+from hyprag.data.jsonl import DataFormatError, read_jsonl_numbered
 from hyprag.data.mds import open_mds
 from hyprag.data.schema import Kind, ReadStats, check_kind, validate_row
 
@@ -65,37 +63,12 @@ def jsonl_files(path: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def _decode_jsonl_line(raw: bytes, where: str) -> Any:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{where}: not valid UTF-8 ({error.reason})") from error
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from error
-
-
 def iter_jsonl_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
-    """``(file:line, row or DataFormatError)`` for every non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file.
-
-    Unlike :func:`hyprag.data.bundled.read_jsonl`, a bad line does not end the stream: it is yielded as the
-    error so the reader can skip it when asked. A corrupt gzip stream cannot be resumed and raises.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        try:
-            for lineno, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, _decode_jsonl_line(raw, where)
-                except DataFormatError as error:
-                    yield where, error
-        except (gzip.BadGzipFile, EOFError, OSError) as error:
-            raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
+    """The raw stream of one JSONL file: ``(file:line, value or DataFormatError)`` for every non-blank line
+    (:func:`~hyprag.data.jsonl.read_jsonl_numbered` with ``bad_lines="yield"``: a bad line does not end the
+    stream, so the reader can skip it when asked; :func:`validate_row` checks that a value is an object)."""
+    for lineno, value in read_jsonl_numbered(path, objects=False, bad_lines="yield"):
+        yield f"{path}:{lineno}", value
 
 
 def detect_format(source: str | os.PathLike[str]) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hyprag.data.bundled import DataFormatError
+from hyprag.data.jsonl import DataFormatError
 
 __all__ = ["COLUMNS", "Kind", "ReadStats", "check_kind", "validate_row"]
 

@@ -26,7 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hyprag.data.bundled import wordnet_levels_path
+from hyprag.data.jsonl import DataFormatError, read_jsonl_numbered
 from hyprag.geometry import lorentz
+from hyprag.models import load_model
 
 __all__ = ["embedding_radii", "hierarchy_probe", "radius_stats", "read_level_rows", "run_hierarchy_command"]
 
@@ -37,8 +40,6 @@ FLAT_KIND = "norm (outputs are normalised: flat by construction)"
 
 def read_level_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows ``{"level": int, "text": str, ...}`` of a JSONL file; errors name file and line."""
-    from hyprag.data.bundled import DataFormatError, read_jsonl_numbered
-
     rows = []
     for lineno, row in read_jsonl_numbered(path):
         level, text = row.get("level"), row.get("text")
@@ -233,9 +234,6 @@ def run_hierarchy_command(
     model_paths: Sequence[str], data: str | None, output: str, *, batch_size: int = 32
 ) -> dict[str, Any]:
     """``hyprag eval hierarchy``: load each model folder, probe, print a table."""
-    import hyprag
-    from hyprag.data.bundled import wordnet_levels_path
-
     path = data or wordnet_levels_path()
     rows = read_level_rows(path)
     models: dict[str, Any] = {}
@@ -245,7 +243,7 @@ def run_hierarchy_command(
         name = f"{folder.parent.name}/{folder.name}" if folder.name in ("model", "final") else folder.name
         while name in models:
             name += "'"
-        models[name] = hyprag.load_model(model_path)
+        models[name] = load_model(model_path)
     summary = hierarchy_probe(models, rows, output, batch_size=batch_size)
     for name, res in summary["models"].items():
         print(f"{name}: {res['radius_kind']}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyprag.data.jsonl import DataFormatError, read_jsonl
+
 #: The RAGBench subsets used in the paper (HypRAG, Table 3).
 PAPER_SUBSETS = ("covidqa", "cuad", "emanual", "delucionqa", "expertqa")
 #: Every subset of ``rungalileo/ragbench``.
@@ -139,8 +141,6 @@ def _file_records(path: Path) -> Iterable[Mapping[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        from hyprag.data.bundled import DataFormatError, read_jsonl
-
         try:
             return list(read_jsonl(path))
         except DataFormatError as error:
