@@ -47,13 +47,13 @@ from torch import Tensor
 
 from hyprag.data.beir import read_corpus
 from hyprag.geometry import lorentz
+from hyprag.geometry import similarity as similarity_fns
 from hyprag.models.base import check_finite_embeddings
 
 __all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex"]
 
 INDEX_KINDS = ("flat", "hnsw")
-HYPERBOLIC = ("geodesic", "lorentz_inner")
-SIMILARITIES = (*HYPERBOLIC, "cosine", "euclidean")
+HYPERBOLIC = similarity_fns.HYPERBOLIC_KINDS
 _FAISS_FILE = "faiss.index"
 _IDS_FILE = "doc_ids.json"
 _META_FILE = "index.json"
@@ -104,10 +104,7 @@ class VectorIndex:
     ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r} ({', '.join(SIMILARITIES)})")
-        if similarity in HYPERBOLIC and (curvature is None or not curvature > 0):
-            raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {curvature}")
+        _check_similarity(similarity, curvature)
         if faiss_index.ntotal != len(doc_ids):
             raise ValueError(
                 f"the FAISS index holds {faiss_index.ntotal} vectors but {len(doc_ids)} ids were given"
@@ -170,6 +167,7 @@ class VectorIndex:
         if not torch.isfinite(emb).all():
             raise ValueError("embeddings contain NaN or inf")
         c = float(curvature.detach()) if isinstance(curvature, Tensor) else curvature
+        _check_similarity(similarity, c)
         d = int(emb.shape[1]) + (similarity == "euclidean")
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -178,10 +176,6 @@ class VectorIndex:
             index.hnsw.efConstruction = int(ef_construction)
         else:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r} ({', '.join(SIMILARITIES)})")
-        if similarity in HYPERBOLIC and (c is None or not c > 0):
-            raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {c}")
         stored = _stored_form(emb, similarity, c).to(torch.float32)
         norms = stored.to(torch.float64).norm(dim=-1)
         max_norm = float(norms.max()) if len(stored) else 0.0
@@ -472,6 +466,13 @@ class VectorIndex:
             model_path=meta.get("model_path"),
             model_fingerprint=meta.get("model_fingerprint"),
         )
+
+
+def _check_similarity(similarity: str, c: float | None) -> None:
+    """:func:`hyprag.geometry.similarity.check_kind`, and a hyperbolic index needs a positive curvature."""
+    similarity_fns.check_kind(similarity, c)
+    if similarity in HYPERBOLIC and not c > 0:  # type: ignore[operator]
+        raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {c}")
 
 
 def _read_json(file: Path, kind: type) -> Any:
