@@ -38,15 +38,6 @@ def data_dir() -> Path:
     return folder
 
 
-#: The folder as resolved at import time; prefer :func:`data_dir`, which honours later env changes.
-DATA_DIR = Path(os.environ.get(DATA_DIR_ENV) or REPO_DATA_DIR)
-
-
-def manifest_path() -> Path:
-    """``manifest.json``: sha256, bytes, rows, source and license of every bundled file."""
-    return data_dir() / "manifest.json"
-
-
 def faq_dev_path() -> Path:
     """BEIR folder of the FAQ development set (Python FAQ + Debian FAQ; question -> answer)."""
     return data_dir() / "eval" / "faq-dev"

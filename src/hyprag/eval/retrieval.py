@@ -43,7 +43,6 @@ __all__ = [
     "exact_search",
     "format_metrics_table",
     "pairwise_scores",
-    "ranked_run",
 ]
 
 #: The keys of the metrics JSON, in print order.
@@ -137,21 +136,6 @@ def exact_search(
         out_scores[q0 : q0 + q.shape[0]] = best_scores
         out_pos[q0 : q0 + q.shape[0]] = best_pos
     return out_scores, out_pos
-
-
-def ranked_run(
-    query_ids: Sequence[str], doc_ids: Sequence[str], positions: Tensor
-) -> dict[str, dict[str, float]]:
-    """A pytrec_eval run from ranked positions ``[n, k]`` (best first).
-
-    The run's scores are ``k - rank`` rather than the similarities: trec_eval re-sorts a run by score and
-    breaks ties by document id, which would override our tie-break by document order.
-    """
-    run: dict[str, dict[str, float]] = {}
-    for query_id, row in zip(query_ids, positions.tolist()):
-        k = len(row)
-        run[query_id] = {doc_ids[p]: float(k - rank) for rank, p in enumerate(row)}
-    return run
 
 
 def compute_metrics(
