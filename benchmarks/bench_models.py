@@ -55,14 +55,21 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def bench_twins(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
-    common = {"model_name": str(packaged_minilm_path()), "max_seq_length": args.seq_len, **sizes}
+def build_twins(sizes: dict[str, int], seq_len: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """HyTE-FH (OEM pooling) and its Euclidean twin (ModernBertModel, mean pooling) at the same ``sizes``
+    (model_args size keys), in train mode; the packaged MiniLM gives the tokenizer (30,522 tokens)."""
+    common = {"model_name": str(packaged_minilm_path()), "max_seq_length": seq_len, **sizes}
     torch.manual_seed(0)
     hyte = build_model({"model_type": "hyte_fh", "pooling": "outward_einstein_midpoint", **common}).train()
     twin = build_model(
         {"model_type": "euclidean", "euclidean_base": "modernbert", "pooling": "mean", **common}
     ).train()
+    return hyte, twin
+
+
+def bench_twins(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
+    hyte, twin = build_twins(sizes, args.seq_len)
     vocab = hyte.config.vocab_size
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, vocab, (args.batch, args.seq_len), generator=g)
@@ -110,11 +117,16 @@ def _faq_texts(n: int) -> list[str]:
     return texts[:n]
 
 
-def bench_hyte_h_encode(args: argparse.Namespace) -> dict[str, Any]:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_hyte_h_encode(args: argparse.Namespace, device: str = "cpu") -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     path = str(packaged_minilm_path())
-    st = SentenceTransformer(path, device="cpu")
+    st = SentenceTransformer(path, device=device)
     torch.manual_seed(0)
     hyte_h = build_model(
         {
@@ -125,13 +137,16 @@ def bench_hyte_h_encode(args: argparse.Namespace) -> dict[str, Any]:
             "document_prefix": "",
         }
     ).eval()
+    hyte_h.to(device)
     texts = _faq_texts(args.encode_texts)
 
     def ours():
         hyte_h.encode(texts, prompt_type="document", batch_size=args.encode_batch)
+        _sync(device)
 
     def theirs():
         st.encode(texts, batch_size=args.encode_batch, convert_to_tensor=True)
+        _sync(device)
 
     times = _interleaved({"hyte_h": ours, "sentence_transformers": theirs}, args.encode_reps, 1)
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -1,0 +1,106 @@
+"""benchmarks/gpu_check.py --tiny: every section of the GPU check end to end at tiny sizes (issue #15, item 4),
+so that the first GPU run is not the script's first run. Without CUDA and without --tiny it refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+SECTIONS = ("twins", "mlm_zero2", "contrastive", "encode", "pairwise")
+
+
+def _env() -> dict[str, str]:
+    # The offline variables and cache folders come from tests/conftest.py (all inside pytest's temporary
+    # space); TORCH_EXTENSIONS_DIR is shared with tests/training/test_deepspeed.py, so DeepSpeed compiles
+    # its CPU shared-memory op once per session.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    return env
+
+
+def _numbers(value, path="") -> list[tuple[str, float]]:
+    """Every int/float leaf of a JSON value, with its path (booleans excluded)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, (int, float)):
+        return [(path, float(value))]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _numbers(v, f"{path}.{k}")]
+    return [n for i, v in enumerate(value) for n in _numbers(v, f"{path}[{i}]")]
+
+
+@pytest.mark.slow
+def test_tiny_run_covers_every_section(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", f"--out={tmp_path}"],
+        cwd=tmp_path,  # the script finds the repository from its own path
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["profile"] == "tiny" and result["all_checks_passed"] is True
+    env = result["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] and env["precision"]
+    assert list(result["sections"]) == list(SECTIONS)
+    for name, section in result["sections"].items():
+        assert section["status"] == "ok", (name, section.get("error"))
+        assert section["checks"] and all(section["checks"].values()), (name, section["checks"])
+        bad = [(p, v) for p, v in _numbers(section) if not math.isfinite(v)]
+        assert not bad, (name, bad)
+
+    sizes = result["sizes"]
+    twins = result["sections"]["twins"]
+    assert twins["sizes"]["num_hidden_layers"] == 2 and twins["sizes"]["hidden_size"] == 64
+    assert twins["tokens_per_s"]["hyte_fh"] > 0 and twins["time_ratio_hyte_fh_over_euclidean"] > 0
+    for name, steps in (("mlm_zero2", sizes["mlm_steps"]), ("contrastive", sizes["contrastive_steps"])):
+        run = result["sections"][name]
+        assert run["steps_logged"] == list(range(1, steps + 1))
+        assert run["checks"]["loss_finite_every_step"] and run["checks"]["loss_falls"]
+        assert run["last_loss"] < run["first_loss"]
+    assert result["sections"]["mlm_zero2"]["zero_stage"] == 2
+    assert result["sections"]["contrastive"]["init"] == "the mlm_zero2 section's final model"
+    encode = result["sections"]["encode"]
+    assert encode["texts"] == sizes["encode_texts"] and encode["throughput_ratio_hyte_h_over_st"] > 0
+    pairwise = result["sections"]["pairwise"]
+    assert [row["radius"] for row in pairwise["rows"]] == sizes["radii"]
+    for row in pairwise["rows"]:
+        assert row["max_abs_err"]["float64_reference"] == 0.0
+        # The float64 angular term keeps d(x, x) near 0; float32's cancellation leaves more there.
+        assert row["diag_max"]["float32_in_float64_angular"] < row["diag_max"]["float32_in_float32_angular"]
+
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    for title in (
+        "HyTE-FH vs its Euclidean twin",
+        "ZeRO-2",
+        "geodesic InfoNCE",
+        "sentence-transformers",
+        "Pairwise",
+    ):
+        assert title in markdown
+
+
+def test_without_cuda_it_needs_tiny(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the full check would run")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), f"--out={tmp_path}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "needs a CUDA device" in proc.stderr and "--tiny" in proc.stderr
+    assert not any(tmp_path.iterdir())
