@@ -9,9 +9,9 @@ import pytest
 import torch
 from eval_fake_models import HashingModel, random_hyperboloid
 
-import hyprag
 from hyprag import cli
 from hyprag.data.beir import read_corpus
+from hyprag.eval import index as index_module
 from hyprag.eval.index import VectorIndex
 from hyprag.eval.retrieval import exact_search
 from hyprag.geometry import lorentz
@@ -172,7 +172,7 @@ def test_from_model_and_text_search():
 
 def test_cli_index_build_and_search(tmp_path, monkeypatch, capsys):
     model = HashingModel(16)
-    monkeypatch.setattr(hyprag, "load_model", lambda path: model, raising=False)
+    monkeypatch.setattr(index_module, "load_model", lambda path: model)
     corpus = tmp_path / "corpus.jsonl"
     rows = [{"_id": f"id{i}", "title": f"T{i}", "text": f"body text {i}"} for i in range(30)]
     corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

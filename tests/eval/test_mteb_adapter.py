@@ -14,6 +14,7 @@ from eval_fake_models import HashingModel
 import hyprag
 from hyprag import cli
 from hyprag.data.beir import write_beir
+from hyprag.eval import mteb_adapter as mteb_module
 from hyprag.eval.mteb_adapter import MTEBEncoder, aggregate_summary, beir_task, main, run_mteb
 from hyprag.eval.retrieval import evaluate_beir
 from hyprag.geometry import lorentz
@@ -153,7 +154,7 @@ def test_cli_and_seed_script(tmp_path, monkeypatch, capsys):
         _tiny_beir(tmp_path, seed=2, n_docs=20, n_queries=5),
     )
     model = HashingModel(8)
-    monkeypatch.setattr(hyprag, "load_model", lambda path: model, raising=False)
+    monkeypatch.setattr(mteb_module, "load_model", lambda path: model)
     out = tmp_path / "cli"
     code = cli.main(
         [
@@ -184,7 +185,7 @@ def test_cli_and_seed_script(tmp_path, monkeypatch, capsys):
 
 
 def test_hub_tasks_fail_clearly_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(hyprag, "load_model", lambda path: HashingModel(8), raising=False)
+    monkeypatch.setattr(mteb_module, "load_model", lambda path: HashingModel(8))
     with pytest.raises(RuntimeError, match=r"internet access.*--beir"):
         main(["--model", "x", "--tasks", "SciFact", "--output_dir", str(tmp_path)])
 

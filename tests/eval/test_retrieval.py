@@ -11,9 +11,9 @@ import pytest
 import torch
 from eval_fake_models import HashingModel, random_hyperboloid
 
-import hyprag
 from hyprag import cli
 from hyprag.data.beir import document_text, write_beir
+from hyprag.eval import retrieval as retrieval_module
 from hyprag.eval.retrieval import (
     METRIC_KEYS,
     compute_metrics,
@@ -241,7 +241,7 @@ def test_top_k_limits_the_ranking(tmp_path):
 def test_cli_eval_beir_writes_the_metrics(tmp_path, monkeypatch, capsys):
     folder, *_ = _random_beir(tmp_path, n_docs=40, n_queries=8, seed=2)
     model = HashingModel(12)
-    monkeypatch.setattr(hyprag, "load_model", lambda path: model, raising=False)
+    monkeypatch.setattr(retrieval_module, "load_model", lambda path: model)
     out = tmp_path / "res" / "metrics.json"
     code = cli.main(
         [

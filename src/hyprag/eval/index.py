@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ import torch
 from torch import Tensor
 
 from hyprag.data.beir import read_corpus
+from hyprag.folder_lock import exclusive_lock, sibling_lock_path
 from hyprag.geometry import lorentz
 from hyprag.geometry import similarity as similarity_fns
+from hyprag.models import load_model
 from hyprag.models.base import check_finite_embeddings
 
 __all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex"]
@@ -392,8 +395,6 @@ class VectorIndex:
         """Write ``faiss.index``, ``doc_ids.json`` and ``index.json`` (settings, model path and fingerprint)
         to folder ``path`` atomically: into a folder beside it, then renamed over it, so a crash or a full disk
         leaves the previous index (or none) in place, never a mix."""
-        import shutil
-
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -522,11 +523,8 @@ def build_index_command(
     ef_search: int = 128,
 ) -> VectorIndex:
     """``hyprag index build``: embed a corpus with the model folder and save the index to ``out``."""
-    import hyprag
-    from hyprag.folder_lock import exclusive_lock, sibling_lock_path
-
     with exclusive_lock(sibling_lock_path(out), f"index folder {out}"):
-        return _build_index(model_path, corpus, out, kind, batch_size, hnsw_m, ef_search, hyprag.load_model)
+        return _build_index(model_path, corpus, out, kind, batch_size, hnsw_m, ef_search)
 
 
 def _build_index(
@@ -537,7 +535,6 @@ def _build_index(
     batch_size: int,
     hnsw_m: int,
     ef_search: int,
-    load_model: Any,
 ) -> VectorIndex:
     model = load_model(model_path)
     ids, texts = read_corpus(corpus)
@@ -568,13 +565,11 @@ def search_command(
 ) -> list:
     """``hyprag search``: load the index and its model (or ``model_path``) and print the top ``k``; a model
     other than the one the index was built with is refused unless ``allow_model_mismatch``."""
-    import hyprag
-
     index = VectorIndex.load(index_dir)
     path = model_path or index.model_path
     if not path:
         raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")
-    model = hyprag.load_model(path)
+    model = load_model(path)
     results = index.search(model, list(queries), k, allow_model_mismatch=allow_model_mismatch)
     for query, hits in zip(queries, results):
         print(f"query: {query}")

@@ -28,7 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hyprag.data.beir import load_beir
+from hyprag.errors import run_entry_point
 from hyprag.eval.mteb_args import DEFAULT_BENCHMARK, SCORINGS, add_mteb_arguments
+from hyprag.eval.retrieval import pairwise_scores
+from hyprag.geometry import similarity as similarity_fns
+from hyprag.models import load_model
 from hyprag.models.base import check_finite_embeddings
 
 __all__ = [
@@ -115,18 +120,14 @@ class MTEBEncoder:
         mteb calls this with all queries against one corpus chunk (50,000 documents by default), so the
         result takes ``8 * n * m`` bytes (plus a few temporaries of that size for the geodesic).
         """
-        from hyprag.eval.retrieval import pairwise_scores
-
         a, b = _as_2d(embeddings1), _as_2d(embeddings2)
         return pairwise_scores(a, b, self.scoring, self.curvature)
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> Tensor:
         """Row-by-row float64 similarity: ``[n, D]`` x ``[n, D]`` -> ``[n]``."""
-        from hyprag.geometry import similarity
-
         a = _as_2d(embeddings1).to(torch.float64)
         b = _as_2d(embeddings2).to(torch.float64)
-        return similarity.rowwise(a, b, self.scoring, self.curvature)
+        return similarity_fns.rowwise(a, b, self.scoring, self.curvature)
 
     @property
     def mteb_model_meta(self) -> Any:
@@ -179,10 +180,8 @@ def load_mteb_encoder(
     """``ModelMeta.loader``: mteb's ``EncoderProtocol`` constructor signature (``model_name``, ``revision``,
     keyword arguments). Loads ``model_path`` (default: ``model_name``) with :func:`hyprag.load_model` and
     wraps it with ``scoring`` (the meta's ``experiment_kwargs``)."""
-    import hyprag
-
     source = model_path or model_name
-    model = hyprag.load_model(source, device=device or "cpu")
+    model = load_model(source, device=device or "cpu")
     return MTEBEncoder(model, scoring, model_name=model_name, revision=revision, model_path=source)
 
 
@@ -245,8 +244,6 @@ def beir_task(folder: str | Path, split: str = "test") -> Any:
 
     def load_data(self: Any, num_proc: int | None = None, **kwargs: Any) -> None:
         from datasets import Dataset
-
-        from hyprag.data.beir import load_beir
 
         if self.data_loaded:
             return
@@ -390,9 +387,7 @@ def _select_tasks(args: argparse.Namespace) -> list[Any]:
 
 def run_mteb_command(args: argparse.Namespace) -> dict[str, Any]:
     """``hyprag eval mteb`` / ``eval_mteb_hyperbolic.py``: load, select tasks, run, print the table."""
-    import hyprag
-
-    model = hyprag.load_model(args.model)
+    model = load_model(args.model)
     scoring = args.scoring
     if scoring and not model.is_hyperbolic:
         print(f"note: {args.model} is a Euclidean model; --scoring {scoring} ignored, ranking by cosine")
@@ -414,8 +409,6 @@ def run_mteb_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eval_mteb_hyperbolic.py`` (user errors: one ``error:`` line, exit status 2)."""
-    from hyprag.errors import run_entry_point
-
     return run_entry_point(_main, argv)
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from hyprag.data.beir import document_text, load_beir
 from hyprag.eval.index import VectorIndex
 from hyprag.geometry import similarity as similarity_fns
+from hyprag.models import load_model
 
 __all__ = [
     "METRIC_KEYS",
@@ -300,9 +301,7 @@ def run_beir_command(
     search: str = "exact",
 ) -> dict[str, Any]:
     """``hyprag eval beir``: load the model folder, evaluate, print a table, write ``output`` JSON."""
-    import hyprag
-
-    model = hyprag.load_model(model_path)
+    model = load_model(model_path)
     result = evaluate_beir(model, data, split, batch_size, top_k, search=search, model_path=str(model_path))
     print(format_metrics_table({Path(data).name or str(data): result}))
     meta = result["meta"]

@@ -5,6 +5,9 @@ Heavy dependencies (torch, transformers, ragas) are imported only when a run nee
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from hyprag.eval.rag.datasets import (
     PAPER_SUBSETS,
     RAGBENCH_SUBSETS,
@@ -15,7 +18,13 @@ from hyprag.eval.rag.datasets import (
     load_rag_rows,
     resolve_dataset,
 )
-from hyprag.eval.rag.pipeline import RagEvalConfig, RagEvalError, RagRunResult, build_prompt, run_rag_eval
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hyprag.eval.rag.pipeline import RagEvalConfig, RagEvalError, RagRunResult, build_prompt, run_rag_eval
+
+# The pipeline (torch, the models, the index) is imported on first use: `hyprag --help` reads the RAG flags
+# from hyprag.eval.rag.command through this package without loading torch.
+_PIPELINE = ("RagEvalConfig", "RagEvalError", "RagRunResult", "build_prompt", "run_rag_eval")
 
 __all__ = [
     "PAPER_SUBSETS",
@@ -32,3 +41,9 @@ __all__ = [
     "resolve_dataset",
     "run_rag_eval",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PIPELINE:
+        return getattr(importlib.import_module("hyprag.eval.rag.pipeline"), name)
+    raise AttributeError(f"module 'hyprag.eval.rag' has no attribute {name!r}")

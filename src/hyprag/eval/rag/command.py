@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from hyprag.errors import run_entry_point
 from hyprag.eval.rag.datasets import DEFAULT_HF_DATASET, PAPER_SUBSETS, RAGBENCH_SUBSETS
 from hyprag.eval.rag.llm import DEFAULT_API_KEY_ENV, SMOLLM2_ALIAS
 
@@ -112,6 +113,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Handler: build :class:`RagEvalConfig` from parsed flags and run. User errors (``RagDatasetError``,
     ``RagEvalError``, missing files, ...) propagate to the entry point's boundary (:mod:`hyprag.errors`),
     which prints one ``error:`` line and exits 2."""
+    # The one lazy import of this module: it holds the flags, which `hyprag --help` reads without torch.
     from hyprag.eval.rag.pipeline import RagEvalConfig, run_rag_eval
 
     fields = RagEvalConfig.__dataclass_fields__
@@ -129,6 +131,4 @@ def build_parser(prog: str = "eval_ragas.py") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python eval_ragas.py ...`` (user errors: one ``error:`` line, exit status 2; ``--debug``: traceback)."""
-    from hyprag.errors import run_entry_point
-
     return run_entry_point(lambda args: run_from_args(build_parser().parse_args(args)), argv)

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from hyprag.eval.index import VectorIndex
 from hyprag.eval.rag.datasets import (
     DEFAULT_HF_DATASET,
     RagCorpus,
@@ -52,6 +53,8 @@ from hyprag.eval.rag.metrics import (
     retrieval_metric_names,
     retrieval_metrics,
 )
+from hyprag.models import load_model, packaged_minilm_path
+from hyprag.models.euclidean import SentenceTransformerModel
 
 PROMPT_INSTRUCTION = "Based on the following context, answer the question."
 ROWS_FILE, CONFIG_FILE, SUMMARY_FILE = "rows.jsonl", "run_config.json", "summary.json"
@@ -194,8 +197,6 @@ class IndexRetriever:
     """An :class:`~hyprag.models.EmbeddingModel` over an exact (flat) :class:`~hyprag.eval.index.VectorIndex`."""
 
     def __init__(self, model: Any, corpus: RagCorpus, batch_size: int = 64, description: str = "") -> None:
-        from hyprag.eval.index import VectorIndex
-
         self.model = model
         self.index = VectorIndex.from_model(
             model, list(corpus.doc_ids), list(corpus.doc_texts), batch_size=batch_size, kind="flat"
@@ -213,18 +214,13 @@ def load_retriever(config: RagEvalConfig, corpus: RagCorpus) -> Retriever:
     Euclidean baselines; otherwise a hyprag model folder (``hyprag.load_model``).
     """
     if config.hf:
-        from hyprag.models import packaged_minilm_path
-        from hyprag.models.euclidean import SentenceTransformerModel
-
         path = config.model_path or str(packaged_minilm_path())
         model = SentenceTransformerModel.from_folder(path, device=config.device)
         description = f"sentence-transformers:{path}"
     else:
         if not config.model_path:
             raise RagEvalError("--model_path is required (or --hf for a sentence-transformers baseline)")
-        import hyprag
-
-        model = hyprag.load_model(config.model_path).to(config.device)
+        model = load_model(config.model_path).to(config.device)
         description = f"{model.settings.model_type}:{config.model_path}"
     model.eval()
     return IndexRetriever(model, corpus, batch_size=config.batch_size, description=description)
@@ -343,8 +339,6 @@ def _build_judge(config: RagEvalConfig) -> RagasJudge:
     if config.judge_embeddings:
         embeddings = config.judge_embeddings
     else:
-        from hyprag.models import packaged_minilm_path
-
         embeddings = str(packaged_minilm_path())
     return RagasJudge(
         str(base_url),
