@@ -37,6 +37,7 @@ status 1 when any section failed or any check did not pass. Run:
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -51,7 +52,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from geometry_precision import DELTA as NEAR
 from geometry_precision import make_pairs
 
 import hyprag
+from hyprag.errors import closest_key
 from hyprag.geometry import lorentz as L
 from hyprag.models import packaged_minilm_path
 
@@ -169,6 +171,37 @@ _PROFILES: dict[str, tuple[Any, Any]] = {
 }
 GPU = Profile(name="gpu", **{k: v[0] for k, v in _PROFILES.items()})
 TINY = Profile(name="tiny", **{k: v[1] for k, v in _PROFILES.items()})
+
+
+def with_settings(profile: Profile, settings: list[str]) -> Profile:
+    """``profile`` with ``FIELD=VALUE`` settings applied (values are Python literals); a wrong field or value
+    raises ValueError naming it."""
+    changes: dict[str, Any] = {}
+    names = [f.name for f in fields(Profile) if f.name != "name"]
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or key not in names:
+            hint = closest_key(key, names)
+            raise ValueError(
+                f"--set {item}: not FIELD=VALUE with a profile field"
+                + (f"; did you mean {hint}?" if hint else "")
+            )
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item}: {text!r} is not a Python literal") from None
+        if isinstance(value, list):
+            value = tuple(value)
+        current = getattr(profile, key)
+        if not (
+            value is None
+            or current is None
+            or isinstance(value, type(current))
+            or (isinstance(current, float) and isinstance(value, int))
+        ):
+            raise ValueError(f"--set {item}: {key} takes {type(current).__name__} values")
+        changes[key] = value
+    return replace(profile, **changes)
 
 
 def log(message: str) -> None:
@@ -318,8 +351,7 @@ def _loss_report(name: str, cmd_args: list[str], run: tuple, output_dir: Path, s
     finite = [isinstance(v, (int, float)) and math.isfinite(v) for v in losses]
     tps = [r["tokens_per_s"] for r in records[1:]] or [r["tokens_per_s"] for r in records]
     return {
-        "command": "python -m torch.distributed.run --standalone --nproc-per-node=1 train.py "
-        + " ".join(cmd_args),
+        "command": " ".join(["python", *TORCHRUN_1, "train.py", *cmd_args]).replace(f"{ROOT}/", ""),
         "steps_logged": [r["step"] for r in records],
         "loss": losses,
         "first_loss": losses[0] if losses else None,
@@ -692,7 +724,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="wall-clock budget of all sections (default: the profile's)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one size of the profile (a Python literal), e.g. --set contrastive_seq=128",
+    )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    profile = TINY if args.tiny else GPU
+    try:
+        profile = with_settings(profile, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     selected = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in selected if s not in SECTIONS]
     if unknown:
@@ -710,13 +755,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    profile = TINY if args.tiny else GPU
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
     result = {
-        "command": "python benchmarks/gpu_check.py"
-        + (" --tiny" if args.tiny else "")
-        + f" --device={args.device}",
+        "command": " ".join(["python benchmarks/gpu_check.py", *argv]),
         "profile": profile.name,
         "sizes": asdict(profile),
         "started_utc": started,

@@ -41,7 +41,7 @@ def _numbers(value, path="") -> list[tuple[str, float]]:
 @pytest.mark.slow
 def test_tiny_run_covers_every_section(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", f"--out={tmp_path}"],
+        [sys.executable, str(SCRIPT), "--tiny", "--set", "encode_texts=12", f"--out={tmp_path}"],
         cwd=tmp_path,  # the script finds the repository from its own path
         env=_env(),
         capture_output=True,
@@ -72,7 +72,8 @@ def test_tiny_run_covers_every_section(tmp_path):
     assert result["sections"]["mlm_zero2"]["zero_stage"] == 2
     assert result["sections"]["contrastive"]["init"] == "the mlm_zero2 section's final model"
     encode = result["sections"]["encode"]
-    assert encode["texts"] == sizes["encode_texts"] and encode["throughput_ratio_hyte_h_over_st"] > 0
+    assert sizes["encode_texts"] == 12 and encode["texts"] == 12  # --set reached the section
+    assert encode["throughput_ratio_hyte_h_over_st"] > 0
     pairwise = result["sections"]["pairwise"]
     assert [row["radius"] for row in pairwise["rows"]] == sizes["radii"]
     for row in pairwise["rows"]:
@@ -91,16 +92,34 @@ def test_tiny_run_covers_every_section(tmp_path):
         assert title in markdown
 
 
-def test_without_cuda_it_needs_tiny(tmp_path):
+@pytest.fixture(scope="module")
+def gpu_check():
+    saved = list(sys.path)
+    sys.path.insert(0, str(SCRIPT.parent))  # benchmarks/ is not a package
+    try:
+        import gpu_check as module
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+def test_without_cuda_it_needs_tiny(gpu_check, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the full check would run")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), f"--out={tmp_path}"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "needs a CUDA device" in proc.stderr and "--tiny" in proc.stderr
+    assert gpu_check.main([f"--out={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA device" in err and "--tiny" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_set_changes_one_size_and_names_a_misspelt_one(gpu_check):
+    changed = gpu_check.with_settings(gpu_check.GPU, ["contrastive_seq=128", "radii=[1, 2.5]", "mlm_lr=1"])
+    assert (changed.contrastive_seq, changed.radii, changed.mlm_lr) == (128, (1, 2.5), 1)
+    assert changed.layers == 12 and gpu_check.GPU.contrastive_seq == 256  # the profile itself is unchanged
+    with pytest.raises(ValueError, match="did you mean contrastive_seq"):
+        gpu_check.with_settings(gpu_check.GPU, ["contrastive_sq=128"])
+    with pytest.raises(ValueError, match="layers takes int values"):
+        gpu_check.with_settings(gpu_check.GPU, ["layers=1.5"])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--tiny", "--set", "batch=x y"])
+    assert exit_.value.code == 2
