@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# hyprag.models.base (and torch) is imported when a section is validated, not when this module is: the
-# field list and descriptions are read by `hyprag train --help`, which answers without torch.
-if TYPE_CHECKING:  # pragma: no cover
-    from hyprag.models.base import ModelSettings
+# The settings and the valid names come from hyprag.models.settings (standard library only): the field list
+# and descriptions are read by `hyprag train --help`, which answers without torch.
+from hyprag.models.settings import (
+    EUCLIDEAN_POOLINGS,
+    EUCLIDEAN_SIMILARITIES,
+    HYPERBOLIC_POOLINGS,
+    HYPERBOLIC_SIMILARITIES,
+    ModelSettings,
+)
 
 __all__ = ["SIZE_KEYS", "ModelArgs", "as_model_args"]
 
@@ -60,6 +65,11 @@ class ModelArgs(BaseModel):
         1.0, ge=0.1, le=10.0, description="Initial curvature magnitude c (space curvature -c)."
     )
     trainable_curvature: bool = Field(True, description="Learn c (stored as log c, clamped to [0.1, 10]).")
+    compile: bool = Field(
+        False,
+        description="hyte_fh: torch.compile the blocks and the MLM head (fused Lorentz elementwise chains; pays "
+        "on long or GPU runs, costs 0.5-3 min of compilation on a small CPU). A failed compile runs eagerly.",
+    )
     query_prefix: str = Field("search_query: ", description="Prepended to every query text.")
     document_prefix: str = Field("search_document: ", description="Prepended to every document text.")
     max_seq_length: int = Field(512, ge=1, description="Truncation length in tokens (prefix included).")
@@ -153,13 +163,6 @@ class ModelArgs(BaseModel):
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ModelArgs:
-        from hyprag.models.base import (
-            EUCLIDEAN_POOLINGS,
-            EUCLIDEAN_SIMILARITIES,
-            HYPERBOLIC_POOLINGS,
-            HYPERBOLIC_SIMILARITIES,
-        )
-
         hyperbolic = self.model_type != "euclidean"
         pooled_head = self.model_type == "hyte_h" and self.hyte_h_head == "pooled"
         if self.pooling is None:
@@ -211,8 +214,6 @@ class ModelArgs(BaseModel):
         return "modernbert" if (self.init_from or sized) else "pretrained"
 
     def settings(self, embedding_dim: int) -> ModelSettings:
-        from hyprag.models.base import ModelSettings
-
         return ModelSettings(
             model_type=self.model_type,
             pooling=str(self.pooling),

@@ -15,17 +15,26 @@ else (prefixes, tokenization, batching, similarity, optimizer groups, saving) li
 from __future__ import annotations
 
 import abc
-import dataclasses
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hyprag.geometry import lorentz, pooling
+from hyprag.geometry import lorentz
 from hyprag.geometry import similarity as similarity_fns
+from hyprag.models.hub import push_to_hub
+from hyprag.models.io import save_embedding_model
+from hyprag.models.settings import (
+    EUCLIDEAN_POOLINGS,
+    EUCLIDEAN_SIMILARITIES,
+    HYPERBOLIC_POOLINGS,
+    HYPERBOLIC_SIMILARITIES,
+    ModelSettings,
+)
 
 __all__ = [
     "EUCLIDEAN_POOLINGS",
@@ -38,50 +47,21 @@ __all__ = [
     "check_finite_embeddings",
     "check_texts",
     "euclidean_pool",
+    "no_decay",
 ]
 
-HYPERBOLIC_POOLINGS = (*pooling.POOLERS, "mean")
-EUCLIDEAN_POOLINGS = ("mean", "cls")
-HYPERBOLIC_SIMILARITIES = similarity_fns.HYPERBOLIC_KINDS
-EUCLIDEAN_SIMILARITIES = similarity_fns.EUCLIDEAN_KINDS
+
+# Parameter-name fragments that never take weight decay (besides every tensor with ndim < 2).
+_NO_DECAY_NAMES = ("log_c", "logit_scale", "curvature", "bias", "norm")
 
 
-@dataclass
-class ModelSettings:
-    """What a saved model needs besides its weights to embed text the way it was trained.
-
-    ``embedding_dim`` is the length of one output vector (``d+1`` for hyperbolic models, ``d`` for
-    Euclidean ones). Prefixes are prepended to the raw text before tokenization, in training and in every
-    evaluation alike.
-    """
-
-    model_type: str
-    pooling: str
-    similarity: str
-    embedding_dim: int
-    pooling_p: float = 1.0
-    query_prefix: str = ""
-    document_prefix: str = ""
-    max_seq_length: int = 512
-
-    def prefix(self, prompt_type: Any) -> str:
-        """The prefix for ``prompt_type`` (``"query"``, ``"document"``, an mteb ``PromptType`` or ``None``)."""
-        if prompt_type is None:
-            return ""
-        kind = str(getattr(prompt_type, "value", prompt_type))
-        if kind == "query":
-            return self.query_prefix
-        if kind == "document":
-            return self.document_prefix
-        raise ValueError(f"prompt_type must be 'query', 'document' or None, got {prompt_type!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+def no_decay(name: str, param: Tensor) -> bool:
+    """True for a parameter that takes no weight decay: every tensor with fewer than 2 dimensions (biases,
+    norm gains, scales), norms, biases, the curvature ``log c`` (decay would drag ``c`` towards 1) and the
+    contrastive loss's log logit scale (it would drag the temperature towards 1), by name. The one rule of
+    :meth:`EmbeddingModel.param_groups` and of the trainer's groups for other models."""
+    lowered = name.lower()
+    return param.ndim < 2 or any(fragment in lowered for fragment in _NO_DECAY_NAMES)
 
 
 class NonFiniteEmbeddingError(ValueError):
@@ -283,24 +263,22 @@ class EmbeddingModel(nn.Module, abc.ABC):
         """Optimizer parameter groups (``torch.optim`` format, plus a ``name`` per group).
 
         Base-encoder parameters get ``lr * base_lr_multiplier``; biases, norm weights, scales and the
-        curvature's ``log_c`` (every parameter with fewer than 2 dimensions, or a norm's) get no weight decay.
-        Frozen parameters are left out. Empty groups are dropped.
+        curvature's ``log_c`` get no weight decay (:func:`no_decay`). Frozen parameters are left out. Empty
+        groups are dropped.
         """
         base_ids = {id(p) for p in self.base_parameters()}
         buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = p.ndim < 2 or "norm" in name.lower()
-            buckets.setdefault((id(p) in base_ids, no_decay), []).append(p)
+            if p.requires_grad:
+                buckets.setdefault((id(p) in base_ids, no_decay(name, p)), []).append(p)
         groups = []
-        for (is_base, no_decay), params in sorted(buckets.items()):
+        for (is_base, plain), params in sorted(buckets.items()):
             groups.append(
                 {
-                    "name": f"{'base' if is_base else 'model'}/{'no_decay' if no_decay else 'decay'}",
+                    "name": f"{'base' if is_base else 'model'}/{'no_decay' if plain else 'decay'}",
                     "params": params,
                     "lr": lr * (self.base_lr_multiplier if is_base else 1.0),
-                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "weight_decay": 0.0 if plain else weight_decay,
                 }
             )
         return groups
@@ -310,9 +288,6 @@ class EmbeddingModel(nn.Module, abc.ABC):
     def fingerprint(self) -> str:
         """A sha256 of the settings, the curvature and every weight (names, dtypes, shapes, bytes): what an
         index records so that searching it with another model, or a changed model folder, is refused."""
-        import hashlib
-        import json
-
         digest = hashlib.sha256(json.dumps(self.settings.to_dict(), sort_keys=True).encode("utf-8"))
         c = self.curvature()
         digest.update(repr(None if c is None else float(c.detach())).encode("ascii"))
@@ -326,15 +301,34 @@ class EmbeddingModel(nn.Module, abc.ABC):
     def hyprag_config(self) -> dict[str, Any]:
         """Model-specific entries of the saved ``config.json`` ``hyprag`` section (architecture configs)."""
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``config.json`` (with a ``hyprag`` section), ``model.safetensors`` and the tokenizer files."""
-        from hyprag.models.io import save_embedding_model
+    @classmethod
+    def from_config(
+        cls,
+        section: Mapping[str, Any],
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        attn_implementation: str = "sdpa",
+        base: nn.Module | None = None,
+    ) -> EmbeddingModel:
+        """The inverse of :meth:`hyprag_config`: the model a ``hyprag`` section describes, with placeholder
+        weights (:func:`hyprag.models.load_model` then loads the saved ones strictly). ``section`` is a saved
+        section or one built from ``model_args`` (whose keys are the same); ``base``, when given, is a
+        pretrained base encoder used instead of one rebuilt from ``section["base_config"]``."""
+        raise NotImplementedError(f"{cls.__name__} is not rebuilt from a hyprag section")
 
+    @property
+    def native_st_modules(self) -> bool:
+        """Whether the saved folder's sentence-transformers modules are native ones (Transformer, Pooling,
+        Dense) rather than hyprag's own (:mod:`hyprag.models.st_export`)."""
+        return False
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``config.json`` (with a ``hyprag`` section), ``model.safetensors``, the tokenizer files, the
+        sentence-transformers files and the model card (:func:`hyprag.models.io.save_embedding_model`)."""
         save_embedding_model(self, path)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the saved folder (with its model card) to the Hub repo ``repo_id``; keyword arguments
         ``private``, ``token``, ``revision``, ``commit_message`` (:func:`hyprag.models.hub.push_to_hub`)."""
-        from hyprag.models.hub import push_to_hub
-
         return push_to_hub(self, repo_id, **kwargs)

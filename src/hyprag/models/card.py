@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from hyprag.models.hf_base import packaged_minilm_path
+
 __all__ = ["base_model_license", "model_card", "write_model_card"]
 
 PAPER_CITATION = """@article{madhu2026hyprag,
@@ -27,8 +29,6 @@ _PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 def _base_model(model: Any) -> tuple[str | None, Path | None]:
     """(Hub id or ``None``, local folder or ``None``) of the base encoder named in ``model_args``."""
-    from hyprag.models.hf_base import packaged_minilm_path
-
     name = (getattr(model, "model_args", None) or {}).get("model_name")
     # HyTE-FH and the ModernBERT twin take only a tokenizer (and sizes) from model_name: no base weights.
     if not name or not hasattr(model, "base"):
@@ -59,12 +59,6 @@ def base_model_license(folder: Path | None) -> str | None:
         return None
     value = meta.get("license") if isinstance(meta, dict) else None
     return str(value) if value else None
-
-
-def _uses_native_modules(model: Any) -> bool:
-    from hyprag.models.st_export import _native_euclidean
-
-    return _native_euclidean(model)
 
 
 def model_card(model: Any, repo_id: str | None = None) -> str:
@@ -134,7 +128,7 @@ def model_card(model: Any, repo_id: str | None = None) -> str:
     rows.append(("License of the base weights", license_ or "unknown (see the base model)"))
 
     name = repo_id or "path/to/this/folder"
-    trust = "" if _uses_native_modules(model) else ", trust_remote_code=True"
+    trust = "" if model.native_st_modules else ", trust_remote_code=True"
     lines = [
         "---",
         yaml.safe_dump(meta, sort_keys=False).rstrip(),

