@@ -11,7 +11,10 @@ Workloads (random token ids, every token real; seconds per forward+backward, gra
 
 Repetitions of all models are interleaved and medians reported (the CPUs are shared). Each run is stored
 under ``--label`` (with the git commit) in benchmarks/results/mlm_step.json; mlm_step.md shows every stored
-run. ``--profile`` prints a torch.profiler table per workload instead of timing. Run:
+run. ``--profile`` prints a torch.profiler table per workload instead of timing; ``--profile-out FILE``
+writes the tables (top operators by self CPU time) to a Markdown file as well. ``--compile`` builds HyTE-FH
+with ``compile=True`` (torch.compile of its blocks and MLM head); the first call, which compiles, is timed
+on its own and reported as ``compile_s``. Run:
 
     .venv/bin/python benchmarks/bench_mlm_step.py --label after [--threads 1] [--reps 7]
 """
@@ -73,7 +76,7 @@ def _train_step(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], tor
 def mlm_workloads(args: argparse.Namespace) -> dict[str, Any]:
     """``{"hyte_fh": step, "euclidean": step}`` for the masked-LM forward+backward."""
     torch.manual_seed(0)
-    hyte = build_mlm_model(_model_args("hyte_fh", TINY, args.seq_len)).train()
+    hyte = build_mlm_model(_model_args("hyte_fh", TINY, args.seq_len, compile=args.compile)).train()
     twin = build_mlm_model(_model_args("euclidean", TINY, args.seq_len)).train()
     vocab = hyte.config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -92,7 +95,7 @@ def contrastive_workloads(args: argparse.Namespace, sizes: dict[str, int]) -> di
     """``{"hyte_fh": step, "euclidean": step}`` for the embedding models' forward+backward."""
     torch.manual_seed(0)
     hyte = build_model(
-        _model_args("hyte_fh", sizes, args.seq_len, pooling="outward_einstein_midpoint")
+        _model_args("hyte_fh", sizes, args.seq_len, pooling="outward_einstein_midpoint", compile=args.compile)
     ).train()
     twin = build_model(
         _model_args("euclidean", sizes, args.seq_len, euclidean_base="modernbert", pooling="mean")
@@ -150,14 +153,15 @@ def write_markdown(runs: dict[str, Any], path: Path) -> None:
             f"Commit `{run['commit']}`, torch {run['torch']}, {run['threads']} thread(s), {run['reps']} reps, "
             f"{run['date']}. Command: `{run['command']}`",
             "",
-            "| workload | HyTE-FH ms | twin ms | ratio |",
-            "|---|---|---|---|",
+            "| workload | HyTE-FH ms | twin ms | ratio | compile s |",
+            "|---|---|---|---|---|",
         ]
         for name, res in run["workloads"].items():
             med = res["median_ms"]
+            compile_s = f"{res['compile_s']:.0f}" if "compile_s" in res else "-"
             lines.append(
                 f"| {name} | {med['hyte_fh']:.1f} | {med['euclidean']:.1f} | "
-                f"{med['hyte_fh'] / med['euclidean']:.2f} |"
+                f"{med['hyte_fh'] / med['euclidean']:.2f} | {compile_s} |"
             )
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--profile", action="store_true", help="print profiler tables instead of timing")
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--profile-out", type=Path, default=None, help="also write the profile tables here (.md)")
+    p.add_argument("--compile", action="store_true", help="HyTE-FH with compile=True (torch.compile)")
     p.add_argument("--no-save", action="store_true", help="print, do not write the results files")
     p.add_argument(
         "--commit",
@@ -192,17 +198,32 @@ def main(argv: list[str] | None = None) -> None:
         "contrastive_4x256": lambda: contrastive_workloads(args, MEDIUM),
     }
     results: dict[str, Any] = {}
+    tables: list[str] = []
     for name in args.workloads.split(","):
         fns = builders[name]()
+        t0 = time.perf_counter()
+        fns["hyte_fh"]()  # the first call compiles (with --compile)
+        first_s = time.perf_counter() - t0
         if args.profile:
             for model_name, fn in fns.items():
-                print(f"===== {name} / {model_name} =====")
-                print(_profile(fn, args.profile_rows))
+                table = _profile(fn, args.profile_rows)
+                print(f"===== {name} / {model_name} =====\n{table}")
+                tables.append(f"## {name} / {model_name}\n\n```\n{table}\n```\n")
             continue
         times = _interleaved(fns, args.reps, args.warmup)
         med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
         results[name] = {"median_ms": med, "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
+        if args.compile:
+            results[name]["compile_s"] = first_s
         print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
+    if args.profile and args.profile_out:
+        head = (
+            f"# Profile: HyTE-FH vs twin, one training step (CPU)\n\nCommand: `python "
+            f"benchmarks/bench_mlm_step.py {' '.join(sys.argv[1:])}`, torch {torch.__version__}, "
+            f"{args.threads} thread(s), batch {args.batch} x {args.seq_len}, {time.strftime('%Y-%m-%d %H:%M')}. "
+            "Top operators by self CPU time of one forward+backward after a warm-up call.\n\n"
+        )
+        args.profile_out.write_text(head + "\n".join(tables), encoding="utf-8")
     if args.profile or args.no_save:
         return
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from hyprag.geometry.lorentz import CurvatureLike, as_curvature
+from hyprag.nn._compile import CompileSwitch, MaybeCompiled
 from hyprag.nn._precision import autocast_off, point_dtype
 
 __all__ = ["LorentzMLR"]
@@ -29,15 +30,23 @@ class LorentzMLR(nn.Module):
     """Lorentz MLR over ``num_classes`` classes: parameters ``z: [V, d]``, ``a: [V]``.
 
     ``forward(x [N, d+1], c) -> logits [N, V]`` in float32 (float64 for float64 inputs); callers pass only
-    the positions they need (the masked ones for MLM).
+    the positions they need (the masked ones for MLM). With ``compile_switch`` on, the whole head runs
+    passes of :class:`_MLRLogits` run as compiled kernels (one in place in the forward, one in the backward).
     """
 
-    def __init__(self, in_features: int, num_classes: int, init_std: float = 0.02):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        init_std: float = 0.02,
+        compile_switch: CompileSwitch | None = None,
+    ):
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
         self.z = nn.Parameter(torch.empty(num_classes, in_features))
         self.a = nn.Parameter(torch.empty(num_classes))
+        self._kernels = _PointwiseKernels(compile_switch or CompileSwitch(False))
         self.reset_parameters(init_std)
 
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -66,10 +75,40 @@ class LorentzMLR(nn.Module):
                 [-torch.sinh(a).unsqueeze(-1), torch.cosh(a).unsqueeze(-1) * z / z_norm.unsqueeze(-1)], -1
             )
             points = torch.cat([x0, xs], dim=-1)  # [N, d+1]
-            return _MLRLogits.apply(points, sc * normals, z_norm / sc)
+            kernels = self._kernels if self._kernels.switch.enabled else None
+            return _MLRLogits.apply(points, sc * normals, z_norm / sc, kernels)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
+
+
+def _scaled_asinh_(u: Tensor, k: Tensor) -> Tensor:
+    """``u <- k * asinh(u)`` in place (``u: [N, V]``, ``k: [V]``), for ``torch.compile`` (one fused pass, no
+    fresh ``[N, V]`` buffer: on CPU a fresh one costs more than the pass). The arithmetic of
+    :class:`_MLRLogits` (``asinh(|u|) = log1p(|u| + |u| q)``, ``q = |u| / (1 + sqrt(1 + u^2))``); ``u^2`` is
+    not formed where it would overflow (there ``sqrt(1 + u^2) = |u|`` to rounding)."""
+    au = u.abs()
+    big = au > 2.0**60
+    h = torch.where(big, au, (1.0 + torch.where(big, 0.0, au).pow(2)).sqrt())
+    s = torch.log1p(au + au * (au / (1.0 + h)))
+    return u.copy_(torch.where(u < 0, -s, s) * k)
+
+
+def _scaled_asinh_backward(grad: Tensor, out: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``out = k asinh(u)``: ``(grad / sqrt(1 + u^2), sum_n grad * out / k)``, i.e. the gradient with
+    respect to ``u`` divided by ``k``, and the gradient with respect to ``k``; ``sqrt(1 + u^2) =
+    cosh(out / k)`` (``k = |z| / sqrt(c) > 0``), so nothing but ``out`` is kept from the forward."""
+    return grad / torch.cosh(out / k), (grad * out).sum(0) / k
+
+
+class _PointwiseKernels:
+    """The compiled ``[N, V]`` passes of :class:`_MLRLogits` (``forward_`` and ``backward``), each falling
+    back to its plain version through the shared :class:`CompileSwitch`."""
+
+    def __init__(self, switch: CompileSwitch) -> None:
+        self.switch = switch
+        self.forward_ = MaybeCompiled(_scaled_asinh_, switch, {0: (0,)})
+        self.backward = MaybeCompiled(_scaled_asinh_backward, switch, {0: (0,), 1: (0,)})
 
 
 class _MLRLogits(torch.autograd.Function):
@@ -85,11 +124,21 @@ class _MLRLogits(torch.autograd.Function):
     cancellation near 0 (finite for ``|u|`` below half the dtype's max). ``H = sign(u) (1 + h)`` carries
     the sign, so ``q`` and the log1p argument can be formed in ``u``'s own buffer; ``H`` is kept for the
     backward, ``d asinh(u) / du = 1 / h = 1 / (|H| - 1)``.
+
+    With ``kernels`` (compiled, :class:`_PointwiseKernels`) the forward is one in-place pass over ``u`` and
+    the backward one pass (``1 / h = 1 / cosh(out / k)``, so only the output is kept).
     """
 
     @staticmethod
-    def forward(ctx, points: Tensor, normals: Tensor, k: Tensor) -> Tensor:
+    def forward(
+        ctx, points: Tensor, normals: Tensor, k: Tensor, kernels: _PointwiseKernels | None = None
+    ) -> Tensor:
         u = points @ normals.T
+        ctx.kernels = kernels
+        if kernels is not None:
+            out = kernels.forward_(u, k)
+            ctx.save_for_backward(points, normals, k, out)
+            return out
         signed_1p_h = torch.hypot(u, torch.ones((), dtype=u.dtype, device=u.device))
         signed_1p_h.add_(1.0).copysign_(u)  # sign(u) (1 + h)
         q = u.div_(signed_1p_h)  # |u| / (1 + h), in u's buffer
@@ -100,7 +149,16 @@ class _MLRLogits(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        if ctx.kernels is not None:
+            points, normals, k, out = ctx.saved_tensors
+            grad_u_over_k, grad_k = ctx.kernels.backward(grad.contiguous(), out, k)
+            return (
+                grad_u_over_k @ (k.unsqueeze(-1) * normals) if ctx.needs_input_grad[0] else None,
+                k.unsqueeze(-1) * (grad_u_over_k.T @ points) if ctx.needs_input_grad[1] else None,
+                grad_k if ctx.needs_input_grad[2] else None,
+                None,
+            )
         points, normals, k, signed_1p_h, out = ctx.saved_tensors
         buf = torch.empty_like(out)  # the one fresh [N, V] buffer of the backward
         grad_k = None
@@ -116,4 +174,4 @@ class _MLRLogits(torch.autograd.Function):
                 grad_points = grad_u_over_k @ (k.unsqueeze(-1) * normals)
             if ctx.needs_input_grad[1]:
                 grad_normals = k.unsqueeze(-1) * (grad_u_over_k.T @ points)
-        return grad_points, grad_normals, grad_k
+        return grad_points, grad_normals, grad_k, None

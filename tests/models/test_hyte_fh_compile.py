@@ -1,0 +1,135 @@
+"""HyTE-FH's optional torch.compile path (HyteFHConfig.compile): the compiled blocks and MLR head give the
+eager results within float32 rounding (values and gradients, with padding), and a failure to compile falls
+back to eager with exactly one warning. The other HyTE-FH tests run eagerly (the default)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+from hyprag.nn import _compile
+from hyprag.nn.mlr import _MLRLogits
+
+PAD = 0
+
+
+def _mlm(compile_: bool) -> HyteFHForMaskedLM:
+    torch.manual_seed(0)
+    config = HyteFHConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=64, pad_token_id=PAD, curvature=0.8, compile=compile_,
+    )  # fmt: skip
+    return HyteFHForMaskedLM(config).train()
+
+
+def _batch(length: int):
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(1, 40, (3, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, length // 2 :] = 0  # right padding
+    mask[2, :2] = 0  # left padding
+    ids = ids.masked_fill(mask == 0, PAD)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.4) & (mask > 0), ids, -100)
+    return ids, mask, labels
+
+
+def _run(model: HyteFHForMaskedLM, ids, mask, labels):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask, labels=labels)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+def test_default_is_eager():
+    assert HyteFHConfig().compile is False
+    model = HyteFHForMaskedLM(
+        HyteFHConfig(vocab_size=40, hidden_size=8, num_attention_heads=2, pad_token_id=0)
+    )
+    assert not model.model.compile_switch.enabled
+    assert model.head._kernels.switch is model.model.compile_switch
+
+
+@pytest.mark.slow  # compiles a block and the MLM head: ~20 s with a warm inductor cache, 1-2 min cold
+def test_compiled_matches_eager_values_and_gradients():
+    eager = _mlm(False)
+    compiled = copy.deepcopy(eager)
+    compiled.model.compile_switch.enabled = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager would pass otherwise
+        for length in (11, 7):  # a second length reuses the compiled graphs (dynamic batch/sequence dims)
+            ids, mask, labels = _batch(length)
+            logits_e, loss_e, grads_e = _run(eager, ids, mask, labels)
+            logits_c, loss_c, grads_c = _run(compiled, ids, mask, labels)
+            torch.testing.assert_close(logits_c, logits_e, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+            assert grads_c.keys() == grads_e.keys() and "model.curvature.log_c" in grads_e
+            for name, g in grads_e.items():
+                scale = g.abs().max().clamp_min(1e-12)
+                torch.testing.assert_close(grads_c[name] / scale, g / scale, rtol=1e-4, atol=1e-5, msg=name)
+            # The trunk's points too, padding included (grad mode: the training graph, no new compile).
+            points_c, points_e = compiled.model(ids, mask), eager.model(ids, mask)
+            assert torch.isfinite(points_c).all()
+            torch.testing.assert_close(points_c, points_e, rtol=1e-5, atol=1e-5)
+    # The compiled asinh kernels over the float32 range (the eager path's own test covers 1e-30..1e30 too).
+    mag = torch.logspace(-30, 30, 601)
+    u = torch.cat([mag, -mag, torch.tensor([0.0, 1e37])]).requires_grad_(True)
+    out = _MLRLogits.apply(u[:, None], torch.ones(40, 1), torch.ones(40), compiled.head._kernels)
+    assert out.shape == (u.numel(), 40)
+    exact = torch.asinh(u.detach().double())
+    rel = ((out[:, 7].detach().double() - exact).abs() / exact.abs().clamp_min(1e-300)).max()
+    assert rel < 1e-6, rel
+    out[:, 7].sum().backward()
+    # 1/cosh(out / k): relative error ~ |asinh(u)| eps32 (<= 69 * 1.2e-7 at u = 1e30).
+    expected = (1 + u.detach().double() ** 2).rsqrt()
+    torch.testing.assert_close(u.grad.double(), expected, rtol=1e-5, atol=1e-45)
+    assert compiled.model.compile_switch.enabled and compiled.model.compile_switch.failure is None
+    assert (
+        compiled.model._block._compiled is not None and compiled.head._kernels.forward_._compiled is not None
+    )
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("inductor: no C++ compiler found (forced by the test)")
+
+        return run
+
+    monkeypatch.setattr(_compile.torch, "compile", broken_compile)
+    eager = _mlm(False)
+    model = copy.deepcopy(eager)
+    model.model.compile_switch.enabled = True
+    ids, mask, labels = _batch(9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _run(model, ids, mask, labels)
+        again = _run(model, ids, mask, labels)  # no second warning: the switch is off for every part
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert (
+        len(messages) == 1
+        and "running HyTE-FH eagerly" in messages[0]
+        and "forced by the test" in messages[0]
+    )
+    switch = model.model.compile_switch
+    assert not switch.enabled and "no C++ compiler" in switch.failure
+    assert model.head._kernels.switch is switch
+    want = _run(eager, ids, mask, labels)
+    for a, b in ((got, want), (again, want)):
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+        torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
+
+
+def test_compiled_wrapper_pickles_without_its_compiled_function():
+    import pickle
+
+    m = _compile.MaybeCompiled(len, _compile.CompileSwitch(True))
+    m._compiled = lambda *a: None  # not picklable
+    clone = pickle.loads(pickle.dumps(m))
+    assert clone._compiled is None and clone.switch.enabled
+    clone.switch.enabled = False
+    assert clone([1, 2]) == 2
