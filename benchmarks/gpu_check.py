@@ -367,11 +367,11 @@ def _loss_report(name: str, cmd_args: list[str], run: tuple, output_dir: Path, s
 
 
 def _common_overrides(
-    p: Profile, device: torch.device, dtype: str, output_dir: Path, steps: int, rows: int | None
+    p: Profile, device_type: str, dtype: str, output_dir: Path, steps: int, rows: int | None
 ) -> list[str]:
     return [
         f"--train_args.output_dir={output_dir}",
-        f"--train_args.device={device.type}",
+        f"--train_args.device={device_type}",
         f"--train_args.dtype={dtype}",
         f"--train_args.max_steps={steps}",
         f"--train_args.warmup_steps={p.warmup_steps}",
@@ -387,9 +387,9 @@ def _size_overrides(p: Profile) -> list[str]:
     return [f"--model_args.{k}={v}" for k, v in p.sizes().items()]
 
 
-def section_mlm_zero2(p: Profile, device: torch.device, dtype: str, work: Path, budget_s: float) -> dict:
-    out = work / "mlm_zero2"
-    args = [
+def mlm_train_args(p: Profile, device_type: str, dtype: str, out: Path) -> list[str]:
+    """train.py's arguments for the mlm_zero2 section: the stage-1 config at the profile's sizes."""
+    return [
         f"--config={MLM_CONFIG.relative_to(ROOT)}",
         f"--deepspeed_config={DS_CONFIG.relative_to(ROOT)}",
         f"--model_args.model_name={packaged_minilm_path()}",
@@ -398,22 +398,19 @@ def section_mlm_zero2(p: Profile, device: torch.device, dtype: str, work: Path, 
         f"--data_args.data_path={MLM_DATA.relative_to(ROOT)}",
         f"--train_args.batch_size={p.mlm_batch}",
         f"--train_args.learning_rate={p.mlm_lr}",
-        *_common_overrides(p, device, dtype, out, p.mlm_steps, p.max_rows),
+        *_common_overrides(p, device_type, dtype, out, p.mlm_steps, p.max_rows),
     ]
-    result = _loss_report("mlm_zero2", args, _run_train("mlm_zero2", args, work, budget_s), out, p.mlm_steps)
-    result.update(batch=p.mlm_batch, seq_len=p.mlm_seq, dtype=dtype, zero_stage=2)
-    return result
 
 
-def section_contrastive(p: Profile, device: torch.device, dtype: str, work: Path, budget_s: float) -> dict:
-    out = work / "contrastive"
-    mlm_final = work / "mlm_zero2" / "final"
+def contrastive_train_args(
+    p: Profile, device_type: str, dtype: str, out: Path, mlm_final: Path
+) -> tuple[list[str], str]:
+    """train.py's arguments for the contrastive section (the stage-2 config), and where its weights start:
+    from the MLM section's model when it wrote one (as stage 2 starts from stage 1), else from scratch."""
     if (mlm_final / "config.json").is_file() or any(mlm_final.glob("*.safetensors")):
-        init = [f"--model_args.init_from={mlm_final}"]  # stage 2 starts from stage 1, as in the paper
-        init_note = "the mlm_zero2 section's final model"
+        init, note = [f"--model_args.init_from={mlm_final}"], "the mlm_zero2 section's final model"
     else:
-        init = ["--model_args.init_from=null", *_size_overrides(p)]
-        init_note = "from scratch (no mlm_zero2 model)"
+        init, note = ["--model_args.init_from=null", *_size_overrides(p)], "from scratch (no mlm_zero2 model)"
     args = [
         f"--config={CONTRASTIVE_CONFIG.relative_to(ROOT)}",
         f"--model_args.model_name={packaged_minilm_path()}",
@@ -424,8 +421,22 @@ def section_contrastive(p: Profile, device: torch.device, dtype: str, work: Path
         f"--train_args.batch_size={p.contrastive_batch}",
         f"--train_args.grad_cache_chunk={p.grad_cache_chunk}",
         f"--train_args.learning_rate={p.contrastive_lr}",
-        *_common_overrides(p, device, dtype, out, p.contrastive_steps, p.contrastive_rows),
+        *_common_overrides(p, device_type, dtype, out, p.contrastive_steps, p.contrastive_rows),
     ]
+    return args, note
+
+
+def section_mlm_zero2(p: Profile, device: torch.device, dtype: str, work: Path, budget_s: float) -> dict:
+    out = work / "mlm_zero2"
+    args = mlm_train_args(p, device.type, dtype, out)
+    result = _loss_report("mlm_zero2", args, _run_train("mlm_zero2", args, work, budget_s), out, p.mlm_steps)
+    result.update(batch=p.mlm_batch, seq_len=p.mlm_seq, dtype=dtype, zero_stage=2)
+    return result
+
+
+def section_contrastive(p: Profile, device: torch.device, dtype: str, work: Path, budget_s: float) -> dict:
+    out = work / "contrastive"
+    args, init_note = contrastive_train_args(p, device.type, dtype, out, work / "mlm_zero2" / "final")
     run = _run_train("contrastive", args, work, budget_s)
     result = _loss_report("contrastive", args, run, out, p.contrastive_steps)
     result.update(

@@ -123,3 +123,47 @@ def test_set_changes_one_size_and_names_a_misspelt_one(gpu_check):
     with pytest.raises(SystemExit) as exit_:
         gpu_check.main(["--tiny", "--set", "batch=x y"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("after_mlm", [True, False])
+def test_the_gpu_training_runs_are_valid_configurations(gpu_check, tmp_path, monkeypatch, after_mlm):
+    # The GPU profile's train.py arguments pass the trainer's own validation here, before any GPU sees them.
+    from hyprag.training.config import parse_command_line
+
+    monkeypatch.chdir(REPO)
+    final = tmp_path / "mlm_zero2" / "final"
+    if after_mlm:
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+    mlm = parse_command_line(gpu_check.mlm_train_args(gpu_check.GPU, "cuda", "bf16", tmp_path / "m"))
+    args, note = gpu_check.contrastive_train_args(gpu_check.GPU, "cuda", "bf16", tmp_path / "c", final)
+    contrastive = parse_command_line(args)
+    assert (
+        mlm.deepspeed_config
+        and json.loads(Path(mlm.deepspeed_config).read_text())["zero_optimization"]["stage"] == 2
+    )
+    m = mlm.config
+    assert (m.train_args.task, m.train_args.dtype, m.train_args.device, m.train_args.max_steps) == (
+        "mlm",
+        "bf16",
+        "cuda",
+        20,
+    )
+    assert (m.model_args.num_hidden_layers, m.model_args.hidden_size, m.model_args.num_attention_heads) == (
+        12,
+        768,
+        12,
+    )
+    assert (m.model_args.intermediate_size, m.model_args.max_seq_length) == (1152, 512)
+    c = contrastive.config
+    assert contrastive.deepspeed_config is None
+    assert (c.train_args.task, c.train_args.distance, c.train_args.batch_size) == (
+        "contrastive",
+        "geodesic",
+        512,
+    )
+    assert (c.train_args.max_steps, c.train_args.log_every, c.train_args.grad_cache_chunk) == (20, 1, 128)
+    assert (c.model_args.init_from == str(final)) is after_mlm
+    assert note.startswith("the mlm_zero2") is after_mlm
+    if not after_mlm:
+        assert c.model_args.num_hidden_layers == 12 and c.model_args.hidden_size == 768
