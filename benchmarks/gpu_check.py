@@ -28,7 +28,8 @@ device differ. bf16 autocast becomes CPU bf16 (fp32 where this CPU cannot run bf
 Without CUDA and without ``--tiny`` the script exits with a message (status 2).
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` (default ``benchmarks/results/``; ``--out DIR``); exit
-status 1 when any section failed or any check did not pass. Run:
+status 1 when any section failed or any check did not pass. ``--set FIELD=VALUE`` changes one size of the
+profile (e.g. ``--set contrastive_seq=512``), ``--sections`` runs a subset. Run:
 
     HF_HUB_OFFLINE=1 python benchmarks/gpu_check.py                 # one CUDA GPU, under 8 minutes
     HF_HUB_OFFLINE=1 python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check_tiny
