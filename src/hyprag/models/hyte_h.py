@@ -29,7 +29,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from hyprag.geometry import lorentz, pooling
@@ -38,7 +37,7 @@ from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
 from hyprag.models.hf_base import base_config_dict, base_from_config_dict, base_token_states
 from hyprag.models.hyte_fh import HyteFHBlock, HyteFHConfig
 from hyprag.nn._precision import autocast_off
-from hyprag.nn.curvature import Curvature
+from hyprag.nn.curvature import Curvature, ScalarParameters, scalar_parameter
 
 __all__ = ["HYTE_H_HEADS", "HyteH", "clip_norm"]
 
@@ -52,7 +51,7 @@ def clip_norm(v: Tensor, max_norm: float) -> Tensor:
     return v * (max_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
 
 
-class HyteH(EmbeddingModel):
+class HyteH(ScalarParameters, EmbeddingModel):
     """A pretrained Euclidean encoder projected onto the hyperboloid ``H^d_c``; embeddings ``[n, d+1]``.
 
     ``blocks_config`` (a ``HyteFHConfig`` with ``hidden_size = d``) and ``num_hyperbolic_blocks`` add
@@ -61,6 +60,7 @@ class HyteH(EmbeddingModel):
     """
 
     is_hyperbolic = True
+    scalar_names = ("log_scale",)  # the token head's projection scale, shape [1] (0-d in older saves)
 
     def __init__(
         self,
@@ -96,7 +96,7 @@ class HyteH(EmbeddingModel):
         if head == "token":
             self.projection = nn.Linear(d_base, projection_dim)
             # The scale is stored as its log so it stays positive (a sign flip would mirror the embedding).
-            self.log_scale = nn.Parameter(torch.tensor(math.log(projection_scale), dtype=torch.float32))
+            self.log_scale = scalar_parameter(math.log(projection_scale))  # [1], see nn/curvature.py
         else:
             self.head = DirectionRadiusHead(
                 d_base,

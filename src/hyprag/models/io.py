@@ -153,6 +153,10 @@ def check_and_load_state_dict(module: nn.Module, state: Mapping[str, Tensor], wh
     Checks names and shapes against ``module.state_dict()`` first, then loads with ``strict=False`` and
     checks the keys torch reports (so non-persistent buffers are neither required nor accepted).
     """
+    state = dict(state)
+    for name, sub in module.named_modules():  # older layouts (e.g. nn.curvature.ScalarParameters)
+        if hasattr(sub, "upgrade_state_dict"):
+            sub.upgrade_state_dict(state, f"{name}." if name else "")
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -163,7 +167,7 @@ def check_and_load_state_dict(module: nn.Module, state: Mapping[str, Tensor], wh
     ]
     if missing or unexpected or mismatched:
         raise WeightsMismatchError(where, missing, unexpected, mismatched)
-    result = module.load_state_dict(dict(state), strict=False)
+    result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsMismatchError(where, list(result.missing_keys), list(result.unexpected_keys))
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyprag.geometry import similarity as similarity_fns
+from hyprag.nn.curvature import ScalarParameters, scalar_parameter
 from hyprag.training.distributed import gather_sizes, gather_with_grad, is_distributed
 
 __all__ = [
@@ -146,13 +147,16 @@ def info_nce_loss(
         return (loss + F.cross_entropy(logits_d, targets)) / 2
 
 
-class LogitScale(nn.Module):
+class LogitScale(ScalarParameters, nn.Module):
     """The inverse temperature ``s = 1/tau`` of InfoNCE, stored as ``log s`` and clamped to ``[min, max]``.
 
     The parameter is named ``log_logit_scale`` (trainers exclude names containing ``logit_scale`` from weight
     decay). Frozen unless ``trainable``. The clamp is applied in ``forward``, as CLIP does: beyond a bound
-    the gradient is zero, so a trainable scale that reaches it stays there.
+    the gradient is zero, so a trainable scale that reaches it stays there. Stored with shape ``[1]``
+    (:class:`hyprag.nn.curvature.ScalarParameters`: a 0-d one from an older checkpoint loads too).
     """
+
+    scalar_names = ("log_logit_scale",)
 
     def __init__(
         self, init: float = 50.0, *, trainable: bool = False, min_scale: float = 1.0, max_scale: float = 100.0
@@ -161,13 +165,13 @@ class LogitScale(nn.Module):
         if not 0 < min_scale <= init <= max_scale:
             raise ValueError(f"logit_scale must satisfy 0 < {min_scale} <= {init} <= {max_scale}")
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=trainable)
+        self.log_logit_scale = scalar_parameter(math.log(init), requires_grad=trainable)  # shape [1]
 
     def forward(self) -> Tensor:
         """The current scale, a 0-d tensor in ``[min_scale, max_scale]`` (float32, or float64 if the module is)."""
         # Never below float32, even when the module was cast to bf16 with the model.
         log_s = self.log_logit_scale.to(torch.promote_types(self.log_logit_scale.dtype, torch.float32))
-        return log_s.clamp(math.log(self.min_scale), math.log(self.max_scale)).exp()
+        return log_s.reshape(()).clamp(math.log(self.min_scale), math.log(self.max_scale)).exp()
 
     def extra_repr(self) -> str:
         return f"value={float(self().detach()):.4g}, range=[{self.min_scale:g}, {self.max_scale:g}]"

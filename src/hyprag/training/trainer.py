@@ -278,39 +278,6 @@ def _grad_cache_micro_step(
     return loss * accum, stats
 
 
-@contextlib.contextmanager
-def _deepspeed_zero_dim_broadcast() -> Iterator[None]:
-    """Let DeepSpeed's initial weight broadcast handle 0-d parameters (``log c``, the log logit scale).
-
-    DeepSpeed 0.19's ``DeepSpeedEngine._broadcast_model`` broadcasts ``p.data.view(torch.uint8)``, which
-    raises for 0-d tensors ("self.dim() cannot be 0 to view Float as Byte"). During ``initialize`` we swap
-    in the same broadcast with 0-d parameters sent as they are (every backend handles 0-d float tensors).
-    """
-    from deepspeed import comm as ds_dist
-    from deepspeed.runtime.engine import DeepSpeedEngine
-    from deepspeed.utils import groups
-
-    original = DeepSpeedEngine._broadcast_model
-
-    def broadcast_model(engine: Any) -> None:
-        if any(p.dim() == 0 for p in engine.module.parameters()) and not engine.has_moe_layers:
-            for p in engine.module.parameters():
-                if getattr(p, "ds_status", None) is not None or hasattr(p, "ds_optim_param"):
-                    continue  # partitioned (ZeRO-3) or per-shard: not replicated, as in DeepSpeed
-                data = p.data.view(torch.uint8) if p.dim() else p.data
-                ds_dist.broadcast(
-                    data, groups._get_broadcast_src_rank(), group=engine.seq_data_parallel_group
-                )
-            return
-        original(engine)
-
-    DeepSpeedEngine._broadcast_model = broadcast_model
-    try:
-        yield
-    finally:
-        DeepSpeedEngine._broadcast_model = original
-
-
 def _all_finite(tensors: Iterator[Tensor]) -> bool:
     """One device sync for the whole model: are all values of all ``tensors`` finite?"""
     flags = [torch.isfinite(t.detach()).all() for t in tensors]
@@ -649,10 +616,10 @@ def _deepspeed_engine(
     if not isinstance(ds, dict):
         ds = json.loads(Path(ds).read_text(encoding="utf-8"))
     ds = fill_deepspeed_config(ds, args, world_size)
-    with _deepspeed_zero_dim_broadcast():
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
-        )
+    # Learnt scalars have shape [1] (nn/curvature.py): DeepSpeed's weight broadcast takes them as they are.
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
+    )
     return engine, optimizer, scheduler
 
 
