@@ -6,8 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from hyprag.training.config import ConfigError, TrainConfig, load_config, parse_command_line, write_config
+from hyprag.training.config import (
+    ConfigError,
+    TrainArgs,
+    TrainConfig,
+    load_config,
+    parse_command_line,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
@@ -85,6 +93,32 @@ def test_unknown_model_args_key_in_yaml(tmp_path):
         ConfigError, match=r"model_args.hiden_size.*run.yaml:9.*did you mean 'model_args.hidden_size'"
     ):
         load_config(path, dotenv_dir=None)
+
+
+def test_unknown_keys_of_every_section_are_reported_together_with_their_sources(tmp_path):
+    text = BASE_YAML.replace("  batch_size: 4\n", "  batch_sise: 4\n").replace(
+        "  hidden_size: 32", "  hiden_size: 32"
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["data_args.max_row=3"], dotenv_dir=None)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid training configuration:"
+    assert sorted(line.split("'")[1] for line in lines[1:]) == [
+        "data_args.max_row",
+        "model_args.hiden_size",
+        "train_args.batch_sise",
+    ]
+    assert "(command line: --data_args.max_row); did you mean 'data_args.max_rows'?" in str(info.value)
+
+
+def test_sections_built_in_code_refuse_unknown_keys_too():
+    with pytest.raises(
+        ValidationError, match=r"unknown train_args key 'batch_sise'; did you mean 'batch_size'\?"
+    ):
+        TrainArgs(batch_sise=4, max_steps=1)
+    with pytest.raises(ValidationError, match=r"unknown training configuration key 'trian_args'"):
+        TrainConfig.model_validate({"trian_args": {}})
 
 
 def test_unknown_command_line_key_and_section(tmp_path):

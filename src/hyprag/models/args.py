@@ -3,11 +3,13 @@ valid key). :mod:`hyprag.models.factory` builds models from it; the training con
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from hyprag.errors import closest_key
 
 # The settings and the valid names come from hyprag.models.settings (standard library only): the field list
 # and descriptions are read by `hyprag train --help`, which answers without torch.
@@ -19,15 +21,39 @@ from hyprag.models.settings import (
     ModelSettings,
 )
 
-__all__ = ["SIZE_KEYS", "ModelArgs", "as_model_args"]
+__all__ = ["SIZE_KEYS", "ModelArgs", "as_model_args", "reject_unknown_keys"]
 
 SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def reject_unknown_keys(data: Any, known: Collection[str], section: str) -> Any:
+    """The one unknown-key check of hyprag's configuration models (a ``model_validator(mode="before")`` body).
+
+    Every key of ``data`` that is not in ``known`` is reported in one ``unknown_key`` error whose message
+    names it and the closest valid key (``unknown model_args key 'poolng'; did you mean 'pooling'?``) and
+    whose context carries ``keys`` and ``suggestions`` (None where nothing is close), so that the training
+    config can say where each key came from (``file:line``). ``section`` names the place in messages.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    unknown = [str(key) for key in data if key not in known]
+    if unknown:
+        suggestions = [closest_key(key, known) for key in unknown]
+        message = ", ".join(
+            f"unknown {section} key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+            for key, hint in zip(unknown, suggestions)
+        )
+        raise PydanticCustomError(
+            "unknown_key", "{message}", {"message": message, "keys": unknown, "suggestions": suggestions}
+        )
+    return data
 
 
 class ModelArgs(BaseModel):
     """The ``model_args`` section: which encoder, its sizes, pooling, similarity, curvature and prefixes."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=False)
+    # Unknown keys are refused by _reject_unknown_keys (with the closest valid key), not by extra="forbid".
+    model_config = ConfigDict(protected_namespaces=(), validate_assignment=False)
 
     model_type: Literal["hyte_fh", "hyte_h", "euclidean"] = Field(
         "hyte_fh",
@@ -152,14 +178,7 @@ class ModelArgs(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            known = set(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    match = difflib.get_close_matches(str(key), sorted(known), n=1)
-                    hint = f"; did you mean {match[0]!r}?" if match else ""
-                    raise ValueError(f"unknown model_args key {key!r}{hint}")
-        return data
+        return reject_unknown_keys(data, cls.model_fields, "model_args")
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ModelArgs:

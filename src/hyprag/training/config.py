@@ -12,13 +12,13 @@ Sources, in increasing priority: the YAML file given with ``--config=PATH``, the
 (or ``--section.key value``) flags. ``${VAR}`` / ``${VAR:-default}`` in YAML values expand from the
 environment, after ``.env`` in the working directory has been read (existing variables win).
 
-Every section forbids unknown keys. A mistake stops the run before anything is built, with a message that
+Every section refuses unknown keys (one check, :func:`hyprag.models.args.reject_unknown_keys`, shared with
+``model_args``). A mistake stops the run before anything is built, with a message that
 names the key, where it came from (``file:line`` or ``command line``), and the closest valid key.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import textwrap
@@ -26,12 +26,14 @@ import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
+from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hyprag.models.args import ModelArgs
+from hyprag.errors import closest_key
+from hyprag.models.args import ModelArgs, reject_unknown_keys
 
 __all__ = [
     "DOTENV_VARIABLES",
@@ -65,11 +67,21 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # allow_inf_nan=False: `learning_rate: .inf` passes `gt=0` and would train to NaN.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
+    #: How messages name the section (``unknown train_args key ...``).
+    section_name: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        # The one unknown-key check (shared with model_args); load_config adds file:line to its messages.
+        return reject_unknown_keys(data, cls.model_fields, cls.section_name)
 
 
 class TrainArgs(_Section):
     """Optimisation, objective, precision, checkpointing and logging."""
+
+    section_name = "train_args"
 
     task: Literal["mlm", "contrastive"] = "contrastive"
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
@@ -128,6 +140,8 @@ class TrainArgs(_Section):
 class DataArgs(_Section):
     """Where training rows come from (DESIGN.md section 8)."""
 
+    section_name = "data_args"
+
     # A .jsonl/.jsonl.gz file, a folder of them, an MDS folder, a saved or hub Hugging Face dataset; a
     # list mixes several sources of the same kind of rows.
     data_path: str | list[str]
@@ -146,6 +160,8 @@ class DataArgs(_Section):
 class MLMArgs(_Section):
     """BERT masking (DESIGN.md section 6): rate, then 80% [MASK] / 10% random / 10% kept."""
 
+    section_name = "mlm_args"
+
     mlm_probability: float = Field(0.30, gt=0, lt=1)
     mask_replace_prob: float = Field(0.8, ge=0, le=1)
     random_replace_prob: float = Field(0.1, ge=0, le=1)
@@ -163,6 +179,8 @@ class HierarchyArgs(_Section):
     Off unless ``weight`` or ``centripetal_weight`` is > 0. Edges are is-a pairs of the train-split WordNet
     noun closure; texts are glosses embedded as documents.
     """
+
+    section_name = "hierarchy_args"
 
     weight: float = Field(0.0, ge=0, description="Weight of the clustering triplet (or cone) loss.")
     variant: Literal["triplet", "cone"] = Field(
@@ -192,6 +210,8 @@ class HierarchyArgs(_Section):
 
 class TrainConfig(_Section):
     """The whole run; also what is written as ``config.yaml`` into the output folder and every checkpoint."""
+
+    section_name = "training configuration"
 
     train_args: TrainArgs
     model_args: ModelArgs = Field(default_factory=ModelArgs)
@@ -274,8 +294,6 @@ def _expand(value: Any, where: str) -> Any:
 
 def _read_dotenv(folder: Path) -> None:
     """Read ``folder/.env`` (python-dotenv) without overriding variables already in the environment."""
-    from dotenv import load_dotenv
-
     path = folder / ".env"
     if path.is_file():
         load_dotenv(path, override=False)
@@ -325,19 +343,6 @@ def _sections() -> dict[str, type[BaseModel]]:
     return {name: field.annotation for name, field in TrainConfig.model_fields.items()}  # type: ignore[misc]
 
 
-def _valid_keys(loc: Sequence[str]) -> list[str]:
-    """Valid keys at ``loc``'s parent, for suggestions."""
-    if len(loc) <= 1:
-        return list(TrainConfig.model_fields)
-    section = _sections().get(loc[0])
-    return list(section.model_fields) if section is not None else []
-
-
-def _closest(key: str, candidates: Sequence[str]) -> str | None:
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    return match[0] if match else None
-
-
 def _all_dotted_keys() -> list[str]:
     keys = []
     for name, section in _sections().items():
@@ -358,17 +363,26 @@ class _Sources:
         return "defaults"
 
 
+def _unknown_key_lines(section: tuple[str, ...], ctx: Mapping[str, Any], sources: _Sources) -> list[str]:
+    """``unknown key 'train_args.x' (run.yaml:4); did you mean 'train_args.y'?`` for each unknown key of a
+    section (``section == ()``: unknown sections), with where it came from."""
+    lines = []
+    prefix = "".join(f"{part}." for part in section)
+    for key, suggestion in zip(ctx["keys"], ctx["suggestions"]):
+        hint = f"; did you mean '{prefix}{suggestion}'?" if suggestion else ""
+        what = "key" if section else "section"
+        lines.append(f"unknown {what} '{prefix}{key}' ({sources.describe((*section, key))}){hint}")
+    return lines
+
+
 def _format_errors(error: ValidationError, sources: _Sources) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(str(p) for p in item["loc"] if not isinstance(p, int))
         dotted = ".".join(loc) or "<config>"
         where = sources.describe(loc)
-        if item["type"] == "extra_forbidden":
-            suggestion = _closest(loc[-1], _valid_keys(loc))
-            parent = ".".join(loc[:-1])
-            hint = f"; did you mean '{parent + '.' if parent else ''}{suggestion}'?" if suggestion else ""
-            lines.append(f"unknown key '{dotted}' ({where}){hint}")
+        if item["type"] == "unknown_key":  # models.args.reject_unknown_keys, one error per section
+            lines += _unknown_key_lines(loc, item["ctx"], sources)
         elif item["type"] == "missing" and len(loc) == 1:
             lines.append(f"missing section '{dotted}' (required; add it to the YAML)")
         elif item["type"] == "missing":
@@ -378,31 +392,6 @@ def _format_errors(error: ValidationError, sources: _Sources) -> str:
             shown = "" if isinstance(value, dict) else f" {value!r}"
             lines.append(f"bad value{shown} for '{dotted}' ({where}): {item['msg']}")
     return "invalid training configuration:\n  " + "\n  ".join(lines)
-
-
-def _check_keys(data: Mapping[str, Any], sources: _Sources) -> None:
-    """Unknown sections and keys, all reported at once with their source and the closest valid key.
-
-    Done before pydantic so every section (including ``model_args``, validated by the models package)
-    reports the same way, with ``file:line``.
-    """
-    problems = []
-    sections = _sections()
-    for section, body in data.items():
-        if section not in sections:
-            suggestion = _closest(str(section), list(sections))
-            hint = f"; did you mean '{suggestion}'?" if suggestion else ""
-            problems.append(f"unknown section '{section}' ({sources.describe((str(section),))}){hint}")
-            continue
-        known = list(sections[section].model_fields)
-        for key in body if isinstance(body, Mapping) else ():
-            if key not in known:
-                suggestion = _closest(str(key), known)
-                hint = f"; did you mean '{section}.{suggestion}'?" if suggestion else ""
-                where = sources.describe((str(section), str(key)))
-                problems.append(f"unknown key '{section}.{key}' ({where}){hint}")
-    if problems:
-        raise ConfigError("invalid training configuration:\n  " + "\n  ".join(problems))
 
 
 def _parse_value(text: str) -> Any:
@@ -458,7 +447,7 @@ def load_config(
     for dotted, value in items:
         parts = tuple(dotted.split("."))
         if len(parts) != 2 or not all(parts):
-            suggestion = _closest(dotted, _all_dotted_keys())
+            suggestion = closest_key(dotted, _all_dotted_keys())
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
             raise ConfigError(f"unknown key '{dotted}' (command line): keys look like section.key{hint}")
         section, key = parts
@@ -471,7 +460,6 @@ def load_config(
         sources.where[parts] = where
         sources.where.setdefault((section,), where)
 
-    _check_keys(data, sources)
     try:
         config = TrainConfig.model_validate(data)
     except ValidationError as error:
