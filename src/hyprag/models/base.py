@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from hyprag.geometry import lorentz
 from hyprag.geometry import similarity as similarity_fns
+from hyprag.models.hf_base import base_from_config_dict
 from hyprag.models.hub import push_to_hub
 from hyprag.models.io import save_embedding_model
 from hyprag.models.settings import (
@@ -315,6 +316,15 @@ class EmbeddingModel(nn.Module, abc.ABC):
         weights (:func:`hyprag.models.load_model` then loads the saved ones strictly). ``section`` is a saved
         section or one built from ``model_args`` (whose keys are the same); ``base``, when given, is a
         pretrained base encoder used instead of one rebuilt from ``section["base_config"]``."""
+        if base is None and section.get("base_config") is not None:
+            base = base_from_config_dict(section["base_config"], attn_implementation)
+        return cls._from_section(section, tokenizer, settings, base)
+
+    @classmethod
+    def _from_section(
+        cls, section: Mapping[str, Any], tokenizer: Any, settings: ModelSettings, base: Any
+    ) -> Any:
+        """:meth:`from_config` of one class, with its base encoder (or ``None``) already resolved."""
         raise NotImplementedError(f"{cls.__name__} is not rebuilt from a hyprag section")
 
     @property

@@ -29,8 +29,8 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 from hyprag._version import __version__
 from hyprag.models.base import EmbeddingModel, ModelSettings, check_texts, euclidean_pool
-from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
-from hyprag.models.hf_base import base_config_dict, base_from_config_dict, base_token_states, strip_hf_meta
+from hyprag.models.heads import DirectionRadiusHead, pretrained_base_options, unfreeze_top_layers
+from hyprag.models.hf_base import base_config_dict, base_token_states, strip_hf_meta
 from hyprag.models.io import save_module_folder
 
 __all__ = ["EUCLIDEAN_HEADS", "EuclideanEncoder", "EuclideanForMaskedLM", "SentenceTransformerModel"]
@@ -148,31 +148,20 @@ class EuclideanEncoder(EmbeddingModel):
         return config
 
     @classmethod
-    def from_config(
-        cls,
-        section: Mapping[str, Any],
-        tokenizer: Any,
-        settings: ModelSettings,
-        *,
-        attn_implementation: str = "sdpa",
-        base: nn.Module | None = None,
+    def _from_section(
+        cls, section: Mapping[str, Any], tokenizer: Any, settings: ModelSettings, base: Any
     ) -> EuclideanEncoder:
-        """The encoder that :meth:`hyprag_config` saved, or that ``model_args`` describes (the same keys, plus
-        ``euclidean_kind`` and ``projection_dim``). ``base`` is the encoder (the pretrained base, or the
-        ModernBERT trunk); without it one is rebuilt from ``base_config`` with placeholder weights."""
+        """The encoder from a saved section or from ``model_args`` (the same keys, plus ``euclidean_kind``
+        and ``projection_dim``) on ``base`` (the pretrained base, or the ModernBERT trunk)."""
         return cls(
-            base if base is not None else base_from_config_dict(section["base_config"], attn_implementation),
+            base,
             tokenizer,
             settings,
             kind=section["euclidean_kind"],
             projection_dim=section.get("projection_dim"),
-            freeze_base=bool(section.get("freeze_base", False)),
-            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
             head=str(section.get("euclidean_head", "linear")),
-            radius_init=float(section.get("radius_init", 2.0)),
-            radius_gain=float(section.get("radius_gain", 5.0)),
             max_norm=float(section.get("max_norm", 10.0)),
-            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
+            **pretrained_base_options(section),
         )
 
     @property
@@ -201,7 +190,7 @@ class EuclideanForMaskedLM(ModernBertForMaskedLM):
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], tokenizer: Any = None) -> EuclideanForMaskedLM:  # type: ignore[override]
+    def from_config(cls, section: Mapping[str, Any], tokenizer: Any = None) -> EuclideanForMaskedLM:
         """The model a saved ``euclidean_mlm`` section describes (placeholder weights)."""
         return cls(ModernBertConfig(**strip_hf_meta(section["trunk_config"])), tokenizer)
 

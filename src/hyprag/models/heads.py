@@ -19,12 +19,14 @@ respond to a small change of ``w`` as fast as the direction does to ``W``. ``max
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DirectionRadiusHead", "unfreeze_top_layers"]
+__all__ = ["DirectionRadiusHead", "pretrained_base_options", "unfreeze_top_layers"]
 
 
 class DirectionRadiusHead(nn.Module):
@@ -107,3 +109,16 @@ def unfreeze_top_layers(base: nn.Module, n: int) -> None:
         raise ValueError(f"trainable_base_layers={n} but the base encoder has {len(layers)} layers")
     for layer in list(layers)[len(layers) - n :]:
         layer.requires_grad_(True)
+
+
+def pretrained_base_options(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor options shared by the models on a pretrained base (HyTE-H, the Euclidean twin of
+    HyTE-H) as a saved ``hyprag`` section or ``model_args`` holds them: how the base trains and the
+    direction + radius head's start."""
+    return {
+        "freeze_base": bool(section.get("freeze_base", False)),
+        "base_lr_multiplier": float(section.get("base_lr_multiplier", 1.0)),
+        "trainable_base_layers": int(section.get("trainable_base_layers", 0)),
+        "radius_init": float(section.get("radius_init", 2.0)),
+        "radius_gain": float(section.get("radius_gain", 5.0)),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from hyprag.geometry import pooling
 from hyprag.models.base import EmbeddingModel, ModelSettings
@@ -48,15 +48,7 @@ class HyteFH(EmbeddingModel):
         return {"trunk_config": self.model.config.to_dict()}
 
     @classmethod
-    def from_config(
-        cls,
-        section: Mapping[str, Any],
-        tokenizer: Any,
-        settings: ModelSettings,
-        *,
-        attn_implementation: str = "sdpa",
-        base: nn.Module | None = None,
+    def _from_section(
+        cls, section: Mapping[str, Any], tokenizer: Any, settings: ModelSettings, base: Any
     ) -> HyteFH:
-        """The HyTE-FH that :meth:`hyprag_config` saved (the trunk has no base encoder or attention kernel
-        to choose: ``attn_implementation`` and ``base`` are unused)."""
         return cls(HyteFHConfig.from_dict(section["trunk_config"]), tokenizer, settings)

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from hyprag.geometry import lorentz, pooling
 from hyprag.models.base import EmbeddingModel, ModelSettings, euclidean_pool
-from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
-from hyprag.models.hf_base import base_config_dict, base_from_config_dict, base_token_states
+from hyprag.models.heads import DirectionRadiusHead, pretrained_base_options, unfreeze_top_layers
+from hyprag.models.hf_base import base_config_dict, base_token_states
 from hyprag.models.hyte_fh import HyteFHBlock, HyteFHConfig
 from hyprag.nn._precision import autocast_off
 from hyprag.nn.curvature import Curvature, ScalarParameters, scalar_parameter
@@ -200,21 +200,14 @@ class HyteH(ScalarParameters, EmbeddingModel):
         }
 
     @classmethod
-    def from_config(
-        cls,
-        section: Mapping[str, Any],
-        tokenizer: Any,
-        settings: ModelSettings,
-        *,
-        attn_implementation: str = "sdpa",
-        base: nn.Module | None = None,
+    def _from_section(
+        cls, section: Mapping[str, Any], tokenizer: Any, settings: ModelSettings, base: Any
     ) -> HyteH:
-        """The HyTE-H that :meth:`hyprag_config` saved, or that ``model_args`` describes (the keys are the
-        same; ``projection_dim`` and ``blocks_config`` are then derived by the factory). ``base`` is the
-        pretrained encoder; without it one is rebuilt from ``base_config`` with placeholder weights."""
+        """HyTE-H from a saved section or from ``model_args`` (the same keys; the factory derives
+        ``projection_dim`` and ``blocks_config``) on the base encoder ``base``."""
         blocks = section.get("blocks_config")
         return cls(
-            base if base is not None else base_from_config_dict(section["base_config"], attn_implementation),
+            base,
             tokenizer,
             settings,
             projection_dim=int(section["projection_dim"]),
@@ -224,10 +217,6 @@ class HyteH(ScalarParameters, EmbeddingModel):
             trainable_curvature=bool(section.get("trainable_curvature", True)),
             num_hyperbolic_blocks=int(section.get("num_hyperbolic_blocks", 0)),
             blocks_config=HyteFHConfig.from_dict(blocks) if blocks else None,
-            freeze_base=bool(section.get("freeze_base", False)),
-            base_lr_multiplier=float(section.get("base_lr_multiplier", 1.0)),
             head=str(section.get("hyte_h_head", "token")),
-            radius_init=float(section.get("radius_init", 2.0)),
-            radius_gain=float(section.get("radius_gain", 5.0)),
-            trainable_base_layers=int(section.get("trainable_base_layers", 0)),
+            **pretrained_base_options(section),
         )

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from hyprag._version import __version__
 from hyprag.models.card import write_model_card
-from hyprag.models.st_export import write_sentence_transformers_files
 
 __all__ = [
     "CONFIG_NAME",
@@ -111,7 +110,11 @@ def save_embedding_model(model: Any, path: str | Path) -> Path:
     c = model.curvature()
     section["curvature"] = None if c is None else float(c.detach())
     save_module_folder(model, path, section, tokenizer=model.tokenizer)
-    # The same folder is also a sentence-transformers model (modules.json and its module folders).
+    # The same folder is also a sentence-transformers model (modules.json and its module folders). st_export
+    # subclasses sentence-transformers' modules, whose import takes seconds (4-8 s measured, more than torch):
+    # only saving needs it, so it is imported here and loading or building a model does not pay for it.
+    from hyprag.models.st_export import write_sentence_transformers_files
+
     write_sentence_transformers_files(model, path)
     write_model_card(model, path)
     return Path(path)
