@@ -268,6 +268,15 @@ def _add_index_commands(sub) -> None:
     b.add_argument(
         "--ef-search", type=int, default=128, help="HNSW efSearch (raised to the fetch size if smaller)"
     )
+    b.add_argument(
+        "--resumable",
+        action="store_true",
+        help="keep finished shards in OUT.encoding so an interrupted build resumes (always under torchrun)",
+    )
+    b.add_argument("--shard-size", type=int, default=1024, help="documents per resumable shard")
+    b.add_argument(
+        "--max-new-shards", type=int, default=None, help="stop each process after N new shards (resume later)"
+    )
     b.set_defaults(func=_run_index_build)
 
     s = sub.add_parser("search", help="search an index folder with query texts")
@@ -292,6 +301,9 @@ def _run_index_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         hnsw_m=args.hnsw_m,
         ef_search=args.ef_search,
+        shard_size=args.shard_size,
+        resumable=args.resumable,
+        max_new_shards=args.max_new_shards,
     )
     return 0
 

@@ -34,10 +34,12 @@ is the same for every document). The re-rank computes ``-|q - x|`` in float64 fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,13 @@ import torch
 from torch import Tensor
 
 from hyprag.data.beir import read_corpus
+from hyprag.eval.encode import DEFAULT_SHARD_SIZE, command_process_group, encode_corpus, work_dir_for
 from hyprag.folder_lock import exclusive_lock, sibling_lock_path
 from hyprag.geometry import lorentz
 from hyprag.geometry import similarity as similarity_fns
 from hyprag.models import load_model
 from hyprag.models.base import check_finite_embeddings
+from hyprag.training.distributed import barrier, is_distributed, world_info
 
 __all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex"]
 
@@ -209,15 +213,34 @@ class VectorIndex:
         model_path: str | None = None,
         **index_options: Any,
     ) -> VectorIndex:
-        """Embed ``doc_texts`` with the document prefix and index them (options as :meth:`from_embeddings`)."""
+        """Embed ``doc_texts`` with the document prefix and index them (options as :meth:`from_embeddings`).
+
+        Under ``torchrun`` (a running process group) the ranks share the encoding
+        (:func:`hyprag.eval.encode.encode_corpus`, identical to one process) and each builds the index.
+        """
         if len(doc_ids) != len(doc_texts):
             raise ValueError(f"{len(doc_ids)} document ids but {len(doc_texts)} texts")
-        emb = model.encode(list(doc_texts), prompt_type="document", batch_size=batch_size)
-        check_finite_embeddings(emb, list(doc_texts), "documents")
+        emb = encode_corpus(model, list(doc_texts), batch_size=batch_size)
+        return cls.from_model_embeddings(
+            model, doc_ids, emb, kind=kind, model_path=model_path, **index_options
+        )
+
+    @classmethod
+    def from_model_embeddings(
+        cls,
+        model: Any,
+        doc_ids: Sequence[str],
+        embeddings: Tensor,
+        *,
+        kind: str = "flat",
+        model_path: str | None = None,
+        **index_options: Any,
+    ) -> VectorIndex:
+        """Index document ``embeddings`` that ``model`` made: its similarity, curvature and fingerprint."""
         c = model.curvature() if model.is_hyperbolic else None
         index = cls.from_embeddings(
             doc_ids,
-            emb,
+            embeddings,
             similarity=model.settings.similarity,
             curvature=c,
             kind=kind,
@@ -521,36 +544,82 @@ def build_index_command(
     batch_size: int = 64,
     hnsw_m: int = 32,
     ef_search: int = 128,
-) -> VectorIndex:
-    """``hyprag index build``: embed a corpus with the model folder and save the index to ``out``."""
-    with exclusive_lock(sibling_lock_path(out), f"index folder {out}"):
-        return _build_index(model_path, corpus, out, kind, batch_size, hnsw_m, ef_search)
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    resumable: bool = False,
+    max_new_shards: int | None = None,
+) -> VectorIndex | None:
+    """``hyprag index build``: embed a corpus with the model folder and save the index to ``out``.
+
+    Under ``torchrun --nproc-per-node=N`` every rank encodes its shards of the corpus and rank 0 writes the
+    index (the other ranks return ``None``); the index equals one process's (:mod:`hyprag.eval.encode`).
+    Shards of ``shard_size`` documents are kept in ``out.encoding`` beside the index until it is written,
+    under ``torchrun`` always and in one process with ``resumable``, so an interrupted build resumes;
+    ``max_new_shards`` stops each process after that many new shards (:class:`EncodingIncompleteError`).
+    """
+    with command_process_group() as info:
+        # All ranks of one torchrun job are one build: rank 0 holds the folder's lock for all of them.
+        lock = (
+            exclusive_lock(sibling_lock_path(out), f"index folder {out}")
+            if info.rank == 0
+            else contextlib.nullcontext()
+        )
+        with lock:
+            barrier()
+            work = work_dir_for(out) if (is_distributed() or resumable) else None
+            return _build_index(
+                model_path,
+                corpus,
+                out,
+                kind=kind,
+                batch_size=batch_size,
+                index_options={"ef_search": ef_search} | ({"hnsw_m": hnsw_m} if kind == "hnsw" else {}),
+                shard_size=shard_size,
+                work=work,
+                max_new_shards=max_new_shards,
+            )
 
 
 def _build_index(
     model_path: str,
     corpus: str,
     out: str,
+    *,
     kind: str,
     batch_size: int,
-    hnsw_m: int,
-    ef_search: int,
-) -> VectorIndex:
+    index_options: dict[str, Any],
+    shard_size: int,
+    work: Path | None,
+    max_new_shards: int | None,
+) -> VectorIndex | None:
+    info = world_info()
     model = load_model(model_path)
     ids, texts = read_corpus(corpus)
-    options: dict[str, Any] = {"ef_search": ef_search}
-    if kind == "hnsw":
-        options["hnsw_m"] = hnsw_m
-    index = VectorIndex.from_model(
+    say = print if info.rank == 0 else None
+    start = time.perf_counter()
+    emb = encode_corpus(
         model,
-        ids,
         texts,
+        ids=ids,
         batch_size=batch_size,
-        kind=kind,
-        model_path=str(Path(model_path).resolve()),
-        **options,
+        shard_size=shard_size,
+        work_dir=work,
+        max_new_shards=max_new_shards,
+        echo=say,
+    )
+    seconds = time.perf_counter() - start
+    barrier()  # every rank has read the shards: rank 0 may remove them once the index is saved
+    if info.rank != 0:
+        return None
+    print(
+        f"encoded {len(texts)} documents in {seconds:.2f} s ({len(texts) / max(seconds, 1e-9):.1f} documents/s, "
+        f"{info.world_size} process(es))"
+    )
+    index = VectorIndex.from_model_embeddings(
+        model, ids, emb, kind=kind, model_path=str(Path(model_path).resolve()), **index_options
     )
     index.save(out)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"indexed {len(index)} documents ({index.kind}, {index.similarity}) from {corpus} -> {out}")
     return index
 

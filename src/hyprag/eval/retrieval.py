@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from hyprag.data.beir import document_text, load_beir
+from hyprag.eval.encode import command_process_group, encode_corpus
 from hyprag.eval.index import VectorIndex
 from hyprag.geometry import similarity as similarity_fns
 from hyprag.models import load_model
@@ -242,8 +243,8 @@ def evaluate_beir(
     similarity, c = _model_similarity(model)
 
     t0 = time.perf_counter()
-    doc_emb = model.encode(
-        [document_text(data.corpus[d]) for d in doc_ids], prompt_type="document", batch_size=batch_size
+    doc_emb = encode_corpus(
+        model, [document_text(data.corpus[d]) for d in doc_ids], ids=doc_ids, batch_size=batch_size
     )
     t1 = time.perf_counter()
     query_emb = model.encode([data.queries[q] for q in query_ids], prompt_type="query", batch_size=batch_size)
@@ -300,9 +301,18 @@ def run_beir_command(
     output: str | None = None,
     search: str = "exact",
 ) -> dict[str, Any]:
-    """``hyprag eval beir``: load the model folder, evaluate, print a table, write ``output`` JSON."""
-    model = load_model(model_path)
-    result = evaluate_beir(model, data, split, batch_size, top_k, search=search, model_path=str(model_path))
+    """``hyprag eval beir``: load the model folder, evaluate, print a table, write ``output`` JSON.
+
+    Under ``torchrun --nproc-per-node=N`` the ranks share the corpus encoding (the same embeddings as one
+    process, :mod:`hyprag.eval.encode`); rank 0 prints and writes.
+    """
+    with command_process_group() as info:
+        model = load_model(model_path)
+        result = evaluate_beir(
+            model, data, split, batch_size, top_k, search=search, model_path=str(model_path)
+        )
+    if info.rank != 0:
+        return result
     print(format_metrics_table({Path(data).name or str(data): result}))
     meta = result["meta"]
     print(

@@ -1,0 +1,28 @@
+"""Launched by tests/eval/test_encode_parallel.py under ``torchrun --nproc-per-node=2`` (gloo, CPU).
+
+One process group for two commands: ``hyprag index build`` (shards in a work folder, rank 0 writes the index)
+and ``hyprag eval beir`` (shards gathered in memory, rank 0 writes the metrics). ``argv[1]`` and ``argv[2]``
+are the two command lines as JSON lists.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from hyprag import cli
+from hyprag.training.distributed import init_distributed
+
+
+def main(index_args: list[str], beir_args: list[str]) -> None:
+    world = init_distributed()
+    assert world.world_size == 2 and torch.distributed.get_backend() == "gloo", world
+    assert cli.main(index_args) == 0
+    assert cli.main(beir_args) == 0
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]), json.loads(sys.argv[2]))

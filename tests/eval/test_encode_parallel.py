@@ -1,0 +1,196 @@
+"""Data-parallel, resumable corpus encoding: `hyprag index build` under torchrun (2 processes, gloo) gives the
+one-process index bit for bit; an interrupted build resumes to the same index; a work folder of another
+model or corpus is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyprag import cli
+from hyprag.data.beir import read_corpus
+from hyprag.data.bundled import faq_dev_path
+from hyprag.eval import encode as encode_module
+from hyprag.eval.encode import (
+    EncodingIncompleteError,
+    EncodingWorkMismatchError,
+    ShardPlan,
+    encode_corpus,
+    work_dir_for,
+)
+from hyprag.eval.index import VectorIndex, build_index_command
+from hyprag.models import build_model, load_model, packaged_minilm_path
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
+# A real encoder (MiniLM under the HyTE-H head): a tiny random trunk happens to give the same float32
+# embeddings whatever the batch-mates, so it could not tell the exact batching from a naive one.
+HYTE_H = {
+    "model_type": "hyte_h",
+    "hyte_h_head": "pooled",
+    "model_name": str(packaged_minilm_path()),
+    "projection_init": "identity",
+    "embedding_dim": 384,
+    "max_seq_length": 64,
+}
+# 130 documents, batches of 8, shards of 16: 9 shards, the last one short; shards go to ranks 0,1,0,1,...
+N_DOCS, BATCH, SHARD = 130, 8, 16
+QUERIES = ["how do I install a package", "what is a list comprehension", "exception handling"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encode")
+    torch.manual_seed(0)
+    build_model(HYTE_H).save_pretrained(root / "model")
+    build_model(HYTE_H | {"max_seq_length": 48}).save_pretrained(root / "other_model")
+    ids, texts = read_corpus(faq_dev_path())
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in list(zip(ids, texts))[:N_DOCS]),
+        encoding="utf-8",
+    )
+    single = root / "single"
+    build_index_command(str(root / "model"), str(corpus), str(single), batch_size=BATCH)
+    return root, corpus, single
+
+
+def _vectors(index: VectorIndex) -> np.ndarray:
+    return index.faiss_index.reconstruct_n(0, index.faiss_index.ntotal)
+
+
+def _assert_same_index(a_dir: Path, b_dir: Path, model_dir: Path) -> None:
+    a, b = VectorIndex.load(a_dir), VectorIndex.load(b_dir)
+    assert a.doc_ids == b.doc_ids
+    assert np.array_equal(_vectors(a), _vectors(b))  # bit for bit
+    assert (a.max_norm, a.model_fingerprint) == (b.max_norm, b.model_fingerprint)
+    model = load_model(model_dir)
+    assert a.search(model, QUERIES, 10) == b.search(model, QUERIES, 10)
+
+
+def test_shard_plan_follows_the_one_call_batches():
+    texts = ["aa", "b", "cccc", "dd", "e", "ffff", "g"]
+    plan = ShardPlan.for_texts(texts, batch_size=2, shard_size=3)
+    assert plan.shard_size == 4  # rounded up to whole batches
+    # Longest first, ties in corpus order: the order EmbeddingModel.encode sorts by.
+    assert list(plan.order) == sorted(range(7), key=lambda i: -len(texts[i]))
+    assert [plan.positions(j) for j in range(plan.n_shards)] == [[2, 5, 0, 3], [1, 4, 6]]
+    assert list(plan.shards_of(1, 2)) == [1] and list(plan.shards_of(0, 2)) == [0]
+
+
+def test_sharded_encoding_equals_one_encode_call_bit_for_bit(setup, tmp_path):
+    root, *_ = setup
+    model = load_model(root / "model")
+    _, texts = read_corpus(root / "corpus.jsonl")
+    whole = model.encode(texts, prompt_type="document", batch_size=BATCH)
+    sharded = encode_corpus(model, texts, batch_size=BATCH, shard_size=SHARD, work_dir=tmp_path / "work")
+    assert torch.equal(sharded, whole)
+    # Shards cut elsewhere than at batch boundaries of the sorted order would change the float32 rounding:
+    # the equality above is not a matter of tolerance.
+    naive = torch.cat([model.encode(texts[i : i + SHARD], "document", batch_size=BATCH) for i in (0, 16)])
+    assert not torch.equal(naive, whole[:32])
+
+
+def _beir_args(model_dir: Path, output: Path) -> list[str]:
+    return ["eval", "beir", "--model", str(model_dir), "--data", str(faq_dev_path()), "--output", str(output)]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_build_the_one_process_index_and_metrics(setup, tmp_path, capsys):
+    root, corpus, single = setup
+    out = tmp_path / "parallel"
+    index_args = [
+        "index",
+        "build",
+        "--model",
+        str(root / "model"),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+    ]
+    index_args += ["--batch-size", str(BATCH), "--shard-size", str(SHARD)]
+    beir_args = _beir_args(root / "model", tmp_path / "beir_parallel.json")
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    worker = Path(__file__).with_name("_encode_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", str(worker)]
+    cmd += [json.dumps(index_args), json.dumps(beir_args)]
+    # Own session, so a hang can be ended for torchrun and both workers at once.
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s:\n{output[-8000:]}")
+    assert proc.returncode == 0, output[-8000:]
+    assert "encoded 9 of 9 shards of 16 documents (0 done before) with 2 process(es)" in output
+    assert output.count(f"indexed {N_DOCS} documents") == 1  # rank 0 alone writes the index
+    assert not work_dir_for(out).exists()  # the shards are removed once the index is saved
+    _assert_same_index(single, out, root / "model")
+
+    # BEIR evaluation: the same metrics as one process (the embeddings are the same bits).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1)
+    try:
+        assert cli.main(_beir_args(root / "model", tmp_path / "beir_single.json")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    parallel = json.loads((tmp_path / "beir_parallel.json").read_text())
+    one = json.loads((tmp_path / "beir_single.json").read_text())
+    assert output.count("wrote " + str(tmp_path / "beir_parallel.json")) == 1
+    for result in (parallel, one):
+        del result["meta"]["timings_s"]
+    assert parallel == one
+
+
+def test_interrupted_build_resumes_to_the_same_index(setup, tmp_path, monkeypatch, capsys):
+    root, corpus, single = setup
+    out = tmp_path / "ix"
+    args = ["index", "build", "--model", str(root / "model"), "--corpus", str(corpus), "--out", str(out)]
+    args += ["--batch-size", str(BATCH), "--shard-size", str(SHARD), "--resumable"]
+    assert cli.main([*args, "--max-new-shards", "4"]) == 2  # a user error: stopped, resume later
+    assert "5 of 9 shards are left" in capsys.readouterr().err
+    work = work_dir_for(out)
+    assert len(list(work.glob("shard-*.safetensors"))) == 4 and not out.exists()
+
+    encoded: list[int] = []
+    real_encode = encode_module.check_finite_embeddings
+
+    def counting(emb, texts=None, what="texts"):
+        encoded.append(len(emb))
+        return real_encode(emb, texts, what)
+
+    monkeypatch.setattr(encode_module, "check_finite_embeddings", counting)
+    assert cli.main(args) == 0
+    assert "encoded 5 of 9 shards of 16 documents (4 done before)" in capsys.readouterr().out
+    assert sum(encoded) == N_DOCS - 4 * SHARD  # only the missing shards were encoded again
+    assert not work.exists()
+    _assert_same_index(single, out, root / "model")
+
+
+def test_work_folder_of_another_model_or_corpus_is_refused(setup, tmp_path):
+    root, corpus, _ = setup
+    out = tmp_path / "ix"
+    common = {"batch_size": BATCH, "shard_size": SHARD, "resumable": True}
+    with pytest.raises(EncodingIncompleteError):
+        build_index_command(str(root / "model"), str(corpus), str(out), max_new_shards=1, **common)
+    with pytest.raises(EncodingWorkMismatchError, match=r"another model \(other weights or settings\)"):
+        build_index_command(str(root / "other_model"), str(corpus), str(out), **common)
+    other_corpus = tmp_path / "corpus.jsonl"
+    other_corpus.write_text(corpus.read_text(encoding="utf-8").replace("Python", "Pithon"), encoding="utf-8")
+    with pytest.raises(EncodingWorkMismatchError, match=r"another corpus \(other ids or texts\)"):
+        build_index_command(str(root / "model"), str(other_corpus), str(out), **common)
+    with pytest.raises(EncodingWorkMismatchError, match=r"another batch size"):
+        build_index_command(str(root / "model"), str(corpus), str(out), **(common | {"batch_size": 4}))
+    assert len(list(work_dir_for(out).glob("shard-*"))) == 1  # nothing was overwritten
