@@ -2,7 +2,8 @@
 
 Weight decay pulls weights towards zero. That is right for matrices and wrong for: norm gains and biases
 (1-d tensors), the curvature ``log c`` (decay would drag ``c`` towards 1 for no reason) and the contrastive
-``log logit_scale`` (it would drag the temperature towards 1). Those get ``weight_decay=0``.
+``log logit_scale`` (it would drag the temperature towards 1). Those get ``weight_decay=0``; the rule is
+:func:`hyprag.models.base.no_decay`, the same one embedding models' ``param_groups`` use.
 Embedding models provide ``param_groups(lr, weight_decay)`` themselves (HyTE-H: a smaller learning rate
 for its pretrained base, ``model_args.base_lr_multiplier``); they are used as given.
 """
@@ -16,16 +17,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "no_decay", "parameter_groups"]
+from hyprag.models.base import no_decay
 
-# Parameter-name fragments that never take weight decay (besides every tensor with ndim < 2).
-_NO_DECAY_NAMES = ("log_c", "logit_scale", "curvature", "bias", "norm")
-
-
-def no_decay(name: str, param: nn.Parameter) -> bool:
-    """True for norms, biases, the curvature and the logit scale (see the module docstring)."""
-    lowered = name.lower()
-    return param.ndim < 2 or any(fragment in lowered for fragment in _NO_DECAY_NAMES)
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "parameter_groups"]
 
 
 def parameter_groups(
