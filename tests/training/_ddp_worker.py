@@ -14,7 +14,7 @@ import torch
 from _ddp_case import build_case
 from torch.nn.parallel import DistributedDataParallel
 
-from hyprag.training.distributed import init_distributed, is_main_process, world_info
+from hyprag.training.distributed import init_distributed, world_info
 from hyprag.training.grad_cache import grad_cache_backward
 
 
@@ -46,7 +46,7 @@ def main(out_path: str) -> None:
             "logit_scale": scale_grad / world.world_size
         }
         results[mode + "_loss"] = loss.detach()
-    if is_main_process():
+    if world.rank == 0:
         torch.save(results, out_path)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

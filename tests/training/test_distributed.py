@@ -18,7 +18,6 @@ from hyprag.training.distributed import (
     gather_sizes,
     gather_with_grad,
     init_distributed,
-    is_main_process,
     world_info,
 )
 from hyprag.training.grad_cache import grad_cache_backward
@@ -35,7 +34,7 @@ def clean_env(monkeypatch):
 
 def test_single_process_helpers_degrade_to_identity(clean_env):
     assert world_info() == WorldInfo(rank=0, world_size=1, local_rank=0)
-    assert is_main_process()
+    assert world_info().rank == 0  # the main process
     assert init_distributed() == WorldInfo()
     assert not torch.distributed.is_initialized()
     barrier()
@@ -49,7 +48,7 @@ def test_world_info_reads_launcher_variables(clean_env):
     clean_env.setenv("WORLD_SIZE", "4")
     clean_env.setenv("LOCAL_RANK", "1")
     assert world_info() == WorldInfo(rank=3, world_size=4, local_rank=1)
-    assert not is_main_process()
+    assert world_info().rank != 0
     clean_env.setenv("RANK", "4")
     with pytest.raises(ValueError, match=r"RANK=4 is outside \[0, WORLD_SIZE=4\)"):
         world_info()

@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
+from torch.utils.data import DataLoader
 
+from hyprag.data.collators import ContrastiveCollator, MLMCollator
+from hyprag.data.readers import IterableRows, ResumableSampler, RowDataset, open_dataset
 from hyprag.training.config import TrainConfig
 
 __all__ = ["DataStream"]
@@ -23,11 +26,6 @@ class DataStream:
     """
 
     def __init__(self, config: TrainConfig, model: nn.Module, rank: int, world_size: int) -> None:
-        from torch.utils.data import DataLoader
-
-        from hyprag.data.collators import ContrastiveCollator, MLMCollator
-        from hyprag.data.readers import IterableRows, ResumableSampler, RowDataset, open_dataset
-
         args, data = config.train_args, config.data_args
         kind = "mlm" if args.task == "mlm" else "contrastive"
         columns = (

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 
 __all__ = [
     "WorldInfo",
@@ -33,7 +34,6 @@ __all__ = [
     "gather_with_grad",
     "init_distributed",
     "is_distributed",
-    "is_main_process",
     "world_info",
 ]
 
@@ -52,10 +52,6 @@ class WorldInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def _env_world() -> WorldInfo | None:
@@ -88,11 +84,6 @@ def world_info() -> WorldInfo:
         local = env.local_rank if env is not None else 0
         return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
     return _env_world() or WorldInfo()
-
-
-def is_main_process() -> bool:
-    """True on global rank 0 (and in a single process): the process that logs and writes files."""
-    return world_info().rank == 0
 
 
 def barrier() -> None:
@@ -158,8 +149,6 @@ def gather_with_grad(t: Tensor) -> Tensor:
     """
     if not is_distributed():
         return t
-    from torch.distributed.nn.functional import all_gather
-
     sizes = gather_sizes(t.shape[0], device=t.device)
     largest = max(sizes)
     padded = t

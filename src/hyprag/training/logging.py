@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 __all__ = ["MetricsLogger", "read_metrics"]
 
 
@@ -66,8 +68,6 @@ class MetricsLogger:
         if progress_bar is None:
             progress_bar = sys.stderr.isatty()
         if progress_bar:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         if wandb_project:
             import wandb
