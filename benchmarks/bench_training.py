@@ -77,7 +77,8 @@ def _tokens_per_s(out: Path) -> tuple[float, float]:
 
 
 def run_one(name: str, config: str, overrides: dict[str, Any], tmp: Path, env: dict[str, str], launcher=None):
-    out = tmp / name
+    # A fresh folder per round: the trainer refuses to train into a used one.
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
     wall, rss, _ = _run(_train_cmd(config, out, overrides, launcher), env)
     tps, loss = _tokens_per_s(out)
     row = {

@@ -12,7 +12,7 @@ import torch
 
 from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
 from hyprag.nn import _compile
-from hyprag.nn.mlr import _MLRLogits
+from hyprag.nn.mlr import _MLRFromProducts
 
 PAD = 0
 
@@ -78,7 +78,10 @@ def test_compiled_matches_eager_values_and_gradients():
     # The compiled asinh kernels over the float32 range (the eager path's own test covers 1e-30..1e30 too).
     mag = torch.logspace(-30, 30, 601)
     u = torch.cat([mag, -mag, torch.tensor([0.0, 1e37])]).requires_grad_(True)
-    out = _MLRLogits.apply(u[:, None], torch.ones(40, 1), torch.ones(40), compiled.head._kernels)
+    ones, zeros = torch.ones(40), torch.zeros(40)  # scale 1, shift 0, k 1: the logits are asinh(u)
+    out = _MLRFromProducts.apply(
+        u[:, None], torch.ones(40, 1), ones, torch.zeros(u.numel()), zeros, ones, compiled.head._kernels
+    )
     assert out.shape == (u.numel(), 40)
     exact = torch.asinh(u.detach().double())
     rel = ((out[:, 7].detach().double() - exact).abs() / exact.abs().clamp_min(1e-300)).max()
@@ -133,3 +136,22 @@ def test_compiled_wrapper_pickles_without_its_compiled_function():
     assert clone._compiled is None and clone.switch.enabled
     clone.switch.enabled = False
     assert clone([1, 2]) == 2
+
+
+def test_product_form_head_gradcheck_float64():
+    """The compiled path's autograd function (run here with its plain kernels) has exact gradients."""
+    from hyprag.nn.mlr import _PointwiseKernels
+
+    torch.manual_seed(5)
+    kernels = _PointwiseKernels(_compile.CompileSwitch(False))
+    f64 = {"dtype": torch.float64}
+    args = (
+        torch.randn(4, 3, **f64),  # xs
+        torch.randn(6, 3, **f64),  # z
+        torch.rand(6, **f64) + 0.5,  # scale
+        torch.rand(4, **f64) + 1.0,  # x0
+        torch.randn(6, **f64),  # shift
+        torch.rand(6, **f64) + 0.1,  # k
+    )
+    args = tuple(a.requires_grad_(True) for a in args)
+    assert torch.autograd.gradcheck(lambda *a: _MLRFromProducts.apply(*a, kernels), args)

@@ -30,8 +30,9 @@ class LorentzMLR(nn.Module):
     """Lorentz MLR over ``num_classes`` classes: parameters ``z: [V, d]``, ``a: [V]``.
 
     ``forward(x [N, d+1], c) -> logits [N, V]`` in float32 (float64 for float64 inputs); callers pass only
-    the positions they need (the masked ones for MLM). With ``compile_switch`` on, the whole head runs
-    passes of :class:`_MLRLogits` run as compiled kernels (one in place in the forward, one in the backward).
+    the positions they need (the masked ones for MLM). With ``compile_switch`` on, the head's ``[N, V]``
+    passes run as compiled kernels, one in place in the forward and one in the backward
+    (:class:`_MLRFromProducts`); otherwise through the hand-fused :class:`_MLRLogits`.
     """
 
     def __init__(
@@ -64,6 +65,8 @@ class LorentzMLR(nn.Module):
             xs = x[..., 1:].to(dtype)
             cc = as_curvature(c, xs)
             sc = cc.sqrt()
+            if self._kernels.switch.enabled:
+                return self._compiled_logits(xs, cc, sc)
             x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()  # never trust a stored x0
             z = self.z.to(dtype)
             z_norm = z.pow(2).sum(-1).clamp_min(torch.finfo(dtype).tiny).sqrt()  # [V]
@@ -75,40 +78,77 @@ class LorentzMLR(nn.Module):
                 [-torch.sinh(a).unsqueeze(-1), torch.cosh(a).unsqueeze(-1) * z / z_norm.unsqueeze(-1)], -1
             )
             points = torch.cat([x0, xs], dim=-1)  # [N, d+1]
-            kernels = self._kernels if self._kernels.switch.enabled else None
-            return _MLRLogits.apply(points, sc * normals, z_norm / sc, kernels)
+            return _MLRLogits.apply(points, sc * normals, z_norm / sc)
+
+    def _compiled_logits(self, xs: Tensor, cc: Tensor, sc: Tensor) -> Tensor:
+        """The compiled path: ``u = A (xs @ z.T) - x0 B`` with per-class ``A = sqrt(c) cosh(sqrt(c) a) / |z|``,
+        ``B = sqrt(c) sinh(sqrt(c) a)`` (the same ``u`` as the normals form), so no ``[V, d]`` tensor is
+        formed besides ``z`` and the gradients of the matrix products (:class:`_MLRFromProducts`)."""
+        x0 = (cc.reciprocal() + xs.pow(2).sum(-1)).sqrt()  # [N]; never trust a stored x0
+        z = self.z.to(xs.dtype)
+        z_norm = z.pow(2).sum(-1).clamp_min(torch.finfo(xs.dtype).tiny).sqrt()  # [V]
+        sa = self.a.to(xs.dtype) * sc
+        scale, shift = sc * torch.cosh(sa) / z_norm, sc * torch.sinh(sa)
+        return _MLRFromProducts.apply(xs, z, scale, x0, shift, z_norm / sc, self._kernels)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
-def _scaled_asinh_(u: Tensor, k: Tensor) -> Tensor:
-    """``u <- k * asinh(u)`` in place (``u: [N, V]``, ``k: [V]``), for ``torch.compile`` (one fused pass, no
-    fresh ``[N, V]`` buffer: on CPU a fresh one costs more than the pass). The arithmetic of
-    :class:`_MLRLogits` (``asinh(|u|) = log1p(|u| + |u| q)``, ``q = |u| / (1 + sqrt(1 + u^2))``); ``u^2`` is
-    not formed where it would overflow (there ``sqrt(1 + u^2) = |u|`` to rounding)."""
+def _mlr_asinh_(m: Tensor, scale: Tensor, x0: Tensor, shift: Tensor, k: Tensor) -> Tensor:
+    """``m <- k asinh(scale * m - x0 shift)`` in place (``m: [N, V]``; ``scale, shift, k: [V]``; ``x0: [N]``),
+    for ``torch.compile``: one fused pass and no fresh ``[N, V]`` buffer (on CPU a fresh one costs more than
+    the pass). The arithmetic of :class:`_MLRLogits` (``asinh(|u|) = log1p(|u| + |u| q)``,
+    ``q = |u| / (1 + sqrt(1 + u^2))``); ``u^2`` is not formed where it would overflow (there
+    ``sqrt(1 + u^2) = |u|`` to rounding)."""
+    u = m * scale - x0.unsqueeze(-1) * shift
     au = u.abs()
     big = au > 2.0**60
     h = torch.where(big, au, (1.0 + torch.where(big, 0.0, au).pow(2)).sqrt())
     s = torch.log1p(au + au * (au / (1.0 + h)))
-    return u.copy_(torch.where(u < 0, -s, s) * k)
+    return m.copy_(torch.where(u < 0, -s, s) * k)
 
 
-def _scaled_asinh_backward(grad: Tensor, out: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """For ``out = k asinh(u)``: ``(grad / sqrt(1 + u^2), sum_n grad * out / k)``, i.e. the gradient with
-    respect to ``u`` divided by ``k``, and the gradient with respect to ``k``; ``sqrt(1 + u^2) =
-    cosh(out / k)`` (``k = |z| / sqrt(c) > 0``), so nothing but ``out`` is kept from the forward."""
-    return grad / torch.cosh(out / k), (grad * out).sum(0) / k
+def _mlr_asinh_backward(grad: Tensor, out: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``out = k asinh(u)``: ``(grad k / sqrt(1 + u^2), sum_n grad * out / k)``, the gradients with
+    respect to ``u`` and ``k``. ``sqrt(1 + u^2) = cosh(out / k)`` (``k = |z| / sqrt(c) > 0``), so nothing
+    but ``out`` is kept from the forward; its relative error is ~``|asinh(u)|`` ulps."""
+    return grad * (k / torch.cosh(out / k)), (grad * out).sum(0) / k
 
 
 class _PointwiseKernels:
-    """The compiled ``[N, V]`` passes of :class:`_MLRLogits` (``forward_`` and ``backward``), each falling
-    back to its plain version through the shared :class:`CompileSwitch`."""
+    """The compiled ``[N, V]`` passes of :class:`_MLRFromProducts` (``forward_`` and ``backward``), each
+    falling back to its plain version through the shared :class:`CompileSwitch`."""
 
     def __init__(self, switch: CompileSwitch) -> None:
         self.switch = switch
-        self.forward_ = MaybeCompiled(_scaled_asinh_, switch, {0: (0,)})
-        self.backward = MaybeCompiled(_scaled_asinh_backward, switch, {0: (0,), 1: (0,)})
+        self.forward_ = MaybeCompiled(_mlr_asinh_, switch, {0: (0,), 2: (0,)})
+        self.backward = MaybeCompiled(_mlr_asinh_backward, switch, {0: (0,), 1: (0,)})
+
+
+class _MLRFromProducts(torch.autograd.Function):
+    """``k asinh(scale * (xs @ z.T) - x0 shift)`` -> ``[N, V]``: xs ``[N, d]``, z ``[V, d]``, scale, shift,
+    k ``[V]``, x0 ``[N]``; the ``[N, V]`` passes are ``kernels`` (compiled). The backward forms
+    ``grad_u = grad k / cosh(out / k)`` and then only matrix products and ``[V]``/``[N]`` reductions:
+    ``G = grad_u.T @ xs`` gives ``grad_z = scale G`` and ``grad_scale = rowdot(z, G)``."""
+
+    @staticmethod
+    def forward(ctx, xs, z, scale, x0, shift, k, kernels: _PointwiseKernels) -> Tensor:
+        out = kernels.forward_(xs @ z.T, scale, x0, shift, k)
+        ctx.kernels = kernels
+        ctx.save_for_backward(xs, z, scale, x0, shift, k, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        xs, z, scale, x0, shift, k, out = ctx.saved_tensors
+        grad_u, grad_k = ctx.kernels.backward(grad.contiguous(), out, k)
+        g = grad_u.T @ xs  # [V, d]
+        grad_xs = grad_u @ (scale.unsqueeze(-1) * z)
+        grad_z = scale.unsqueeze(-1) * g
+        grad_scale = (z * g).sum(-1)
+        return grad_xs, grad_z, grad_scale, -(grad_u @ shift), -(x0 @ grad_u), grad_k, None
 
 
 class _MLRLogits(torch.autograd.Function):
@@ -124,21 +164,11 @@ class _MLRLogits(torch.autograd.Function):
     cancellation near 0 (finite for ``|u|`` below half the dtype's max). ``H = sign(u) (1 + h)`` carries
     the sign, so ``q`` and the log1p argument can be formed in ``u``'s own buffer; ``H`` is kept for the
     backward, ``d asinh(u) / du = 1 / h = 1 / (|H| - 1)``.
-
-    With ``kernels`` (compiled, :class:`_PointwiseKernels`) the forward is one in-place pass over ``u`` and
-    the backward one pass (``1 / h = 1 / cosh(out / k)``, so only the output is kept).
     """
 
     @staticmethod
-    def forward(
-        ctx, points: Tensor, normals: Tensor, k: Tensor, kernels: _PointwiseKernels | None = None
-    ) -> Tensor:
+    def forward(ctx, points: Tensor, normals: Tensor, k: Tensor) -> Tensor:
         u = points @ normals.T
-        ctx.kernels = kernels
-        if kernels is not None:
-            out = kernels.forward_(u, k)
-            ctx.save_for_backward(points, normals, k, out)
-            return out
         signed_1p_h = torch.hypot(u, torch.ones((), dtype=u.dtype, device=u.device))
         signed_1p_h.add_(1.0).copysign_(u)  # sign(u) (1 + h)
         q = u.div_(signed_1p_h)  # |u| / (1 + h), in u's buffer
@@ -149,16 +179,7 @@ class _MLRLogits(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        if ctx.kernels is not None:
-            points, normals, k, out = ctx.saved_tensors
-            grad_u_over_k, grad_k = ctx.kernels.backward(grad.contiguous(), out, k)
-            return (
-                grad_u_over_k @ (k.unsqueeze(-1) * normals) if ctx.needs_input_grad[0] else None,
-                k.unsqueeze(-1) * (grad_u_over_k.T @ points) if ctx.needs_input_grad[1] else None,
-                grad_k if ctx.needs_input_grad[2] else None,
-                None,
-            )
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         points, normals, k, signed_1p_h, out = ctx.saved_tensors
         buf = torch.empty_like(out)  # the one fresh [N, V] buffer of the backward
         grad_k = None
@@ -174,4 +195,4 @@ class _MLRLogits(torch.autograd.Function):
                 grad_points = grad_u_over_k @ (k.unsqueeze(-1) * normals)
             if ctx.needs_input_grad[1]:
                 grad_normals = k.unsqueeze(-1) * (grad_u_over_k.T @ points)
-        return grad_points, grad_normals, grad_k, None
+        return grad_points, grad_normals, grad_k
