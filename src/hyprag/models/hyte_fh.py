@@ -271,7 +271,8 @@ class HyteFHTrunk(nn.Module):
         self.layers = nn.ModuleList(HyteFHBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = build_lorentz_norm(config.norm_type, d, config.norm_eps, config.norm_bias)
         self.record_radius_stats = True
-        self._radius_stats: Tensor | None = None  # [num_hidden_layers + 2, 2] (mean, max x0), detached
+        # The last forward's x0 per stage ([B, T] each, detached) and real-token mask.
+        self._x0_trace: tuple[list[Tensor], Tensor] | None = None
         # config.compile: the blocks (and a masked-LM head sharing the switch) run through torch.compile.
         self.compile_switch = CompileSwitch(config.compile)
         self._block = MaybeCompiled(_block_step, self.compile_switch, {1: (0, 1), 2: (0, 1), 4: (0, 1)})
@@ -295,33 +296,37 @@ class HyteFHTrunk(nn.Module):
         x = self.embeddings(input_ids, c)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x, c)
-        stats = [self._x0_stats(x, real)]
+        trace = [self._x0_column(x)]
         for layer in self.layers:
             x = self._block(layer, x, mask, c, position_ids)
-            stats.append(self._x0_stats(x, real))
+            trace.append(self._x0_column(x))
         x = self.final_norm(x, c)
-        stats.append(self._x0_stats(x, real))
+        trace.append(self._x0_column(x))
         if self.record_radius_stats:
-            self._radius_stats = torch.stack(stats)
+            self._x0_trace = (trace, real)
         return x
 
-    def _x0_stats(self, x: Tensor, real: Tensor) -> Tensor:
-        """(mean, max) of ``x0`` over real tokens: ``[2]``; no graph, no device sync."""
+    def _x0_column(self, x: Tensor) -> Tensor | None:
+        """A detached copy of the time coordinates ``[B, T]`` for :attr:`last_radius_stats` (one operation;
+        the statistics are reduced only when someone reads them)."""
         if not self.record_radius_stats:
-            return x.new_zeros(2)
-        with torch.no_grad():
-            x0 = x[..., 0].float()
-            count = real.sum().clamp_min(1)
-            return torch.stack([(x0 * real).sum() / count, x0.masked_fill(~real, 0.0).max()])
+            return None
+        return x[..., 0].detach().clone()
 
     @property
     def last_radius_stats(self) -> dict[str, float]:
         """Mean / max ``x0`` over real tokens after the embeddings, each layer and the final norm, from the
         last forward: ``{"embeddings/x0_mean": ..., "layer_0/x0_max": ..., "final_norm/x0_mean": ...}``."""
-        if self._radius_stats is None:
+        if self._x0_trace is None:
             return {}
+        trace, real = self._x0_trace
+        with torch.no_grad():
+            x0 = torch.stack(trace).float()  # [num_hidden_layers + 2, B, T]
+            count = real.sum().clamp_min(1)
+            mean = (x0 * real).sum((1, 2)) / count
+            mx = x0.masked_fill(~real, 0.0).amax((1, 2))
+            values = torch.stack([mean, mx], -1).tolist()  # one device sync, only when someone logs
         names = ["embeddings", *(f"layer_{i}" for i in range(len(self.layers))), "final_norm"]
-        values = self._radius_stats.tolist()  # one device sync, only when someone logs
         out: dict[str, float] = {}
         for name, (mean, mx) in zip(names, values):
             out[f"{name}/x0_mean"] = mean
