@@ -15,7 +15,7 @@ run. ``--profile`` prints a torch.profiler table per workload instead of timing;
 writes the tables (top operators by self CPU time) to a Markdown file as well. ``--compile`` adds a third
 model to each workload, HyTE-FH with the same weights and ``compile=True`` (torch.compile of its blocks and
 MLM head), interleaved with the other two; its first call, which compiles, is timed on its own
-(``compile_s``). With ``--profile --compile`` the compiled model is profiled instead of the eager one. Run:
+(``compile_s``); ``--profile --compile`` profiles all three. Run:
 
     .venv/bin/python benchmarks/bench_mlm_step.py --label after [--threads 1] [--reps 7]
 """
@@ -119,17 +119,16 @@ def _with_compiled(args, hyte, twin, loss_of) -> dict[str, Any]:
         compiled = copy.deepcopy(hyte)
         compiled.model.compile_switch.enabled = True  # the trunk's switch (shared with the MLM head)
         fns["hyte_fh_compiled"] = _train_step(compiled, loss_of)
-        if args.profile:  # profile the compiled model under the name of the eager one
-            fns["hyte_fh"] = fns.pop("hyte_fh_compiled")
     return fns
 
 
-def _profile(fn, rows: int) -> str:
+def _profile(fn, rows: int, steps: int = 1) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # warm-up outside the profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
+        for _ in range(steps):
+            fn()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -197,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--profile", action="store_true", help="print profiler tables instead of timing")
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--profile-steps", type=int, default=1, help="steps inside the profile (totals)")
     p.add_argument("--profile-out", type=Path, default=None, help="also write the profile tables here (.md)")
     p.add_argument("--compile", action="store_true", help="add HyTE-FH with compile=True (torch.compile)")
     p.add_argument("--no-save", action="store_true", help="print, do not write the results files")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         first_s = time.perf_counter() - t0
         if args.profile:
             for model_name, fn in fns.items():
-                table = _profile(fn, args.profile_rows)
+                table = _profile(fn, args.profile_rows, args.profile_steps)
                 print(f"===== {name} / {model_name} =====\n{table}")
                 tables.append(f"## {name} / {model_name}\n\n```\n{table}\n```\n")
             continue
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             f"# Profile: HyTE-FH vs twin, one training step (CPU)\n\nCommand: `python "
             f"benchmarks/bench_mlm_step.py {' '.join(sys.argv[1:])}`, torch {torch.__version__}, "
             f"{args.threads} thread(s), batch {args.batch} x {args.seq_len}, {time.strftime('%Y-%m-%d %H:%M')}. "
-            "Top operators by self CPU time of one forward+backward after a warm-up call.\n\n"
+            f"Top operators by self CPU time, totals over {args.profile_steps} forward+backward step(s) after "
+            "a warm-up call (`## Call CompiledFxGraph` rows are inductor's fused kernels).\n\n"
         )
         args.profile_out.write_text(head + "\n".join(tables), encoding="utf-8")
     if args.profile or args.no_save:

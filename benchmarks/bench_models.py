@@ -217,7 +217,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Command: `{result['command']}`  ",
         f"torch {result['torch']}, {result['threads']} threads, {result['machine']}; "
-        f"medians of {result['reps']} interleaved repetitions (shared CPUs: expect noise).",
+        f"medians of {result['reps']} interleaved repetitions (shared CPUs: expect noise)."
+        + (f"  \n{result['note']}" if result.get("note") else ""),
         "",
         f"## HyTE-FH vs its Euclidean twin ({s['num_hidden_layers']} x {s['hidden_size']}, "
         f"{s['num_attention_heads']} heads, batch {tw['batch']}, seq {tw['seq_len']}), forward + backward",
@@ -281,6 +282,7 @@ def main() -> None:
         help="also time HyTE-FH with compile=True (same weights, interleaved)",
     )
     parser.add_argument("--skip-encode", action="store_true", help="skip the HyTE-H encode comparison")
+    parser.add_argument("--note", default="", help="a line added under the command in models.md")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -290,7 +292,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')}={v}"
             for k, v in vars(args).items()
-            if k not in ("out", "profile", "compile", "skip_encode")
+            if k not in ("out", "profile", "compile", "skip_encode", "note")
         )
         + "".join(
             f" --{k.replace('_', '-')}" for k in ("profile", "compile", "skip_encode") if getattr(args, k)
@@ -300,6 +302,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
         "reps": args.reps,
+        "note": args.note,
     }
     result["paper_size_params"] = paper_size_params()
     print("paper-size parameters:", result["paper_size_params"], flush=True)
