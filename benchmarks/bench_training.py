@@ -4,7 +4,9 @@
    tokens/s (real, unpadded tokens) and peak resident memory of the training process.
 2. DDP: the same contrastive run with 2 processes (torchrun, gloo, 1 thread each) vs 1 process (2 threads),
    per-device batch fixed, so the 2-process run sees twice the batch per step: the speed-up is the ratio of
-   tokens/s on the same two cores.
+   tokens/s on the same two cores. The same 2-process run under DeepSpeed ZeRO-2
+   (configs/deepspeed/ds_config.json) is reported beside it. benchmarks/profile_ddp.py shows where the time
+   goes.
 
 Every run is ``train.py`` in its own process (``os.wait4`` gives each its own peak RSS). tokens/s is the
 median over the logging windows after the first (the first holds start-up work); the two runs of a
@@ -154,6 +156,13 @@ def main() -> None:
                 {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))},
                 torchrun(2),
             ),
+            (
+                "hyte_fh_contrastive_2proc_zero2",
+                "cpu_tiny_contrastive.yaml",
+                {**pairs, "deepspeed_config": ROOT / "configs" / "deepspeed" / "ds_config.json"},
+                {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))},
+                torchrun(2),
+            ),
         ],
     }
     if args.only == "pair":
@@ -161,6 +170,7 @@ def main() -> None:
     elif args.only == "ddp":
         del comparisons["mlm"], comparisons["contrastive"]
     results: dict[str, list[dict[str, Any]]] = {}
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp_name:
         tmp = Path(tmp_name)
         for key, plan in comparisons.items():
@@ -171,6 +181,21 @@ def main() -> None:
             results[key] = [_best(name, rs) for name, rs in rounds.items()]
     rows = results.get("mlm", []) + results.get("contrastive", [])
     ddp_rows = results.get("ddp", [])
+    command = "python benchmarks/bench_training.py " + " ".join(
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v not in (None, False) and k != "out"
+    )
+    load = {"1min_at_start": round(load_at_start, 2), "5min_at_end": round(os.getloadavg()[1], 2)}
+    # --only keeps the other comparison's results (and its command) from the results already written.
+    previous_path = args.out / "training.json"
+    previous = json.loads(previous_path.read_text()) if args.only and previous_path.exists() else {}
+    commands = {"pair": command, "ddp": command}
+    if args.only == "ddp":
+        rows = previous.get("runs", [])
+        commands["pair"] = previous.get("commands", {}).get("pair", previous.get("command"))
+    elif args.only == "pair":
+        ddp_rows = previous.get("ddp", [])
+        commands["ddp"] = previous.get("commands", {}).get("ddp", previous.get("command"))
+        load = previous.get("load_average", {})
 
     by_name = {r["run"]: r for r in rows}
     ratios = {}
@@ -183,11 +208,10 @@ def main() -> None:
         )
     if ddp_rows:
         ratios["ddp_2proc_speedup"] = ddp_rows[1]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
-    command = "python benchmarks/bench_training.py " + " ".join(
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v not in (None, False) and k != "out"
-    )
+        if len(ddp_rows) > 2:  # results written before the ZeRO-2 run was added have two rows
+            ratios["zero2_2proc_speedup"] = ddp_rows[2]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
     result = {
-        "command": command,
+        "commands": commands,
         "machine": f"torch {__import__('torch').__version__}, {platform.machine()}, cpus={os.cpu_count()} (shared)",
         "sizes": {k.split(".")[1]: v for k, v in SIZES.items()},
         "steps": args.steps,
@@ -195,6 +219,9 @@ def main() -> None:
         "runs": rows,
         "ddp": ddp_rows,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        # Runnable processes during the DDP comparison, averaged: above the CPU count the runs competed with
+        # other jobs for the cores.
+        "load_average": load,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "training.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -237,7 +264,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Training benchmarks (CPU)",
         "",
-        f"Command: `{result['command']}`  ",
+        f"Commands: `{result['commands']['pair']}` (HyTE-FH vs the twin), `{result['commands']['ddp']}` (DDP)  ",
         f"{result['machine']}; trunk {result['sizes']}, {result['steps']} optimizer steps, batch "
         f"{result['batch_size_per_process']} per process; tokens/s = median over logging windows after the first,",
         "best of the interleaved rounds (the CPUs are shared with other jobs: expect noise).",
@@ -269,7 +296,21 @@ def _markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["ddp"]:
         lines.append(_row(r))
-    lines += ["", f"Speed-up of 2 processes over 1 (tokens/s): **{ratios['ddp_2proc_speedup']:.2f}**.", ""]
+    load = result.get("load_average") or {}
+    zero2 = ratios.get("zero2_2proc_speedup")
+    lines += [
+        "",
+        f"Speed-up of 2 processes over 1 (tokens/s): DDP **{ratios['ddp_2proc_speedup']:.2f}**"
+        + (f", DeepSpeed ZeRO-2 (configs/deepspeed/ds_config.json, gloo) **{zero2:.2f}**." if zero2 else "."),
+        "",
+    ]
+    if load:
+        lines += [
+            f"Load average: {load['1min_at_start']} (1 min, at the start), {load['5min_at_end']} (5 min, at the "
+            f"end) on {os.cpu_count()} CPUs; above the CPU count the runs shared the cores with other jobs, which "
+            "hurts the 2-thread process most (its threads wait for each other): the speed-up is then overstated.",
+            "",
+        ]
     return "\n".join(lines)
 
 

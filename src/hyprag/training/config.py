@@ -122,6 +122,25 @@ class TrainArgs(_Section):
     wandb_run_name: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = Field(0, ge=0)
+    # Speed settings (README, "Training on several processes"); none of them changes what is computed.
+    optimizer_kernel: Literal["foreach", "for_loop", "fused"] = Field(
+        "foreach",
+        description="AdamW implementation: foreach (multi-tensor ops; the same numbers as for_loop, about twice "
+        "as fast on CPU), for_loop (one parameter at a time) or fused (one kernel per parameter, fastest; "
+        "differs from the others in the last bits).",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per process (torch.set_num_threads). None keeps the launch's "
+        "setting: OMP_NUM_THREADS, which torchrun sets to 1 per process when it starts several.",
+    )
+    ddp_bucket_cap_mb: float = Field(
+        25.0,
+        gt=0,
+        description="DDP gradient bucket size in MiB (torchrun runs): smaller buckets start their all-reduce "
+        "earlier in the backward, larger ones need fewer collectives.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainArgs:

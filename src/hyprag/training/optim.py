@@ -45,8 +45,11 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
     extra_modules: Mapping[str, nn.Module] | None = None,
+    kernel: str = "foreach",
 ) -> torch.optim.AdamW:
-    """torch AdamW (no fused kernels: nothing to compile, identical on CPU) over the model's groups.
+    """torch AdamW over the model's groups, run by ``kernel``: ``foreach`` (multi-tensor ops, the same
+    numbers as ``for_loop``, which updates one parameter at a time) or ``fused`` (one kernel per parameter;
+    equal to the others only to float rounding).
 
     The model's own ``param_groups(lr, weight_decay)`` is used when it has one (embedding models: HyTE-H's
     base gets ``lr * base_lr_multiplier``); otherwise (MLM models) :func:`parameter_groups`.
@@ -66,7 +69,10 @@ def build_optimizer(
             )
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: is everything frozen?")
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, foreach=False)
+    if kernel not in ("foreach", "for_loop", "fused"):
+        raise ValueError(f"AdamW kernel must be foreach, for_loop or fused, got {kernel!r}")
+    implementation = {"fused": True} if kernel == "fused" else {"foreach": kernel == "foreach"}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **implementation)
 
 
 def lr_factor(

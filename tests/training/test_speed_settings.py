@@ -1,0 +1,81 @@
+"""Speed settings of the trainer (AdamW kernel, threads, the per-step finiteness check) change how fast a
+step runs, never what it computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _tiny_run import TINY_RUN_OVERRIDES
+from torch import nn
+
+from hyprag.data.bundled import pair_paths
+from hyprag.training.config import load_config
+from hyprag.training.logging import read_metrics
+from hyprag.training.optim import build_optimizer
+from hyprag.training.trainer import _all_finite, train
+
+PYTHON_PAIRS = next(p for p in pair_paths() if "python_docs" in p.name)
+
+
+def _trained_weights(kernel: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    optimizer = build_optimizer(model, learning_rate=1e-2, weight_decay=0.1, kernel=kernel)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        tokens = torch.randint(0, 50, (4, 6), generator=generator)
+        model(tokens).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_foreach_adamw_computes_the_for_loop_numbers_and_fused_agrees_to_rounding():
+    loop, foreach, fused = (_trained_weights(k) for k in ("for_loop", "foreach", "fused"))
+    for name, value in loop.items():
+        assert torch.equal(foreach[name], value), name  # bit for bit
+        torch.testing.assert_close(fused[name], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(loop["2.weight"], _initial_weight())  # the steps did move the weights
+
+
+def _initial_weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(50, 8), nn.LayerNorm(8), nn.Linear(8, 3))[2].weight.detach()
+
+
+def test_an_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="foreach, for_loop or fused"):
+        build_optimizer(nn.Linear(2, 2), learning_rate=1e-3, weight_decay=0.0, kernel="apex")
+
+
+def test_all_finite_is_exact():
+    tensors = [torch.randn(300, 4), torch.randn(7), torch.zeros(1, dtype=torch.float64)]
+    assert _all_finite(iter(tensors))
+    assert _all_finite(iter([]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        tensors[0][17, 2] = bad
+        assert not _all_finite(iter(tensors)), bad
+    tensors[0][17, 2] = 0.0
+    tensors[0][:4] = 3e38  # every value finite, their sum is not: still finite
+    assert _all_finite(iter(tensors))
+    tensors[1][3] = float("nan")
+    assert not _all_finite(iter(tensors))
+
+
+def test_num_threads_sets_the_processes_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    overrides = [flag.removeprefix("--") for flag in TINY_RUN_OVERRIDES] + [
+        f"train_args.output_dir={tmp_path / 'run'}",
+        f"data_args.data_path={PYTHON_PAIRS}",
+        "train_args.max_steps=2",
+        "train_args.num_threads=1",
+        "train_args.optimizer_kernel=fused",
+    ]
+    config = load_config("configs/train/cpu_tiny_contrastive.yaml", overrides, dotenv_dir=None)
+    try:
+        torch.set_num_threads(2)
+        train(config)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
