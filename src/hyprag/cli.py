@@ -21,7 +21,7 @@ from hyprag._version import __version__
 from hyprag.errors import run_entry_point
 from hyprag.eval.mteb_args import add_mteb_arguments
 from hyprag.eval.rag.command import DESCRIPTION as RAG_DESCRIPTION
-from hyprag.eval.rag.command import add_rag_arguments
+from hyprag.eval.rag.command import add_rag_arguments, run_from_args
 from hyprag.training.config import parse_command_line
 
 
@@ -243,7 +243,7 @@ def _add_eval_rag_command(eval_sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_rag_arguments(r)
-    r.set_defaults(func=lambda args: _command("hyprag.eval.rag.command:run_from_args")(args))
+    r.set_defaults(func=run_from_args)  # imports the pipeline when it runs
 
 
 # --- index / search ---------------------------------------------------------------------------------
