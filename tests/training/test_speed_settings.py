@@ -3,9 +3,15 @@ step runs, never what it computes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from _tiny_run import TINY_RUN_OVERRIDES
+from safetensors.torch import load_file
 from torch import nn
 
 from hyprag.data.bundled import pair_paths
@@ -14,6 +20,7 @@ from hyprag.training.logging import read_metrics
 from hyprag.training.optim import build_optimizer
 from hyprag.training.trainer import _all_finite, train
 
+REPO = Path(__file__).resolve().parents[2]
 PYTHON_PAIRS = next(p for p in pair_paths() if "python_docs" in p.name)
 
 
@@ -71,7 +78,7 @@ def test_num_threads_sets_the_processes_torch_threads(tmp_path):
         "train_args.num_threads=1",
         "train_args.optimizer_kernel=fused",
     ]
-    config = load_config("configs/train/cpu_tiny_contrastive.yaml", overrides, dotenv_dir=None)
+    config = load_config(REPO / "configs/train/cpu_tiny_contrastive.yaml", overrides, dotenv_dir=None)
     try:
         torch.set_num_threads(2)
         train(config)
@@ -79,3 +86,30 @@ def test_num_threads_sets_the_processes_torch_threads(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_ddp_settings_and_foreach_train_the_same_weights_as_plain_ddp_and_the_for_loop(tmp_path):
+    """2 processes, 2 micro-batches per step: the trainer's DDP (buckets as gradient views, no buffer
+    broadcast) with foreach AdamW ends with the same bits as DDP's defaults with the for-loop AdamW."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    weights = {}
+    for name, entry, kernel in (
+        ("plain", "tests/training/_plain_ddp_train.py", "for_loop"),
+        ("trainer", "train.py", "foreach"),
+    ):
+        out = tmp_path / name
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", entry,
+            "--config=configs/train/cpu_tiny_contrastive.yaml", f"--train_args.output_dir={out}",
+            f"--data_args.data_path={PYTHON_PAIRS}", "--train_args.max_steps=3",
+            "--train_args.gradient_accumulation_steps=2", f"--train_args.optimizer_kernel={kernel}",
+            *TINY_RUN_OVERRIDES,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        weights[name] = load_file(out / "final" / "model.safetensors")
+    assert weights["plain"].keys() == weights["trainer"].keys()
+    for key, value in weights["plain"].items():
+        assert torch.equal(weights["trainer"][key], value), key
