@@ -5,15 +5,12 @@ model or corpus is refused."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hyprag import cli
 from hyprag.data.beir import read_corpus
@@ -28,16 +25,13 @@ from hyprag.eval.encode import (
 )
 from hyprag.eval.index import VectorIndex, build_index_command
 from hyprag.models import build_model, load_model, packaged_minilm_path
+from torchrun_launch import run_torchrun
 
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
-# A real encoder (MiniLM under the HyTE-H head): a tiny random trunk happens to give the same float32
+# A real encoder, the quickstart's HyTE-H over MiniLM: a tiny random trunk happens to give the same float32
 # embeddings whatever the batch-mates, so it could not tell the exact batching from a naive one.
-HYTE_H = {
-    "model_type": "hyte_h",
-    "hyte_h_head": "pooled",
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "hyte_h.yaml"
+HYTE_H = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["model_args"] | {
     "model_name": str(packaged_minilm_path()),
-    "projection_init": "identity",
-    "embedding_dim": 384,
     "max_seq_length": 64,
 }
 # 130 documents, batches of 8, shards of 16: 9 shards, the last one short; shards go to ranks 0,1,0,1,...
@@ -118,22 +112,8 @@ def test_torchrun_two_processes_build_the_one_process_index_and_metrics(setup, t
     ]
     index_args += ["--batch-size", str(BATCH), "--shard-size", str(SHARD)]
     beir_args = _beir_args(root / "model", tmp_path / "beir_parallel.json")
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env["OMP_NUM_THREADS"] = "1"
     worker = Path(__file__).with_name("_encode_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", str(worker)]
-    cmd += [json.dumps(index_args), json.dumps(beir_args)]
-    # Own session, so a hang can be ended for torchrun and both workers at once.
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s:\n{output[-8000:]}")
-    assert proc.returncode == 0, output[-8000:]
+    output = run_torchrun([str(worker), json.dumps(index_args), json.dumps(beir_args)])
     assert "encoded 9 of 9 shards of 16 documents (0 done before) with 2 process(es)" in output
     assert output.count(f"indexed {N_DOCS} documents") == 1  # rank 0 alone writes the index
     assert not work_dir_for(out).exists()  # the shards are removed once the index is saved
@@ -194,3 +174,13 @@ def test_work_folder_of_another_model_or_corpus_is_refused(setup, tmp_path):
     with pytest.raises(EncodingWorkMismatchError, match=r"another batch size"):
         build_index_command(str(root / "model"), str(corpus), str(out), **(common | {"batch_size": 4}))
     assert len(list(work_dir_for(out).glob("shard-*"))) == 1  # nothing was overwritten
+
+
+def test_shards_without_a_manifest_are_refused(setup, tmp_path):
+    root, corpus, _ = setup
+    out = tmp_path / "ix"
+    work = work_dir_for(out)
+    work.mkdir()
+    (work / "shard-000000.safetensors").write_bytes(b"left over")
+    with pytest.raises(EncodingWorkMismatchError, match=r"holds shards but no manifest\.json"):
+        build_index_command(str(root / "model"), str(corpus), str(out), resumable=True)

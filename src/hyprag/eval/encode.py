@@ -8,9 +8,11 @@ padding). An embedding does not depend on its batch-mates in exact arithmetic, b
 (about 1e-6), hence the identical batches.
 
 - Under ``torchrun`` (a process group started by :func:`hyprag.training.distributed.init_distributed`),
-  shard ``j`` is encoded by rank ``j % world_size`` (the shards of one rank are a contiguous share of
-  every ``world_size`` consecutive ones, so ranks get texts of similar lengths), and every rank receives
-  the whole ``[n, D]`` result in corpus order.
+  shard ``j`` (a contiguous run of the sorted order) is encoded by rank ``j % world_size``: dealt round
+  robin, so that the ranks get texts of similar lengths rather than rank 0 all the longest. Every rank
+  receives the whole ``[n, D]`` result in corpus order.
+- Bit-for-bit equality holds at equal threads per process: a few batch shapes (e.g. a short last batch)
+  round differently with 1 and 2 BLAS threads, whatever the sharding.
 - With a work folder (``work_dir``; always used under ``torchrun`` by ``hyprag index build``), every
   finished shard is written there at once (``shard-000012.safetensors``, atomically), beside a
   ``manifest.json`` that fingerprints the model, the corpus and the settings. A rerun skips the shards that
@@ -26,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,7 @@ def encode_corpus(
     shard_size: int = DEFAULT_SHARD_SIZE,
     work_dir: str | os.PathLike[str] | None = None,
     max_new_shards: int | None = None,
-    echo: Any = None,
+    echo: Callable[[str], None] | None = None,
 ) -> Tensor:
     """Embed ``texts`` ``[n]`` -> float32 ``[n, D]`` in corpus order, on every rank (see the module docstring).
 
@@ -225,7 +227,9 @@ def _embedding_dim(model: Any, done: dict[int, Tensor], store: _ShardStore | Non
 def _sum_over_ranks(values: list[int]) -> list[int]:
     if not is_distributed():
         return values
-    t = torch.tensor(values, dtype=torch.long)
+    # NCCL (torchrun on GPUs) reduces CUDA tensors only; init_distributed has bound this rank's device.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(values, dtype=torch.long, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -263,6 +267,11 @@ class _ShardStore:
                     f"{', '.join(_WHAT.get(key, key) for key in differs)}: its shards cannot be reused. Delete "
                     "it (or build into another --out) to encode from the start"
                 )
+        elif any(self.folder.glob("shard-*")):
+            raise EncodingWorkMismatchError(
+                f"the encoding work folder {self.folder} holds shards but no {_MANIFEST}: nothing says which "
+                "model or corpus made them. Delete it to encode from the start"
+            )
         elif is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))

@@ -1,0 +1,35 @@
+"""Launching ``torchrun`` from a test: CPU workers (one thread each), a clean launcher environment, and a
+timeout that ends torchrun and every worker at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+#: Launcher variables of an enclosing launch, which the new torchrun must not inherit.
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
+
+
+def run_torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300) -> str:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=NPROC ARGS``; its output (stdout and
+    stderr). Fails the test, with the end of the output, on a non-zero exit or after ``timeout`` seconds."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--standalone", *args]
+    # Own session, so a hang can be ended for torchrun and its workers at once.
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout:.0f} s:\n{output[-8000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun exited with {proc.returncode}:\n{output[-8000:]}")
+    return output
