@@ -123,6 +123,20 @@ def test_project_is_identity_on_points_and_scale_invariant(c):
         _assert_within(L.project(scale * x, c), x, rtol=0, atol=rtol * x.abs() + 1e-300)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_project_space_is_the_space_part_of_project(dtype):
+    c = torch.tensor(0.7, requires_grad=True)
+    v = (2.0 * _points(0.7, seed=5, dtype=F64)).to(dtype).requires_grad_(True)
+    full, space = L.project(v, c), L.project_space(v, c)
+    assert space.dtype == full.dtype == dtype and space.shape == (*v.shape[:-1], v.shape[-1] - 1)
+    assert torch.equal(space, full[..., 1:])
+    w = torch.randn(space.shape, dtype=F64).to(dtype)
+    g_space = torch.autograd.grad((space.float() * w.float()).sum(), (v, c))
+    g_full = torch.autograd.grad((full[..., 1:].float() * w.float()).sum(), (v, c))
+    for a, b in zip(g_space, g_full):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("c", CURVATURES)
 def test_origin_is_on_the_hyperboloid_at_radius_zero(c):
     o = L.origin(D, c, dtype=F64)

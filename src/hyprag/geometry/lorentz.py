@@ -44,6 +44,7 @@ __all__ = [
     "pairwise_geodesic_distance",
     "pairwise_inner",
     "project",
+    "project_space",
     "radius",
     "sq_distance",
     "to_klein",
@@ -325,18 +326,32 @@ def project(v: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) ->
     (``sqrt(c)|xs| = 2^15``, less for a float16 output): a (numerically) light-like ``v``, or a point rounded
     off the hyperboloid, lands at that radius instead of at inf; no true point below the cap is affected.
     """
-    ct = _compute_dtype(v)
-    vc = v.to(ct)
-    cc = as_curvature(c, vc)
-    out_dtype = dtype or v.dtype
+    vc, cc, out_dtype = _project_inputs(v, c, dtype)
+    return lift(_projected_space(vc, cc, out_dtype), cc, dtype=out_dtype)
+
+
+def project_space(v: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:
+    """The space coordinates of :func:`project` (``[..., d+1]`` -> ``[..., d]``), without forming the time
+    coordinate, for callers that go on to lift a function of them."""
+    vc, cc, out_dtype = _project_inputs(v, c, dtype)
+    return _projected_space(vc, cc, out_dtype).to(out_dtype)
+
+
+def _project_inputs(
+    v: Tensor, c: CurvatureLike, dtype: torch.dtype | None
+) -> tuple[Tensor, Tensor, torch.dtype]:
+    vc = v.to(_compute_dtype(v))
+    return vc, as_curvature(c, vc), dtype or v.dtype
+
+
+def _projected_space(vc: Tensor, cc: Tensor, out_dtype: torch.dtype) -> Tensor:
     v0 = vc[..., :1]
     vs = vc[..., 1:]
     nvs = _safe_norm(vs, keepdim=True)
     # |space| = |vs| / sqrt(c m) <= max_scaled / sqrt(c)  <=>  m >= (|vs| / max_scaled)^2.
-    floor = (nvs / _max_scaled_space_norm(cc.sqrt(), out_dtype)).pow(2).clamp_min(torch.finfo(ct).tiny)
+    floor = (nvs / _max_scaled_space_norm(cc.sqrt(), out_dtype)).pow(2).clamp_min(torch.finfo(vc.dtype).tiny)
     minus_norm_sq = torch.maximum((v0 - nvs) * (v0 + nvs), floor)
-    space = vs * (cc * minus_norm_sq).rsqrt()
-    return lift(space, cc, dtype=out_dtype)
+    return vs * (cc * minus_norm_sq).rsqrt()
 
 
 def to_poincare(x: Tensor, c: CurvatureLike, *, dtype: torch.dtype | None = None) -> Tensor:

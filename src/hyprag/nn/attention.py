@@ -130,7 +130,7 @@ class LorentzMultiheadAttention(nn.Module):
         if padded:  # (a no-op slice would still cost a zero-filled buffer in the backward)
             ambient = ambient[..., :width]
         with autocast_off(ambient):
-            heads = lorentz.project(ambient.to(point_dtype(x)), c)[..., 1:]  # [B, H, T, m]
+            heads = lorentz.project_space(ambient.to(point_dtype(x)), c)  # [B, H, T, m]
             merged = lorentz.lift(heads.transpose(1, 2).reshape(b, t, self.hidden_size), c)
         return self.wo(merged, c)
 
