@@ -5,6 +5,7 @@ back to eager with exactly one warning. The other HyTE-FH tests run eagerly (the
 from __future__ import annotations
 
 import copy
+import pickle
 import warnings
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
 from hyprag.nn import _compile
-from hyprag.nn.mlr import _MLRFromProducts
+from hyprag.nn.mlr import _MLRFromProducts, _PointwiseKernels
 
 PAD = 0
 
@@ -128,8 +129,6 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
 
 
 def test_compiled_wrapper_pickles_without_its_compiled_function():
-    import pickle
-
     m = _compile.MaybeCompiled(len, _compile.CompileSwitch(True))
     m._compiled = lambda *a: None  # not picklable
     clone = pickle.loads(pickle.dumps(m))
@@ -140,8 +139,6 @@ def test_compiled_wrapper_pickles_without_its_compiled_function():
 
 def test_product_form_head_gradcheck_float64():
     """The compiled path's autograd function (run here with its plain kernels) has exact gradients."""
-    from hyprag.nn.mlr import _PointwiseKernels
-
     torch.manual_seed(5)
     kernels = _PointwiseKernels(_compile.CompileSwitch(False))
     f64 = {"dtype": torch.float64}
