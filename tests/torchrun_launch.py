@@ -3,6 +3,7 @@ timeout that ends torchrun and every worker at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,9 +28,40 @@ def run_torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300) -> st
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_process_tree(proc.pid)
         output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish in {timeout:.0f} s:\n{output[-8000:]}")
     if proc.returncode != 0:
         pytest.fail(f"torchrun exited with {proc.returncode}:\n{output[-8000:]}")
     return output
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc (Linux); empty where /proc is unavailable."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every descendant. torchrun starts each worker in a session of
+    its own, so killing torchrun's group alone leaves the workers running (and holding its output pipe)."""
+    pending, tree = [pid], []
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(_children(current))
+    for member in reversed(tree):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
