@@ -24,7 +24,6 @@ State-dict names (stable; saved models rely on them)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hyprag.errors import closest_key
 from hyprag.nn import (
     Curvature,
     LorentzEmbedding,
@@ -53,9 +53,9 @@ from hyprag.nn.attention import key_padding_mask
 __all__ = ["HyteFHBlock", "HyteFHConfig", "HyteFHForMaskedLM", "HyteFHTrunk", "MaskedLMOutput"]
 
 
-def _closest(name: str, options) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+def _did_you_mean(name: str, options) -> str:
+    match = closest_key(name, list(options), cutoff=0.6)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 @dataclass
@@ -140,7 +140,7 @@ class HyteFHConfig:
             )
         for key in data:
             if key not in fields:
-                raise ValueError(f"HyteFHConfig: unknown key {key!r}{_closest(key, fields)}")
+                raise ValueError(f"HyteFHConfig: unknown key {key!r}{_did_you_mean(key, fields)}")
         return cls(**data)
 
     @classmethod
@@ -168,7 +168,7 @@ class HyteFHConfig:
         for key in overrides:
             if key not in fields:
                 raise ValueError(
-                    f"HyteFHConfig.from_modernbert: unknown override {key!r}{_closest(key, fields)}"
+                    f"HyteFHConfig.from_modernbert: unknown override {key!r}{_did_you_mean(key, fields)}"
                 )
         values.update(overrides)
         return cls(**values)
