@@ -264,7 +264,16 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Training benchmarks (CPU)",
         "",
-        f"Commands: `{result['commands']['pair']}` (HyTE-FH vs the twin), `{result['commands']['ddp']}` (DDP)  ",
+        "Commands: "
+        + ", ".join(
+            f"`{command}` ({what})"
+            for what, command in (
+                ("HyTE-FH vs the twin", result["commands"].get("pair")),
+                ("DDP", result["commands"].get("ddp")),
+            )
+            if command
+        )
+        + "  ",
         f"{result['machine']}; trunk {result['sizes']}, {result['steps']} optimizer steps, batch "
         f"{result['batch_size_per_process']} per process; tokens/s = median over logging windows after the first,",
         "best of the interleaved rounds (the CPUs are shared with other jobs: expect noise).",
