@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +17,12 @@ from hyprag.training.distributed import (
     world_info,
 )
 from hyprag.training.grad_cache import grad_cache_backward
-
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
+from torchrun_launch import LAUNCH_VARS, run_torchrun
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in _LAUNCH_VARS:
+    for var in LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -92,28 +87,7 @@ def _single_process_gradients(case) -> dict[str, dict[str, torch.Tensor]]:
 def test_two_process_gathered_loss_matches_one_process_with_the_combined_batch(tmp_path: Path):
     out = tmp_path / "grads.pt"
     worker = Path(__file__).with_name("_ddp_worker.py")
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        "--standalone",
-        str(worker),
-        str(out),
-    ]
-    # Own session, so a hang can be ended for torchrun and both workers at once.
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 180 s:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-3000:]
+    run_torchrun([str(worker), str(out)], nproc=2, timeout=180)
     distributed = torch.load(out)
     single = _single_process_gradients(build_case())
     for mode in ("plain", "grad_cache"):
