@@ -12,6 +12,7 @@ from hyprag.geometry import pooling, similarity
 from hyprag.models import build_model, packaged_minilm_path
 from hyprag.models.args import ModelArgs
 from hyprag.models.base import no_decay
+from hyprag.models.euclidean import SentenceTransformerModel
 from hyprag.models.factory import MODEL_CLASSES
 from hyprag.models.settings import (
     EUCLIDEAN_SIMILARITIES,
@@ -96,3 +97,9 @@ def test_no_decay_is_one_rule_for_models_and_training():
         "Final_Norm.weight",
     ):
         assert no_decay(name, matrix), name
+
+
+def test_a_class_outside_the_registry_is_not_rebuilt_from_a_section() -> None:
+    assert SentenceTransformerModel not in MODEL_CLASSES.values()
+    with pytest.raises(TypeError, match="MODEL_CLASSES"):
+        SentenceTransformerModel._from_section({}, None, None, None)

@@ -324,8 +324,13 @@ class EmbeddingModel(nn.Module, abc.ABC):
     def _from_section(
         cls, section: Mapping[str, Any], tokenizer: Any, settings: ModelSettings, base: Any
     ) -> Any:
-        """:meth:`from_config` of one class, with its base encoder (or ``None``) already resolved."""
-        raise NotImplementedError(f"{cls.__name__} is not rebuilt from a hyprag section")
+        """:meth:`from_config` of one class, with its base encoder (or ``None``) already resolved. Every class
+        in ``models.factory.MODEL_CLASSES`` defines it; the others (the sentence-transformers baseline, which
+        loads from its own folder) are never rebuilt from a ``hyprag`` section, so reaching this is a bug."""
+        raise TypeError(
+            f"{cls.__name__} has no hyprag section to be rebuilt from; only the classes of "
+            "hyprag.models.factory.MODEL_CLASSES are"
+        )
 
     @property
     def native_st_modules(self) -> bool:
