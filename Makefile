@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Reinstall when the dependency declarations change.
-STAMP := $(VENV)/.hyprag-installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.lorentz_rag-installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# without its declared dependencies, plus the small ones it really needs to read and write MDS.
 	$(PIP) install --quiet --no-deps mosaicml-streaming==0.13.0
 	$(PIP) install --quiet -c constraints.txt Brotli python-snappy "xxhash<4" zstd catalogue
-	rm -f $(VENV)/.hyprag-installed-*
+	rm -f $(VENV)/.lorentz_rag-installed-*
 	touch $@
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 quickstart: $(STAMP)
-	$(PY) -m hyprag.cli quickstart
+	$(PY) -m lorentz_rag.cli quickstart
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts

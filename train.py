@@ -1,4 +1,4 @@
-"""Seed-compatible training entry point: a thin wrapper over ``hyprag.training``.
+"""Seed-compatible training entry point: a thin wrapper over ``lorentz_rag.training``.
 
     python train.py --config=configs/train/cpu_tiny_mlm.yaml
     torchrun --nproc-per-node=4 train.py --config=configs/train/contrastive_pretrain_albert.yaml \
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from hyprag.training.trainer import main
+from lorentz_rag.training.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

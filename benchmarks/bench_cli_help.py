@@ -1,4 +1,4 @@
-"""Wall-clock time of ``hyprag --help`` and every ``hyprag X --help``, each in a fresh interpreter.
+"""Wall-clock time of ``lorentz-rag --help`` and every ``lorentz-rag X --help``, each in a fresh interpreter.
 
 The parser is built without importing torch, transformers, sentence-transformers or mteb (the commands
 import their libraries only when they run), so help answers in a fraction of a second. Each command runs
@@ -36,7 +36,7 @@ COMMANDS = [
 ]
 _PROBE = """
 import sys
-from hyprag.cli import main
+from lorentz_rag.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit:
@@ -62,7 +62,7 @@ def time_command(argv: list[str], repeats: int, src: str | None) -> dict[str, ob
         times.append(time.perf_counter() - start)
         heavy = out.rsplit("HEAVY:", 1)[-1].strip()
     return {
-        "command": " ".join(["hyprag", *argv, "--help"]),
+        "command": " ".join(["lorentz_rag", *argv, "--help"]),
         "median_s": statistics.median(times),
         "heavy": heavy,
     }
@@ -71,7 +71,9 @@ def time_command(argv: list[str], repeats: int, src: str | None) -> dict[str, ob
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--src", default=None, help="a src folder to time instead of the installed hyprag")
+    parser.add_argument(
+        "--src", default=None, help="a src folder to time instead of the installed lorentz_rag"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     rows = [time_command(argv, args.repeats, args.src) for argv in COMMANDS]

@@ -1,4 +1,4 @@
-"""Corpus encoding throughput of ``hyprag index build``: one process x 2 threads vs ``torchrun`` 2 x 1 thread.
+"""Corpus encoding throughput of ``lorentz-rag index build``: one process x 2 threads vs ``torchrun`` 2 x 1 thread.
 
 The corpus: 20,000 distinct documents of the bundled data (Python-docs chunks and the documents of the
 contrastive pairs: doc paragraphs and WordNet glosses), drawn with a fixed seed. The model: HyTE-H over the
@@ -6,8 +6,8 @@ packaged all-MiniLM-L6-v2 as the quickstart configures it (``configs/quickstart/
 identity-initialised projection, 384 + 1 dimensions), untrained, with ``max_seq_length`` 64, saved to a
 temporary folder. Both runs are the real command in fresh processes:
 
-- ``1 process``: ``OMP_NUM_THREADS=2 python -m hyprag.cli index build ...`` (one ``model.encode`` call);
-- ``2 processes``: ``OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node=2 -m hyprag.cli index build
+- ``1 process``: ``OMP_NUM_THREADS=2 python -m lorentz_rag.cli index build ...`` (one ``model.encode`` call);
+- ``2 processes``: ``OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node=2 -m lorentz_rag.cli index build
   ...`` (shards of ``--shard-size`` documents, written to the work folder, assembled by rank 0).
 
 Documents/s is the command's own ``encoded N documents in S s`` line (from the start of encoding to every rank
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 import yaml
 
-from hyprag.data.bundled import mlm_text_path, pair_paths
-from hyprag.data.jsonl import read_jsonl
-from hyprag.eval.index import VectorIndex
-from hyprag.models import build_model, load_model, packaged_minilm_path
+from lorentz_rag.data.bundled import mlm_text_path, pair_paths
+from lorentz_rag.data.jsonl import read_jsonl
+from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.models import build_model, load_model, packaged_minilm_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_SEQ_LENGTH = 64
@@ -133,9 +133,11 @@ def main() -> None:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
         runs = {
             "1 process": run_build(
-                [sys.executable, "-m", "hyprag.cli", *build, "--out", str(tmp / "one")], 2
+                [sys.executable, "-m", "lorentz_rag.cli", *build, "--out", str(tmp / "one")], 2
             ),
-            "2 processes": run_build([*torchrun, "-m", "hyprag.cli", *build, "--out", str(tmp / "two")], 1),
+            "2 processes": run_build(
+                [*torchrun, "-m", "lorentz_rag.cli", *build, "--out", str(tmp / "two")], 1
+            ),
         }
         one, two = VectorIndex.load(tmp / "one"), VectorIndex.load(tmp / "two")
         vectors = [ix.faiss_index.reconstruct_n(0, ix.faiss_index.ntotal) for ix in (one, two)]
@@ -151,7 +153,7 @@ def main() -> None:
     load_after = os.getloadavg()
     speedup = runs["2 processes"]["docs_per_s"] / runs["1 process"]["docs_per_s"]
     result = {
-        "benchmark": "hyprag index build: documents/s, 1 process x 2 threads vs torchrun 2 processes x 1 thread",
+        "benchmark": "lorentz-rag index build: documents/s, 1 process x 2 threads vs torchrun 2 processes x 1 thread",
         "docs": args.docs,
         "mean_chars": sum(map(len, texts)) / len(texts),
         "model": "HyTE-H of configs/quickstart/hyte_h.yaml (pooled head over all-MiniLM-L6-v2, 384 + 1 dims)",
@@ -177,7 +179,7 @@ def main() -> None:
     lines = [
         "# Corpus encoding: one process vs torchrun",
         "",
-        f"`{result['command']}`: `hyprag index build` on {args.docs} documents of the bundled data (mean "
+        f"`{result['command']}`: `lorentz-rag index build` on {args.docs} documents of the bundled data (mean "
         f"{result['mean_chars']:.0f} characters), {result['model']}, max_seq_length {MAX_SEQ_LENGTH}, batch "
         f"size {args.batch_size}, shards of {args.shard_size} documents. {os.cpu_count()} CPU cores, torch "
         f"{torch.__version__}.",

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from hyprag.eval.index import VectorIndex
-from hyprag.geometry import lorentz
+from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.geometry import lorentz
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -167,7 +167,7 @@ c = 1, clustered, document radius {s["doc_radius_min_mean_max"][0]:.2f} / {s["do
 | `VectorIndex` HNSW (M 32, efSearch {hnsw.ef_search}) | {t_hnsw_build:.1f} | {t_hnsw:.2f} | {nq / t_hnsw:.0f} | recall@{k} {recall:.4f} |
 
 The flat route is exact: FAISS float32 inner products on time-negated queries, an over-fetch certified
-by a float32 error bound, and a float64 geodesic re-rank (see `hyprag/eval/index.py`). The faiss-cpu
+by a float32 error bound, and a float64 geodesic re-rank (see `lorentz_rag/eval/index.py`). The faiss-cpu
 wheel runs OpenMP threads on top of a multi-threaded BLAS; on this small shared machine they
 oversubscribe the cores, hence the second flat row with one OpenMP thread (same results).
 HNSW: FAISS `IndexHNSWFlat` on the MIPS-to-L2 reduction, candidates re-scored in float64.

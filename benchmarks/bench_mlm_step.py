@@ -41,8 +41,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from hyprag.models import build_model, packaged_minilm_path
-from hyprag.models.factory import build_mlm_model
+from lorentz_rag.models import build_model, packaged_minilm_path
+from lorentz_rag.models.factory import build_mlm_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import _interleaved  # benchmarks/ is not a package
@@ -138,7 +138,7 @@ def _git_commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src/hyprag/nn", "src/hyprag/models/hyte_fh.py"],
+            ["git", "status", "--porcelain", "--", "src/lorentz_rag/nn", "src/lorentz_rag/models/hyte_fh.py"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -31,8 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-import hyprag
-from hyprag.models import build_model, packaged_minilm_path
+import lorentz_rag
+from lorentz_rag.models import build_model, packaged_minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -187,7 +187,7 @@ def bench_hyte_h_encode(args: argparse.Namespace, device: str = "cpu") -> dict[s
 def paper_size_params() -> dict[str, int]:
     from transformers import ModernBertConfig, ModernBertModel
 
-    from hyprag.models.hyte_fh import HyteFHConfig, HyteFHTrunk
+    from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHTrunk
 
     with torch.device("meta"):
         hyte = HyteFHTrunk(HyteFHConfig())  # the paper's 12 x 768, ModernBERT-base vocabulary
@@ -297,7 +297,7 @@ def main() -> None:
         + "".join(
             f" --{k.replace('_', '-')}" for k in ("profile", "compile", "skip_encode") if getattr(args, k)
         ),
-        "hyprag": hyprag.__version__,
+        "lorentz_rag": lorentz_rag.__version__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),

@@ -7,8 +7,8 @@ in float64 at radii from 1e-3 up to the expmap cap, stored in the input dtype (b
 as a tensor of points is), and their distance is computed. A radius passes when every pair there is
 within 1% of DELTA; reported is the largest radius up to which all radii pass. Forms:
 
-- ``stable``: :func:`hyprag.geometry.lorentz.geodesic_distance` (radial/angular decomposition);
-- ``pairwise``: :func:`hyprag.geometry.lorentz.pairwise_geodesic_distance` (diagonal);
+- ``stable``: :func:`lorentz_rag.geometry.lorentz.geodesic_distance` (radial/angular decomposition);
+- ``pairwise``: :func:`lorentz_rag.geometry.lorentz.pairwise_geodesic_distance` (diagonal);
 - ``naive``: ``arcosh(-c <x, y>_L) / sqrt(c)`` in float32 (``naive_f64``: the same in float64);
 - ``floor``: the exact (float64) distance of the rounded points; no formula can beat it, since the
   rounding itself moves the points (tangentially by ~eps * x0).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from hyprag.geometry import lorentz as L
-from hyprag.geometry import pooling as P
+from lorentz_rag.geometry import lorentz as L
+from lorentz_rag.geometry import pooling as P
 
 F64 = torch.float64
 DELTA = 1e-2

@@ -14,7 +14,7 @@ Sections (each in its own try-block with its own time budget; one failure is rec
    logged < first logged), reading the trainer's ``metrics.jsonl``.
 4. ``encode``: HyTE-H on the packaged all-MiniLM-L6-v2 vs sentence-transformers encoding the same FAQ texts
    with the same model on the same device (fp32 both): texts/s and ratio (``bench_models.py``'s code).
-5. ``pairwise``: :func:`hyprag.geometry.lorentz.pairwise_geodesic_distance` at n x n (d = 768) with its
+5. ``pairwise``: :func:`lorentz_rag.geometry.lorentz.pairwise_geodesic_distance` at n x n (d = 768) with its
    float64 angular term (the default) vs ``angular_dtype=torch.float32``: time of each and max abs error
    against a float64 reference computed on the same stored float32 points, off the diagonal and of
    d(x, x) on it, at several radii (c = 1).
@@ -68,10 +68,10 @@ from bench_models import _interleaved, _params, _sync, bench_hyte_h_encode, buil
 from geometry_precision import DELTA as NEAR
 from geometry_precision import make_pairs
 
-import hyprag
-from hyprag.errors import closest_key
-from hyprag.geometry import lorentz as L
-from hyprag.models import packaged_minilm_path
+import lorentz_rag
+from lorentz_rag.errors import closest_key
+from lorentz_rag.geometry import lorentz as L
+from lorentz_rag.models import packaged_minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -339,7 +339,7 @@ def _run_train(
 
 
 def _loss_report(name: str, cmd_args: list[str], run: tuple, output_dir: Path, steps: int) -> dict[str, Any]:
-    from hyprag.training.logging import read_metrics
+    from lorentz_rag.training.logging import read_metrics
 
     proc, wall, log_path = run
     tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -546,7 +546,7 @@ def environment(device: torch.device, precision_note: str) -> dict[str, Any]:
     import transformers
 
     env: dict[str, Any] = {
-        "hyprag": hyprag.__version__,
+        "lorentz_rag": lorentz_rag.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,

@@ -47,8 +47,8 @@ def worker(argv: list[str]) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from hyprag.training.config import parse_command_line
-    from hyprag.training.trainer import build_training_model, train
+    from lorentz_rag.training.config import parse_command_line
+    from lorentz_rag.training.trainer import build_training_model, train
 
     skip, active, report = int(argv[0]), int(argv[1]), Path(argv[2])
     parsed = parse_command_line(["--config=configs/train/cpu_tiny_contrastive.yaml", *argv[3:]])
@@ -76,12 +76,12 @@ def worker(argv: list[str]) -> None:
                 "total_ms_per_step": round(e.cpu_time_total / 1000 / active, 2),
             }
             for e in rows
-            if not e.key.startswith(("ProfilerStep", "hyprag."))
+            if not e.key.startswith(("ProfilerStep", "lorentz_rag."))
         ][:25]
         phases = {
-            e.key.removeprefix("hyprag."): round(e.cpu_time_total / 1000 / active, 2)
+            e.key.removeprefix("lorentz_rag."): round(e.cpu_time_total / 1000 / active, 2)
             for e in averages
-            if e.key.startswith("hyprag.")
+            if e.key.startswith("lorentz_rag.")
         }
         report.write_text(
             json.dumps(

@@ -2,8 +2,8 @@
 
 The quickstart reports on the *report* halves (``qrels/report.tsv``, the probe's report half); settings
 are chosen here, on the tune halves only, with the quickstart's own protocol: each trial trains one row
-(``hyprag.quickstart.ROWS``: its config plus the trial's overrides) for every seed and measures it with
-``hyprag.quickstart.evaluate_model``; the table gives mean +- sd over seeds of wordnet-hier and faq-dev
+(``lorentz_rag.quickstart.ROWS``: its config plus the trial's overrides) for every seed and measures it with
+``lorentz_rag.quickstart.evaluate_model``; the table gives mean +- sd over seeds of wordnet-hier and faq-dev
 nDCG@10 and of the probe's depth correlation and growth, all on the tune halves. Every trial of the
 HyTE-H row has a twin trial of the Euclidean-distance row with the same change, so neither geometry is
 tuned alone. Losing trials stay in the table. Results are appended to
@@ -30,14 +30,14 @@ from typing import Any
 
 import torch
 
-import hyprag
-from hyprag import quickstart as qs
-from hyprag import quickstart_data as qd
-from hyprag import quickstart_eval as qe
-from hyprag.data.bundled import faq_dev_path, wordnet_hier_path, wordnet_levels_path
-from hyprag.eval.hierarchy import read_level_rows
-from hyprag.eval.stats import mean_sd
-from hyprag.models.hf_base import cached_base_states
+import lorentz_rag
+from lorentz_rag import quickstart as qs
+from lorentz_rag import quickstart_data as qd
+from lorentz_rag import quickstart_eval as qe
+from lorentz_rag.data.bundled import faq_dev_path, wordnet_hier_path, wordnet_levels_path
+from lorentz_rag.eval.hierarchy import read_level_rows
+from lorentz_rag.eval.stats import mean_sd
+from lorentz_rag.models.hf_base import cached_base_states
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 JSON_PATH = RESULTS_DIR / "quickstart_tuning.json"
@@ -106,7 +106,7 @@ def run_trial(
             o.update(row.overrides)
             o.update(overrides)
             final_dir, summary = qs.train_stage(row.config, qs.CONFIG_DIR, o, timer, quiet=True)
-            model = qe.set_max_length(hyprag.load_model(final_dir), plan.eval_max_length)
+            model = qe.set_max_length(lorentz_rag.load_model(final_dir), plan.eval_max_length)
             evaluation = qe.evaluate_model(model, sets)
             c = model.curvature()
             per_seed[str(seed)] = {
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         beir={"faq-dev": faq_dev_path(), "wordnet-hier": wordnet_hier_path()},
         probe_rows=read_level_rows(wordnet_levels_path()),
     )
-    from hyprag.data.beir import load_beir
+    from lorentz_rag.data.beir import load_beir
 
     data["n_queries"] = {name: len(load_beir(folder, "tune").queries) for name, folder in sets.beir.items()}
     with tempfile.TemporaryDirectory(prefix="tune-pairs-") as tmp, cached_base_states():

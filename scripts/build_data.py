@@ -80,7 +80,7 @@ HIER_QUERY_SYNSETS = 500
 HIER_MIN_DEPTH = 4
 HIER_MAX_HOPS = 3
 HIER_CORPUS_SIZE = 5000
-#: Tune/report parts: sha256("part:<key>") even -> tune, odd -> report (hyprag.data.bundled.part_of).
+#: Tune/report parts: sha256("part:<key>") even -> tune, odd -> report (lorentz_rag.data.bundled.part_of).
 PARTS = ("tune", "report")
 
 CHUNK_MIN_CHARS = 200
@@ -1269,7 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.root is not None:
             manifest = build(args.root, args.out, installed_versions(args.root))
         else:
-            with tempfile.TemporaryDirectory(prefix="hyprag-data-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="lorentz_rag-data-") as tmp:
                 root, versions = fetch_packages(Path(tmp), args.latest)
                 manifest = build(root, args.out, versions)
     except BuildError as error:

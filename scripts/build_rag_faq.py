@@ -105,7 +105,7 @@ def render(rows: Sequence[Mapping[str, object]]) -> bytes:
 def build(source: Path = DEFAULT_SOURCE) -> bytes:
     """The file's bytes, from the BEIR folder ``source``."""
     sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
-    from hyprag.data.beir import load_beir
+    from lorentz_rag.data.beir import load_beir
 
     data = load_beir(source, split="test")
     return render(build_rows(data.corpus, data.queries, data.qrels))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-_CACHE_ROOT = tempfile.mkdtemp(prefix="hyprag-test-cache-")
+_CACHE_ROOT = tempfile.mkdtemp(prefix="lorentz_rag-test-cache-")
 for _var, _value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

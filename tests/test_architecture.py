@@ -1,8 +1,8 @@
-"""The layering of ``src/hyprag`` (docs/architecture.md), checked by reading every module's imports.
+"""The layering of ``src/lorentz_rag`` (docs/architecture.md), checked by reading every module's imports.
 
-geometry <- nn, data <- models <- training, eval <- integrations <- quickstart, cli (and the ``hyprag``
+geometry <- nn, data <- models <- training, eval <- integrations <- quickstart, cli (and the ``lorentz_rag``
 facade). A module may import its own layer or a lower one, never a higher one, and no set of modules may
-import each other in a cycle. hyprag's own modules are imported at the top of a module: a function-local
+import each other in a cycle. lorentz_rag's own modules are imported at the top of a module: a function-local
 import of one hides a dependency (and, often, a cycle), so only the modules in LOCAL_IMPORTS_ALLOWED do it,
 for the reason given there.
 Imports under ``if TYPE_CHECKING:`` are for annotations only and are not counted.
@@ -21,37 +21,37 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Layer of each top-level part of the package; a higher number may import a lower one.
 LAYERS = {
-    "hyprag._version": 0,
-    "hyprag.errors": 0,
-    "hyprag.folder_lock": 0,
-    "hyprag.geometry": 1,
-    "hyprag.nn": 2,
-    "hyprag.data": 2,
-    "hyprag.models": 3,
-    "hyprag.training": 4,
-    "hyprag.eval": 4,
-    "hyprag.integrations": 5,
-    "hyprag.quickstart": 6,
-    "hyprag.quickstart_data": 6,
-    "hyprag.quickstart_eval": 6,
-    "hyprag.quickstart_report": 6,
-    "hyprag.cli": 6,
-    "hyprag": 7,  # the package facade: lazily re-exports build_model / load_model
+    "lorentz_rag._version": 0,
+    "lorentz_rag.errors": 0,
+    "lorentz_rag.folder_lock": 0,
+    "lorentz_rag.geometry": 1,
+    "lorentz_rag.nn": 2,
+    "lorentz_rag.data": 2,
+    "lorentz_rag.models": 3,
+    "lorentz_rag.training": 4,
+    "lorentz_rag.eval": 4,
+    "lorentz_rag.integrations": 5,
+    "lorentz_rag.quickstart": 6,
+    "lorentz_rag.quickstart_data": 6,
+    "lorentz_rag.quickstart_eval": 6,
+    "lorentz_rag.quickstart_report": 6,
+    "lorentz_rag.cli": 6,
+    "lorentz_rag": 7,  # the package facade: lazily re-exports build_model / load_model
 }
 
-#: The only modules that may import hyprag modules inside a function, and why (docs/architecture.md).
+#: The only modules that may import lorentz_rag modules inside a function, and why (docs/architecture.md).
 LOCAL_IMPORTS_ALLOWED = {
-    "hyprag": "the facade re-exports build_model / load_model lazily, so `import hyprag` stays light",
-    "hyprag.eval.rag.command": "the RAG flags, read by `hyprag --help` without torch; the handler imports "
+    "lorentz_rag": "the facade re-exports build_model / load_model lazily, so `import lorentz_rag` stays light",
+    "lorentz_rag.eval.rag.command": "the RAG flags, read by `lorentz-rag --help` without torch; the handler imports "
     "the pipeline when it runs",
-    "hyprag.models.io": "saving writes the sentence-transformers files; st_export subclasses their modules, "
+    "lorentz_rag.models.io": "saving writes the sentence-transformers files; st_export subclasses their modules, "
     "whose import takes seconds, so building or loading a model does not pay for it",
 }
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for path in sorted((SRC / "hyprag").rglob("*.py")):
+    for path in sorted((SRC / "lorentz_rag").rglob("*.py")):
         parts = list(path.relative_to(SRC).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -80,7 +80,7 @@ def _is_type_checking(node: ast.If) -> bool:
 
 
 def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> list[str]:
-    """hyprag modules an import statement loads (``from pkg import submodule`` counts as the submodule)."""
+    """lorentz_rag modules an import statement loads (``from pkg import submodule`` counts as the submodule)."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names if alias.name in MODULES]
     if node.level:
@@ -97,7 +97,7 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
 
 
 def imports_of(module: str) -> tuple[set[str], list[tuple[int, str]]]:
-    """(hyprag modules ``module`` imports at run time, [(line, target)] of those imported inside a function)."""
+    """(lorentz_rag modules ``module`` imports at run time, [(line, target)] of those imported inside a function)."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
@@ -197,21 +197,21 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_hyprag_modules_are_imported_at_the_top() -> None:
+def test_lorentz_rag_modules_are_imported_at_the_top() -> None:
     local = [
         f"{MODULES[module].relative_to(SRC)}:{line} imports {target} inside a function"
         for module, (_, imports) in GRAPH.items()
         if module not in LOCAL_IMPORTS_ALLOWED
         for line, target in imports
     ]
-    assert not local, "function-local imports of hyprag modules:\n" + "\n".join(local)
+    assert not local, "function-local imports of lorentz_rag modules:\n" + "\n".join(local)
 
 
-@pytest.mark.parametrize("module", ["hyprag", "hyprag.cli", "hyprag.geometry.similarity"])
+@pytest.mark.parametrize("module", ["lorentz_rag", "lorentz_rag.cli", "lorentz_rag.geometry.similarity"])
 def test_light_entry_points_do_not_import_heavy_packages(module: str) -> None:
-    """``hyprag --help`` and ``hyprag train --help`` answer without torch; the geometry needs only torch."""
+    """``lorentz-rag --help`` and ``lorentz-rag train --help`` answer without torch; the geometry needs only torch."""
     heavy = ["transformers", "sentence_transformers", "faiss", "mteb", "deepspeed", "datasets"]
-    if module != "hyprag.geometry.similarity":
+    if module != "lorentz_rag.geometry.similarity":
         heavy.append("torch")
     code = f"import sys, {module}; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hyprag import cli
+from lorentz_rag import cli
 
 HELP_COMMANDS = [
     [],
@@ -26,7 +26,7 @@ HELP_COMMANDS = [
 
 _PROBE = """
 import sys
-from hyprag.cli import main
+from lorentz_rag.cli import main
 for argv in {commands!r}:
     try:
         main([*argv, "--help"])
@@ -51,7 +51,7 @@ def test_help_does_not_import_torch():
 
 
 def test_train_help_lists_every_config_key_with_type_default_and_description(capsys):
-    from hyprag.training.config import TrainConfig
+    from lorentz_rag.training.config import TrainConfig
 
     with pytest.raises(SystemExit) as stop:
         cli.main(["train", "--config=any.yaml", "--help"])

@@ -1,4 +1,4 @@
-"""hyprag built as a wheel and run outside the checkout: the quickstart finds its configs and data through
+"""lorentz_rag built as a wheel and run outside the checkout: the quickstart finds its configs and data through
 --config-dir / --data-dir, and says what is missing when they are absent.
 
 The wheel is built from a copy of the project (pyproject.toml, README.md, src/), so the shared checkout gets
@@ -48,7 +48,7 @@ def installed(tmp_path_factory) -> tuple[Path, set[str]]:
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = (base / "dist").glob("hyprag-*-py3-none-any.whl")
+    (wheel,) = (base / "dist").glob("lorentz_rag-*-py3-none-any.whl")
     site = base / "venv" / "lib" / "site-packages"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -57,7 +57,7 @@ def installed(tmp_path_factory) -> tuple[Path, set[str]]:
 
 
 def _run(site: Path, cwd: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "HYPRAG_DATA_DIR"}
+    environ = {k: v for k, v in os.environ.items() if k != "LORENTZ_RAG_DATA_DIR"}
     environ.update(PYTHONPATH=str(site), **env)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -71,20 +71,20 @@ def _run(site: Path, cwd: Path, code: str, **env: str) -> subprocess.CompletedPr
 
 def test_the_wheel_holds_every_module_and_no_checkout_folders(installed):
     _, names = installed
-    modules = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "hyprag").rglob("*.py")}
+    modules = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "lorentz_rag").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
-    assert "hyprag/py.typed" in names
+    assert "lorentz_rag/py.typed" in names
     # Configs and data are not package resources: they come from --config-dir / --data-dir.
-    assert not any(n.startswith(("configs/", "data/", "hyprag/configs/")) for n in names)
+    assert not any(n.startswith(("configs/", "data/", "lorentz_rag/configs/")) for n in names)
 
 
 def test_quickstart_from_an_installed_wheel_outside_the_checkout(installed, tmp_path):
     site, _ = installed
     probe = f"""
-        import hyprag, hyprag.quickstart as qs
-        from hyprag.cli import build_parser
-        from hyprag.models import packaged_minilm_path
-        assert hyprag.__file__.startswith({str(site)!r}), hyprag.__file__
+        import lorentz_rag, lorentz_rag.quickstart as qs
+        from lorentz_rag.cli import build_parser
+        from lorentz_rag.models import packaged_minilm_path
+        assert lorentz_rag.__file__.startswith({str(site)!r}), lorentz_rag.__file__
         assert packaged_minilm_path().is_dir()
         try:
             qs.quickstart_resources()
@@ -119,7 +119,7 @@ def test_quickstart_from_an_installed_wheel_outside_the_checkout(installed, tmp_
     failed = _run(
         site,
         tmp_path,
-        "from hyprag.cli import main; raise SystemExit(main(['quickstart', '--out', 'o', '--fast']))",
+        "from lorentz_rag.cli import main; raise SystemExit(main(['quickstart', '--out', 'o', '--fast']))",
     )
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert failed.stderr.startswith("error: quickstart config files not found")

@@ -1,4 +1,4 @@
-"""``hyprag quickstart``: the plan, the training mixture, comparisons, the report, the CLI, and the
+"""``lorentz-rag quickstart``: the plan, the training mixture, comparisons, the report, the CLI, and the
 ``--fast`` run end to end (slow)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag import quickstart as qs
-from hyprag import quickstart_data as qd
-from hyprag import quickstart_report as qr
-from hyprag.cli import build_parser
-from hyprag.data.beir import load_beir
-from hyprag.data.bundled import faq_dev_path, read_jsonl, wordnet_levels_path
+from lorentz_rag import quickstart as qs
+from lorentz_rag import quickstart_data as qd
+from lorentz_rag import quickstart_report as qr
+from lorentz_rag.cli import build_parser
+from lorentz_rag.data.beir import load_beir
+from lorentz_rag.data.bundled import faq_dev_path, read_jsonl, wordnet_levels_path
 
 # --- plan and CLI ---------------------------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ def test_cli_parses_options_and_calls_the_library_function() -> None:
 
 
 def test_every_quickstart_config_validates_and_twins_share_the_budget() -> None:
-    from hyprag.training.config import load_config
+    from lorentz_rag.training.config import load_config
 
     configs = {
         name: load_config(qs.CONFIG_DIR / file, dotenv_dir=None) for name, file in qs.CONFIG_FILES.items()
@@ -137,7 +137,7 @@ def test_training_mixture_is_seeded_and_takes_what_it_says(tmp_path: Path) -> No
     rows = list(read_jsonl(a))
     assert len(rows) == 150 and all(set(r) == {"query", "document"} for r in rows)
     # Every row comes from the bundled files, with no duplicates created by sampling.
-    from hyprag.data.bundled import data_dir
+    from lorentz_rag.data.bundled import data_dir
 
     wordnet = {
         (r["query"], r["document"]) for r in read_jsonl(data_dir() / "train" / "pairs_wordnet_gloss.jsonl.gz")
@@ -369,21 +369,21 @@ def test_fast_run_writes_every_file_and_a_complete_results_json(fast_run: tuple[
 
 @pytest.mark.slow
 def test_fast_run_models_load_and_reproduce_their_metrics(fast_run: tuple[Path, dict]) -> None:
-    import hyprag
-    from hyprag.eval.retrieval import evaluate_beir
+    import lorentz_rag
+    from lorentz_rag.eval.retrieval import evaluate_beir
 
     out, results = fast_run
-    model = hyprag.load_model(out / "models" / "hyte_h")
+    model = lorentz_rag.load_model(out / "models" / "hyte_h")
     assert model.is_hyperbolic and model.head_kind == "pooled"
     for name in ("wordnet-hier", "faq-dev"):
         again = evaluate_beir(model, results["data"]["eval"][name], "report", batch_size=32, top_k=100)
         recorded = results["models"]["hyte_h"]["seeds"]["11"][name]["report"]
         for metric in ("ndcg@10", "mrr@10", "recall@10"):
             assert again[metric] == pytest.approx(recorded[metric], abs=1e-9), (name, metric)
-    twin = hyprag.load_model(out / "models" / "euclidean_distance")
+    twin = lorentz_rag.load_model(out / "models" / "euclidean_distance")
     assert not twin.is_hyperbolic and twin.settings.similarity == "euclidean"
-    assert hyprag.load_model(out / "models" / "euclidean").settings.similarity == "cosine"
-    assert hyprag.load_model(out / "models" / "hyte_fh").is_hyperbolic
+    assert lorentz_rag.load_model(out / "models" / "euclidean").settings.similarity == "cosine"
+    assert lorentz_rag.load_model(out / "models" / "hyte_fh").is_hyperbolic
 
 
 @pytest.mark.slow

@@ -128,7 +128,7 @@ def test_set_changes_one_size_and_names_a_misspelt_one(gpu_check):
 @pytest.mark.parametrize("after_mlm", [True, False])
 def test_the_gpu_training_runs_are_valid_configurations(gpu_check, tmp_path, monkeypatch, after_mlm):
     # The GPU profile's train.py arguments pass the trainer's own validation here, before any GPU sees them.
-    from hyprag.training.config import parse_command_line
+    from lorentz_rag.training.config import parse_command_line
 
     monkeypatch.chdir(REPO)
     final = tmp_path / "mlm_zero2" / "final"

@@ -1,6 +1,6 @@
 """Fixtures for the data tests: mosaicml-streaming importable without torchvision.
 
-streaming 0.13 imports ``torchvision`` at package import (for its vision datasets, which hyprag never uses),
+streaming 0.13 imports ``torchvision`` at package import (for its vision datasets, which lorentz_rag never uses),
 and torchvision cannot be installed next to our CPU torch here. When it is missing, the ``streaming`` fixture
 puts a minimal stand-in into ``sys.modules`` for the duration of the test: just the two names streaming's
 ``vision`` package imports. The library itself imports streaming lazily and never stubs anything.
@@ -42,7 +42,7 @@ def _torchvision_stub() -> dict[str, types.ModuleType]:
 def streaming(monkeypatch):
     """The ``streaming`` package (skips the test when mosaicml-streaming is not installed)."""
     if importlib.util.find_spec("streaming") is None:
-        pytest.skip("mosaicml-streaming is not installed (pip install 'hyprag[mds]')")
+        pytest.skip("mosaicml-streaming is not installed (pip install 'lorentz-rag[mds]')")
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         # streaming imports transformers, which probes for torchvision (find_spec) when first imported and
         # caches the answer: import it now so it sees the truth (absent), never the stub.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hyprag.data.beir import BeirData, BeirFormatError, load_beir, write_beir
-from hyprag.data.bundled import faq_dev_path
+from lorentz_rag.data.beir import BeirData, BeirFormatError, load_beir, write_beir
+from lorentz_rag.data.bundled import faq_dev_path
 
 CORPUS = {
     "d1": {"title": "Lorentz", "text": "The hyperboloid model."},

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from hyprag.data import bundled
-from hyprag.data.beir import load_beir
-from hyprag.data.bundled import (
+from lorentz_rag.data import bundled
+from lorentz_rag.data.beir import load_beir
+from lorentz_rag.data.bundled import (
     DataFormatError,
     data_dir,
     faq_dev_path,
@@ -176,7 +176,7 @@ def test_data_dir_honours_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     assert data_dir() == tmp_path
     assert faq_dev_path() == tmp_path / "eval" / "faq-dev"
     monkeypatch.setenv(bundled.DATA_DIR_ENV, str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="HYPRAG_DATA_DIR"):
+    with pytest.raises(FileNotFoundError, match="LORENTZ_RAG_DATA_DIR"):
         data_dir()
 
 

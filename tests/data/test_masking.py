@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyprag.data.collators import MLMCollator
-from hyprag.data.masking import IGNORE_INDEX, mask_tokens, non_special_token_ids, special_tokens_mask
+from lorentz_rag.data.collators import MLMCollator
+from lorentz_rag.data.masking import IGNORE_INDEX, mask_tokens, non_special_token_ids, special_tokens_mask
 
 MASK, VOCAB, SPECIAL = 3, 1000, (0, 1, 2, 3)  # pad, cls, sep, mask
 

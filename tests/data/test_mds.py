@@ -1,4 +1,4 @@
-"""MDS: `hyprag data to-mds` writes validated rows, open_dataset reads them back (mosaicml-streaming)."""
+"""MDS: `lorentz-rag data to-mds` writes validated rows, open_dataset reads them back (mosaicml-streaming)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from hyprag.cli import main
-from hyprag.data.bundled import DataFormatError
-from hyprag.data.readers import detect_format, open_dataset
+from lorentz_rag.cli import main
+from lorentz_rag.data.bundled import DataFormatError
+from lorentz_rag.data.readers import detect_format, open_dataset
 
 
 def _write(path, rows):
@@ -34,7 +34,7 @@ def test_to_mds_round_trip_contrastive(streaming, tmp_path, capsys):
 
 def test_to_mds_round_trip_mlm_with_skipped_rows(streaming, tmp_path, capsys):
     src = _write(tmp_path / "text.jsonl", [{"text": "alpha"}, {"text": ""}, {"text": "beta"}])
-    # The command line reports it as one error line, exit status 2 (hyprag.errors).
+    # The command line reports it as one error line, exit status 2 (lorentz_rag.errors).
     assert main(["data", "to-mds", "--input", str(src), "--out", str(tmp_path / "a"), "--kind", "mlm"]) == 2
     assert re.search(r"^error: .*text.jsonl:2: column 'text' \(text\) is empty", capsys.readouterr().err)
     out = tmp_path / "b"
@@ -67,7 +67,7 @@ def test_open_mds_checks_rank_and_batch_size(streaming, tmp_path):
 
 
 def test_write_mds_removes_a_partly_written_folder(streaming, tmp_path):
-    from hyprag.data.mds import write_mds
+    from lorentz_rag.data.mds import write_mds
 
     with pytest.raises(DataFormatError, match="row 1: missing column 'text'"):
         write_mds([{"text": "a"}, {"body": "b"}], tmp_path / "out", "mlm")
@@ -76,7 +76,7 @@ def test_write_mds_removes_a_partly_written_folder(streaming, tmp_path):
 
 def test_missing_streaming_names_the_mds_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "streaming", None)  # makes `import streaming` raise ImportError
-    from hyprag.data.mds import write_mds
+    from lorentz_rag.data.mds import write_mds
 
-    with pytest.raises(ImportError, match=r"pip install 'hyprag\[mds\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'lorentz-rag\[mds\]'"):
         write_mds([{"text": "a"}], tmp_path / "out", "mlm")

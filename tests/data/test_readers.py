@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag.data.bundled import DataFormatError
-from hyprag.data.collators import ContrastiveCollator
-from hyprag.data.readers import (
+from lorentz_rag.data.bundled import DataFormatError
+from lorentz_rag.data.collators import ContrastiveCollator
+from lorentz_rag.data.readers import (
     IterableRows,
     ResumableSampler,
     RowDataset,

@@ -1,7 +1,7 @@
 """Launched by tests/eval/test_encode_parallel.py under ``torchrun --nproc-per-node=2`` (gloo, CPU).
 
-One process group for two commands: ``hyprag index build`` (shards in a work folder, rank 0 writes the index)
-and ``hyprag eval beir`` (shards gathered in memory, rank 0 writes the metrics). ``argv[1]`` and ``argv[2]``
+One process group for two commands: ``lorentz-rag index build`` (shards in a work folder, rank 0 writes the index)
+and ``lorentz-rag eval beir`` (shards gathered in memory, rank 0 writes the metrics). ``argv[1]`` and ``argv[2]``
 are the two command lines as JSON lists.
 """
 
@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from hyprag import cli
-from hyprag.training.distributed import init_distributed
+from lorentz_rag import cli
+from lorentz_rag.training.distributed import init_distributed
 
 
 def main(index_args: list[str], beir_args: list[str]) -> None:

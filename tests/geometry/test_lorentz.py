@@ -1,4 +1,4 @@
-"""Property tests of the Lorentz geometry core (src/hyprag/geometry/lorentz.py).
+"""Property tests of the Lorentz geometry core (src/lorentz_rag/geometry/lorentz.py).
 
 Every test runs over dtypes x curvatures with many points in one call: radii from 1e-3 to x0 ~ 1e3 (in units
 of 1/sqrt(c)), several directions per radius. References are float64 closed forms, the float64 arcosh
@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyprag.geometry import lorentz as L
+from lorentz_rag.geometry import lorentz as L
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 ALL_DTYPES = [F64, F32, BF16, F16]

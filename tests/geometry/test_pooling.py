@@ -1,4 +1,4 @@
-"""Property tests of the poolers (src/hyprag/geometry/pooling.py) and of the paper's Theorems 4.6 / 4.7.
+"""Property tests of the poolers (src/lorentz_rag/geometry/pooling.py) and of the paper's Theorems 4.6 / 4.7.
 
 References: a float64 Beltrami-Klein computation of the same weights (ambient weight ``a_i`` is Klein
 weight ``a_i * gamma_i`` with ``gamma_i = sqrt(c) x_i0``), closed forms on one geodesic, and the
@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyprag.geometry import lorentz as L
-from hyprag.geometry import pooling as P
+from lorentz_rag.geometry import lorentz as L
+from lorentz_rag.geometry import pooling as P
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 ALL_DTYPES = [F64, F32, BF16, F16]

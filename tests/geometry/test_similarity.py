@@ -1,4 +1,4 @@
-"""hyprag.geometry.similarity: every kind, pairwise against rowwise, against float64 references, and the
+"""lorentz_rag.geometry.similarity: every kind, pairwise against rowwise, against float64 references, and the
 edge cases (identical points, NaN)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyprag.geometry import lorentz
-from hyprag.geometry import similarity as sim
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.geometry import similarity as sim
 
 SEEDS = (0, 1, 2)
 

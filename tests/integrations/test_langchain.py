@@ -1,5 +1,5 @@
-"""LangChain on faq-dev: the retriever returns exactly the geodesic top-k, and HypragEmbeddings' dot
-products rank as the geodesic distance (hyprag.integrations.langchain)."""
+"""LangChain on faq-dev: the retriever returns exactly the geodesic top-k, and LorentzRagEmbeddings' dot
+products rank as the geodesic distance (lorentz_rag.integrations.langchain)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import torch
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableLambda
 
-from hyprag.data.beir import document_text, load_beir
-from hyprag.data.bundled import faq_dev_path
-from hyprag.eval.index import VectorIndex
-from hyprag.eval.retrieval import exact_search
-from hyprag.geometry.lorentz import ip_query
-from hyprag.integrations.langchain import HypragEmbeddings, HypragRetriever
-from hyprag.models import build_model, packaged_minilm_path
+from lorentz_rag.data.beir import document_text, load_beir
+from lorentz_rag.data.bundled import faq_dev_path
+from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.eval.retrieval import exact_search
+from lorentz_rag.geometry.lorentz import ip_query
+from lorentz_rag.integrations.langchain import LorentzRagEmbeddings, LorentzRagRetriever
+from lorentz_rag.models import build_model, packaged_minilm_path
 
 MINILM = str(packaged_minilm_path())
 HYTE_H = {
@@ -64,7 +64,7 @@ def test_faq_dev_radii_differ_so_the_geodesic_ranking_is_not_the_base_cosine_ran
 
 def test_retriever_returns_the_exact_geodesic_top_k_with_ids_and_scores(faq):
     model, doc_ids, doc_texts, queries, _, geodesic_top, index = faq
-    retriever = HypragRetriever(model=model, index=index, texts=dict(zip(doc_ids, doc_texts)), k=K)
+    retriever = LorentzRagRetriever(model=model, index=index, texts=dict(zip(doc_ids, doc_texts)), k=K)
     picked = range(0, len(queries), SUBSAMPLE)
     results = retriever.batch([queries[i] for i in picked])
     searched = index.search(model, [queries[i] for i in picked], K)
@@ -81,7 +81,7 @@ def test_retriever_returns_the_exact_geodesic_top_k_with_ids_and_scores(faq):
 
 def test_a_tiny_rag_chain_retrieves_faq_dev_context_in_geodesic_order(faq):
     model, doc_ids, doc_texts, queries, _, geodesic_top, _ = faq
-    retriever = HypragRetriever.from_texts(
+    retriever = LorentzRagRetriever.from_texts(
         model, doc_texts, ids=doc_ids, metadatas=[{"source": "faq-dev"}] * len(doc_ids), k=3
     )
 
@@ -100,7 +100,7 @@ def test_a_tiny_rag_chain_retrieves_faq_dev_context_in_geodesic_order(faq):
 
 def test_embeddings_dot_products_rank_faq_dev_as_the_geodesic_distance(faq):
     model, doc_ids, doc_texts, queries, docs, geodesic_top, _ = faq
-    embeddings = HypragEmbeddings(model, batch_size=64)
+    embeddings = LorentzRagEmbeddings(model, batch_size=64)
     assert embeddings.metric == "dot"
     doc_vectors = torch.tensor(embeddings.embed_documents(doc_texts), dtype=torch.float64)
     # Documents are the model's points; a query is ip_query(q) = (-q0, qs), so q . x = <q, x>_L.
@@ -129,7 +129,7 @@ def test_euclidean_models_give_vectors_that_rank_as_the_model_under_their_metric
     model = build_model({**args, "embedding_dim": 384, "similarity": similarity, "max_seq_length": 64}).eval()
     _, _, doc_texts, queries, *_ = faq
     docs, queries = doc_texts[:40], queries[:20]
-    embeddings = HypragEmbeddings(model)
+    embeddings = LorentzRagEmbeddings(model)
     assert embeddings.metric == metric
     d = torch.tensor(embeddings.embed_documents(docs), dtype=torch.float64)
     q = torch.tensor([embeddings.embed_query(t) for t in queries], dtype=torch.float64)
@@ -147,6 +147,6 @@ def test_retriever_refuses_an_index_whose_documents_it_has_no_text_for(faq):
     model, doc_ids, doc_texts, *_, index = faq
     texts = dict(zip(doc_ids[1:], doc_texts[1:]))
     with pytest.raises(ValueError, match=f"texts lacks 1 of the index's 302 document ids .*{doc_ids[0]!r}"):
-        HypragRetriever(model=model, index=index, texts=texts)
+        LorentzRagRetriever(model=model, index=index, texts=texts)
     with pytest.raises(ValueError, match="k must be >= 1"):
-        HypragRetriever(model=model, index=index, texts=dict(zip(doc_ids, doc_texts)), k=0)
+        LorentzRagRetriever(model=model, index=index, texts=dict(zip(doc_ids, doc_texts)), k=0)

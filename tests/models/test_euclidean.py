@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import ModernBertModel
 
-from hyprag.models import build_mlm_model, build_model, packaged_minilm_path
-from hyprag.models.base import euclidean_pool
-from hyprag.models.euclidean import EuclideanEncoder, EuclideanForMaskedLM
+from lorentz_rag.models import build_mlm_model, build_model, packaged_minilm_path
+from lorentz_rag.models.base import euclidean_pool
+from lorentz_rag.models.euclidean import EuclideanEncoder, EuclideanForMaskedLM
 
 MINILM = str(packaged_minilm_path())
 TINY = {"model_name": MINILM, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hyprag
-from hyprag.data.beir import document_text, load_beir
-from hyprag.data.bundled import faq_dev_path
-from hyprag.eval.retrieval import exact_search
-from hyprag.geometry import lorentz
-from hyprag.models import build_model
-from hyprag.models.heads import DirectionRadiusHead, unfreeze_top_layers
-from hyprag.models.hf_base import cached_base_states
+import lorentz_rag
+from lorentz_rag.data.beir import document_text, load_beir
+from lorentz_rag.data.bundled import faq_dev_path
+from lorentz_rag.eval.retrieval import exact_search
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.models import build_model
+from lorentz_rag.models.heads import DirectionRadiusHead, unfreeze_top_layers
+from lorentz_rag.models.hf_base import cached_base_states
 
 TEXTS = ["Hyperbolic space grows exponentially.", "A tree embeds with low distortion.", "ok", "a dog"]
 COMMON = {
@@ -70,7 +70,7 @@ def test_pooled_head_and_fair_twin_rank_faq_dev_exactly_as_the_base_at_step_zero
     doc_ids = list(data.corpus)
     docs = [document_text(data.corpus[d]) for d in doc_ids]
     queries = [data.queries[q] for q in data.queries]
-    base = hyprag.load_model("all-MiniLM-L6-v2")
+    base = lorentz_rag.load_model("all-MiniLM-L6-v2")
     base.settings.max_seq_length = base.st.max_seq_length = 128
     with cached_base_states():
         rankings = {}
@@ -124,7 +124,7 @@ def test_new_heads_save_and_load_to_identical_outputs(make, tmp_path) -> None:
         model.head.radius.bias.fill_(0.1)
     before = model.encode(TEXTS)
     model.save_pretrained(tmp_path / "m")
-    again = hyprag.load_model(tmp_path / "m")
+    again = lorentz_rag.load_model(tmp_path / "m")
     assert again.head_kind == model.head_kind and again.settings.similarity == model.settings.similarity
     assert torch.equal(again.encode(TEXTS), before)
 
@@ -172,8 +172,8 @@ def test_base_state_cache_gives_the_same_states_and_runs_each_text_once() -> Non
 
 
 def test_mteb_and_the_index_respect_the_twins_euclidean_distance() -> None:
-    from hyprag.eval.index import VectorIndex
-    from hyprag.eval.mteb_adapter import MTEBEncoder
+    from lorentz_rag.eval.index import VectorIndex
+    from lorentz_rag.eval.mteb_adapter import MTEBEncoder
 
     twin = _twin(max_seq_length=32)
     with torch.no_grad():
@@ -202,8 +202,8 @@ def test_mteb_and_the_index_respect_the_twins_euclidean_distance() -> None:
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_the_index_ranks_euclidean_distance_exactly_far_from_the_origin(kind: str, tmp_path) -> None:
-    from hyprag.eval.index import VectorIndex
-    from hyprag.eval.retrieval import exact_search
+    from lorentz_rag.eval.index import VectorIndex
+    from lorentz_rag.eval.retrieval import exact_search
 
     g = torch.Generator().manual_seed(0)
     # Large norms with small differences: float32 inner products alone could not order these.

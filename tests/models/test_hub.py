@@ -1,5 +1,5 @@
-"""Hub repo ids in hyprag.load_model (a repo laid out in a temporary Hub cache, offline) and push_to_hub up to
-the network call (hyprag.models.hub)."""
+"""Hub repo ids in lorentz_rag.load_model (a repo laid out in a temporary Hub cache, offline) and push_to_hub up to
+the network call (lorentz_rag.models.hub)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag.models import build_model, load_model, packaged_minilm_path
-from hyprag.models.hub import ModelNotAvailableOfflineError, is_hub_id
+from lorentz_rag.models import build_model, load_model, packaged_minilm_path
+from lorentz_rag.models.hub import ModelNotAvailableOfflineError, is_hub_id
 
 TINY = {
     "model_type": "hyte_fh",
@@ -83,7 +83,10 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(monkeypatch):
         # Everything is in place when the network call would start.
         calls["upload"] = (repo_id, kwargs)
         readme = (Path(folder_path) / "README.md").read_text()
-        assert 'hyprag.load_model("acme/pushed")' in readme and 'SentenceTransformer("acme/pushed"' in readme
+        assert (
+            'lorentz_rag.load_model("acme/pushed")' in readme
+            and 'SentenceTransformer("acme/pushed"' in readme
+        )
         torch.testing.assert_close(load_model(folder_path).encode(TEXTS), model.encode(TEXTS), atol=0, rtol=0)
         return "commit-info"
 

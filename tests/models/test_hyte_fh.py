@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hyprag.geometry import lorentz
-from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM, HyteFHTrunk
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM, HyteFHTrunk
 
 PAD = 0
 

@@ -11,9 +11,9 @@ import warnings
 import pytest
 import torch
 
-from hyprag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
-from hyprag.nn import _compile
-from hyprag.nn.mlr import _MLRFromProducts, _PointwiseKernels
+from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+from lorentz_rag.nn import _compile
+from lorentz_rag.nn.mlr import _MLRFromProducts, _PointwiseKernels
 
 PAD = 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyprag.geometry import lorentz, pooling
-from hyprag.models import build_model, packaged_minilm_path
-from hyprag.models.hyte_h import HyteH, clip_norm
+from lorentz_rag.geometry import lorentz, pooling
+from lorentz_rag.models import build_model, packaged_minilm_path
+from lorentz_rag.models.hyte_h import HyteH, clip_norm
 
 MINILM = str(packaged_minilm_path())
 TEXTS = ["Hyperbolic space grows exponentially.", "A tree embeds with low distortion.", "ok"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from hyprag.geometry import lorentz
-from hyprag.models import ModelArgs, build_model, load_model, packaged_minilm_path, resolve_model_name
-from hyprag.models.base import EUCLIDEAN_POOLINGS, HYPERBOLIC_POOLINGS
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.models import ModelArgs, build_model, load_model, packaged_minilm_path, resolve_model_name
+from lorentz_rag.models.base import EUCLIDEAN_POOLINGS, HYPERBOLIC_POOLINGS
 
 MINILM = str(packaged_minilm_path())
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "max_seq_length": 96}

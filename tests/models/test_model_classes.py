@@ -1,4 +1,4 @@
-"""Each embedding model saves (hyprag_config) and rebuilds (from_config) itself; the factory only dispatches
+"""Each embedding model saves (lorentz_rag_config) and rebuilds (from_config) itself; the factory only dispatches
 on model_type. The no-decay rule and the setting names are defined once."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import typing
 import pytest
 import torch
 
-from hyprag.geometry import pooling, similarity
-from hyprag.models import build_model, packaged_minilm_path
-from hyprag.models.args import ModelArgs
-from hyprag.models.base import no_decay
-from hyprag.models.euclidean import SentenceTransformerModel
-from hyprag.models.factory import MODEL_CLASSES
-from hyprag.models.settings import (
+from lorentz_rag.geometry import pooling, similarity
+from lorentz_rag.models import build_model, packaged_minilm_path
+from lorentz_rag.models.args import ModelArgs
+from lorentz_rag.models.base import no_decay
+from lorentz_rag.models.euclidean import SentenceTransformerModel
+from lorentz_rag.models.factory import MODEL_CLASSES
+from lorentz_rag.models.settings import (
     EUCLIDEAN_SIMILARITIES,
     HYPERBOLIC_POOLINGS,
     HYPERBOLIC_SIMILARITIES,
@@ -69,15 +69,15 @@ def test_setting_names_are_the_geometry_names():
     ],
     ids=["hyte_fh", "hyte_h_token_blocks", "hyte_h_pooled", "euclidean_direction_norm"],
 )
-def test_from_config_rebuilds_what_hyprag_config_saved(args):
+def test_from_config_rebuilds_what_lorentz_rag_config_saved(args):
     torch.manual_seed(0)
     model = build_model({"model_name": MINILM, **args}).eval()
-    section = {**model.settings.to_dict(), **model.hyprag_config(), "curvature": None}
+    section = {**model.settings.to_dict(), **model.lorentz_rag_config(), "curvature": None}
     if model.curvature() is not None:
         section["curvature"] = float(model.curvature().detach())
     rebuilt = type(model).from_config(section, model.tokenizer, model.settings).eval()
     # Every setting the class saves is read back by from_config: the rebuilt model saves the same section.
-    assert rebuilt.hyprag_config() == model.hyprag_config()
+    assert rebuilt.lorentz_rag_config() == model.lorentz_rag_config()
     assert rebuilt is not model and type(rebuilt) is MODEL_CLASSES[args["model_type"]]
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.encode(TEXTS), model.encode(TEXTS), atol=0, rtol=0)

@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import hyprag
-from hyprag.models import (
+import lorentz_rag
+from lorentz_rag.models import (
     WeightsMismatchError,
     build_mlm_model,
     build_model,
@@ -83,12 +84,12 @@ def test_hyte_h_round_trip_does_not_depend_on_the_base_folder(tmp_path):
     shutil.rmtree(base_copy)  # the saved folder carries the base's config, weights and tokenizer
     loaded = load_model(tmp_path / "saved")
     torch.testing.assert_close(loaded.encode(TEXTS, "query"), model.encode(TEXTS, "query"), atol=0, rtol=0)
-    section = json.loads((tmp_path / "saved" / "config.json").read_text())["hyprag"]
+    section = json.loads((tmp_path / "saved" / "config.json").read_text())["lorentz_rag"]
     assert section["model_type"] == "hyte_h"
     assert section["pooling"] == "mean_tangent" and section["similarity"] == "geodesic"
     assert section["curvature"] == pytest.approx(float(torch.tensor(0.3).exp()))
     assert section["query_prefix"] == "search_query: " and section["max_seq_length"] == 48
-    assert section["library_version"] == hyprag.__version__
+    assert section["library_version"] == lorentz_rag.__version__
     assert section["base_config"]["hidden_size"] == 384 and section["projection_dim"] == 16
     assert {"tokenizer.json", "model.safetensors"} <= {p.name for p in (tmp_path / "saved").iterdir()}
     assert any(
@@ -144,7 +145,7 @@ def test_misshaped_tensor_is_named(saved_hyte_fh, tmp_path):
 
 def test_not_a_model_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="neither a hyprag model folder"):
+    with pytest.raises(ValueError, match="neither a lorentz-rag model folder"):
         load_model(tmp_path)
 
 
@@ -204,3 +205,41 @@ def test_init_from_mismatch_fails_loudly(tmp_path):
     _edit_weights(tmp_path / "mlm", tmp_path / "broken", lambda t: t.pop("model.layers.0.attn.wo.weight"))
     with pytest.raises(WeightsMismatchError, match=r"missing \(1\): layers\.0\.attn\.wo\.weight"):
         build_model({"model_type": "hyte_fh", "init_from": str(tmp_path / "broken"), **TINY})
+
+
+def _as_saved_before_the_rename(folder) -> None:
+    """Rewrite a saved folder the way the library wrote it when the package was called ``hyprag``: the
+    ``hyprag`` config section, the ``hyprag_aliases`` safetensors key and ``hyprag.`` module paths."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["hyprag"] = config.pop("lorentz_rag")
+    config_file.write_text(json.dumps(config))
+    weights = folder / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(weights)
+    meta["hyprag_aliases"] = meta.pop("lorentz_rag_aliases")
+    save_file(tensors, str(weights), metadata=meta)
+    for name in ("modules.json", "router_config.json"):
+        for file in folder.rglob(name):
+            file.write_text(
+                file.read_text().replace("lorentz_rag.", "hyprag.").replace("LorentzRag", "Hyprag")
+            )
+
+
+@pytest.mark.parametrize(
+    ("args", "mlm"),
+    [({"model_type": "hyte_fh", **TINY}, False), ({"model_type": "euclidean", **TINY}, True)],
+    ids=["hyte_fh", "euclidean_mlm_tied"],
+)
+def test_folders_saved_under_the_old_package_name_keep_loading(tmp_path, args, mlm):
+    torch.manual_seed(0)
+    model = (build_mlm_model if mlm else build_model)(args).eval()
+    _perturb(model)
+    folder = tmp_path / "saved"
+    (save_mlm_model(model, folder) if mlm else model.save_pretrained(folder))
+    _as_saved_before_the_rename(folder)
+    assert "lorentz_rag" not in (folder / "config.json").read_text()
+    loaded = (load_mlm_model if mlm else load_model)(folder)
+    for (name, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(got, want, atol=0, rtol=0, msg=name)

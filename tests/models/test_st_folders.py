@@ -1,5 +1,5 @@
-"""Saved hyprag folders are sentence-transformers models: same embeddings, and dot-product ranking equal to
-the geodesic ranking for hyperbolic models (hyprag.models.st_export)."""
+"""Saved lorentz_rag folders are sentence-transformers models: same embeddings, and dot-product ranking equal to
+the geodesic ranking for hyperbolic models (lorentz_rag.models.st_export)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from hyprag.data.beir import load_beir
-from hyprag.data.bundled import faq_dev_path
-from hyprag.geometry.lorentz import ip_query
-from hyprag.models import build_model, load_model, packaged_minilm_path
+from lorentz_rag.data.beir import load_beir
+from lorentz_rag.data.bundled import faq_dev_path
+from lorentz_rag.geometry.lorentz import ip_query
+from lorentz_rag.models import build_model, load_model, packaged_minilm_path
 
 MINILM = str(packaged_minilm_path())
 TINY = {"model_name": MINILM, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -79,12 +79,12 @@ def test_sentence_transformers_loads_every_model_type_with_identical_outputs(tmp
     model.save_pretrained(tmp_path)
     native = all(t.startswith("sentence_transformers.") for t in _module_types(tmp_path))
     assert native == (case in ("euclidean_modernbert", "euclidean_pretrained"))
-    # Native folders load without trusting any code; hyprag modules need hyprag installed and the flag.
+    # Native folders load without trusting any code; lorentz_rag modules need lorentz_rag installed and the flag.
     st = SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=not native)
     assert st.similarity_fn_name == similarity
     assert st.prompts == {"query": "q: ", "document": "d: "}
-    hyprag_model = load_model(tmp_path)
-    want_q, want_d = hyprag_model.encode(TEXTS, "query"), hyprag_model.encode(TEXTS, "document")
+    lorentz_rag_model = load_model(tmp_path)
+    want_q, want_d = lorentz_rag_model.encode(TEXTS, "query"), lorentz_rag_model.encode(TEXTS, "document")
     if model.is_hyperbolic:
         want_q = ip_query(want_q)
     got_q = st.encode_query(TEXTS, convert_to_tensor=True).cpu()
@@ -107,9 +107,11 @@ def test_hyperbolic_dot_product_ranks_faq_dev_exactly_as_the_geodesic_distance(t
     queries = list(data.queries.values())
     assert len(queries) >= 100 and len(doc_texts) >= 100
 
-    hyprag_model = load_model(tmp_path)
-    docs = hyprag_model.encode(doc_texts, "document", batch_size=64)
-    geodesic = hyprag_model.similarity(hyprag_model.encode(queries, "query").double(), docs.double())
+    lorentz_rag_model = load_model(tmp_path)
+    docs = lorentz_rag_model.encode(doc_texts, "document", batch_size=64)
+    geodesic = lorentz_rag_model.similarity(
+        lorentz_rag_model.encode(queries, "query").double(), docs.double()
+    )
 
     st = SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=True)
     st_docs = st.encode_document(doc_texts, convert_to_tensor=True, batch_size=64).cpu()
@@ -125,7 +127,7 @@ def test_hyperbolic_dot_product_ranks_faq_dev_exactly_as_the_geodesic_distance(t
     # sentence-transformers' own float32 scores rank the same way on this set.
     assert top10(st.similarity(st_queries, st_docs)) == top10(geodesic)
     # The scores themselves differ (<q,x>_L vs -d), but only by a monotone map: -d = -arcosh(-c<q,x>_L)/sqrt(c).
-    c = float(hyprag_model.curvature().detach())
+    c = float(lorentz_rag_model.curvature().detach())
     torch.testing.assert_close(
         -torch.arccosh((-c * dot).clamp_min(1.0)) / c**0.5, geodesic, atol=1e-4, rtol=1e-4
     )
@@ -164,7 +166,7 @@ def test_saved_folder_has_a_model_card_with_hub_metadata(tmp_path):
     }
     model.save_pretrained(tmp_path)
     meta, text = _front_matter(tmp_path)
-    assert meta["library_name"] == "hyprag" and meta["pipeline_tag"] == "sentence-similarity"
+    assert meta["library_name"] == "lorentz-rag" and meta["pipeline_tag"] == "sentence-similarity"
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["license"] == "apache-2.0"  # read from the packaged base folder's own card
     assert {"hyperbolic", "hyte_h", "sentence-transformers"} <= set(meta["tags"])
@@ -180,7 +182,7 @@ def test_saved_folder_has_a_model_card_with_hub_metadata(tmp_path):
         "`'q: '`",
         "| Training data | data/pairs.jsonl |",
         "| Training steps | 123 |",
-        "hyprag.load_model(",
+        "lorentz_rag.load_model(",
         "trust_remote_code=True",
         "arXiv:2602.07739",
     ):

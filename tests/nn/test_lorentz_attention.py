@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hyprag.geometry import lorentz
-from hyprag.nn import LorentzMultiheadAttention, RotaryEmbedding
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.nn import LorentzMultiheadAttention, RotaryEmbedding
 
 
 def lift64(z: torch.Tensor, c: float) -> torch.Tensor:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hyprag.geometry import lorentz
-from hyprag.nn import (
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.nn import (
     Curvature,
     LorentzActivation,
     LorentzEmbedding,

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hyprag.geometry import lorentz
-from hyprag.nn import LorentzMLR
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.nn import LorentzMLR
 
 
 def formula_logits(x: torch.Tensor, z: torch.Tensor, a: torch.Tensor, c: float) -> torch.Tensor:

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from hyprag.geometry import lorentz
-from hyprag.nn import LorentzMLR
-from hyprag.nn.mlr import _MLRLogits
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.nn import LorentzMLR
+from lorentz_rag.nn.mlr import _MLRLogits
 
 
 def reference_mlr(head: LorentzMLR, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

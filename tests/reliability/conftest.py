@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hyprag.data.beir import write_beir
-from hyprag.models import build_model, packaged_minilm_path
+from lorentz_rag.data.beir import write_beir
+from lorentz_rag.models import build_model, packaged_minilm_path
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_FH = {
@@ -92,7 +92,7 @@ def run_main(main: Callable, argv: list[str], capsys: pytest.CaptureFixture[str]
 def hold_lock(lock_file: Path) -> subprocess.Popen:
     """Another process holding ``lock_file`` (as a running training or index build would) until killed."""
     code = (
-        "import time; from hyprag.folder_lock import exclusive_lock\n"
+        "import time; from lorentz_rag.folder_lock import exclusive_lock\n"
         f"with exclusive_lock({str(lock_file)!r}, 'x'):\n    print('locked', flush=True); time.sleep(120)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -1,5 +1,5 @@
 """Issue 12, "one error boundary": every entry point turns user errors into one ``error: ...`` line and exit
-status 2; ``--debug`` or ``HYPRAG_DEBUG=1`` shows the traceback; bugs keep theirs."""
+status 2; ``--debug`` or ``LORENTZ_RAG_DEBUG=1`` shows the traceback; bugs keep theirs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from hyprag import cli
-from hyprag.errors import describe_error, run_entry_point
-from hyprag.eval import mteb_adapter
-from hyprag.eval.rag import command as rag_command
-from hyprag.training import trainer
+from lorentz_rag import cli
+from lorentz_rag.errors import describe_error, run_entry_point
+from lorentz_rag.eval import mteb_adapter
+from lorentz_rag.eval.rag import command as rag_command
+from lorentz_rag.training import trainer
 
 from .conftest import REPO, run_main
 
@@ -53,7 +53,7 @@ def _script(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
             "error: model folder no/such/model does not exist",
         ),
         (
-            ["-m", "hyprag.cli", "search", "--index", "no/such/index", "a query"],
+            ["-m", "lorentz_rag.cli", "search", "--index", "no/such/index", "a query"],
             "error: no/such/index/index.json: missing",
         ),
     ],
@@ -74,7 +74,7 @@ def test_debug_flag_and_environment_variable_show_the_traceback(capsys, monkeypa
     status, _, err = run_main(cli.main, ["--debug", *argv], capsys)
     assert status == 2 and "Traceback (most recent call last)" in err
     assert err.rstrip().endswith("error: model folder no/such/model does not exist")
-    monkeypatch.setenv("HYPRAG_DEBUG", "1")
+    monkeypatch.setenv("LORENTZ_RAG_DEBUG", "1")
     status, _, err = run_main(cli.main, argv, capsys)
     assert status == 2 and "Traceback (most recent call last)" in err
 

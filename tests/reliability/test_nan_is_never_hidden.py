@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyprag import cli
-from hyprag.eval.index import VectorIndex
-from hyprag.eval.mteb_adapter import MTEBEncoder
-from hyprag.eval.retrieval import evaluate_beir, exact_search
-from hyprag.geometry import lorentz
-from hyprag.models import load_model
-from hyprag.models.base import NonFiniteEmbeddingError
+from lorentz_rag import cli
+from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.eval.mteb_adapter import MTEBEncoder
+from lorentz_rag.eval.retrieval import evaluate_beir, exact_search
+from lorentz_rag.geometry import lorentz
+from lorentz_rag.models import load_model
+from lorentz_rag.models.base import NonFiniteEmbeddingError
 
 from .conftest import DOCS, run_main
 

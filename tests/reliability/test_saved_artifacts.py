@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag import cli
-from hyprag.data.beir import BeirFormatError, load_beir, write_beir
-from hyprag.eval.index import IndexFormatError, IndexModelMismatchError, VectorIndex, build_index_command
-from hyprag.folder_lock import FolderInUseError, sibling_lock_path
-from hyprag.models import build_model, load_model
-from hyprag.models.factory import ModelFolderError
+from lorentz_rag import cli
+from lorentz_rag.data.beir import BeirFormatError, load_beir, write_beir
+from lorentz_rag.eval.index import IndexFormatError, IndexModelMismatchError, VectorIndex, build_index_command
+from lorentz_rag.folder_lock import FolderInUseError, sibling_lock_path
+from lorentz_rag.models import build_model, load_model
+from lorentz_rag.models.factory import ModelFolderError
 
 from .conftest import DOCS, TINY_FH, copy_with_weights, edit_config, hold_lock, run_main
 
@@ -30,27 +30,27 @@ IDS = [f"d{i}" for i in range(len(DOCS))]
     [
         (
             lambda s: s.update(similarity="cosine"),
-            r"hyprag\.similarity='cosine' is not valid for model_type='hyte_fh'; choose one of \['geodesic'",
+            r"lorentz_rag\.similarity='cosine' is not valid for model_type='hyte_fh'; choose one of \['geodesic'",
         ),
         (
             lambda s: s.update(pooling="max"),
-            r"hyprag.pooling='max' is not valid for model_type='hyte_fh'",
+            r"lorentz_rag.pooling='max' is not valid for model_type='hyte_fh'",
         ),
         (
             lambda s: s.update(embedding_dim=99),
-            r"hyprag.embedding_dim=99, but the saved hyte_fh architecture produces 17",
+            r"lorentz_rag.embedding_dim=99, but the saved hyte_fh architecture produces 17",
         ),
         (
             lambda s: s.update(max_seq_length=100000),
-            r"hyprag.max_seq_length=100000 exceeds the encoder's max_position_embeddings",
+            r"lorentz_rag.max_seq_length=100000 exceeds the encoder's max_position_embeddings",
         ),
-        (lambda s: s.update(curvature=-1.0), r"hyprag.curvature=-1.0 must be a finite number > 0"),
+        (lambda s: s.update(curvature=-1.0), r"lorentz_rag.curvature=-1.0 must be a finite number > 0"),
     ],
 )
 def test_a_hand_edited_model_config_is_refused_naming_file_and_key(tiny_model_dir, tmp_path, edit, message):
     folder = tmp_path / "edited"
     shutil.copytree(tiny_model_dir, folder)
-    edit_config(folder, lambda config: edit(config["hyprag"]))
+    edit_config(folder, lambda config: edit(config["lorentz_rag"]))
     with pytest.raises(ModelFolderError, match=rf"^{folder / 'config.json'}: .*" + message):
         load_model(folder)
 
@@ -201,7 +201,7 @@ def test_a_sentence_transformers_baseline_refuses_a_text_that_is_not_a_string():
     ["/no/such/folder", "./missing", "data/missing.jsonl", "some/deep/missing/folder", "rows.jsonl.gz"],
 )
 def test_a_missing_local_data_path_is_not_sent_to_the_hub(source):
-    from hyprag.data.readers import detect_format
+    from lorentz_rag.data.readers import detect_format
 
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         detect_format(source)

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag.data.bundled import mlm_text_path
-from hyprag.folder_lock import RUN_LOCK_NAME, FolderInUseError
-from hyprag.training import checkpoint as ckpt
-from hyprag.training import trainer
-from hyprag.training.config import ConfigError, load_config, parse_command_line
-from hyprag.training.logging import read_metrics
-from hyprag.training.trainer import TrainingDivergedError, train
+from lorentz_rag.data.bundled import mlm_text_path
+from lorentz_rag.folder_lock import RUN_LOCK_NAME, FolderInUseError
+from lorentz_rag.training import checkpoint as ckpt
+from lorentz_rag.training import trainer
+from lorentz_rag.training.config import ConfigError, load_config, parse_command_line
+from lorentz_rag.training.logging import read_metrics
+from lorentz_rag.training.trainer import TrainingDivergedError, train
 
 from .conftest import REPO, hold_lock
 

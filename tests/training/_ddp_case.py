@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hyprag.geometry.lorentz import expmap0
-from hyprag.training.losses import InfoNCELoss
+from lorentz_rag.geometry.lorentz import expmap0
+from lorentz_rag.training.losses import InfoNCELoss
 
 
 class TinyEncoder(nn.Module):

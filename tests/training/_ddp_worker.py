@@ -14,8 +14,8 @@ import torch
 from _ddp_case import build_case
 from torch.nn.parallel import DistributedDataParallel
 
-from hyprag.training.distributed import init_distributed, world_info
-from hyprag.training.grad_cache import grad_cache_backward
+from lorentz_rag.training.distributed import init_distributed, world_info
+from lorentz_rag.training.grad_cache import grad_cache_backward
 
 
 def main(out_path: str) -> None:

@@ -1,6 +1,6 @@
 """``python tests/training/_kill_after_step.py N [train.py arguments]``: train as ``train.py`` does, and
 SIGKILL this process right after optimizer step ``N`` (and the checkpoint due at it), exactly like a
-pre-empted job. The kill is the ``after_step`` hook of :func:`hyprag.training.trainer.train`, so the
+pre-empted job. The kill is the ``after_step`` hook of :func:`lorentz_rag.training.trainer.train`, so the
 production loop carries no test code."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 
-from hyprag.training.config import parse_command_line
-from hyprag.training.trainer import train
+from lorentz_rag.training.config import parse_command_line
+from lorentz_rag.training.trainer import train
 
 
 def main(argv: list[str]) -> None:

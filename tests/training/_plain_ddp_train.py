@@ -7,8 +7,8 @@ import sys
 
 from torch import nn
 
-from hyprag.training import trainer
-from hyprag.training.config import parse_command_line
+from lorentz_rag.training import trainer
+from lorentz_rag.training.config import parse_command_line
 
 if __name__ == "__main__":
     trainer._ddp = lambda step_module, device, args: nn.parallel.DistributedDataParallel(step_module)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hyprag.training.config import (
+from lorentz_rag.training.config import (
     ConfigError,
     TrainArgs,
     TrainConfig,
@@ -189,15 +189,15 @@ def test_dotenv_is_read_without_overriding_the_environment(tmp_path, monkeypatch
 
 
 def test_unset_variable_is_an_error_naming_it_and_the_line(tmp_path, monkeypatch):
-    monkeypatch.delenv("HYPRAG_SURELY_UNSET", raising=False)
-    path = write(tmp_path, BASE_YAML.replace("rows.jsonl", "${HYPRAG_SURELY_UNSET}"))
-    with pytest.raises(ConfigError, match=r"run.yaml:11.*\$\{HYPRAG_SURELY_UNSET\} is not set"):
+    monkeypatch.delenv("LORENTZ_RAG_SURELY_UNSET", raising=False)
+    path = write(tmp_path, BASE_YAML.replace("rows.jsonl", "${LORENTZ_RAG_SURELY_UNSET}"))
+    with pytest.raises(ConfigError, match=r"run.yaml:11.*\$\{LORENTZ_RAG_SURELY_UNSET\} is not set"):
         load_config(path, dotenv_dir=None)
 
 
 def test_an_unset_variable_does_not_matter_when_the_key_is_overridden(tmp_path, monkeypatch):
-    monkeypatch.delenv("HYPRAG_SURELY_UNSET", raising=False)
-    path = write(tmp_path, BASE_YAML.replace("rows.jsonl", "${HYPRAG_SURELY_UNSET}"))
+    monkeypatch.delenv("LORENTZ_RAG_SURELY_UNSET", raising=False)
+    path = write(tmp_path, BASE_YAML.replace("rows.jsonl", "${LORENTZ_RAG_SURELY_UNSET}"))
     cfg = load_config(path, ["data_args.data_path=/given/on/the/command/line"], dotenv_dir=None)
     assert cfg.data_args.data_path == "/given/on/the/command/line"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from _tiny_run import TINY_RUN_OVERRIDES
 
-from hyprag.data.bundled import pair_paths
-from hyprag.training.config import load_config
-from hyprag.training.logging import read_metrics
-from hyprag.training.trainer import fill_deepspeed_config
+from lorentz_rag.data.bundled import pair_paths
+from lorentz_rag.training.config import load_config
+from lorentz_rag.training.logging import read_metrics
+from lorentz_rag.training.trainer import fill_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[2]
 DS_CONFIG = REPO / "configs" / "deepspeed" / "ds_config.json"
@@ -83,14 +83,14 @@ def test_zero2_run_on_cpu(tmp_path):
     peak = 2.0e-3
     assert [r["lr"] for r in records] == pytest.approx([peak * 1 / 6, peak * 2 / 6, peak * 3 / 6])
     assert (out / "ckpt-2" / "deepspeed").is_dir()  # the engine's (ZeRO-partitioned) states
-    from hyprag.models.factory import load_model
+    from lorentz_rag.models.factory import load_model
 
     model = load_model(out / "final")
     assert model.embedding_dim == 33
 
 
 def test_grad_cache_under_deepspeed_is_refused_before_any_work(tmp_path):
-    from hyprag.training.trainer import train
+    from lorentz_rag.training.trainer import train
 
     config = load_config(
         REPO / "configs" / "train" / "cpu_tiny_contrastive.yaml",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _ddp_case import build_case
 
-from hyprag.training.distributed import (
+from lorentz_rag.training.distributed import (
     WorldInfo,
     barrier,
     gather_sizes,
@@ -16,7 +16,7 @@ from hyprag.training.distributed import (
     init_distributed,
     world_info,
 )
-from hyprag.training.grad_cache import grad_cache_backward
+from lorentz_rag.training.grad_cache import grad_cache_backward
 from torchrun_launch import LAUNCH_VARS, run_torchrun
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from hyprag.geometry.lorentz import expmap0
-from hyprag.training.grad_cache import chunk_batch, grad_cache_backward
-from hyprag.training.losses import InfoNCELoss
+from lorentz_rag.geometry.lorentz import expmap0
+from lorentz_rag.training.grad_cache import chunk_batch, grad_cache_backward
+from lorentz_rag.training.losses import InfoNCELoss
 
 
 class TinyEncoder(nn.Module):

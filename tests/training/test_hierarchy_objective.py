@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyprag.training.config import load_config
-from hyprag.training.hierarchy import HierarchyLoss, WordNetHierarchy, hierarchy_triplets
+from lorentz_rag.training.config import load_config
+from lorentz_rag.training.hierarchy import HierarchyLoss, WordNetHierarchy, hierarchy_triplets
 
 # entity -> {animal -> {dog -> {puppy}, cat}, plant -> {tree}}; "wolf" is held out (never sampled).
 TREE = [
@@ -81,7 +81,7 @@ def test_max_children_bounds_the_texts_a_run_embeds(nouns: str) -> None:
 @pytest.mark.parametrize("kind", ["geodesic", "euclidean", "cosine"])
 def test_loss_is_zero_when_satisfied_and_pulls_ancestors_inward(kind: str) -> None:
     loss = HierarchyLoss(weight=1.0, margin=0.1, centripetal_weight=1.0, centripetal_margin=0.2)
-    from hyprag.geometry import lorentz
+    from lorentz_rag.geometry import lorentz
 
     def embed(v: torch.Tensor) -> torch.Tensor:
         return lorentz.expmap0(v, 1.0) if kind == "geodesic" else v
@@ -123,7 +123,7 @@ def _tiny_hyte_h_run(tmp_path: Path, out: Path, extra: dict) -> dict:
     """Train the quickstart's HyTE-H config for a few tiny steps; returns the final weights."""
     from safetensors.torch import load_file
 
-    from hyprag.training.trainer import train
+    from lorentz_rag.training.trainer import train
 
     pairs = tmp_path / "pairs.jsonl"
     if not pairs.exists():
@@ -151,7 +151,7 @@ def _tiny_hyte_h_run(tmp_path: Path, out: Path, extra: dict) -> dict:
 
 @pytest.mark.slow
 def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly(tmp_path: Path) -> None:
-    from hyprag.training.logging import read_metrics
+    from lorentz_rag.training.logging import read_metrics
 
     whole = _tiny_hyte_h_run(tmp_path, tmp_path / "whole", {})
     records = read_metrics(tmp_path / "whole")
@@ -169,7 +169,7 @@ def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly
 @pytest.mark.slow
 def test_grad_cache_with_the_hierarchy_objective_trains_like_the_plain_step(tmp_path: Path) -> None:
     """GradCache runs the hierarchy term as a pass of its own; the weights match the plain path's."""
-    from hyprag.training.logging import read_metrics
+    from lorentz_rag.training.logging import read_metrics
 
     plain = _tiny_hyte_h_run(tmp_path, tmp_path / "plain", {"train_args.max_steps": 2})
     cached = _tiny_hyte_h_run(
@@ -186,8 +186,8 @@ def test_grad_cache_with_the_hierarchy_objective_trains_like_the_plain_step(tmp_
 
 @pytest.mark.parametrize("c", [0.5, 1.0, 2.0])
 def test_cone_exterior_angle_is_zero_outward_and_pi_inward_on_the_hyperboloid(c: float) -> None:
-    from hyprag.geometry import lorentz
-    from hyprag.training.hierarchy import cone_exterior_angle, cone_half_aperture
+    from lorentz_rag.geometry import lorentz
+    from lorentz_rag.training.hierarchy import cone_exterior_angle, cone_half_aperture
 
     u = torch.nn.functional.normalize(torch.randn(5, 4, dtype=torch.float64), dim=-1)
     a = lorentz.expmap0(1.0 * u, c)
@@ -214,7 +214,7 @@ def test_cone_exterior_angle_is_zero_outward_and_pi_inward_on_the_hyperboloid(c:
 
 
 def test_euclidean_cone_angle_matches_the_elementary_geometry() -> None:
-    from hyprag.training.hierarchy import cone_exterior_angle, cone_half_aperture
+    from lorentz_rag.training.hierarchy import cone_exterior_angle, cone_half_aperture
 
     a = torch.tensor([[1.0, 0.0]])
     assert float(cone_exterior_angle(a, torch.tensor([[2.0, 0.0]]), "euclidean", None)) == pytest.approx(
@@ -230,7 +230,7 @@ def test_euclidean_cone_angle_matches_the_elementary_geometry() -> None:
 
 @pytest.mark.parametrize("kind", ["geodesic", "euclidean"])
 def test_cone_variant_is_zero_inside_and_positive_outside(kind: str) -> None:
-    from hyprag.geometry import lorentz
+    from lorentz_rag.geometry import lorentz
 
     loss = HierarchyLoss(weight=1.0, centripetal_weight=0.0, variant="cone", cone_k=0.1)
     embed = (lambda v: lorentz.expmap0(v, 1.0)) if kind == "geodesic" else (lambda v: v)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hyprag.geometry.lorentz import expmap0
-from hyprag.training.losses import InfoNCELoss, LogitScale, info_nce_loss, mlm_loss, similarity_matrix
+from lorentz_rag.geometry.lorentz import expmap0
+from lorentz_rag.training.losses import InfoNCELoss, LogitScale, info_nce_loss, mlm_loss, similarity_matrix
 
 
 def _points(n: int, d: int, c: float, seed: int, dtype=torch.float64) -> torch.Tensor:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hyprag.data.bundled import mlm_text_path
-from hyprag.training import checkpoint as ckpt
-from hyprag.training.logging import read_metrics
+from lorentz_rag.data.bundled import mlm_text_path
+from lorentz_rag.training import checkpoint as ckpt
+from lorentz_rag.training.logging import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hyprag.models import build_model, load_model, packaged_minilm_path
-from hyprag.models.io import check_and_load_state_dict
-from hyprag.nn.curvature import Curvature
-from hyprag.training.losses import InfoNCELoss, LogitScale
+from lorentz_rag.models import build_model, load_model, packaged_minilm_path
+from lorentz_rag.models.io import check_and_load_state_dict
+from lorentz_rag.nn.curvature import Curvature
+from lorentz_rag.training.losses import InfoNCELoss, LogitScale
 
 TEXTS = ["Lorentz model of hyperbolic space", "short"]
 SCALARS = ("log_c", "log_logit_scale", "log_scale")
@@ -35,7 +35,7 @@ def test_scalars_are_1_element_and_modules_still_return_0d_values():
     assert curvature.log_c.grad.shape == (1,) and curvature.log_c.grad.item() == pytest.approx(40.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("loader", ["torch", "hyprag"])
+@pytest.mark.parametrize("loader", ["torch", "lorentz_rag"])
 def test_a_0d_state_loads_into_the_1_element_parameters(loader):
     source = InfoNCELoss("geodesic", logit_scale=30.0, trainable_logit_scale=True)
     holder = torch.nn.ModuleDict({"curvature": Curvature(3.0), "loss": source})

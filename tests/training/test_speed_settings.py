@@ -14,11 +14,11 @@ from _tiny_run import TINY_RUN_OVERRIDES
 from safetensors.torch import load_file
 from torch import nn
 
-from hyprag.data.bundled import pair_paths
-from hyprag.training.config import load_config
-from hyprag.training.logging import read_metrics
-from hyprag.training.optim import build_optimizer
-from hyprag.training.trainer import _all_finite, train
+from lorentz_rag.data.bundled import pair_paths
+from lorentz_rag.training.config import load_config
+from lorentz_rag.training.logging import read_metrics
+from lorentz_rag.training.optim import build_optimizer
+from lorentz_rag.training.trainer import _all_finite, train
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON_PAIRS = next(p for p in pair_paths() if "python_docs" in p.name)

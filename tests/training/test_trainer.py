@@ -13,12 +13,12 @@ import torch
 from _tiny_run import TINY_RUN_OVERRIDES
 from safetensors.torch import load_file
 
-from hyprag.data.bundled import mlm_text_path, pair_paths
-from hyprag.models.factory import load_mlm_model, load_model
-from hyprag.training.config import load_config
-from hyprag.training.logging import read_metrics
-from hyprag.training.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
-from hyprag.training.trainer import build_training_model, train
+from lorentz_rag.data.bundled import mlm_text_path, pair_paths
+from lorentz_rag.models.factory import load_mlm_model, load_model
+from lorentz_rag.training.config import load_config
+from lorentz_rag.training.logging import read_metrics
+from lorentz_rag.training.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from lorentz_rag.training.trainer import build_training_model, train
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "train"
@@ -277,7 +277,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_grad_cache_trains_like_the_plain_loss(tmp_path, monkeypatch):
     """Chunked (GradCache) and plain contrastive steps give the same weights (float32 round-off apart)."""
-    import hyprag.training.grad_cache as grad_cache
+    import lorentz_rag.training.grad_cache as grad_cache
 
     calls = []
     original = grad_cache.grad_cache_backward
@@ -315,12 +315,12 @@ def test_grad_cache_trains_like_the_plain_loss(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_metrics_file_and_offline_wandb(tmp_path, monkeypatch):
-    from hyprag.training.logging import MetricsLogger
+    from lorentz_rag.training.logging import MetricsLogger
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key anywhere -> offline
-    logger = MetricsLogger(tmp_path, total_steps=2, wandb_project="hyprag-test", config={"a": 1})
+    logger = MetricsLogger(tmp_path, total_steps=2, wandb_project="lorentz_rag-test", config={"a": 1})
     logger.log(1, {"loss": 2.5, "lr": 1e-3})
     logger.log(2, {"loss": float("nan"), "lr": 1e-3})
     logger.close()

@@ -1,3 +1,0 @@
-"""The package version, in a module of its own so that any layer can import it without importing ``hyprag``."""
-
-__version__ = "0.1.0"

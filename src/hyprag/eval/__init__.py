@@ -1,7 +1,0 @@
-"""Evaluation: BEIR retrieval metrics, the exact vector index, the MTEB adapter, the hierarchy probe.
-
-Submodules are imported on use (``from hyprag.eval.retrieval import evaluate_beir``); they pull in
-pytrec_eval, FAISS, mteb or matplotlib only when needed.
-"""
-
-from __future__ import annotations

@@ -1,0 +1,376 @@
+"""The ``lorentz_rag`` command line: argument parsing only.
+
+Every command calls a library function that tests can call too. Subcommand groups are registered by the
+``_add_*`` functions below, one per area (train, data, eval, index, quickstart).
+
+The modules imported at the top hold only argument definitions and the config schema (no torch), so
+``lorentz-rag --help`` and ``lorentz-rag train --help`` answer at once. The module that does a command's work
+(and imports torch) is named as ``"module:function"`` and imported by :func:`_command` when the command
+runs: that is the one place the CLI imports lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lorentz_rag._version import __version__
+from lorentz_rag.errors import run_entry_point
+from lorentz_rag.eval.mteb_args import add_mteb_arguments
+from lorentz_rag.eval.rag.command import DESCRIPTION as RAG_DESCRIPTION
+from lorentz_rag.eval.rag.command import add_rag_arguments, run_from_args
+from lorentz_rag.training.config import parse_command_line
+
+
+def _command(target: str) -> Callable[..., Any]:
+    """The function ``"package.module:function"``, imported now (a command's work, with its heavy imports)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose long options accept both spellings, ``--top-k`` and ``--top_k``.
+
+    Subcommand parsers inherit the class (``add_subparsers`` uses the parent's type), so every command
+    follows the same convention; the help shows both spellings.
+    """
+
+    def add_argument(self, *names: str, **kwargs):  # type: ignore[override]
+        spelled = list(names)
+        for name in names:
+            if not name.startswith("--") or "." in name:
+                continue
+            for other in (name[:2] + name[2:].replace("_", "-"), name[:2] + name[2:].replace("-", "_")):
+                if other not in spelled and other not in self._option_string_actions:
+                    spelled.append(other)
+        return super().add_argument(*spelled, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lorentz-rag",
+        description="Train and evaluate hyperbolic (Lorentz-model) text-embedding retrievers.",
+    )
+    parser.add_argument("--version", action="version", version=f"lorentz-rag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_info_command(sub)
+    _add_train_command(sub)
+    _add_data_commands(sub)
+    _add_eval_commands(sub)
+    _add_index_commands(sub)
+    _add_quickstart_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lorentz-rag ...``: user errors end in one ``error:`` line and exit status 2 (``--debug``: traceback)."""
+    return run_entry_point(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+# --- info -------------------------------------------------------------------------------------------
+
+
+def _add_info_command(sub) -> None:
+    p = sub.add_parser("info", help="print the version and a numerical self-check of the geometry core")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    print(f"lorentz_rag {__version__}")
+    print(_command("lorentz_rag.geometry.selfcheck:geometry_report")())
+    return 0
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _add_train_command(sub) -> None:
+    """``lorentz-rag train --config=... [--section.key=value ...]`` (owned by the training module)."""
+    # The dotted overrides are open-ended and validated against the config schema (with "did you mean"),
+    # so argparse only collects the raw tokens: prefix_chars="+" stops it from interpreting "--x.y=z".
+    p = sub.add_parser(
+        "train",
+        help="train a model: --config=PATH [--section.key=value ...] [--deepspeed_config=PATH]",
+        prefix_chars="+",
+        add_help=False,
+    )
+    p.add_argument("train_argv", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        if {"-h", "--help"} & set(args.train_argv):
+            # The config schema alone lists the keys; the trainer (and torch) is not imported for help.
+            parse_command_line(["--help"])
+        return _command("lorentz_rag.training.trainer:main")(args.train_argv)
+
+    p.set_defaults(func=run)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _add_data_commands(sub) -> None:
+    """``lorentz-rag data to-mds --input FILE_OR_DIR --out DIR [--kind contrastive|mlm]``."""
+    data = sub.add_parser("data", help="convert training data")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = data_sub.add_parser(
+        "to-mds", help="write JSONL / Hugging Face rows as a MosaicML Streaming (MDS) folder, validated"
+    )
+    p.add_argument("--input", required=True, help="a .jsonl[.gz] file, a folder of them, or a HF dataset")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the MDS shards")
+    p.add_argument("--kind", choices=["contrastive", "mlm"], default="contrastive", help="row kind")
+    p.add_argument("--split", default="train", help="split of a Hugging Face dataset (default: train)")
+    p.add_argument("--skip-malformed", action="store_true", help="skip and count malformed rows")
+    p.add_argument("--compression", default="zstd", help="MDS shard compression, or 'none'")
+
+    def run(args: argparse.Namespace) -> int:
+        report = _command("lorentz_rag.data.convert:convert_to_mds")(
+            args.input,
+            args.out,
+            args.kind,
+            split=args.split,
+            skip_malformed=args.skip_malformed,
+            compression=None if args.compression == "none" else args.compression,
+        )
+        print(f"wrote {report.rows} {args.kind} rows to {report.out} ({report.stats.summary()})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# --- eval -------------------------------------------------------------------------------------------
+
+
+def _add_eval_commands(sub) -> None:
+    """``lorentz-rag eval beir|mteb|hierarchy|rag``."""
+    p = sub.add_parser("eval", help="evaluate a saved model (BEIR retrieval, MTEB, hierarchy probe, RAG)")
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL")
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+    b = eval_sub.add_parser(
+        "beir",
+        help="exact retrieval on a BEIR folder: nDCG@10, MRR@10, MAP@100, Recall@1/10/100",
+        description="Embed a BEIR folder (documents as title + ' ' + text with the document prefix, queries "
+        "with the query prefix) and rank exactly in float64 with the model's similarity. Queries without "
+        "qrels are excluded, as in BEIR.",
+    )
+    b.add_argument("--model", required=True, help="a folder lorentz_rag.load_model accepts")
+    b.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
+    b.add_argument("--split", default="test")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument(
+        "--top-k",
+        type=int,
+        default=100,
+        help="documents ranked per query (default 100); metrics that read more (map@100 and recall@100 "
+        "for --top-k 10) are not reported",
+    )
+    b.add_argument("--output", help="write the metrics JSON here")
+    b.add_argument(
+        "--search",
+        choices=["exact", "faiss", "hnsw"],
+        default="exact",
+        help="exact: blocked float64 scoring (default); faiss: the exact FAISS index (same ranking, faster "
+        "on large corpora); hnsw: approximate candidates, exact re-rank",
+    )
+    b.set_defaults(func=_run_eval_beir)
+
+    m = eval_sub.add_parser(
+        "mteb",
+        help="MTEB (mteb 2.x) with the model's hyperbolic similarity; --beir registers local folders",
+        description=_MTEB_DESCRIPTION,
+    )
+    add_mteb_arguments(m)
+    m.set_defaults(func=_run_eval_mteb)
+
+    h = eval_sub.add_parser(
+        "hierarchy",
+        help="radius d(o, x) (or Euclidean norm) of embeddings by hierarchy level, with plots",
+    )
+    h.add_argument("--model", action="append", required=True, help="model folder (repeat to compare models)")
+    h.add_argument("--data", default=None, help="JSONL rows {level, text} (default: bundled wordnet-levels)")
+    h.add_argument("--output", required=True, help="output folder (hierarchy.json, PNG plots)")
+    h.add_argument("--batch-size", type=int, default=32)
+    h.set_defaults(func=_run_eval_hierarchy)
+
+    _add_eval_rag_command(eval_sub)
+
+
+_MTEB_DESCRIPTION = (
+    "Run MTEB tasks with the model's own similarity (mteb ranks with -d(q, x) or <q, x>_L + 1/c, not "
+    "cosine). The model type (HyTE-FH, HyTE-H, Euclidean, sentence-transformers) comes from the saved "
+    "config; --hybrid is accepted for compatibility with the seed's script and changes nothing. "
+    "Hub tasks and benchmarks need internet access; --beir DIR runs local BEIR folders offline."
+)
+
+
+def _run_eval_beir(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.eval.retrieval:run_beir_command")(
+        args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search
+    )
+    return 0
+
+
+def _run_eval_mteb(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.eval.mteb_adapter:run_mteb_command")(args)
+    return 0
+
+
+def _run_eval_hierarchy(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.eval.hierarchy:run_hierarchy_command")(
+        args.model, args.data, args.output, batch_size=args.batch_size
+    )
+    return 0
+
+
+def _add_eval_rag_command(eval_sub) -> None:
+    """lorentz-rag eval rag (owned by the RAG module): the flags of ``eval_ragas.py``."""
+    r = eval_sub.add_parser(
+        "rag",
+        help="RAG evaluation on RAGBench (or a local file): retrieval, generation, ragas metrics",
+        description=RAG_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_rag_arguments(r)
+    r.set_defaults(func=run_from_args)  # imports the pipeline when it runs
+
+
+# --- index / search ---------------------------------------------------------------------------------
+
+
+def _add_index_commands(sub) -> None:
+    """``lorentz-rag index build`` and ``lorentz-rag search``."""
+    p = sub.add_parser("index", help="build an exact (or HNSW) hyperbolic vector index over a corpus")
+    index_sub = p.add_subparsers(dest="index_command", metavar="INDEX")
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    b = index_sub.add_parser("build", help="embed a corpus and save a FAISS index folder")
+    b.add_argument(
+        "--model", required=True, help="a folder lorentz_rag.load_model accepts (recorded in the index)"
+    )
+    b.add_argument("--corpus", required=True, help="JSONL rows {_id, title, text}, or a BEIR folder")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument(
+        "--kind", choices=["flat", "hnsw"], default="flat", help="flat: exact (default); hnsw: approximate"
+    )
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
+    b.add_argument(
+        "--ef-search", type=int, default=128, help="HNSW efSearch (raised to the fetch size if smaller)"
+    )
+    b.add_argument(
+        "--resumable",
+        action="store_true",
+        help="keep finished shards in OUT.encoding so an interrupted build resumes (always under torchrun)",
+    )
+    b.add_argument("--shard-size", type=int, default=1024, help="documents per resumable shard")
+    b.add_argument(
+        "--max-new-shards", type=int, default=None, help="stop each process after N new shards (resume later)"
+    )
+    b.set_defaults(func=_run_index_build)
+
+    s = sub.add_parser("search", help="search an index folder with query texts")
+    s.add_argument("--index", required=True, help="folder written by `lorentz-rag index build`")
+    s.add_argument("queries", nargs="+", help="query texts")
+    s.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="results per query")
+    s.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
+    s.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="search even if the model is not the one the index was built with (its fingerprint differs)",
+    )
+    s.set_defaults(func=_run_search)
+
+
+def _run_index_build(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.eval.index:build_index_command")(
+        args.model,
+        args.corpus,
+        args.out,
+        kind=args.kind,
+        batch_size=args.batch_size,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+        shard_size=args.shard_size,
+        resumable=args.resumable,
+        max_new_shards=args.max_new_shards,
+    )
+    return 0
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.eval.index:search_command")(
+        args.index,
+        args.queries,
+        args.k,
+        model_path=args.model,
+        allow_model_mismatch=args.allow_model_mismatch,
+    )
+    return 0
+
+
+# --- quickstart -------------------------------------------------------------------------------------
+
+
+def _add_quickstart_command(sub) -> None:
+    """``lorentz-rag quickstart --out DIR [--seed N] [--seeds N] [--steps N] [--fast]``."""
+    p = sub.add_parser(
+        "quickstart",
+        help="train HyTE-H, its Euclidean twins and a tiny HyTE-FH on the bundled data over seeds and compare "
+        "them (CPU)",
+        description="Train HyTE-H, its Euclidean-distance twin and its cosine twin (same pairs, WordNet edges, "
+        "steps, batch, seeds) plus ablation rows over several seeds, and a tiny HyTE-FH (MLM then contrastive); "
+        "evaluate them and zero-shot all-MiniLM-L6-v2 on the report halves of data/eval/wordnet-hier, "
+        "data/eval/faq-dev and the WordNet hierarchy probe; report mean +- sd and paired bootstrap intervals; "
+        "write results.json, report.md, plots and models.",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
+    p.add_argument("--seed", type=int, default=42, help="first seed (data sampling, initialisation, order)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="how many seeds: seed, seed+1, ... (default 5; --fast 2)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="contrastive steps of every row (default 100); the HyTE-FH stages scale with it",
+    )
+    p.add_argument("--fast", action="store_true", help="a tiny smoke run (numbers mean nothing)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="train only these rows besides HyTE-H and its two twins (default: every ablation except "
+        "hyte_h_trainable_base; name it to add that slow one)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="the bundled data folder (default: $LORENTZ_RAG_DATA_DIR, else the source checkout's data/; "
+        "an installed wheel has none)",
+    )
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        help="the quickstart configs (default: the source checkout's configs/quickstart; an installed wheel "
+        "has none)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        return _command("lorentz_rag.quickstart:main_from_args")(args)
+
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

