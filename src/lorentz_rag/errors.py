@@ -7,24 +7,61 @@ and exit status 2. ``--debug`` anywhere on the command line, or ``LORENTZ_RAG_DE
 traceback. Anything else (a bug) keeps its traceback.
 
 What counts as a user error: ``ValueError`` (configuration, data format, BEIR format, non-finite
-embeddings, ... all derive from it), ``OSError`` (file not found, permission, disk full, a folder in use)
-and the classes registered with :func:`user_error` (checkpoint, weights mismatch, divergence). Only the
-standard library is imported here, so the boundary costs nothing before the command runs.
+embeddings, ... all derive from it), ``OSError`` (file not found, permission, disk full, a folder in use),
+a corrupt safetensors file (``safetensors_rust.SafetensorError``, matched by its type name so that this
+module stays standard-library only) and the classes registered with :func:`user_error` (checkpoint,
+weights mismatch, divergence). An ``OSError`` with ENOSPC, EROFS, EACCES or EPERM names its file and says
+what to do; a ``json.JSONDecodeError`` is a ``ValueError`` but names no file, so code reading a user's
+JSON file reads it with :func:`read_json_file`, whose error names the file.
+
+Ctrl-C (``KeyboardInterrupt``) ends every entry point with one line on stderr, ``interrupted: ...``, and
+exit status 130, with no traceback (``--debug``: with it). **The convention for saying what was kept**:
+the code that was running catches the interrupt and re-raises it as :class:`Interrupted` carrying one line
+that says what is on disk and how to resume, most simply with the :func:`on_interrupt` context manager::
+
+    with on_interrupt(lambda: f"kept {n} shards in {work}; rerun the same command with --resumable"):
+        ...  # the long-running work
+
+prints ``interrupted: kept 3 shards in out.encoding; rerun the same command with --resumable``. A plain
+``KeyboardInterrupt`` prints ``interrupted``. The innermost :class:`Interrupted` wins (an outer
+``on_interrupt`` passes it on unchanged).
+
+Only the standard library is imported here, so the boundary costs nothing before the command runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
+import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "closest_key", "describe_error", "run_entry_point", "user_error"]
+__all__ = [
+    "DEBUG_ENV",
+    "DEBUG_FLAG",
+    "EXIT_INTERRUPTED",
+    "EXIT_USER_ERROR",
+    "Interrupted",
+    "closest_key",
+    "describe_error",
+    "on_interrupt",
+    "read_json_file",
+    "run_entry_point",
+    "user_error",
+]
 
 DEBUG_ENV = "LORENTZ_RAG_DEBUG"
 DEBUG_FLAG = "--debug"
+#: Exit status of a user error (one ``error:`` line).
+EXIT_USER_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 
 _USER_ERRORS: list[type[BaseException]] = [ValueError, OSError]
 
@@ -41,16 +78,81 @@ def closest_key(key: str, candidates: Sequence[str], *, cutoff: float = 0.5) -> 
     return match[0] if match else None
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, re-raised by the code that was running with one line saying what was kept and how to resume.
+
+    ``str(error)`` is that line; the boundary prints ``interrupted: <line>`` and exits with status 130.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextlib.contextmanager
+def on_interrupt(message: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a Ctrl-C inside the block into :class:`Interrupted` with ``message`` (a string, or a function
+    called at the interrupt, so it can count what was kept). An :class:`Interrupted` raised inside passes."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as error:
+        raise Interrupted(message() if callable(message) else message) from error
+
+
+def read_json_file(path: str | os.PathLike[str], what: str = "") -> Any:
+    """The JSON value in file ``path``; invalid JSON raises ``ValueError`` naming the file, line and column
+    (``what``, e.g. ``"--deepspeed_config"``, is put in front of the file name)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"{what}={path}" if what else str(path)
+        raise ValueError(
+            f"{where}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno}); fix or replace the file"
+        ) from None
+
+
+def _is_safetensors_error(error: BaseException) -> bool:
+    return type(error).__name__ == "SafetensorError"
+
+
 def _is_user_error(error: BaseException) -> bool:
-    return isinstance(error, tuple(_USER_ERRORS))
+    return isinstance(error, tuple(_USER_ERRORS)) or _is_safetensors_error(error)
+
+
+#: What to do about an OS error, by errno: the boundary prints ``PATH: reason: advice``.
+_OS_ADVICE = {
+    errno.ENOSPC: "free space or write to another disk, then rerun",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+}
 
 
 def describe_error(error: BaseException) -> str:
-    """The message for ``error``; an OS error with an errno names its file (``PATH: reason``)."""
+    """The one-line message for ``error``: an OS error with an errno names its file(s) (``PATH: reason``), a
+    safetensors error says that a weights file is corrupt, a JSON error without a file name says it is JSON."""
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         reason = "no space left on device" if error.errno == errno.ENOSPC else error.strerror
-        return f"{error.filename}: {reason}" if error.filename is not None else reason
+        names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {reason}" if names else reason
+    if _is_safetensors_error(error):
+        return f"a safetensors weights file is corrupt or truncated ({error}); save the model again"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON ({error})"
     return str(error) or type(error).__name__
+
+
+def _error_line(error: BaseException) -> str:
+    """``describe_error``, plus what to do when ``error`` itself is a full disk, a read-only file system or
+    a permission problem (a message that wraps one says what to do in its own words)."""
+    advice = _OS_ADVICE.get(error.errno) if isinstance(error, OSError) else None  # type: ignore[arg-type]
+    return f"{describe_error(error)}: {advice}" if advice else describe_error(error)
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
@@ -58,7 +160,8 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def run_entry_point(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` (``--debug`` removed) and turn user errors into ``error: ...`` and exit status 2."""
+    """Run ``main(argv)`` (``--debug`` removed): user errors become ``error: ...`` and exit status 2, Ctrl-C
+    ``interrupted: ...`` and exit status 130."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
     args = [a for a in args if a != DEBUG_FLAG]
@@ -67,13 +170,19 @@ def run_entry_point(main: Callable[[list[str]], int | None], argv: Sequence[str]
         os.environ[DEBUG_ENV] = "1"
     try:
         return int(main(args) or 0)
+    except KeyboardInterrupt as error:
+        if debug:
+            traceback.print_exc()
+        message = str(error) if isinstance(error, Interrupted) else ""
+        print(f"interrupted: {message}" if message else "interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except Exception as error:
         if not _is_user_error(error):
             raise
         if debug:
             traceback.print_exc()
-        print(f"error: {describe_error(error)}", file=sys.stderr, flush=True)
-        return 2
+        print(f"error: {_error_line(error)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     finally:
         if previous is None:
             os.environ.pop(DEBUG_ENV, None)
