@@ -120,10 +120,7 @@ def test_on_interrupt_attaches_the_message_at_the_moment_of_the_interrupt(capsys
 
 
 def test_the_innermost_message_wins():
-    with pytest.raises(Interrupted, match="^inner$"):
-        with on_interrupt("outer"):
-            with on_interrupt("inner"):
-                raise KeyboardInterrupt
-    with pytest.raises(ValueError):  # other exceptions pass untouched
-        with on_interrupt("outer"):
-            raise ValueError("x")
+    with pytest.raises(Interrupted, match=r"^inner$"), on_interrupt("outer"), on_interrupt("inner"):
+        raise KeyboardInterrupt
+    with pytest.raises(ValueError, match=r"^x$"), on_interrupt("outer"):  # other exceptions pass untouched
+        raise ValueError("x")
