@@ -23,6 +23,7 @@ Which encoder ``model_type`` builds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -404,8 +405,31 @@ def load_model(
     )
     model.attn_implementation = attn
     model.model_args = section.get("model_args")
-    check_and_load_state_dict(model, load_weights_file(path), where=str(path / "model.safetensors"))
+    check_and_load_state_dict(
+        model,
+        load_weights_file(path),
+        where=str(path / "model.safetensors"),
+        advice=f"{path / 'config.json'} describes another model than these weights (edited, or the files come "
+        "from two models): restore the folder as it was saved, or save the model again",
+    )
+    _check_saved_curvature(model, section, path)
     return model.to(device).eval()
+
+
+def _check_saved_curvature(model: EmbeddingModel, section: Mapping[str, Any], path: Path) -> None:
+    """The learned curvature lives in the weights (``log_c``); ``config.json`` records it at save time. A
+    ``curvature`` edited there would be silently ignored, so a disagreement is refused, naming both."""
+    saved, c = section.get("curvature"), model.curvature()
+    if saved is None or c is None or not isinstance(saved, (int, float)):
+        return
+    learned = float(c.detach())
+    if not math.isclose(float(saved), learned, rel_tol=1e-5):
+        raise ModelFolderError(
+            f"{path / 'config.json'}: lorentz_rag.curvature={saved!r}, but the weights in "
+            f"{path / 'model.safetensors'} hold the learned curvature c={learned:.6g}, which is what the model "
+            f"uses; set it back to {learned:.6g} (the curvature is changed by training, with "
+            "model_args.curvature as the start value, not by editing config.json)"
+        )
 
 
 class ModelFolderError(ValueError):

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lorentz_rag._version import __version__
+from lorentz_rag.errors import user_error
 from lorentz_rag.models.card import write_model_card
 
 __all__ = [
@@ -48,8 +49,10 @@ _LEGACY_SECTION = "hyprag"
 _LEGACY_ALIASES_KEY = "hyprag_aliases"
 
 
+@user_error
 class WeightsMismatchError(RuntimeError):
-    """Raised when a weights file does not match the model: lists missing, unexpected and mis-shaped names."""
+    """Raised when a weights file does not match the model: one line listing missing, unexpected and
+    mis-shaped names, then ``advice`` (what to do) when the caller knows it."""
 
     def __init__(
         self,
@@ -57,18 +60,20 @@ class WeightsMismatchError(RuntimeError):
         missing: list[str] | None = None,
         unexpected: list[str] | None = None,
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+        advice: str = "",
     ) -> None:
         self.missing = sorted(missing or [])
         self.unexpected = sorted(unexpected or [])
         self.mismatched = sorted(mismatched or [])
-        lines = [f"weights in {where} do not match the model:"]
+        parts = []
         if self.missing:
-            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing)}")
+            parts.append(f"missing ({len(self.missing)}): {', '.join(self.missing)}")
         if self.unexpected:
-            lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+            parts.append(f"unexpected ({len(self.unexpected)}): {', '.join(self.unexpected)}")
         for name, got, want in self.mismatched:
-            lines.append(f"  wrong shape: {name}: file has {list(got)}, model expects {list(want)}")
-        super().__init__("\n".join(lines))
+            parts.append(f"wrong shape: {name}: file has {list(got)}, model expects {list(want)}")
+        message = f"weights in {where} do not match the model: {'; '.join(parts)}"
+        super().__init__(f"{message}; {advice}" if advice else message)
 
 
 def _dedup_shared(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -157,20 +162,29 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise FileNotFoundError(f"weights file {file} not found")
     tensors: dict[str, Tensor] = {}
-    with safe_open(str(file), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            tensors[name] = f.get_tensor(name)
-    aliases = meta.get(_ALIASES_KEY, meta.get(_LEGACY_ALIASES_KEY, "{}"))
-    for alias, source in json.loads(aliases).items():
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensors[name] = f.get_tensor(name)
+        aliases = json.loads(meta.get(_ALIASES_KEY, meta.get(_LEGACY_ALIASES_KEY, "{}")))
+    except (SafetensorError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{file} is not a readable safetensors file, it is corrupt or truncated ({error}); copy or save "
+            "the model folder again"
+        ) from error
+    for alias, source in aliases.items():
         if source not in tensors:
             raise WeightsMismatchError(str(file), missing=[source])
         tensors[alias] = tensors[source]
     return tensors
 
 
-def check_and_load_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
-    """Load ``state`` into ``module`` exactly: raise :class:`WeightsMismatchError` on any difference.
+def check_and_load_state_dict(
+    module: nn.Module, state: Mapping[str, Tensor], where: str, advice: str = ""
+) -> None:
+    """Load ``state`` into ``module`` exactly: raise :class:`WeightsMismatchError` (ending with ``advice``,
+    what to do) on any difference.
 
     Checks names and shapes against ``module.state_dict()`` first, then loads with ``strict=False`` and
     checks the keys torch reports (so non-persistent buffers are neither required nor accepted).
@@ -188,10 +202,12 @@ def check_and_load_state_dict(module: nn.Module, state: Mapping[str, Tensor], wh
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or mismatched:
-        raise WeightsMismatchError(where, missing, unexpected, mismatched)
+        raise WeightsMismatchError(where, missing, unexpected, mismatched, advice)
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise WeightsMismatchError(where, list(result.missing_keys), list(result.unexpected_keys))
+        raise WeightsMismatchError(
+            where, list(result.missing_keys), list(result.unexpected_keys), advice=advice
+        )
 
 
 def select_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
