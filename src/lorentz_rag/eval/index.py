@@ -52,12 +52,24 @@ from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import DEFAULT_SHARD_SIZE, command_process_group, encode_corpus, work_dir_for
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
+from lorentz_rag.eval.relation_search import relation_search
 from lorentz_rag.geometry import similarity as similarity_fns
+from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.training.distributed import barrier, is_distributed, world_info
 
-__all__ = ["INDEX_KINDS", "IndexFormatError", "IndexModelMismatchError", "VectorIndex"]
+__all__ = [
+    "INDEX_KINDS",
+    "IndexFormatError",
+    "IndexModelMismatchError",
+    "VectorIndex",
+    "candidate_scores",
+    "check_model_matches",
+    "rank_candidates",
+    "search_form",
+    "stored_form",
+]
 
 INDEX_KINDS = ("flat", "hnsw")
 HYPERBOLIC = similarity_fns.HYPERBOLIC_KINDS
@@ -145,7 +157,7 @@ class VectorIndex:
         return len(self.doc_ids)
 
     def _stored_form(self, x: Tensor) -> Tensor:
-        return _stored_form(x, self.similarity, self.curvature)
+        return stored_form(x, self.similarity, self.curvature)
 
     @classmethod
     def from_embeddings(
@@ -185,7 +197,7 @@ class VectorIndex:
             index.hnsw.efConstruction = int(ef_construction)
         else:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
-        stored = _stored_form(emb, similarity, c).to(torch.float32)
+        stored = stored_form(emb, similarity, c).to(torch.float32)
         norms = stored.to(torch.float64).norm(dim=-1)
         max_norm = float(norms.max()) if len(stored) else 0.0
         if kind == "hnsw":  # MIPS -> L2 reduction: every stored vector gets norm max_norm
@@ -268,44 +280,34 @@ class VectorIndex:
         return self.faiss_index.search(queries32, fetch)
 
     def _rerank(self, q: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
-        """float64 scores and inner products of queries ``[n, D]`` with candidates ``[n, f]``.
-
-        Returns (scores ``[n, f]``, certification scores ``[n, f]``: ``<q, x>_L`` or cosine). Both come
-        from one element-wise (not matrix-product) evaluation, so identical points get bit-identical scores.
-        Hyperbolic: ``d`` from the space coordinates (:func:`lorentz.geodesic_distance`), then
-        ``<q, x>_L = -cosh(sqrt(c) d) / c`` and ``<q, x>_L + 1/c = -2 sinh^2(sqrt(c) d / 2) / c`` (exact
-        identities on the hyperboloid, and without the inner-product form's cancellation).
-        """
+        """float64 scores and certification scores of queries ``[n, D']`` with candidates ``[n, f]``
+        (:func:`candidate_scores` of the stored vectors)."""
         width = self.dim + (
             self.similarity == "euclidean"
         )  # the stored (x, -|x|^2/2) of the Euclidean distance
         vecs = torch.from_numpy(self.faiss_index.reconstruct_batch(cand.reshape(-1).numpy()))[:, :width]
         x = vecs.to(torch.float64).reshape(cand.shape[0], cand.shape[1], -1)
-        qq = q.unsqueeze(1)
-        if self.similarity == "euclidean":
-            # Stored forms (v, -|v|^2/2): the score is the distance of the first D coordinates (element-wise,
-            # so identical points score exactly 0), the certificate the searched inner product (q, 1).(x, -|x|^2/2).
-            q_, x_ = qq[..., :-1], x[..., :-1]
-            return -(q_ - x_).pow(2).sum(-1).sqrt(), (q_ * x_).sum(-1) + x[..., -1]
-        if not self.is_hyperbolic:
-            cos = (qq * torch.nn.functional.normalize(x, dim=-1)).sum(-1)
-            return cos, cos
-        c = self.curvature
-        sc = math.sqrt(c)  # type: ignore[arg-type]
-        d = lorentz.geodesic_distance(qq, x, c)  # reads space coordinates only
-        ip = -torch.cosh(sc * d) / c
-        if self.similarity == "geodesic":
-            return -d, ip
-        return -2.0 * torch.sinh(sc * d / 2).pow(2) / c, ip
+        return candidate_scores(q, x, self.similarity, self.curvature)
 
-    def search_embeddings(self, queries: Tensor | np.ndarray, k: int) -> tuple[Tensor, Tensor]:
+    def search_embeddings(
+        self,
+        queries: Tensor | np.ndarray,
+        k: int,
+        *,
+        relation: str = "similar",
+        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+    ) -> tuple[Tensor, Tensor]:
         """Top-``k`` documents for query embeddings ``[n, D]``.
 
         Returns (scores float64 ``[n, k']``, positions int64 ``[n, k']``), ``k' = min(k, len(index))``,
         best first, ties to the earlier document. ``flat``: equal to a brute-force float64 ranking.
+        ``relation="broader"`` / ``"narrower"`` ranks by :mod:`lorentz_rag.geometry.relation`'s score with
+        ``radius_weight`` (exact for ``flat``, :mod:`lorentz_rag.eval.relation_search`; refused for cosine).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if relation != "similar":
+            return relation_search(self, torch.as_tensor(queries), k, relation, radius_weight)
         q = torch.as_tensor(queries)
         if q.ndim == 1:
             q = q.unsqueeze(0)
@@ -319,7 +321,7 @@ class VectorIndex:
         if q.shape[0] == 0 or n_docs == 0:
             return out_scores, out_pos
         q64 = self._stored_form(q)
-        faiss_q = _search_form(q64, self.similarity)
+        faiss_q = search_form(q64, self.similarity)
         faiss_q32 = faiss_q.to(torch.float32)
         bound = self._error_bound(faiss_q32.to(torch.float64).norm(dim=-1))
         # Margin: float32 near-ties around the k-th score almost always fall within a few extra places.
@@ -350,12 +352,8 @@ class VectorIndex:
                 cand, order = torch.sort(cand, dim=1, stable=True)
                 keep = keep.gather(1, order)
                 scores, ip = self._rerank(q64[rows], cand)
-                invalid = ~keep
-                invalid[:, 1:] |= cand[:, 1:] == cand[:, :-1]
-                scores = scores.masked_fill(invalid, -math.inf)
-                ip = ip.masked_fill(invalid, -math.inf)
-                order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_eff]
-                out_scores[rows] = scores.gather(1, order)
+                top, order, ip = rank_candidates(scores, ip, cand, keep, k_eff)
+                out_scores[rows] = top
                 out_pos[rows] = cand.gather(1, order)
                 if self.kind == "flat" and fetch < n_docs:
                     # Certificate with a margin of E: a document FAISS did not return is, exactly, at
@@ -369,50 +367,41 @@ class VectorIndex:
         return out_scores, out_pos
 
     def search(
-        self, model: Any, query_texts: Sequence[str] | str, k: int = 10, *, allow_model_mismatch: bool = False
+        self,
+        model: Any,
+        query_texts: Sequence[str] | str,
+        k: int = 10,
+        *,
+        allow_model_mismatch: bool = False,
+        relation: str = "similar",
+        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
     ) -> list[list[tuple[str, float]]]:
         """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first.
 
         ``model`` must be the one the index was built with (same fingerprint: weights, settings, curvature);
         ``allow_model_mismatch=True`` searches with another model of the same dimension and curvature anyway.
+        ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
+        :meth:`search_embeddings`).
         """
         self._check_model(model, allow_model_mismatch=allow_model_mismatch)
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        scores, positions = self.search_embeddings(emb, k)
+        scores, positions = self.search_embeddings(emb, k, relation=relation, radius_weight=radius_weight)
         return [
             [(self.doc_ids[p], s) for p, s in zip(pos_row, score_row)]
             for pos_row, score_row in zip(positions.tolist(), scores.tolist())
         ]
 
     def _check_model(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
-        if model.embedding_dim != self.dim:
-            raise ValueError(
-                f"the model embeds into {model.embedding_dim} dimensions, the index holds {self.dim}"
-            )
-        if bool(model.is_hyperbolic) != self.is_hyperbolic or (
-            not self.is_hyperbolic and model.settings.similarity != self.similarity
-        ):
-            raise ValueError(
-                f"the index was built for similarity {self.similarity!r}, the model uses {model.settings.similarity!r}"
-            )
-        if self.is_hyperbolic:
-            c = float(model.curvature().detach())
-            if not math.isclose(c, self.curvature, rel_tol=1e-6):
-                raise ValueError(
-                    f"the model's curvature c = {c} differs from the index's c = {self.curvature}"
-                )
-        if allow_model_mismatch or self.model_fingerprint is None or not hasattr(model, "fingerprint"):
-            return
-        found = model.fingerprint()
-        if found != self.model_fingerprint:
-            built = f" ({self.model_path})" if self.model_path else ""
-            raise IndexModelMismatchError(
-                f"the index was built with another model{built}: its fingerprint is {self.model_fingerprint[:12]}, "
-                f"this model's is {found[:12]} (other weights or settings; was the model folder overwritten?). "
-                "Rankings would silently differ: rebuild the index with this model, or pass "
-                "--allow-model-mismatch (allow_model_mismatch=True) to search anyway"
-            )
+        check_model_matches(
+            model,
+            dim=self.dim,
+            similarity=self.similarity,
+            curvature=self.curvature,
+            fingerprint=self.model_fingerprint,
+            built_with=self.model_path,
+            allow_model_mismatch=allow_model_mismatch,
+        )
 
     # --- persistence ------------------------------------------------------------------------------------
 
@@ -501,6 +490,92 @@ def _check_similarity(similarity: str, c: float | None) -> None:
         raise ValueError(f"similarity {similarity!r} needs a curvature c > 0, got {c}")
 
 
+def candidate_scores(q: Tensor, x: Tensor, similarity: str, curvature: float | None) -> tuple[Tensor, Tensor]:
+    """float64 scores of stored-form queries ``q`` ``[n, D']`` against candidates ``x`` ``[n, f, D']``.
+
+    Returns (scores ``[n, f]``, certification scores ``[n, f]``: ``<q, x>_L``, cosine, or for the Euclidean
+    distance the searched inner product ``(q, 1).(x, -|x|^2/2)``). Both come from one element-wise (not
+    matrix-product) evaluation, so identical points get bit-identical scores. Hyperbolic: ``d`` from the
+    space coordinates (:func:`lorentz.geodesic_distance`), then ``<q, x>_L = -cosh(sqrt(c) d) / c`` and
+    ``<q, x>_L + 1/c = -2 sinh^2(sqrt(c) d / 2) / c`` (exact identities on the hyperboloid, and without the
+    inner-product form's cancellation). The one re-rank of :class:`VectorIndex` and ``lorentz_rag.stores``.
+    """
+    qq = q.unsqueeze(1)
+    if similarity == "euclidean":
+        # Stored forms (v, -|v|^2/2): the score is the distance of the first D coordinates (element-wise,
+        # so identical points score exactly 0), the certificate the searched inner product (q, 1).(x, -|x|^2/2).
+        q_, x_ = qq[..., :-1], x[..., :-1]
+        return -(q_ - x_).pow(2).sum(-1).sqrt(), (q_ * x_).sum(-1) + x[..., -1]
+    if similarity not in HYPERBOLIC:
+        cos = (qq * torch.nn.functional.normalize(x, dim=-1)).sum(-1)
+        return cos, cos
+    c = float(curvature)  # type: ignore[arg-type]
+    sc = math.sqrt(c)
+    d = lorentz.geodesic_distance(qq, x, c)  # reads space coordinates only
+    ip = -torch.cosh(sc * d) / c
+    if similarity == "geodesic":
+        return -d, ip
+    return -2.0 * torch.sinh(sc * d / 2).pow(2) / c, ip
+
+
+def rank_candidates(
+    scores: Tensor, ip: Tensor, keys: Tensor, keep: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The top ``k`` of re-scored candidates: scores and certification scores ``[n, f]`` of candidates
+    whose order keys ``keys`` ``[n, f]`` (document positions) are sorted ascending per row; ``keep`` ``[n, f]``
+    marks those to consider. A repeated key is a duplicate and counts once; ties go to the smaller key.
+
+    Returns (top scores ``[n, k]``, their columns in the candidate row ``[n, k]``, ``ip`` with the
+    candidates not considered set to ``-inf``). Dropped places (fewer than ``k`` valid) score ``-inf``.
+    """
+    invalid = ~keep
+    invalid[:, 1:] |= keys[:, 1:] == keys[:, :-1]
+    scores = scores.masked_fill(invalid, -math.inf)
+    ip = ip.masked_fill(invalid, -math.inf)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, order), order, ip
+
+
+def check_model_matches(
+    model: Any,
+    *,
+    dim: int,
+    similarity: str,
+    curvature: float | None,
+    fingerprint: str | None,
+    built_with: str | None = None,
+    what: str = "index",
+    allow_model_mismatch: bool = False,
+) -> None:
+    """Refuse a ``model`` other than the one an index (or store) was built with: its dimension, similarity
+    and curvature must match, and its fingerprint (unless ``allow_model_mismatch`` or none was recorded);
+    :class:`IndexModelMismatchError` names ``built_with`` (the model path recorded)."""
+    if model.embedding_dim != dim:
+        raise ValueError(f"the model embeds into {model.embedding_dim} dimensions, the {what} holds {dim}")
+    hyperbolic = similarity in HYPERBOLIC
+    if bool(model.is_hyperbolic) != hyperbolic or (
+        not hyperbolic and model.settings.similarity != similarity
+    ):
+        raise ValueError(
+            f"the {what} was built for similarity {similarity!r}, the model uses {model.settings.similarity!r}"
+        )
+    if hyperbolic:
+        c = float(model.curvature().detach())
+        if not math.isclose(c, curvature, rel_tol=1e-6):  # type: ignore[arg-type]
+            raise ValueError(f"the model's curvature c = {c} differs from the {what}'s c = {curvature}")
+    if allow_model_mismatch or fingerprint is None or not hasattr(model, "fingerprint"):
+        return
+    found = model.fingerprint()
+    if found != fingerprint:
+        built = f" ({built_with})" if built_with else ""
+        raise IndexModelMismatchError(
+            f"the {what} was built with another model{built}: its fingerprint is {fingerprint[:12]}, "
+            f"this model's is {found[:12]} (other weights or settings; was the model folder overwritten?). "
+            f"Rankings would silently differ: rebuild the {what} with this model, or pass "
+            "--allow-model-mismatch (allow_model_mismatch=True) to search anyway"
+        )
+
+
 def _read_json(file: Path, kind: type) -> Any:
     """A JSON file of an index folder; a truncated or damaged file is an :class:`IndexFormatError` naming it."""
     try:
@@ -512,7 +587,7 @@ def _read_json(file: Path, kind: type) -> Any:
     return value
 
 
-def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
+def stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
     """float64 points as the index scores them: ``[n, D]`` -> ``[n, D]``.
 
     Hyperbolic: the time coordinate recomputed from the space part (:func:`lorentz.lift`), so the inner
@@ -527,7 +602,7 @@ def _stored_form(x: Tensor, similarity: str, c: float | None) -> Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
 
-def _search_form(q64: Tensor, similarity: str) -> Tensor:
+def search_form(q64: Tensor, similarity: str) -> Tensor:
     """The FAISS query for a query's stored form ``[n, D']``: ``ip_query`` on the hyperboloid (the inner
     product of the search is then ``<q, x>_L``), ``(q, 1)`` for the Euclidean distance, itself for cosine."""
     if similarity in HYPERBOLIC:
@@ -633,15 +708,25 @@ def search_command(
     model_path: str | None = None,
     *,
     allow_model_mismatch: bool = False,
+    relation: str = "similar",
+    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
 ) -> list:
     """``lorentz-rag search``: load the index and its model (or ``model_path``) and print the top ``k``; a model
-    other than the one the index was built with is refused unless ``allow_model_mismatch``."""
+    other than the one the index was built with is refused unless ``allow_model_mismatch``. ``relation``:
+    ``similar``, ``broader`` or ``narrower`` (:meth:`VectorIndex.search`)."""
     index = VectorIndex.load(index_dir)
     path = model_path or index.model_path
     if not path:
         raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")
     model = load_model(path)
-    results = index.search(model, list(queries), k, allow_model_mismatch=allow_model_mismatch)
+    results = index.search(
+        model,
+        list(queries),
+        k,
+        allow_model_mismatch=allow_model_mismatch,
+        relation=relation,
+        radius_weight=radius_weight,
+    )
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, (doc_id, score) in enumerate(hits, start=1):
