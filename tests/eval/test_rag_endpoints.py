@@ -379,9 +379,12 @@ def test_failing_judge_is_reported_missing_not_zero(tmp_path: Path, servers: dic
         for name in ("faithfulness", "answer_relevancy"):
             assert name not in row["metrics"] and f"judge:{name}" in row["errors"]
             assert name in result.summary["missing"]
-        # ragas' ContextRelevance swallows judge errors into NaN: missing with that reason, never 0.
+        # ragas' ContextRelevance swallows judge errors into NaN: missing (never 0) with the real cause.
         assert "context_relevance" not in result.summary["metrics"]
-        assert "no valid 0/1/2 rating" in result.summary["missing"]["context_relevance"]
+        assert "judge:context_relevance" in row["errors"]
+        cause = f"judge {broken.base_url}: HTTP 503: overloaded"
+        assert result.summary["missing"]["context_relevance"] == f"{cause} (1 rows)"
+        assert result.summary["failures"] == {cause: 1} and result.summary["status"] == "failed"
         assert broken.requests
     finally:
         broken.close()

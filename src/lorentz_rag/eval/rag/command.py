@@ -111,14 +111,17 @@ def add_rag_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Handler: build :class:`RagEvalConfig` from parsed flags and run. User errors (``RagDatasetError``,
-    ``RagEvalError``, missing files, ...) propagate to the entry point's boundary (:mod:`lorentz_rag.errors`),
-    which prints one ``error:`` line and exits 2."""
+    ``RagEvalError``, an endpoint that is down, missing files, ...) propagate to the entry point's boundary
+    (:mod:`lorentz_rag.errors`), which prints one ``error:`` line and exits 2. So does a run in which every
+    row failed (the rows and ``summary.json`` record each error); some rows failing is a warning, exit 0."""
     # The one lazy import of this module: it holds the flags, which `lorentz-rag --help` reads without torch.
-    from lorentz_rag.eval.rag.pipeline import RagEvalConfig, run_rag_eval
+    from lorentz_rag.eval.rag.pipeline import RagEvalConfig, RagEvalError, failed_rows_message, run_rag_eval
 
     fields = RagEvalConfig.__dataclass_fields__
     config = RagEvalConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
     result = run_rag_eval(config)
+    if result.summary["status"] == "failed":
+        raise RagEvalError(str(failed_rows_message(result.summary)))
     return 1 if result.summary["n_rows"] == 0 else 0
 
 

