@@ -18,6 +18,7 @@ Prefixes become the prompts ``query`` and ``document`` (``encode_query``/``encod
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,15 @@ def write_sentence_transformers_files(model: Any, path: str | Path) -> None:
     )
 
 
+def _base_model_kwargs(encoder: torch.nn.Module) -> dict[str, Any]:
+    """``{"add_pooling_layer": False}`` for a base whose pooler was dropped (BERT-style classes take that
+    argument); nothing otherwise."""
+    takes_flag = "add_pooling_layer" in inspect.signature(type(encoder).__init__).parameters
+    if takes_flag and getattr(encoder, "pooler", None) is None:
+        return {"add_pooling_layer": False}
+    return {}
+
+
 def _write_native_euclidean(model: Any, path: Path) -> None:
     from sentence_transformers.base.modules import Dense, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -181,8 +191,18 @@ def _write_native_euclidean(model: Any, path: Path) -> None:
     transformer_dir.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(str(transformer_dir))
     model.tokenizer.save_pretrained(str(transformer_dir))
-    transformer = Transformer(str(transformer_dir), max_seq_length=model.settings.max_seq_length)
+    # The base was saved without the pooler it never uses; model_kwargs rebuild it without one (here and
+    # whenever sentence-transformers loads the folder), so no weights are reported missing and reinitialised.
+    model_kwargs = _base_model_kwargs(model.encoder)
+    transformer = Transformer(
+        str(transformer_dir), max_seq_length=model.settings.max_seq_length, model_kwargs=model_kwargs
+    )
     transformer.save(str(transformer_dir))
+    if model_kwargs:
+        config_file = transformer_dir / Transformer.config_file_name
+        config = json.loads(config_file.read_text())
+        config["model_kwargs"] = model_kwargs
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
     modules: list[tuple[str, Module]] = [("0_Transformer", transformer)]
     d_base = int(model.encoder.config.hidden_size)
     modules.append(("1_Pooling", Pooling(d_base, pooling_mode=model.settings.pooling)))
