@@ -1,10 +1,12 @@
-"""The hierarchy objective: is-a edges of WordNet, trained alongside InfoNCE (multi-task).
+"""The hierarchy objective: is-a edges of a taxonomy, trained alongside InfoNCE (multi-task).
 
-Each step samples ``edges_per_step`` (child, ancestor) pairs from the transitive closure of the
-**train-split** noun synsets (held-out synsets never appear), plus one negative per edge: a random synset
-that is not an ancestor of the child, or a *sibling* of the ancestor (a child of one of its hypernyms; a
-hard negative, close in the tree but not above the child). Texts are the synsets' glosses, embedded as
-documents. With ``d`` the model's own distance (geodesic for hyperbolic models, ``|y - y'|`` for the
+The taxonomy is ``hierarchy_args.taxonomy_path`` in any format of :mod:`lorentz_rag.data.taxonomy` (the
+``train.jsonl.gz`` that ``lorentz-rag taxonomy build`` writes), or a WordNet ``nouns.jsonl(.gz)``
+(``wordnet_path``, default the bundled one), of which only its **train-split** synsets are read (held-out
+synsets never appear). Each step samples ``edges_per_step`` (child, ancestor) pairs from the transitive
+closure, plus one negative per edge: a random concept that is not an ancestor of the child, or a *sibling*
+of the ancestor (a child of one of its parents; a hard negative, close in the tree but not above the
+child). Texts are the concepts' definitions (their names when they have none), embedded as documents. With ``d`` the model's own distance (geodesic for hyperbolic models, ``|y - y'|`` for the
 Euclidean-distance twin, ``1 - cos`` for the cosine twin, :func:`lorentz_rag.geometry.similarity.distance_rowwise`)
 and ``r`` its radius (``d(o, x)`` or ``|y|``, :meth:`lorentz_rag.models.base.EmbeddingModel.radius`):
 
@@ -36,11 +38,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lorentz_rag.data.bundled import read_jsonl, wordnet_nouns_path
+from lorentz_rag.data.bundled import wordnet_nouns_path
+from lorentz_rag.data.taxonomy import Taxonomy, read_training_taxonomy
 from lorentz_rag.geometry import similarity as similarity_fns
 
 __all__ = [
     "HierarchyLoss",
+    "TaxonomyHierarchy",
     "WordNetHierarchy",
     "cone_exterior_angle",
     "cone_half_aperture",
@@ -81,9 +85,9 @@ def cone_exterior_angle(a: Tensor, y: Tensor, kind: str, c: Tensor | float | Non
 
 
 @dataclass(frozen=True)
-class WordNetHierarchy:
-    """Train-split noun synsets and their closure: ``texts[i]`` (gloss), ``parents[i]`` (direct hypernyms,
-    instance hypernyms included), ``edges`` (child, ancestor, hops) over the chosen children, and
+class TaxonomyHierarchy:
+    """Concepts of a training taxonomy and their closure: ``texts[i]`` (definition, else name),
+    ``parents[i]`` (direct parents), ``edges`` (child, ancestor, hops) over the chosen children, and
     ``ancestors[i]`` (a frozenset) for every chosen child."""
 
     ids: tuple[str, ...]
@@ -99,20 +103,31 @@ class WordNetHierarchy:
     @functools.lru_cache(maxsize=4)
     def load(
         cls, path: str | None = None, max_children: int | None = None, pool_seed: int = 0
-    ) -> WordNetHierarchy:
-        """Read ``wordnet/nouns.jsonl.gz`` (default: the bundled file). ``max_children``: take the closure of
-        a seeded sample of that many train synsets (``None``: all of them), which bounds how many distinct
-        texts a run embeds."""
-        rows = [r for r in read_jsonl(path or wordnet_nouns_path()) if r.get("split") == "train"]
-        index = {r["id"]: i for i, r in enumerate(rows)}
-        parents = tuple(
-            tuple(index[p] for p in (*r["hypernyms"], *r["instance_hypernyms"]) if p in index) for r in rows
+    ) -> TaxonomyHierarchy:
+        """Read a taxonomy in any format (:func:`lorentz_rag.data.taxonomy.read_training_taxonomy`; default:
+        the bundled ``wordnet/nouns.jsonl.gz``, of which only the train split is read) and build the
+        hierarchy with :meth:`from_taxonomy`."""
+        return cls.from_taxonomy(
+            read_training_taxonomy(path or wordnet_nouns_path()), max_children, pool_seed
         )
-        children: list[list[int]] = [[] for _ in rows]
+
+    @classmethod
+    def from_taxonomy(
+        cls, taxonomy: Taxonomy, max_children: int | None = None, pool_seed: int = 0
+    ) -> TaxonomyHierarchy:
+        """The hierarchy of every concept of ``taxonomy`` (pass a split's ``train`` taxonomy: every concept
+        given here can be sampled). ``max_children``: take the closure of a seeded sample of that many
+        concepts with parents (``None``: all of them), which bounds how many distinct texts a run embeds."""
+        concepts = list(taxonomy)
+        index = {c.id: i for i, c in enumerate(concepts)}
+        parents = tuple(tuple(index[p] for p in c.parents) for c in concepts)
+        children: list[list[int]] = [[] for _ in concepts]
         for child, ps in enumerate(parents):
             for p in ps:
                 children[p].append(child)
-        chosen = [i for i in range(len(rows)) if parents[i]]
+        chosen = [i for i in range(len(concepts)) if parents[i]]
+        if not chosen:
+            raise ValueError(f"the hierarchy taxonomy ({taxonomy!r}) has no is-a edges to train on")
         if max_children is not None and max_children < len(chosen):
             chosen = sorted(random.Random(f"hierarchy-pool-{pool_seed}").sample(chosen, max_children))
         edges: list[tuple[int, int, int]] = []
@@ -123,8 +138,8 @@ class WordNetHierarchy:
             edges.extend((child, a, h) for a, h in sorted(hops.items()))
         pool = sorted({i for e in edges for i in e[:2]})
         return cls(
-            ids=tuple(r["id"] for r in rows),
-            texts=tuple(r["gloss"] for r in rows),
+            ids=tuple(c.id for c in concepts),
+            texts=tuple(c.text for c in concepts),
             parents=parents,
             children=tuple(tuple(c) for c in children),
             edges=tuple(edges),
@@ -156,6 +171,10 @@ class WordNetHierarchy:
         return out
 
 
+#: The name of :class:`TaxonomyHierarchy` when it read only WordNet (kept: configs and code use it).
+WordNetHierarchy = TaxonomyHierarchy
+
+
 def _ancestor_hops(child: int, parents: Sequence[Sequence[int]]) -> dict[int, int]:
     """``{ancestor: shortest number of is-a hops}`` of ``child`` (breadth-first, itself excluded)."""
     hops: dict[int, int] = {}
@@ -170,7 +189,7 @@ def _ancestor_hops(child: int, parents: Sequence[Sequence[int]]) -> dict[int, in
 
 
 def hierarchy_triplets(
-    hierarchy: WordNetHierarchy,
+    hierarchy: TaxonomyHierarchy,
     n: int,
     *,
     seed: int,
@@ -251,8 +270,18 @@ class HierarchyLoss(nn.Module):
         )
 
 
-def resolve_wordnet_path(path: str | None) -> str | None:
+def resolve_wordnet_path(path: str | None, *, key: str = "hierarchy_args.wordnet_path") -> str | None:
     """``None`` (the bundled file) or an existing file; a clear error otherwise."""
     if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"hierarchy_args.wordnet_path: no such file {path}")
+        raise FileNotFoundError(f"{key}: no such file {path}")
     return path
+
+
+def resolve_hierarchy_path(taxonomy_path: str | None, wordnet_path: str | None) -> str | None:
+    """The file the hierarchy objective reads: ``taxonomy_path`` or the older ``wordnet_path`` (not both);
+    ``None`` means the bundled WordNet."""
+    if taxonomy_path is not None and wordnet_path is not None:
+        raise ValueError("hierarchy_args: give taxonomy_path or wordnet_path, not both")
+    if taxonomy_path is not None:
+        return resolve_wordnet_path(taxonomy_path, key="hierarchy_args.taxonomy_path")
+    return resolve_wordnet_path(wordnet_path)
