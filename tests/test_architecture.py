@@ -31,6 +31,7 @@ LAYERS = {
     "lorentz_rag.training": 4,
     "lorentz_rag.eval": 4,
     "lorentz_rag.integrations": 5,
+    "lorentz_rag.stores": 5,
     "lorentz_rag.quickstart": 6,
     "lorentz_rag.quickstart_data": 6,
     "lorentz_rag.quickstart_eval": 6,

@@ -1,0 +1,279 @@
+"""The vector-store seam: documents (id, text, metadata, vector) in a database, searched exactly or with an
+ANN index, and re-ranked in float64 by the model's own similarity.
+
+A backend (:mod:`lorentz_rag.stores.lancedb`, :mod:`lorentz_rag.stores.qdrant`) implements four primitives:
+``_put`` (upsert rows), ``_remove`` (delete ids), ``_nearest`` (the stored vectors nearest to float32
+queries in squared L2, brute force or through its ANN index) and ``_count``; everything else lives here.
+
+Search (:meth:`VectorStore.search_embeddings`) follows :meth:`lorentz_rag.eval.index.VectorIndex.search_embeddings`:
+it over-fetches ``max(2k, k + 16)`` candidates (ANN: ``oversample`` times ``k``), re-scores them with
+:func:`~lorentz_rag.eval.index.candidate_scores` and ranks them with
+:func:`~lorentz_rag.eval.index.rank_candidates` (the same code as ``VectorIndex``). Brute-force results are
+certified as there: the store's float32 squared distance ``|a - b|^2`` gives the certification score
+``s = (|a|^2 + B - |a - b|^2) / 2`` (:attr:`StoreLayout.offset`) within ``E = gamma (|a| + R)^2``; a
+document the store did not return scores at most ``s_last + E``, so if the ``k``-th float64 score is not
+above that by another ``E`` the fetch doubles. So a flat search equals ``VectorIndex``'s exact search. ANN
+results are re-ranked the same way without a certificate. Ties go to the document added first.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lorentz_rag.eval.encode import encode_corpus
+from lorentz_rag.eval.index import candidate_scores, check_model_matches, rank_candidates
+from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.stores.layout import StoreLayout
+
+__all__ = ["DEFAULT_COLLECTION", "Candidates", "StoreHit", "VectorStore"]
+
+DEFAULT_COLLECTION = "lorentz_rag"
+# Unit roundoff of float32.
+_U32 = 2.0**-24
+
+
+@dataclass(frozen=True)
+class StoreHit:
+    """One search result: the document's id, float64 score (higher = closer, as ``VectorIndex``), text and
+    metadata."""
+
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Candidates:
+    """What a backend returns for one query: ``m`` documents nearest first, with their squared L2
+    distances ``[m]`` (float64), stored vectors ``[m, width]`` (float32), insertion order keys ``seq``
+    ``[m]`` (int64), texts and metadata (JSON strings)."""
+
+    ids: list[str]
+    dist2: np.ndarray
+    vectors: np.ndarray
+    seq: np.ndarray
+    texts: list[str]
+    metadata: list[str]
+
+
+class VectorStore(abc.ABC):
+    """Documents in a database table (LanceDB) or collection (Qdrant) named ``name``, laid out for one
+    model (:class:`StoreLayout`, recorded in the table or collection metadata)."""
+
+    backend = "?"
+
+    def __init__(self, layout: StoreLayout, name: str, location: str) -> None:
+        self.layout = layout
+        self.name = name
+        self.location = location
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r}, name={self.name!r}, {len(self)} documents)"
+
+    # --- backend primitives -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _put(
+        self, ids: list[str], seq: np.ndarray, vectors: np.ndarray, texts: list[str], metadata: list[str]
+    ) -> None:
+        """Insert or replace (by id) ``n`` documents: vectors ``[n, width]`` float32."""
+
+    @abc.abstractmethod
+    def _remove(self, ids: list[str]) -> None:
+        """Delete the documents with these ids (absent ids are ignored)."""
+
+    @abc.abstractmethod
+    def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
+        """The ``fetch`` stored vectors nearest each query ``[n, width]`` (squared L2), by brute force if
+        ``exact`` or else through the ANN index (if any)."""
+
+    @abc.abstractmethod
+    def _count(self) -> int:
+        """The number of documents."""
+
+    def has_ann_index(self) -> bool:
+        """Whether a search with ``exact=False`` goes through an approximate index."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional for backends (LanceDB holds no connection to close)
+        """Release the connection (a no-op where there is none)."""
+
+    def __len__(self) -> int:
+        return self._count()
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    def add_embeddings(
+        self,
+        ids: Sequence[str],
+        embeddings: Tensor | np.ndarray,
+        texts: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        """Add (or replace, by id) documents with their embeddings ``[n, D]`` from the store's model."""
+        ids = [str(i) for i in ids]
+        emb = torch.as_tensor(embeddings)
+        if emb.ndim != 2 or emb.shape[1] != self.layout.dim:
+            raise ValueError(f"embeddings must be [n, {self.layout.dim}], got shape {tuple(emb.shape)}")
+        for name, values in (("embeddings", emb), ("texts", texts), ("metadatas", metadatas)):
+            if values is not None and len(values) != len(ids):
+                raise ValueError(f"{len(values)} {name} but {len(ids)} ids")
+        if len(set(ids)) != len(ids):
+            raise ValueError("document ids must be unique within one call")
+        if not ids:
+            return
+        check_finite_embeddings(emb, texts, "documents")
+        vectors = self.layout.document_vectors(ids, emb)
+        # Insertion order keys (ties in search go to the earlier document): nanoseconds since the epoch.
+        seq = time.time_ns() + np.arange(len(ids), dtype=np.int64)
+        texts_list = [""] * len(ids) if texts is None else [str(t) for t in texts]
+        meta = [json.dumps(dict(m or {}), ensure_ascii=False) for m in (metadatas or [None] * len(ids))]
+        self._put(ids, seq, vectors, texts_list, meta)
+
+    def add_texts(
+        self,
+        model: Any,
+        texts: Sequence[str],
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        batch_size: int = 64,
+        allow_model_mismatch: bool = False,
+    ) -> list[str]:
+        """Embed ``texts`` with the document prefix of ``model`` (the store's model) and add them; ``ids``
+        default to fresh UUIDs. Returns the ids."""
+        self.check_model(model, allow_model_mismatch=allow_model_mismatch)
+        texts = list(texts)
+        ids = [_new_id() for _ in texts] if ids is None else [str(i) for i in ids]
+        emb = encode_corpus(model, texts, batch_size=batch_size)
+        self.add_embeddings(ids, emb, texts, metadatas)
+        return ids
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete documents by id (ids not in the store are ignored)."""
+        ids = [str(i) for i in ids]
+        if ids:
+            self._remove(ids)
+
+    # --- searching --------------------------------------------------------------------------------------
+
+    def check_model(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
+        """Refuse a model other than the store's (as ``VectorIndex``: dimension, similarity, curvature,
+        fingerprint)."""
+        check_model_matches(
+            model,
+            dim=self.layout.dim,
+            similarity=self.layout.similarity,
+            curvature=self.layout.curvature,
+            fingerprint=self.layout.model_fingerprint,
+            built_with=self.layout.model_path,
+            what=f"store {self.location} ({self.name})",
+            allow_model_mismatch=allow_model_mismatch,
+        )
+
+    def search(
+        self,
+        model: Any,
+        query_texts: Sequence[str] | str,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        oversample: int = 4,
+        allow_model_mismatch: bool = False,
+    ) -> list[list[StoreHit]]:
+        """Embed ``query_texts`` with the query prefix and return the top ``k`` of each, best first."""
+        self.check_model(model, allow_model_mismatch=allow_model_mismatch)
+        texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
+        emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
+        return self.search_embeddings(emb, k, exact=exact, oversample=oversample)
+
+    def search_embeddings(
+        self, queries: Tensor | np.ndarray, k: int, *, exact: bool = False, oversample: int = 4
+    ) -> list[list[StoreHit]]:
+        """Top-``k`` documents for query embeddings ``[n, D]``: ``exact=True`` (or a store without an ANN
+        index) searches by brute force and certifies the result (module docstring); otherwise the ANN index
+        returns ``max(oversample * k, k + 16)`` candidates, re-ranked in float64."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = torch.as_tensor(queries)
+        if q.ndim == 1:
+            q = q.unsqueeze(0)
+        if q.ndim != 2 or q.shape[1] != self.layout.dim:
+            raise ValueError(f"queries must be [n, {self.layout.dim}], got shape {tuple(q.shape)}")
+        check_finite_embeddings(q, what="query embeddings")
+        n_docs = len(self)
+        results: list[list[StoreHit]] = [[] for _ in range(q.shape[0])]
+        if q.shape[0] == 0 or n_docs == 0:
+            return results
+        certify = exact or not self.has_ann_index()
+        k_eff = min(k, n_docs)
+        q64, a32 = self.layout.query_forms(q)
+        a_norm = torch.from_numpy(a32).to(torch.float64).norm(dim=-1)
+        gamma = 2.0 * (self.layout.width + 4) * _U32
+        bound = gamma * (a_norm + self.layout.norm_bound).pow(2) + 1e-12 * (1.0 + a_norm.pow(2))
+        offset = a_norm.pow(2) + self.layout.offset
+        margin = max(2 * k_eff, k_eff + 16) if certify else max(oversample * k_eff, k_eff + 16)
+        fetch = min(n_docs, margin)
+        pending = list(range(q.shape[0]))
+        while pending:
+            found = self._nearest(a32[pending], fetch, exact=certify)
+            retry = []
+            for row, cand in zip(pending, found):
+                results[row], certified = self._rank(q64[row], cand, k_eff, offset[row], bound[row], certify)
+                if certify and not certified and fetch < n_docs:
+                    retry.append(row)
+            pending, fetch = retry, min(n_docs, 2 * fetch)
+        return results
+
+    def _rank(
+        self, q64: Tensor, cand: Candidates, k: int, offset: Tensor, bound: Tensor, certify: bool
+    ) -> tuple[list[StoreHit], bool]:
+        """The top ``k`` of one query's candidates, and whether the brute-force result is certified."""
+        if not cand.ids:
+            return [], True
+        est = (offset - torch.from_numpy(np.asarray(cand.dist2, dtype=np.float64))) / 2.0
+        keep = torch.ones(len(cand.ids), dtype=torch.bool)
+        if certify and len(cand.ids) > k:
+            # A candidate more than 3E below the k-th estimate cannot reach the top k (VectorIndex's filter).
+            keep = est >= torch.topk(est, k).values[-1] - 3.0 * bound
+        order = torch.from_numpy(np.argsort(np.asarray(cand.seq, dtype=np.int64), kind="stable"))
+        keys = torch.from_numpy(np.asarray(cand.seq, dtype=np.int64))[order]
+        x = self.layout.rerank_form(cand.vectors[order.numpy()])
+        scores, ip = candidate_scores(
+            q64.unsqueeze(0), x.unsqueeze(0), self.layout.similarity, self.layout.curvature
+        )
+        top, cols, ip = rank_candidates(scores, ip, keys.unsqueeze(0), keep[order].unsqueeze(0), k)
+        hits = []
+        for score, col in zip(top[0].tolist(), order[cols[0]].tolist()):
+            if score == float("-inf"):
+                break
+            hits.append(StoreHit(cand.ids[col], score, cand.texts[col], _metadata(cand.metadata[col])))
+        valid = ip[0][ip[0] > float("-inf")]
+        certified = len(valid) >= k and bool(torch.topk(valid, k).values[-1] > est.min() + 2.0 * bound)
+        return hits, certified
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())

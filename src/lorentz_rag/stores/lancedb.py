@@ -1,0 +1,242 @@
+"""LanceDB backend: a table in a local LanceDB folder (the same API serves object storage and LanceDB's
+server), embedded in the process, no server to run.
+
+The table has columns ``id``, ``seq``, ``text``, ``metadata`` (JSON) and ``vector`` (float32, the stored form
+of :mod:`lorentz_rag.stores.layout`); the layout is the schema's ``lorentz_rag`` metadata. Without an ANN index
+LanceDB searches by brute force; :meth:`LanceDBStore.create_ann_index` builds one of ``ANN_KINDS`` (IVF-PQ,
+IVF-HNSW-SQ, ...) over the documents present, with the L2 metric of the stored form. Documents added later
+are searched by brute force beside the index until :meth:`LanceDBStore.optimize` folds them in: nothing is
+rebuilt. Readers in other processes see each commit (``read_consistency_interval=0``).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorentz_rag.stores.base import DEFAULT_COLLECTION, Candidates, VectorStore
+from lorentz_rag.stores.layout import StoreLayout
+
+__all__ = ["ANN_KINDS", "LanceDBStore"]
+
+#: LanceDB's vector index types (lower case) that :meth:`LanceDBStore.create_ann_index` builds.
+ANN_KINDS = ("ivf_pq", "ivf_hnsw_sq", "ivf_hnsw_pq", "ivf_flat", "ivf_sq")
+_META_KEY = b"lorentz_rag"
+
+
+def _lancedb() -> Any:
+    try:
+        import lancedb
+    except ImportError as error:
+        raise ImportError("the LanceDB store needs lancedb (pip install 'lorentz-rag[stores]')") from error
+    return lancedb
+
+
+def _pyarrow() -> Any:
+    import pyarrow
+
+    return pyarrow
+
+
+class LanceDBStore(VectorStore):
+    """Documents in table ``name`` of the LanceDB folder ``path``.
+
+    Create with :meth:`create` (a layout, e.g. :func:`lorentz_rag.stores.layout.layout_for_model`), reopen
+    with :meth:`open`. Search options: ``nprobes`` (IVF partitions probed), ``refine_factor`` (default 4: LanceDB
+    re-scores ``refine_factor * fetch`` quantized candidates with their full vectors) and ``ef`` (HNSW candidate list).
+    """
+
+    backend = "lancedb"
+
+    def __init__(
+        self,
+        table: Any,
+        layout: StoreLayout,
+        *,
+        name: str,
+        path: str,
+        nprobes: int = 20,
+        refine_factor: int | None = 4,
+        ef: int | None = None,
+    ) -> None:
+        super().__init__(layout, name, f"lancedb:{path}")
+        self.table = table
+        self.nprobes = int(nprobes)
+        self.refine_factor = refine_factor
+        self.ef = ef
+
+    @staticmethod
+    def _connect(path: str | Path) -> Any:
+        return _lancedb().connect(str(path), read_consistency_interval=timedelta(0))
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        layout: StoreLayout,
+        *,
+        name: str = DEFAULT_COLLECTION,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> LanceDBStore:
+        """A new empty table ``name`` in folder ``path`` (created if missing) for ``layout``; an existing
+        table is an error unless ``overwrite``."""
+        pa = _pyarrow()
+        db = cls._connect(path)
+        schema = pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("seq", pa.int64()),
+                pa.field("text", pa.string()),
+                pa.field("metadata", pa.string()),
+                pa.field("vector", pa.list_(pa.float32(), layout.width)),
+            ],
+            metadata={_META_KEY: layout.to_json().encode("utf-8")},
+        )
+        if not overwrite and name in _table_names(db):
+            raise FileExistsError(f"lancedb:{path}: table {name!r} exists (rebuild it with overwrite=True)")
+        table = db.create_table(name, schema=schema, mode="overwrite" if overwrite else "create")
+        return cls(table, layout, name=name, path=str(path), **options)
+
+    @classmethod
+    def open(cls, path: str | Path, *, name: str = DEFAULT_COLLECTION, **options: Any) -> LanceDBStore:
+        """The table ``name`` of folder ``path`` written by :meth:`create`."""
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"lancedb:{path}: no such LanceDB folder")
+        db = cls._connect(path)
+        if name not in _table_names(db):
+            raise FileNotFoundError(f"lancedb:{path}: no table {name!r} (tables: {sorted(_table_names(db))})")
+        table = db.open_table(name)
+        meta = (table.schema.metadata or {}).get(_META_KEY)
+        if meta is None:
+            raise ValueError(
+                f"lancedb:{path}: table {name!r} was not written by lorentz-rag (no layout metadata)"
+            )
+        layout = StoreLayout.from_json(meta, f"lancedb:{path} table {name!r}")
+        return cls(table, layout, name=name, path=str(path), **options)
+
+    # --- primitives -------------------------------------------------------------------------------------
+
+    def _put(self, ids, seq, vectors, texts, metadata) -> None:
+        pa = _pyarrow()
+        width = self.layout.width
+        rows = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "seq": pa.array(seq, pa.int64()),
+                "text": pa.array(texts, pa.string()),
+                "metadata": pa.array(metadata, pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1), pa.float32()), width
+                ),
+            },
+            schema=self.table.schema,
+        )
+        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows))
+
+    def _remove(self, ids: list[str]) -> None:
+        quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+        self.table.delete(f"id IN ({quoted})")
+
+    def _count(self) -> int:
+        return int(self.table.count_rows())
+
+    def has_ann_index(self) -> bool:
+        return any(index.index_type.lower() != "btree" for index in self.table.list_indices())
+
+    def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
+        builder = (
+            self.table.search(list(queries), vector_column_name="vector").distance_type("l2").limit(fetch)
+        )
+        if exact:
+            builder = builder.bypass_vector_index()
+        else:
+            builder = builder.nprobes(self.nprobes)
+            if self.refine_factor:
+                builder = builder.refine_factor(int(self.refine_factor))
+            if self.ef:
+                builder = builder.ef(max(int(self.ef), fetch))
+        result = builder.to_arrow()
+        qi = (
+            result["query_index"].to_numpy()
+            if "query_index" in result.column_names
+            else np.zeros(result.num_rows, int)
+        )
+        ids = result["id"].to_pylist()
+        dist2 = result["_distance"].to_numpy().astype(np.float64)
+        vectors = np.asarray(result["vector"].combine_chunks().flatten(), dtype=np.float32).reshape(
+            -1, self.layout.width
+        )
+        seq = result["seq"].to_numpy()
+        texts = result["text"].to_pylist()
+        meta = result["metadata"].to_pylist()
+        out = []
+        for i in range(len(queries)):
+            rows = np.flatnonzero(qi == i)
+            rows = rows[np.argsort(dist2[rows], kind="stable")]
+            out.append(
+                Candidates(
+                    [ids[r] for r in rows],
+                    dist2[rows],
+                    vectors[rows],
+                    seq[rows],
+                    [texts[r] or "" for r in rows],
+                    [meta[r] or "" for r in rows],
+                )
+            )
+        return out
+
+    # --- the ANN index ----------------------------------------------------------------------------------
+
+    def create_ann_index(
+        self,
+        kind: str = "ivf_hnsw_sq",
+        *,
+        num_partitions: int | None = None,
+        num_sub_vectors: int | None = None,
+        m: int = 20,
+        ef_construction: int = 300,
+    ) -> None:
+        """Build (or replace) an ANN index of ``kind`` over the documents now in the table, L2 on the stored
+        form. ``num_partitions`` defaults to about ``sqrt(n)``."""
+        if kind not in ANN_KINDS:
+            raise ValueError(f"unknown LanceDB index kind {kind!r}; choose one of {list(ANN_KINDS)}")
+        n = len(self)
+        if n < 2:
+            raise ValueError(
+                f"{self.location}: an ANN index needs documents to train on; the table holds {n}"
+            )
+        options: dict[str, Any] = {}
+        if "pq" in kind:
+            options["num_sub_vectors"] = num_sub_vectors or _sub_vectors(self.layout.width)
+        if "hnsw" in kind:
+            options.update(m=m, ef_construction=ef_construction)
+        self.table.create_index(
+            metric="l2",
+            vector_column_name="vector",
+            index_type=kind.upper(),
+            num_partitions=num_partitions or max(1, int(math.sqrt(n))),
+            replace=True,
+            **options,
+        )
+
+    def optimize(self) -> None:
+        """Fold documents added since the index was built into it (and compact the table's files)."""
+        self.table.optimize()
+
+
+def _table_names(db: Any) -> list[str]:
+    listed = db.list_tables()
+    return list(getattr(listed, "tables", listed))
+
+
+def _sub_vectors(width: int) -> int:
+    """The largest divisor of ``width`` that leaves sub-vectors of at least 8 coordinates (PQ)."""
+    for count in range(max(1, width // 8), 0, -1):
+        if width % count == 0:
+            return count
+    return 1

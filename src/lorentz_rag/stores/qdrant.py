@@ -1,0 +1,196 @@
+"""Qdrant backend: a collection in local mode (``path=``, an embedded store in one folder, one process at a
+time) or on a Qdrant server or cluster (``url=``).
+
+A server runs from Qdrant's official container image::
+
+    docker run -p 6333:6333 -v "$PWD/qdrant_storage:/qdrant/storage" qdrant/qdrant
+
+and is then ``qdrant+http://localhost:6333`` on the command line (``QdrantStore.open(url=...)``).
+
+Points carry the stored form (:mod:`lorentz_rag.stores.layout`) under the Euclid distance, and a payload
+``{id, seq, text, metadata}``; the point id is a UUID derived from the document id. The layout is the
+collection's ``lorentz_rag`` metadata. A server searches through its HNSW graph (``hnsw_m``,
+``hnsw_ef_construct`` at creation; ``hnsw_ef`` per search) or by brute force with ``exact=True``; local mode
+always searches by brute force.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorentz_rag.stores.base import DEFAULT_COLLECTION, Candidates, VectorStore
+from lorentz_rag.stores.layout import StoreLayout
+
+__all__ = ["QdrantStore"]
+
+_META_KEY = "lorentz_rag"
+# Point ids are UUIDs derived from the document ids in this namespace.
+_ID_NAMESPACE = uuid.UUID("6f1c2c8e-5d0a-4e57-9a55-2b7a3f0d6c11")
+_BATCH = 256
+
+
+def _qdrant() -> tuple[Any, Any]:
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError as error:
+        raise ImportError(
+            "the Qdrant store needs qdrant-client (pip install 'lorentz-rag[stores]')"
+        ) from error
+    return QdrantClient, models
+
+
+def point_id(doc_id: str) -> str:
+    """The Qdrant point id (a UUID string) of document ``doc_id``."""
+    return str(uuid.uuid5(_ID_NAMESPACE, doc_id))
+
+
+class QdrantStore(VectorStore):
+    """Documents in collection ``name`` of a Qdrant client (``path=`` local folder or ``url=`` server).
+
+    Local mode's client is not safe to share between threads; calls through one store are serialised
+    with a lock, so a reader thread and a writer thread may share it.
+    """
+
+    backend = "qdrant"
+
+    def __init__(
+        self, client: Any, layout: StoreLayout, *, name: str, location: str, hnsw_ef: int = 128
+    ) -> None:
+        super().__init__(layout, name, location)
+        self.client = client
+        self.hnsw_ef = int(hnsw_ef)
+        self._local = getattr(client, "_client", None).__class__.__name__ == "QdrantLocal"
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def _client(path: str | Path | None, url: str | None, **client_options: Any) -> tuple[Any, str]:
+        if (path is None) == (url is None):
+            raise ValueError("give exactly one of path= (local mode) and url= (a Qdrant server)")
+        client_cls, _ = _qdrant()
+        if path is not None:
+            return client_cls(path=str(path), **client_options), f"qdrant:{path}"
+        return client_cls(url=url, **client_options), f"qdrant+{url}"
+
+    @classmethod
+    def create(
+        cls,
+        layout: StoreLayout,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        name: str = DEFAULT_COLLECTION,
+        overwrite: bool = False,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 128,
+        hnsw_ef: int = 128,
+        **client_options: Any,
+    ) -> QdrantStore:
+        """A new empty collection ``name`` for ``layout``; an existing one is an error unless ``overwrite``."""
+        _, models = _qdrant()
+        client, location = cls._client(path, url, **client_options)
+        if client.collection_exists(name):
+            if not overwrite:
+                client.close()
+                raise FileExistsError(
+                    f"{location}: collection {name!r} exists (rebuild it with overwrite=True)"
+                )
+            client.delete_collection(name)
+        client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=layout.width, distance=models.Distance.EUCLID),
+            hnsw_config=models.HnswConfigDiff(m=hnsw_m, ef_construct=hnsw_ef_construct),
+            metadata={_META_KEY: layout.to_json()},
+        )
+        return cls(client, layout, name=name, location=location, hnsw_ef=hnsw_ef)
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        name: str = DEFAULT_COLLECTION,
+        hnsw_ef: int = 128,
+        **client_options: Any,
+    ) -> QdrantStore:
+        """Collection ``name`` written by :meth:`create`."""
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"qdrant:{path}: no such Qdrant folder")
+        client, location = cls._client(path, url, **client_options)
+        if not client.collection_exists(name):
+            client.close()
+            raise FileNotFoundError(f"{location}: no collection {name!r}")
+        meta = (client.get_collection(name).config.metadata or {}).get(_META_KEY)
+        if meta is None:
+            client.close()
+            raise ValueError(
+                f"{location}: collection {name!r} was not written by lorentz-rag (no layout metadata)"
+            )
+        layout = StoreLayout.from_json(meta, f"{location} collection {name!r}")
+        return cls(client, layout, name=name, location=location, hnsw_ef=hnsw_ef)
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+    # --- primitives -------------------------------------------------------------------------------------
+
+    def _put(self, ids, seq, vectors, texts, metadata) -> None:
+        _, models = _qdrant()
+        points = [
+            models.PointStruct(
+                id=point_id(doc_id),
+                vector=vectors[i].tolist(),
+                payload={"id": doc_id, "seq": int(seq[i]), "text": texts[i], "metadata": metadata[i]},
+            )
+            for i, doc_id in enumerate(ids)
+        ]
+        with self._lock:
+            for start in range(0, len(points), _BATCH):
+                self.client.upsert(self.name, points[start : start + _BATCH], wait=True)
+
+    def _remove(self, ids: list[str]) -> None:
+        _, models = _qdrant()
+        with self._lock:
+            self.client.delete(self.name, models.PointIdsList(points=[point_id(i) for i in ids]), wait=True)
+
+    def _count(self) -> int:
+        with self._lock:
+            return int(self.client.count(self.name, exact=True).count)
+
+    def has_ann_index(self) -> bool:
+        return not self._local  # local mode searches by brute force
+
+    def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
+        _, models = _qdrant()
+        params = None if self._local else models.SearchParams(exact=exact, hnsw_ef=max(self.hnsw_ef, fetch))
+        requests = [
+            models.QueryRequest(
+                query=q.tolist(), limit=fetch, params=params, with_payload=True, with_vector=True
+            )
+            for q in queries
+        ]
+        with self._lock:
+            responses = self.client.query_batch_points(self.name, requests)
+        out = []
+        for response in responses:
+            points = response.points
+            payloads = [p.payload or {} for p in points]
+            out.append(
+                Candidates(
+                    [str(p["id"]) for p in payloads],
+                    np.array([float(p.score) ** 2 for p in points], dtype=np.float64),
+                    np.array([p.vector for p in points], dtype=np.float32).reshape(
+                        len(points), self.layout.width
+                    ),
+                    np.array([int(p.get("seq", 0)) for p in payloads], dtype=np.int64),
+                    [str(p.get("text") or "") for p in payloads],
+                    [str(p.get("metadata") or "") for p in payloads],
+                )
+            )
+        return out
