@@ -1,4 +1,4 @@
-"""The hierarchy objective: WordNet closure sampling (train split only, negatives never ancestors), the
+"""The hierarchy objective: any taxonomy format read (taxonomy_path), WordNet closure sampling (train split only, negatives never ancestors), the
 triplet + centripetal loss, its config section, and a training run that uses it."""
 
 from __future__ import annotations
@@ -11,8 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.training.config import load_config
-from lorentz_rag.training.hierarchy import HierarchyLoss, WordNetHierarchy, hierarchy_triplets
+from lorentz_rag.training.hierarchy import (
+    HierarchyLoss,
+    TaxonomyHierarchy,
+    WordNetHierarchy,
+    hierarchy_triplets,
+    resolve_hierarchy_path,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+ANIMALS = FIXTURES / "animals.jsonl"
 
 # entity -> {animal -> {dog -> {puppy}, cat}, plant -> {tree}}; "wolf" is held out (never sampled).
 TREE = [
@@ -76,6 +86,35 @@ def test_max_children_bounds_the_texts_a_run_embeds(nouns: str) -> None:
     h = WordNetHierarchy.load(nouns, max_children=2, pool_seed=0)
     assert len({c for c, _, _ in h.edges}) == 2
     assert WordNetHierarchy.load(nouns, max_children=2, pool_seed=0).edges == h.edges
+
+
+@pytest.mark.parametrize("name", ["animals.jsonl", "animals.obo", "animals.ttl"])
+def test_any_taxonomy_format_feeds_the_objective(name: str) -> None:
+    h = TaxonomyHierarchy.load(str(FIXTURES / name))
+    ids = list(h.ids)
+    assert len(ids) == 10 and h.texts[ids.index("EX:0007")] == "sparrow"  # no definition: the name
+    assert h.texts[ids.index("EX:0003")].startswith("a warm-blooded vertebrate")
+    edges = {(h.ids[c], h.ids[a], hops) for c, a, hops in h.edges}
+    assert ("EX:0005", "EX:0008", 1) in edges and ("EX:0005", "EX:0001", 2) in edges
+    assert len(edges) == 20  # the closure: 1 + 2 + 2 + 4 + 4 + 3 + 1 + 1 + 2
+    assert h == TaxonomyHierarchy.from_taxonomy(read_taxonomy(FIXTURES / name))
+
+
+def test_taxonomy_path_replaces_wordnet_path(tmp_path: Path) -> None:
+    yaml = tmp_path / "c.yaml"
+    base = "train_args: {task: contrastive, max_steps: 1}\nmodel_args: {model_type: hyte_h}\n"
+    yaml.write_text(
+        base + f"data_args: {{data_path: x.jsonl}}\nhierarchy_args: {{taxonomy_path: {FIXTURES}/a.obo}}\n"
+    )
+    assert load_config(yaml, dotenv_dir=None).hierarchy_args.taxonomy_path == f"{FIXTURES}/a.obo"
+    with pytest.raises(Exception, match=r"taxonomy_path or hierarchy_args\.wordnet_path, not both"):
+        load_config(yaml, {"hierarchy_args.wordnet_path": "n.jsonl"}, dotenv_dir=None)
+    assert resolve_hierarchy_path(None, None) is None
+    assert resolve_hierarchy_path(str(ANIMALS), None) == str(ANIMALS)
+    with pytest.raises(FileNotFoundError, match=r"hierarchy_args\.taxonomy_path: no such file"):
+        resolve_hierarchy_path(str(tmp_path / "missing.obo"), None)
+    with pytest.raises(FileNotFoundError, match=r"hierarchy_args\.wordnet_path: no such file"):
+        resolve_hierarchy_path(None, str(tmp_path / "missing.jsonl"))
 
 
 @pytest.mark.parametrize("kind", ["geodesic", "euclidean", "cosine"])
@@ -164,6 +203,17 @@ def test_a_training_run_with_the_hierarchy_objective_logs_it_and_resumes_exactly
     )
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.slow
+def test_a_training_run_reads_the_hierarchy_from_a_taxonomy_file(tmp_path: Path) -> None:
+    from lorentz_rag.training.logging import read_metrics
+
+    extra = {"train_args.max_steps": 2, "hierarchy_args.taxonomy_path": str(FIXTURES / "animals.obo")}
+    trained = _tiny_hyte_h_run(tmp_path, tmp_path / "obo", extra)
+    assert all("hierarchy/triplet" in r for r in read_metrics(tmp_path / "obo"))
+    wordnet = _tiny_hyte_h_run(tmp_path, tmp_path / "wordnet", {"train_args.max_steps": 2})
+    assert any(not torch.equal(trained[k], wordnet[k]) for k in trained)  # other edges, other weights
 
 
 @pytest.mark.slow

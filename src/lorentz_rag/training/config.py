@@ -195,8 +195,10 @@ class MLMArgs(_Section):
 class HierarchyArgs(_Section):
     """The hierarchy objective (:mod:`lorentz_rag.training.hierarchy`), added to the contrastive loss.
 
-    Off unless ``weight`` or ``centripetal_weight`` is > 0. Edges are is-a pairs of the train-split WordNet
-    noun closure; texts are glosses embedded as documents.
+    Off unless ``weight`` or ``centripetal_weight`` is > 0. Edges are is-a pairs of the closure of
+    ``taxonomy_path`` (any taxonomy format; e.g. the ``train.jsonl.gz`` of ``lorentz-rag taxonomy build``) or,
+    by default, of the train-split WordNet nouns; texts are definitions (names where there are none)
+    embedded as documents.
     """
 
     section_name = "hierarchy_args"
@@ -221,6 +223,17 @@ class HierarchyArgs(_Section):
     )
     pool_seed: int = Field(0, description="Seed of that sample (fixed across training seeds).")
     wordnet_path: str | None = Field(None, description="nouns.jsonl(.gz) file; None: the bundled one.")
+    taxonomy_path: str | None = Field(
+        None,
+        description="Taxonomy whose is-a edges are trained (.jsonl(.gz), .obo, SKOS), read whole: pass a "
+        "split's train taxonomy. Not with wordnet_path; neither: the bundled WordNet.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HierarchyArgs:
+        if self.taxonomy_path is not None and self.wordnet_path is not None:
+            raise ValueError("give hierarchy_args.taxonomy_path or hierarchy_args.wordnet_path, not both")
+        return self
 
     @property
     def enabled(self) -> bool:

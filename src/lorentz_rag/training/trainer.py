@@ -59,7 +59,7 @@ from lorentz_rag.training.hierarchy import (
     HierarchyLoss,
     WordNetHierarchy,
     hierarchy_triplets,
-    resolve_wordnet_path,
+    resolve_hierarchy_path,
 )
 from lorentz_rag.training.logging import MetricsLogger
 from lorentz_rag.training.losses import InfoNCELoss
@@ -486,7 +486,9 @@ def _build_objective(
     hierarchy_loss, hierarchy = None, None
     if config.hierarchy_args.enabled:
         h = config.hierarchy_args
-        hierarchy = WordNetHierarchy.load(resolve_wordnet_path(h.wordnet_path), h.max_children, h.pool_seed)
+        hierarchy = WordNetHierarchy.load(
+            resolve_hierarchy_path(h.taxonomy_path, h.wordnet_path), h.max_children, h.pool_seed
+        )
         hierarchy_loss = HierarchyLoss(
             weight=h.weight,
             margin=h.margin,
