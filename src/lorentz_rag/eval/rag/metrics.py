@@ -192,10 +192,9 @@ def describe_judge_error(error: BaseException, base_url: str) -> str:
         return f"{where}: no reply in time (request timeout)"
     if isinstance(api, openai.APIConnectionError):
         root = chain[-1]
-        reason = (
-            os.strerror(root.errno).lower() if isinstance(root, OSError) and root.errno else one_line(root)
-        )
-        return f"{where}: cannot reach the server ({reason})"
+        if isinstance(root, OSError) and root.errno:  # refused, unknown host, unreachable network
+            return f"{where}: cannot reach the server ({os.strerror(root.errno).lower()})"
+        return f"{where}: the connection failed ({one_line(root).rstrip('.')})"
     if isinstance(api, openai.APIStatusError):  # its message repeats the code: "Error code: 503 - {...}"
         body = api.body  # openai keeps the reply's "error" member when there is one
         detail = api.message if body is None else body if isinstance(body, str) else json.dumps(body)
