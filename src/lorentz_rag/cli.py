@@ -289,6 +289,20 @@ def _add_index_commands(sub) -> None:
         action="store_true",
         help="search even if the model is not the one the index was built with (its fingerprint differs)",
     )
+    s.add_argument(
+        "--relation",
+        choices=["similar", "broader", "narrower"],
+        default="similar",
+        help="similar: the model's similarity (default); broader / narrower: documents nearer the centre / "
+        "further out than the query (hyperbolic models and the Euclidean-distance twin; exact on a flat index)",
+    )
+    s.add_argument(
+        "--radius-weight",
+        type=float,
+        default=0.5,
+        help="broader / narrower: weight in [0, 1] of the radius term (0: plain distance; 1: twice the "
+        "Gromov product, 0 for every point between the origin and the query)",
+    )
     s.set_defaults(func=_run_search)
 
 
@@ -315,6 +329,8 @@ def _run_search(args: argparse.Namespace) -> int:
         args.k,
         model_path=args.model,
         allow_model_mismatch=args.allow_model_mismatch,
+        relation=args.relation,
+        radius_weight=args.radius_weight,
     )
     return 0
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
+from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation, relation_pairwise
 from lorentz_rag.models.hf_base import base_from_config_dict
 from lorentz_rag.models.hub import push_to_hub
 from lorentz_rag.models.io import save_embedding_model
@@ -241,6 +242,57 @@ class EmbeddingModel(nn.Module, abc.ABC):
     def similarity_pairwise(self, a: Tensor, b: Tensor) -> Tensor:
         """Row-by-row similarity of ``a[i]`` and ``b[i]``: ``[n, D]`` x ``[n, D]`` -> ``[n]``."""
         return similarity_fns.rowwise(a, b, *self._similarity_args(a, b))
+
+    def relation_scores(
+        self, a: Tensor, b: Tensor, relation: str = "similar", radius_weight: float = DEFAULT_RADIUS_WEIGHT
+    ) -> Tensor:
+        """All relation scores ``[n, m]`` of queries ``a: [n, D]`` and candidates ``b: [m, D]``: ``similar`` is
+        :meth:`similarity`; ``broader`` / ``narrower`` are ``-d(a_i, b_j) -/+ radius_weight (r(b_j) - r(a_i))``
+        (:mod:`lorentz_rag.geometry.relation`; refused for cosine models, which have no radius)."""
+        kind, c = self._similarity_args(a, b)
+        if relation == "similar":
+            return similarity_fns.pairwise(a, b, kind, c)
+        return relation_pairwise(a, b, relation, kind, c, radius_weight)
+
+    @torch.no_grad()
+    def search(
+        self,
+        queries: Sequence[str] | str,
+        documents: Sequence[str] | Tensor,
+        k: int = 10,
+        *,
+        relation: str = "similar",
+        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+        batch_size: int = 32,
+        block_size: int = 256,
+    ) -> list[list[tuple[int, float]]]:
+        """Exact top-``k`` documents per query: ``(document position, score)`` lists, best first, ties to the
+        earlier document.
+
+        ``documents`` are texts (embedded with the document prefix) or their embeddings ``[m, D]``; queries
+        are embedded with the query prefix. Every document is scored in float64 (``block_size`` queries at a
+        time), by the model's similarity (``relation="similar"``) or by the ``broader`` / ``narrower`` score
+        (:meth:`relation_scores`). For a large corpus build a :class:`lorentz_rag.eval.index.VectorIndex`,
+        whose ``search`` takes the same ``relation``.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        check_relation(relation, self.settings.similarity, radius_weight)  # before any encoding
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        docs = documents if isinstance(documents, Tensor) else self.encode(documents, "document", batch_size)
+        if docs.ndim != 2 or docs.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"documents must be texts or embeddings [m, {self.embedding_dim}], got {tuple(docs.shape)}"
+            )
+        q = self.encode(queries, "query", batch_size).double()
+        d = docs.detach().double()
+        results: list[list[tuple[int, float]]] = []
+        for start in range(0, len(q), block_size):
+            scores = self.relation_scores(q[start : start + block_size], d, relation, radius_weight)
+            top = torch.sort(scores, dim=1, descending=True, stable=True)
+            for row_scores, row_pos in zip(top.values[:, :k].tolist(), top.indices[:, :k].tolist()):
+                results.append(list(zip(row_pos, row_scores)))
+        return results
 
     def radius(self, embeddings: Tensor) -> Tensor:
         """How far from the centre each embedding lies, ``[n, D] -> [n]``: ``d(o, x)`` on the hyperboloid,
