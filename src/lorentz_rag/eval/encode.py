@@ -50,6 +50,7 @@ __all__ = [
     "ShardPlan",
     "command_process_group",
     "encode_corpus",
+    "finished_shards",
     "work_dir_for",
 ]
 
@@ -66,7 +67,14 @@ class EncodingWorkMismatchError(ValueError):
 
 @user_error
 class EncodingIncompleteError(RuntimeError):
-    """Encoding stopped before every shard was done (``max_new_shards``); rerun to resume."""
+    """Encoding stopped before every shard was done (``max_new_shards``); rerun to resume. ``remaining`` and
+    ``total`` count shards; the finished ones are in ``work_dir``."""
+
+    def __init__(
+        self, message: str, *, remaining: int = 0, total: int = 0, work_dir: Path | None = None
+    ) -> None:
+        super().__init__(message)
+        self.remaining, self.total, self.work_dir = remaining, total, work_dir
 
 
 @contextlib.contextmanager
@@ -86,6 +94,11 @@ def work_dir_for(out: str | os.PathLike[str]) -> Path:
     """The work folder of an index folder ``out``: ``out.encoding`` beside it."""
     out = Path(out).absolute()
     return out.with_name(out.name + ".encoding")
+
+
+def finished_shards(work_dir: str | os.PathLike[str]) -> int:
+    """How many finished shards the work folder ``work_dir`` holds (0 when it does not exist)."""
+    return sum(1 for _ in Path(work_dir).glob("shard-*.safetensors"))
 
 
 @dataclass(frozen=True)
@@ -201,9 +214,13 @@ def encode_corpus(
             f"({counts[0]} done before) with {info.world_size} process(es)"
         )
     if counts[2]:
+        remaining = plan.n_shards - counts[0] - counts[1]
         raise EncodingIncompleteError(
-            f"stopped after {max_new_shards} new shard(s) per process; {plan.n_shards - counts[0] - counts[1]} "
-            f"of {plan.n_shards} shards are left in {work_dir}: run again to resume"
+            f"stopped after {max_new_shards} new shard(s) per process; {remaining} of {plan.n_shards} shards are "
+            f"left in {work_dir}: run again to resume",
+            remaining=remaining,
+            total=plan.n_shards,
+            work_dir=None if work_dir is None else Path(work_dir),
         )
     if store is None:
         done = _all_gather_shards(done)
@@ -285,11 +302,16 @@ class _ShardStore:
 
     def write(self, shard: int, positions: list[int], emb: Tensor) -> None:
         tmp = self._file(shard).with_suffix(f".tmp-{os.getpid()}")
-        save_file(
-            {"positions": torch.tensor(positions, dtype=torch.long), "embeddings": emb.contiguous()}, str(tmp)
-        )
-        _fsync(tmp)
-        os.replace(tmp, self._file(shard))
+        try:
+            save_file(
+                {"positions": torch.tensor(positions, dtype=torch.long), "embeddings": emb.contiguous()},
+                str(tmp),
+            )
+            _fsync(tmp)
+            os.replace(tmp, self._file(shard))
+        except BaseException:  # Ctrl-C or a full disk: leave no half-written shard behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def read(self, shard: int, positions: list[int]) -> Tensor:
         file = self._file(shard)

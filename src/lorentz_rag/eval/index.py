@@ -49,7 +49,15 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.data.beir import read_corpus
-from lorentz_rag.eval.encode import DEFAULT_SHARD_SIZE, command_process_group, encode_corpus, work_dir_for
+from lorentz_rag.errors import on_interrupt
+from lorentz_rag.eval.encode import (
+    DEFAULT_SHARD_SIZE,
+    EncodingIncompleteError,
+    command_process_group,
+    encode_corpus,
+    finished_shards,
+    work_dir_for,
+)
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.eval.relation_search import relation_search
@@ -631,7 +639,10 @@ def build_index_command(
     index (the other ranks return ``None``); the index equals one process's (:mod:`lorentz_rag.eval.encode`).
     Shards of ``shard_size`` documents are kept in ``out.encoding`` beside the index until it is written,
     under ``torchrun`` always and in one process with ``resumable``, so an interrupted build resumes;
-    ``max_new_shards`` stops each process after that many new shards (:class:`EncodingIncompleteError`).
+    ``max_new_shards`` stops each process after that many new shards: a planned stop, which prints how many
+    shards remain and returns ``None`` (exit status 0; :func:`encode_corpus` raises
+    :class:`EncodingIncompleteError`). Ctrl-C ends it with one line saying what was kept and how to resume
+    (:func:`lorentz_rag.errors.on_interrupt`); an empty corpus is refused before the model is loaded.
     """
     with command_process_group() as info:
         # All ranks of one torchrun job are one build: rank 0 holds the folder's lock for all of them.
@@ -643,17 +654,42 @@ def build_index_command(
         with lock:
             barrier()
             work = work_dir_for(out) if (is_distributed() or resumable) else None
-            return _build_index(
-                model_path,
-                corpus,
-                out,
-                kind=kind,
-                batch_size=batch_size,
-                index_options={"ef_search": ef_search} | ({"hnsw_m": hnsw_m} if kind == "hnsw" else {}),
-                shard_size=shard_size,
-                work=work,
-                max_new_shards=max_new_shards,
-            )
+            options = {"ef_search": ef_search} | ({"hnsw_m": hnsw_m} if kind == "hnsw" else {})
+            try:
+                with on_interrupt(lambda: _interrupted_build(out, work)):
+                    return _build_index(
+                        model_path,
+                        corpus,
+                        out,
+                        kind=kind,
+                        batch_size=batch_size,
+                        index_options=options,
+                        shard_size=shard_size,
+                        work=work,
+                        max_new_shards=max_new_shards,
+                    )
+            except EncodingIncompleteError as stop:
+                if info.rank == 0:
+                    print(
+                        f"stopped as asked (--max-new-shards {max_new_shards}): {stop.remaining} of {stop.total} "
+                        f"shards remain, {stop.total - stop.remaining} are kept in {stop.work_dir}; run the same "
+                        "command again to continue",
+                        flush=True,
+                    )
+                return None
+
+
+def _interrupted_build(out: str, work: Path | None) -> str:
+    """The line of a Ctrl-C during ``index build``: what is kept on disk and how to resume."""
+    if work is None:
+        return (
+            f"index build of {out} stopped, nothing kept (the index folder is written only at the end); rerun "
+            "with --resumable to keep finished shards across interruptions"
+        )
+    return (
+        f"index build of {out} stopped; {finished_shards(work)} finished shard(s) are kept in {work}: run the "
+        "same command again (with --resumable) to continue from them"
+    )
 
 
 def _build_index(
@@ -669,8 +705,10 @@ def _build_index(
     max_new_shards: int | None,
 ) -> VectorIndex | None:
     info = world_info()
-    model = load_model(model_path)
     ids, texts = read_corpus(corpus)
+    if not texts:
+        raise ValueError(f"corpus {corpus} has no documents: nothing to index")
+    model = load_model(model_path)
     say = print if info.rank == 0 else None
     start = time.perf_counter()
     emb = encode_corpus(
