@@ -297,8 +297,10 @@ def test_a_full_disk_during_a_checkpoint_names_the_path_and_keeps_the_previous(t
         save(2)
     assert str(caught.value) == (
         f"could not write checkpoint {tmp_path / 'ckpt-2.tmp'}: {tmp_path / 'ckpt-2.tmp' / 'training_state.pt'}: "
-        f"no space left on device; the previous checkpoint {tmp_path / 'ckpt-1'} is intact"
+        f"no space left on device; removed the partial folder; the previous checkpoint {tmp_path / 'ckpt-1'} "
+        f"is intact (resume from it with --train_args.checkpoint={tmp_path})"
     )
+    assert not (tmp_path / "ckpt-2.tmp").exists()  # a half-written checkpoint would keep filling the disk
     assert (tmp_path / "latest").read_text().strip() == "ckpt-1"
     assert ckpt.load_checkpoint(tmp_path).path == tmp_path / "ckpt-1"
 

@@ -21,6 +21,7 @@ previous checkpoint loadable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -44,9 +45,11 @@ __all__ = [
     "capture_rng_state",
     "list_checkpoints",
     "load_checkpoint",
+    "publish_folder",
     "resolve_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "write_error_reason",
 ]
 
 CHECKPOINT_PREFIX = "ckpt-"
@@ -139,15 +142,55 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(path)
 
 
+#: Below this many free bytes, a write error without an errno (torch.save's ``basic_ios::clear: iostream
+#: error``) is reported as a full disk.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def write_error_reason(error: BaseException, folder: Path) -> str:
+    """Why writing into ``folder`` failed, in words: ``describe_error`` for an OS error; for a
+    ``RuntimeError`` of ``torch.save`` (which loses the errno), "no space left on device" when the disk
+    holding ``folder`` is (nearly) full."""
+    if isinstance(error, OSError) or not isinstance(error, RuntimeError):
+        return describe_error(error)
+    try:
+        full = shutil.disk_usage(folder if folder.exists() else folder.parent).free < _NEARLY_FULL_BYTES
+    except OSError:
+        full = False
+    reason = os.strerror(errno.ENOSPC).lower() if full else "write failed"
+    return f"{reason} ({str(error).strip() or type(error).__name__})"
+
+
 def _write_failed(tmp: Path, output_dir: Path, error: BaseException) -> CheckpointError:
+    """The error of a failed save, after removing the partial ``tmp`` folder (it would keep filling the disk
+    and is never read)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    removed = "removed the partial folder" if not tmp.exists() else "could not remove the partial folder"
     latest = output_dir / LATEST_FILE
     previous = latest.read_text(encoding="utf-8").strip() if latest.is_file() else None
     kept = (
-        f"the previous checkpoint {output_dir / previous} is intact"
+        f"the previous checkpoint {output_dir / previous} is intact (resume from it with "
+        f"--train_args.checkpoint={output_dir})"
         if previous
         else "no earlier checkpoint exists"
     )
-    return CheckpointError(f"could not write checkpoint {tmp}: {describe_error(error)}; {kept}")
+    return CheckpointError(
+        f"could not write checkpoint {tmp}: {write_error_reason(error, tmp)}; {removed}; {kept}"
+    )
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Make the complete folder ``tmp`` appear as ``final`` in one rename, after its files are on disk; a
+    previous ``final`` is replaced (moved aside, then removed). Raises ``OSError`` from the fsyncs or the
+    renames."""
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.with_name(f"{final.name}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def save_checkpoint(
@@ -180,9 +223,14 @@ def save_checkpoint(
         # Leftovers of a crashed save are incomplete by definition.
         for stale in output_dir.glob(f"{CHECKPOINT_PREFIX}*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as error:
+            raise _write_failed(tmp, output_dir, error) from error
     barrier()
 
+    # A full disk, a permission, a failed torch.save (a RuntimeError, e.g. "basic_ios::clear: iostream
+    # error"): the .tmp folder is removed, never published.
     try:
         torch.save({"rng": capture_rng_state(), **(rank_state or {})}, tmp / _rank_file(rank))
         if deepspeed_engine is not None:
@@ -192,25 +240,15 @@ def save_checkpoint(
                 torch.save(training_state, tmp / TRAINING_STATE_FILE)
             (tmp / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
             (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
-    except OSError as error:  # a full disk, a permission: the .tmp folder is never published
+    except (OSError, RuntimeError) as error:
         raise _write_failed(tmp, output_dir, error) from error
-    except RuntimeError as error:  # torch.save reports a failed write as RuntimeError
-        if isinstance(error.__cause__, OSError) or "write" in str(error):
-            raise _write_failed(tmp, output_dir, error) from error
-        raise
     barrier()
 
     if rank == 0:
-        try:
-            _fsync_tree(tmp)
+        try:  # re-saving a step after a resume replaces the old folder
+            publish_folder(tmp, final)
         except OSError as error:
             raise _write_failed(tmp, output_dir, error) from error
-        if final.exists():  # re-saving a step after a resume: replace the old folder
-            old = output_dir / f"{final.name}.old.tmp"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-        _fsync_dir(output_dir)
         _write_atomic(output_dir / LATEST_FILE, final.name + "\n")
         if keep_last is not None:
             for old in list_checkpoints(output_dir)[:-keep_last]:
@@ -223,7 +261,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder from a checkpoint folder or an output folder (-> its ``latest``).
 
     Falls back to the newest complete ``ckpt-N`` folder when ``latest`` is missing (a crash between the
-    rename and the pointer update). Raises :class:`CheckpointError` naming the path otherwise.
+    rename and the pointer update). Raises :class:`CheckpointError` naming the path otherwise; for an output
+    folder that holds no complete checkpoint (only ``ckpt-N.tmp``, or a run stopped before its first
+    save) the error says so and offers ``--train_args.overwrite=true``.
     """
     path = Path(path)
     if (path / TRAINER_STATE_FILE).is_file():
@@ -243,6 +283,18 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     found = [p for p in list_checkpoints(path) if (p / TRAINER_STATE_FILE).is_file()]
     if found:
         return found[-1]
+    partial = sorted(p.name for p in path.glob(f"{CHECKPOINT_PREFIX}*.tmp"))
+    if partial or (path / CONFIG_FILE).is_file():  # an output folder whose run saved no checkpoint
+        held = (
+            f"only an interrupted save ({', '.join(partial)})"
+            if partial
+            else "a run stopped before its first checkpoint"
+        )
+        raise CheckpointError(
+            f"train_args.checkpoint={path}: no complete checkpoint to resume ({path} holds {held}); start "
+            "the run afresh in it with --train_args.overwrite=true (and no --train_args.checkpoint), or choose "
+            "another output_dir"
+        )
     raise CheckpointError(
         f"train_args.checkpoint={path}: neither a checkpoint (no {TRAINER_STATE_FILE}) nor an output folder "
         f"with a '{LATEST_FILE}' pointer or {CHECKPOINT_PREFIX}N folders"

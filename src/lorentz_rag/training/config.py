@@ -32,7 +32,7 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lorentz_rag.errors import closest_key
+from lorentz_rag.errors import closest_key, read_json_file
 from lorentz_rag.models.args import ModelArgs, reject_unknown_keys
 
 __all__ = [
@@ -630,13 +630,40 @@ class ParsedCommandLine(BaseModel):
 _LAUNCHER_FLAGS = {"config", "deepspeed_config", "local_rank", "local-rank", "deepspeed"}
 
 
+def _is_bool_field(annotation: Any) -> bool:
+    """``bool`` or ``bool | None``: a key that may stand alone on the command line."""
+    if annotation is bool:
+        return True
+    return get_origin(annotation) in (Union, UnionType) and bool in get_args(annotation)
+
+
+def _bare_flag_value(key: str) -> str:
+    """The value of ``--key`` written without one: ``true`` for a bool key (and the ``--deepspeed``
+    switch); any other known key is refused, naming it (a bare ``--train_args.learning_rate`` must not
+    train at 1.0). An unknown key passes, so :func:`load_config` names it with its closest valid key."""
+    if key == "deepspeed":
+        return "true"
+    if key in _LAUNCHER_FLAGS:
+        raise ConfigError(f"command line: --{key} needs a value (--{key}=VALUE)")
+    section, _, name = key.partition(".")
+    model = _sections().get(section)
+    field = model.model_fields.get(name) if model is not None else None
+    if field is None or _is_bool_field(field.annotation):
+        return "true"
+    raise ConfigError(
+        f"command line: --{key} has no value; write --{key}=VALUE ({_type_name(field.annotation)}); only "
+        "true/false keys may stand alone"
+    )
+
+
 def parse_command_line(
     argv: Sequence[str], *, dotenv_dir: str | os.PathLike[str] | None = "."
 ) -> ParsedCommandLine:
     """Parse ``--config=PATH``, ``--deepspeed_config=PATH``, ``--local_rank=N`` and dotted overrides.
 
-    ``--key=value`` and ``--key value`` are both accepted; a bare ``--section.key`` followed by another flag
-    means ``true``. ``-h``/``--help`` raises :class:`SystemExit` after printing every valid key.
+    ``--key=value`` and ``--key value`` are both accepted; a bare ``--section.key`` (at the end or followed
+    by another flag) means ``true`` for a bool key and is refused for any other. ``-h``/``--help`` raises
+    :class:`SystemExit` after printing every valid key.
     """
     argv = list(argv)
     flags: dict[str, Any] = {}
@@ -658,7 +685,7 @@ def parse_command_line(
             key, value = body, argv[i + 1]
             i += 1
         else:
-            key, value = body, "true"
+            key, value = body, _bare_flag_value(body)
         i += 1
         if key in _LAUNCHER_FLAGS:
             flags[key.replace("-", "_")] = value
@@ -671,6 +698,8 @@ def parse_command_line(
     ds_config = flags.get("deepspeed_config")
     if ds_config is not None and not Path(ds_config).is_file():
         raise ConfigError(f"--deepspeed_config={ds_config}: file not found")
+    if ds_config is not None and not isinstance(read_json_file(ds_config, "--deepspeed_config"), dict):
+        raise ConfigError(f"--deepspeed_config={ds_config}: expected a JSON object of DeepSpeed settings")
     local_rank = flags.get("local_rank")
     return ParsedCommandLine(
         config=config,

@@ -15,7 +15,12 @@ story in four calls:
 3. :func:`_loop`: :func:`_optimizer_step` (gradient accumulation, clipping, divergence checks) until
    ``total_steps``, logging every ``log_every`` steps (:func:`_metrics`), atomic checkpoints every
    ``save_every`` steps (:func:`_save_checkpoint`);
-4. :func:`_finish`: the last checkpoint and the model written with ``save_pretrained`` to ``output_dir/final``.
+4. :func:`_finish`: the last checkpoint and the model written with ``save_pretrained`` to
+   ``output_dir/final.tmp``, renamed to ``output_dir/final`` once complete.
+
+Nothing non-finite is ever published: every step checks its loss, gradient norm and parameters, and before
+a checkpoint or the final model is written the model's outputs on a few fixed texts of the run must be
+finite (:class:`~lorentz_rag.training.probe.FiniteProbe`).
 
 On CPU an interrupted-and-resumed run ends with the same weights as an uninterrupted one: every random
 draw after step ``k`` depends only on state the checkpoint restores (RNGs, sampler position, optimizer).
@@ -41,7 +46,7 @@ import yaml
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from lorentz_rag.errors import describe_error, run_entry_point, user_error
+from lorentz_rag.errors import on_interrupt, read_json_file, run_entry_point, user_error
 from lorentz_rag.folder_lock import RUN_LOCK_NAME, exclusive_lock
 from lorentz_rag.models.factory import build_mlm_model, build_model, save_mlm_model
 from lorentz_rag.models.io import WeightsMismatchError, check_and_load_state_dict
@@ -61,10 +66,11 @@ from lorentz_rag.training.hierarchy import (
     hierarchy_triplets,
     resolve_hierarchy_path,
 )
-from lorentz_rag.training.logging import MetricsLogger
+from lorentz_rag.training.logging import MetricsLogger, read_metrics
 from lorentz_rag.training.losses import InfoNCELoss
 from lorentz_rag.training.objective import TrainStep, grad_cache_micro_step
 from lorentz_rag.training.optim import build_optimizer, build_scheduler
+from lorentz_rag.training.probe import FiniteProbe
 
 __all__ = [
     "TrainResult",
@@ -263,12 +269,19 @@ def _claim_output_folder(output_dir: Path, args: Any) -> None:
         return
     if not args.overwrite:
         shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        if not ckpt.list_checkpoints(output_dir):  # nothing to resume: say so, not "resume it"
+            raise ConfigError(
+                f"train_args.output_dir={output_dir} is not empty ({shown}) and holds no complete checkpoint "
+                "(a run stopped before its first save), so it cannot be resumed either; pass "
+                "--train_args.overwrite=true to replace it, or choose another output_dir"
+            )
         raise ConfigError(
             f"train_args.output_dir={output_dir} is not empty ({shown}); a new run would destroy it. Resume it "
             f"with --train_args.checkpoint={output_dir}, choose another output_dir, or pass "
             "--train_args.overwrite=true to replace it"
         )
-    run_files = {ckpt.CONFIG_FILE, "metrics.jsonl", ckpt.LATEST_FILE, "final", "wandb", "resumes.jsonl"}
+    run_files = {ckpt.CONFIG_FILE, "metrics.jsonl", ckpt.LATEST_FILE, "wandb", "resumes.jsonl"}
+    run_files |= {"final", "final.tmp", "final.old.tmp"}
     for name in entries:
         if name in run_files or name.startswith(ckpt.CHECKPOINT_PREFIX) or name == ckpt.LATEST_FILE + ".tmp":
             path = output_dir / name
@@ -309,8 +322,10 @@ class _Run:
     scaler: torch.amp.GradScaler
     autocast_dtype: torch.dtype | None
     total_steps: int
+    probe: FiniteProbe  # fixed texts whose outputs must be finite before anything is saved
     step: int = 0
     tokens_seen: int = 0
+    last_loss: float = math.nan  # the last optimizer step's loss (restored by a resume)
 
     @property
     def args(self) -> Any:
@@ -341,6 +356,10 @@ def train(
     naming the holder's pid), and a new run refuses a non-empty ``output_dir`` unless ``train_args.overwrite``
     is set or it resumes (``train_args.checkpoint``). ``after_step(step)`` is called after every optimizer
     step and the checkpoint due at it (tests use it to interrupt a run like a pre-empted job).
+
+    A DeepSpeed JSON file is read before anything else (a malformed one names file:line and touches no
+    folder). Ctrl-C raises :class:`lorentz_rag.errors.Interrupted` saying which checkpoint was kept and how to
+    resume; the lock is released either way.
     """
     if deepspeed_config is not None and config.train_args.grad_cache_chunk is not None:
         # The engine owns backward (engine.backward(loss)); GradCache's two-pass backward cannot run in it.
@@ -348,18 +367,36 @@ def train(
             "train_args.grad_cache_chunk is not supported under DeepSpeed; use torchrun (DDP) for GradCache "
             "or pass --train_args.grad_cache_chunk=null"
         )
+    if deepspeed_config is not None and not isinstance(deepspeed_config, dict):
+        deepspeed_config = read_json_file(deepspeed_config, "--deepspeed_config")
     check_local_paths(config)
     output_dir = Path(config.train_args.output_dir)
     with contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:
             stack.enter_context(exclusive_lock(output_dir / RUN_LOCK_NAME, f"output folder {output_dir}"))
             _claim_output_folder(output_dir, config.train_args)
-        return _train(config, deepspeed_config, after_step)
+        with on_interrupt(lambda: _what_was_kept(output_dir)):
+            return _train(config, deepspeed_config, after_step)
+
+
+def _what_was_kept(output_dir: Path) -> str:
+    """The line printed after Ctrl-C: the last complete checkpoint and how to resume, or that none exists."""
+    found = ckpt.list_checkpoints(output_dir)
+    if not found:
+        return (
+            f"training stopped before its first checkpoint: {output_dir} holds nothing to resume; start again "
+            "with --train_args.overwrite=true"
+        )
+    step = found[-1].name.removeprefix(ckpt.CHECKPOINT_PREFIX)
+    return (
+        f"training stopped; kept the last complete checkpoint {found[-1]} (step {step}); resume with "
+        f"--train_args.checkpoint={output_dir}"
+    )
 
 
 def _train(
     config: TrainConfig,
-    deepspeed_config: str | os.PathLike[str] | dict | None,
+    deepspeed_config: dict | None,
     after_step: Callable[[int], None] | None,
 ) -> TrainResult:
     run = _setup(config, deepspeed_config)
@@ -376,18 +413,18 @@ def _train(
         wandb_run_name=run.args.wandb_run_name,
         config=config.model_dump(mode="json"),
     )
-    last_loss = _loop(run, logger, after_step)
+    _loop(run, logger, after_step)
     final_dir = _finish(run)
     logger.close()
     return TrainResult(
-        output_dir=run.output_dir, final_model_dir=final_dir, steps=run.step, last_loss=last_loss
+        output_dir=run.output_dir, final_model_dir=final_dir, steps=run.step, last_loss=run.last_loss
     )
 
 
 # --- 1-4. setup: processes, model and objective, data, optimizer, backend -----------------------------
 
 
-def _setup(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict | None) -> _Run:
+def _setup(config: TrainConfig, deepspeed_config: dict | None) -> _Run:
     args = config.train_args
     if deepspeed_config is not None:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
@@ -452,6 +489,9 @@ def _setup(config: TrainConfig, deepspeed_config: str | os.PathLike[str] | dict 
         scaler=scaler,
         autocast_dtype=autocast_dtype,
         total_steps=total_steps,
+        probe=FiniteProbe.from_dataset(
+            args.task, model, data.dataset, config.model_args.max_seq_length, device
+        ),
     )
 
 
@@ -521,17 +561,14 @@ def _deepspeed_engine(
     step_module: TrainStep,
     optimizer: Any,
     scheduler: Any,
-    deepspeed_config: str | os.PathLike[str] | dict,
+    deepspeed_config: dict,
     args: Any,
     world_size: int,
 ) -> tuple[Any, Any, Any]:
     """``deepspeed.initialize`` with our optimizer and schedule: ``(engine, optimizer, scheduler)``."""
     import deepspeed
 
-    ds = deepspeed_config
-    if not isinstance(ds, dict):
-        ds = json.loads(Path(ds).read_text(encoding="utf-8"))
-    ds = fill_deepspeed_config(ds, args, world_size)
+    ds = fill_deepspeed_config(deepspeed_config, args, world_size)
     # Learnt scalars have shape [1] (nn/curvature.py): DeepSpeed's weight broadcast takes them as they are.
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds
@@ -568,6 +605,7 @@ def _resume(run: _Run) -> None:
             _record_resume(run.output_dir, loaded, differences)
     trainer_state = loaded.trainer_state
     run.step, run.tokens_seen = trainer_state["step"], trainer_state.get("tokens_seen", 0)
+    run.last_loss = _recorded_loss(loaded)
     if loaded.rank_state is not None:
         run.data.load_state_dict(loaded.rank_state["data"])
         ckpt.restore_rng_state(loaded.rank_state["rng"])
@@ -575,6 +613,20 @@ def _resume(run: _Run) -> None:
         run.data.load_state_dict(trainer_state["data"])
     if run.is_main:
         print(f"resumed from {loaded.path} at step {run.step}", flush=True)
+
+
+def _recorded_loss(loaded: Any) -> float:
+    """The loss of the checkpoint's step: saved in its trainer state, or (older checkpoints) the run's
+    ``metrics.jsonl`` record of that step; NaN when neither has it."""
+    loss = loaded.trainer_state.get("loss")
+    if loss is not None:
+        return float(loss)
+    step = loaded.trainer_state["step"]
+    with contextlib.suppress(OSError, ValueError):
+        for record in read_metrics(loaded.path.parent):
+            if record.get("step") == step and "loss" in record:
+                loss = record["loss"]
+    return math.nan if loss is None else float(loss)
 
 
 def _load_training_state(run: _Run, loaded: Any, refused: dict[tuple[str, str], tuple[Any, Any]]) -> None:
@@ -631,18 +683,17 @@ class _StepOutcome:
     stats: dict[str, Tensor]
 
 
-def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | None) -> float:
-    """Optimizer steps until ``total_steps``; returns the last step's loss."""
+def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | None) -> None:
+    """Optimizer steps until ``total_steps`` (``run.last_loss``: the last step's loss)."""
     args = run.args
     batches = iter(run.data)
     run.runner.train()
-    last_loss = float("nan")
     window = _Window()
     while run.step < run.total_steps:
         outcome = _optimizer_step(run, batches)
         run.step += 1
         run.tokens_seen += outcome.tokens
-        last_loss = outcome.loss
+        run.last_loss = outcome.loss
         window.loss += outcome.loss
         window.steps += 1
         window.tokens += outcome.tokens
@@ -654,7 +705,6 @@ def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | 
             _save_checkpoint(run)
         if after_step is not None:
             after_step(run.step)
-    return last_loss
 
 
 def _optimizer_step(run: _Run, batches: Iterator[dict[str, Any]]) -> _StepOutcome:
@@ -778,10 +828,16 @@ def _metrics(run: _Run, window: _Window, outcome: _StepOutcome) -> dict[str, Any
 
 
 def _save_checkpoint(run: _Run) -> None:
-    """An atomic checkpoint of step ``run.step`` (never of non-finite weights)."""
+    """An atomic checkpoint of step ``run.step``: never of non-finite weights, nor of weights whose outputs
+    on the run's fixed probe texts are not finite (checked on every rank)."""
     args, step = run.args, run.step
     if not _all_finite(p for p in run.step_module.parameters() if p.requires_grad):
         raise _diverged(step, "a parameter (before saving)", float("nan"), args, run.output_dir)
+    failed = run.probe.check(run.step_module, run.device)
+    if failed is not None:
+        what, value = failed
+        quantity = f"the model's {what} on {run.probe.describe()} (checked before saving)"
+        raise _diverged(step, quantity, value, args, run.output_dir)
     data_state = run.data.state_dict()
     trainer_state = {
         "step": step,
@@ -790,6 +846,7 @@ def _save_checkpoint(run: _Run) -> None:
         "tokens_seen": run.tokens_seen,
         "world_size": run.world_size,
         "total_steps": run.total_steps,
+        "loss": run.last_loss,  # what a resumed run that has nothing left to do reports
     }
     training_state = None
     if run.engine is None:
@@ -817,20 +874,28 @@ def _save_checkpoint(run: _Run) -> None:
 
 
 def _finish(run: _Run) -> Path:
-    """The last checkpoint, then the model with ``save_pretrained`` in ``output_dir/final``; returns that."""
+    """The last checkpoint, then the model with ``save_pretrained`` in ``output_dir/final.tmp``, renamed to
+    ``output_dir/final`` once complete (a failed save leaves no ``final/``, and removes ``final.tmp``)."""
     _save_checkpoint(run)
     final_dir = run.output_dir / "final"
+    tmp_dir = run.output_dir / "final.tmp"
     if hasattr(run.model, "settings"):  # what the model card reports about this run
         run.model.card_data = {"training_data": run.config.data_args.data_path, "training_steps": run.step}
     try:
-        _save_final(run.model, run.engine, final_dir, run.is_main)
+        if run.is_main:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a crashed save
+        _save_final(run.model, run.engine, tmp_dir, run.is_main)
+        if run.is_main:
+            write_config(run.config, tmp_dir / "training_config.yaml")
+            ckpt.publish_folder(tmp_dir, final_dir)
     except (OSError, RuntimeError) as error:
+        if run.is_main:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
         raise ckpt.CheckpointError(
-            f"could not write the final model to {final_dir}: {describe_error(error)}; the checkpoint of step "
-            f"{run.step} is intact: free space and resume with --train_args.checkpoint={run.output_dir}"
+            f"could not write the final model to {final_dir}: {ckpt.write_error_reason(error, tmp_dir)}; the "
+            f"checkpoint of step {run.step} is intact: free space and resume with --train_args.checkpoint="
+            f"{run.output_dir} (it only writes the final model); the partial {tmp_dir.name} was removed"
         ) from error
-    if run.is_main:
-        write_config(run.config, final_dir / "training_config.yaml")
     barrier()
     return final_dir
 
@@ -863,5 +928,6 @@ def _main(argv: list[str]) -> int:
     parsed = parse_command_line(argv)
     result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"final model: {result.final_model_dir} (step {result.steps}, loss {result.last_loss:.4f})")
+        loss = f"loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else "loss not recorded"
+        print(f"final model: {result.final_model_dir} (step {result.steps}, {loss})")
     return 0
