@@ -254,14 +254,27 @@ def _add_index_commands(sub) -> None:
     p = sub.add_parser("index", help="build an exact (or HNSW) hyperbolic vector index over a corpus")
     index_sub = p.add_subparsers(dest="index_command", metavar="INDEX")
     p.set_defaults(func=lambda args: p.print_help() or 2)
-    b = index_sub.add_parser("build", help="embed a corpus and save a FAISS index folder")
+    b = index_sub.add_parser(
+        "build", help="embed a corpus and save a FAISS index folder (--out) or a vector database (--store)"
+    )
     b.add_argument(
         "--model", required=True, help="a folder lorentz_rag.load_model accepts (recorded in the index)"
     )
     b.add_argument("--corpus", required=True, help="JSONL rows {_id, title, text}, or a BEIR folder")
-    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--out", default=None, help="index folder to write (a FAISS index; or give --store)")
+    _add_store_arguments(b)
     b.add_argument(
-        "--kind", choices=["flat", "hnsw"], default="flat", help="flat: exact (default); hnsw: approximate"
+        "--max-radius",
+        type=float,
+        default=None,
+        help="--store: the largest radius any document will have (default: the model's bound; needed for "
+        "models without one, e.g. HyTE-FH); documents beyond it are refused",
+    )
+    b.add_argument(
+        "--kind",
+        choices=_INDEX_KINDS,
+        default="flat",
+        help="flat: exact (default); hnsw: approximate (FAISS folder, Qdrant); ivf_*: LanceDB's ANN indexes",
     )
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
@@ -278,9 +291,18 @@ def _add_index_commands(sub) -> None:
         "--max-new-shards", type=int, default=None, help="stop each process after N new shards (resume later)"
     )
     b.set_defaults(func=_run_index_build)
+    _add_store_edit_commands(index_sub)
 
     s = sub.add_parser("search", help="search an index folder with query texts")
-    s.add_argument("--index", required=True, help="folder written by `lorentz-rag index build`")
+    s.add_argument(
+        "--index", default=None, help="folder written by `lorentz-rag index build` (or give --store)"
+    )
+    _add_store_arguments(s)
+    s.add_argument(
+        "--exact",
+        action="store_true",
+        help="--store: brute force, certified exact (default: its ANN index, if any)",
+    )
     s.add_argument("queries", nargs="+", help="query texts")
     s.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="results per query")
     s.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
@@ -307,6 +329,19 @@ def _add_index_commands(sub) -> None:
 
 
 def _run_index_build(args: argparse.Namespace) -> int:
+    if _one_target(args, "out") == "store":
+        _command("lorentz_rag.stores.commands:build_store_command")(
+            args.model,
+            args.corpus,
+            args.store,
+            kind=args.kind,
+            batch_size=args.batch_size,
+            max_radius=args.max_radius,
+            name=args.collection,
+        )
+        return 0
+    if args.kind not in ("flat", "hnsw"):
+        raise ValueError(f"--kind {args.kind} needs a LanceDB --store; a FAISS folder is flat or hnsw")
     _command("lorentz_rag.eval.index:build_index_command")(
         args.model,
         args.corpus,
@@ -323,6 +358,17 @@ def _run_index_build(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
+    if _one_target(args, "index") == "store":
+        _command("lorentz_rag.stores.commands:search_store_command")(
+            args.store,
+            args.queries,
+            args.k,
+            model_path=args.model,
+            exact=args.exact,
+            allow_model_mismatch=args.allow_model_mismatch,
+            name=args.collection,
+        )
+        return 0
     _command("lorentz_rag.eval.index:search_command")(
         args.index,
         args.queries,
@@ -332,6 +378,58 @@ def _run_search(args: argparse.Namespace) -> int:
         relation=args.relation,
         radius_weight=args.radius_weight,
     )
+    return 0
+
+
+# --- vector stores (lorentz_rag.stores) ------------------------------------------------------------
+
+_INDEX_KINDS = ("flat", "hnsw", "ivf_pq", "ivf_hnsw_sq", "ivf_hnsw_pq", "ivf_flat", "ivf_sq")
+_STORE_HELP = "a vector database: lancedb:PATH, qdrant:PATH or qdrant+http://HOST[:PORT]"
+
+
+def _add_store_arguments(p) -> None:
+    p.add_argument("--store", default=None, help=_STORE_HELP)
+    p.add_argument("--collection", default="lorentz_rag", help="--store: the table / collection name")
+
+
+def _add_store_edit_commands(index_sub) -> None:
+    """``lorentz-rag index add`` and ``lorentz-rag index delete`` (vector stores only)."""
+    a = index_sub.add_parser("add", help="embed a corpus and add its documents to a --store (no rebuild)")
+    a.add_argument("--store", required=True, help=_STORE_HELP)
+    a.add_argument("--corpus", required=True, help="JSONL rows {_id, title, text}, or a BEIR folder")
+    a.add_argument("--model", default=None, help="model folder (default: the one recorded in the store)")
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--collection", default="lorentz_rag", help="the table / collection name")
+    a.add_argument("--allow-model-mismatch", action="store_true", help="add with another model anyway")
+    a.set_defaults(func=_run_index_add)
+    d = index_sub.add_parser("delete", help="delete documents from a --store by id")
+    d.add_argument("--store", required=True, help=_STORE_HELP)
+    d.add_argument("--ids", nargs="+", required=True, help="document ids")
+    d.add_argument("--collection", default="lorentz_rag", help="the table / collection name")
+    d.set_defaults(func=_run_index_delete)
+
+
+def _one_target(args: argparse.Namespace, folder: str) -> str:
+    """``"store"`` or ``folder``: exactly one of ``--store`` and ``--<folder>`` must be given."""
+    if (args.store is None) == (getattr(args, folder) is None):
+        raise ValueError(f"give exactly one of --{folder} (a FAISS index folder) and --store ({_STORE_HELP})")
+    return "store" if args.store is not None else folder
+
+
+def _run_index_add(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.stores.commands:add_store_command")(
+        args.store,
+        args.corpus,
+        model_path=args.model,
+        batch_size=args.batch_size,
+        allow_model_mismatch=args.allow_model_mismatch,
+        name=args.collection,
+    )
+    return 0
+
+
+def _run_index_delete(args: argparse.Namespace) -> int:
+    _command("lorentz_rag.stores.commands:delete_store_command")(args.store, args.ids, name=args.collection)
     return 0
 
 

@@ -25,6 +25,13 @@ __all__ = ["ANN_KINDS", "LanceDBStore"]
 
 #: LanceDB's vector index types (lower case) that :meth:`LanceDBStore.create_ann_index` builds.
 ANN_KINDS = ("ivf_pq", "ivf_hnsw_sq", "ivf_hnsw_pq", "ivf_flat", "ivf_sq")
+_INDEX_CLASSES = {
+    "ivf_pq": "IvfPq",
+    "ivf_hnsw_sq": "IvfHnswSq",
+    "ivf_hnsw_pq": "IvfHnswPq",
+    "ivf_flat": "IvfFlat",
+    "ivf_sq": "IvfSq",
+}
 _META_KEY = b"lorentz_rag"
 
 
@@ -34,6 +41,13 @@ def _lancedb() -> Any:
     except ImportError as error:
         raise ImportError("the LanceDB store needs lancedb (pip install 'lorentz-rag[stores]')") from error
     return lancedb
+
+
+def _lancedb_index() -> Any:
+    _lancedb()
+    import lancedb.index
+
+    return lancedb.index
 
 
 def _pyarrow() -> Any:
@@ -210,19 +224,16 @@ class LanceDBStore(VectorStore):
             raise ValueError(
                 f"{self.location}: an ANN index needs documents to train on; the table holds {n}"
             )
-        options: dict[str, Any] = {}
+        config_cls = getattr(_lancedb_index(), _INDEX_CLASSES[kind])
+        options: dict[str, Any] = {
+            "distance_type": "l2",
+            "num_partitions": num_partitions or max(1, int(math.sqrt(n))),
+        }
         if "pq" in kind:
             options["num_sub_vectors"] = num_sub_vectors or _sub_vectors(self.layout.width)
         if "hnsw" in kind:
             options.update(m=m, ef_construction=ef_construction)
-        self.table.create_index(
-            metric="l2",
-            vector_column_name="vector",
-            index_type=kind.upper(),
-            num_partitions=num_partitions or max(1, int(math.sqrt(n))),
-            replace=True,
-            **options,
-        )
+        self.table.create_index("vector", config=config_cls(**options), replace=True)
 
     def optimize(self) -> None:
         """Fold documents added since the index was built into it (and compact the table's files)."""

@@ -1,0 +1,142 @@
+"""``lorentz-rag index build|add|delete --store SPEC`` and ``lorentz-rag search --store SPEC``.
+
+``SPEC`` is ``lancedb:PATH``, ``qdrant:PATH`` or ``qdrant+http://HOST[:PORT]`` (:func:`lorentz_rag.stores.parse_store_spec`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lorentz_rag.data.beir import read_corpus
+from lorentz_rag.eval.encode import encode_corpus
+from lorentz_rag.models import load_model
+from lorentz_rag.stores import (
+    DEFAULT_COLLECTION,
+    LANCEDB_ANN_KINDS,
+    LanceDBStore,
+    StoreHit,
+    VectorStore,
+    create_store,
+    layout_for_model,
+    open_store,
+    parse_store_spec,
+)
+
+__all__ = [
+    "add_store_command",
+    "build_store_command",
+    "delete_store_command",
+    "search_store_command",
+    "store_kinds",
+]
+
+# Documents embedded and written per store call (bounds the memory of one add).
+_ADD_BATCH = 4096
+
+
+def store_kinds(spec: str) -> tuple[str, ...]:
+    """The index kinds a store accepts: ``flat`` (brute force), LanceDB's IVF / HNSW indexes, Qdrant's ``hnsw``."""
+    backend, _ = parse_store_spec(spec)
+    return ("flat", *LANCEDB_ANN_KINDS) if backend == "lancedb" else ("flat", "hnsw")
+
+
+def build_store_command(
+    model_path: str,
+    corpus: str,
+    store: str,
+    *,
+    kind: str = "flat",
+    batch_size: int = 64,
+    max_radius: float | None = None,
+    name: str = DEFAULT_COLLECTION,
+) -> VectorStore:
+    """``lorentz-rag index build --store SPEC``: embed a corpus and write it to a new (or replaced) table or
+    collection ``name``; ``kind`` other than ``flat`` builds LanceDB's ANN index (Qdrant: ``hnsw``, which a
+    server builds by itself)."""
+    if kind not in store_kinds(store):
+        raise ValueError(
+            f"--kind {kind!r} does not apply to store {store}; choose one of {list(store_kinds(store))}"
+        )
+    model = load_model(model_path)
+    ids, texts = read_corpus(corpus)
+    layout = layout_for_model(model, max_radius=max_radius, model_path=str(Path(model_path).resolve()))
+    start = time.perf_counter()
+    target = create_store(store, layout, name=name, overwrite=True)
+    _add_in_batches(target, model, ids, texts, batch_size)
+    if isinstance(target, LanceDBStore) and kind != "flat":
+        target.create_ann_index(kind)
+    seconds = time.perf_counter() - start
+    print(
+        f"stored {len(target)} documents ({kind}, {layout.similarity}, radius bound {layout.max_radius}) from "
+        f"{corpus} -> {store} ({name}) in {seconds:.1f} s"
+    )
+    return target
+
+
+def add_store_command(
+    store: str,
+    corpus: str,
+    *,
+    model_path: str | None = None,
+    batch_size: int = 64,
+    allow_model_mismatch: bool = False,
+    name: str = DEFAULT_COLLECTION,
+) -> VectorStore:
+    """``lorentz-rag index add --store SPEC --corpus C``: embed and add (or replace, by id) documents with
+    the store's model (or ``model_path``, refused unless it is the same model); nothing is rebuilt."""
+    target = open_store(store, name=name)
+    model = _model_for(target, model_path)
+    target.check_model(model, allow_model_mismatch=allow_model_mismatch)
+    ids, texts = read_corpus(corpus)
+    _add_in_batches(target, model, ids, texts, batch_size)
+    print(f"added {len(ids)} documents from {corpus} -> {store} ({name}); it holds {len(target)}")
+    return target
+
+
+def delete_store_command(store: str, ids: Sequence[str], *, name: str = DEFAULT_COLLECTION) -> VectorStore:
+    """``lorentz-rag index delete --store SPEC --ids ID ...``: delete documents by id."""
+    target = open_store(store, name=name)
+    before = len(target)
+    target.delete(list(ids))
+    print(f"deleted {before - len(target)} of {len(ids)} ids from {store} ({name}); it holds {len(target)}")
+    return target
+
+
+def search_store_command(
+    store: str,
+    queries: Sequence[str],
+    k: int = 10,
+    model_path: str | None = None,
+    *,
+    exact: bool = False,
+    allow_model_mismatch: bool = False,
+    name: str = DEFAULT_COLLECTION,
+) -> list[list[StoreHit]]:
+    """``lorentz-rag search --store SPEC``: the top ``k`` of each query, printed as ``lorentz-rag search --index``."""
+    target = open_store(store, name=name)
+    model = _model_for(target, model_path)
+    results = target.search(model, list(queries), k, exact=exact, allow_model_mismatch=allow_model_mismatch)
+    for query, hits in zip(queries, results):
+        print(f"query: {query}")
+        for rank, hit in enumerate(hits, start=1):
+            print(f"  {rank:>3}. {hit.score:+.6f}  {hit.id}")
+    return results
+
+
+def _model_for(store: VectorStore, model_path: str | None) -> Any:
+    path = model_path or store.layout.model_path
+    if not path:
+        raise ValueError(f"{store.location}: the store records no model path; pass --model PATH")
+    return load_model(path)
+
+
+def _add_in_batches(
+    store: VectorStore, model: Any, ids: list[str], texts: list[str], batch_size: int
+) -> None:
+    for start in range(0, len(ids), _ADD_BATCH):
+        part = texts[start : start + _ADD_BATCH]
+        emb = encode_corpus(model, part, batch_size=batch_size)
+        store.add_embeddings(ids[start : start + _ADD_BATCH], emb, part)
