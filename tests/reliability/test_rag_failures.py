@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from lorentz_rag.eval.rag import command as rag_command
+from lorentz_rag.eval.rag import pipeline
 from lorentz_rag.eval.rag.llm import ChatEndpoint, EndpointUnavailableError
 from lorentz_rag.eval.rag.metrics import LLM_METRICS, RagasJudge
 from lorentz_rag.eval.rag.pipeline import read_rows
@@ -198,7 +199,7 @@ def test_a_server_failing_every_request_fails_the_run_and_records_why(tmp_path: 
     )
     assert _error_lines(err) == [
         f"error: all 3 rows failed ({cause}); each error is in {run_dir}/rows.jsonl and summary.json; "
-        f"fix the cause and rerun with --resume {run_dir} to redo those rows"
+        f"fix the cause and rerun with --resume {run_dir} to redo the failed rows"
     ]
     assert len(server.posts) == 3
     rows = read_rows(run_dir / "rows.jsonl")
@@ -208,6 +209,34 @@ def test_a_server_failing_every_request_fails_the_run_and_records_why(tmp_path: 
     assert summary["status"] == "failed" and summary["n_rows_with_errors"] == 3
     assert summary["failures"] == {cause: 3}
     assert "token_f1" not in summary["metrics"] and "generation failed" in summary["missing"]["token_f1"]
+
+
+def test_a_run_whose_first_rows_all_fail_stops_and_resume_finishes_it(
+    tmp_path: Path, capsys, serve, monkeypatch
+) -> None:
+    monkeypatch.setattr(pipeline, "STOP_AFTER_FAILED_ROWS", 2)  # 2 of the 3 rows, not 5 of 7
+    state = {"up": False}
+    server = serve(lambda prompt: (200, "An answer.") if state["up"] else (504, "gateway timeout"))
+    argv = _rag(tmp_path, "--llm_base_url", server.base_url, "--llm_model", "gen-model", "--no_judge")
+    status, out, err = run_main(rag_command.main, argv, capsys)
+    assert status == 2 and "Traceback" not in err and len(server.posts) == 2  # the third row not tried
+    run_dir = _only_run_dir(tmp_path)
+    (line,) = _error_lines(err)
+    assert line.startswith(
+        "error: the first 2 rows attempted all failed, so the run stopped with 1 of 3 rows not attempted "
+        f"(generation: EndpointError: {server.base_url}/chat/completions: HTTP 504 Gateway Timeout"
+    )
+    assert line.endswith(f"rerun with --resume {run_dir} to redo the failed rows and run the rest")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["stopped"] and "stopped: the first 2" in out
+    assert (summary["n_rows"], summary["n_rows_planned"]) == (2, 3)
+
+    state["up"] = True
+    status, _, err = run_main(rag_command.main, [*argv, "--resume", str(run_dir)], capsys)
+    assert status == 0 and err.count("warning:") == 0 and len(server.posts) == 5
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["stopped"] is None and summary["n_rows"] == 3
+    assert summary["metrics"]["token_f1"]["n"] == 3
 
 
 def test_some_rows_failing_is_a_warning_with_the_count(tmp_path: Path, capsys, serve) -> None:

@@ -82,6 +82,9 @@ RESUME_KEYS = (
     "no_generate",
     "no_judge",
 )
+#: A run stops when its first this-many rows all fail (a server that is up but fails every request, a judge
+#: gone): the rest would fail the same way, each after its retries. ``--resume`` redoes them and goes on.
+STOP_AFTER_FAILED_ROWS = 5
 
 
 class RagEvalError(ValueError):
@@ -457,6 +460,7 @@ def run_rag_eval(
         )
 
     timings: dict[str, float] = {}
+    stopped: str | None = None
     if pending:
         start = time.perf_counter()
         retriever = (retriever_factory or (lambda c: load_retriever(config, c)))(corpus)
@@ -471,13 +475,21 @@ def run_rag_eval(
         context_metrics = NonLLMContextMetrics()
         loop = asyncio.new_event_loop()  # one loop for the run: the judge's HTTP client is bound to it
         try:
-            for row, ranking in zip(pending, rankings):
+            succeeded = False
+            for done, (row, ranking) in enumerate(zip(pending, rankings), start=1):
                 record = _evaluate_row(
                     row, ranking, corpus, config, plan, generator, judge, context_metrics, loop
                 )
                 _append_row(rows_path, record)
+                succeeded = succeeded or not record["errors"]
                 if echo and record["errors"]:
                     echo(f"row {row.id}: {_join_errors(record['errors'])}")
+                if not succeeded and done == STOP_AFTER_FAILED_ROWS and done < len(pending):
+                    stopped = (
+                        f"the first {done} rows attempted all failed, so the run stopped with "
+                        f"{len(pending) - done} of {len(eval_rows)} rows not attempted"
+                    )
+                    break
         finally:
             if judge is not None:
                 loop.run_until_complete(judge.aclose())
@@ -492,7 +504,11 @@ def run_rag_eval(
         dataset=source.name,
         split=config.split,
         corpus_size=len(corpus.doc_ids),
+        n_rows_planned=len(eval_rows),
+        stopped=stopped,
     )
+    if stopped:
+        summary["status"] = "failed"
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     table = format_summary(summary)
     if echo:
@@ -507,8 +523,8 @@ def _join_errors(errors: Mapping[str, str]) -> str:
 
 
 def failed_rows_message(summary: Mapping[str, Any]) -> str | None:
-    """One line saying how many rows failed and why (the commonest cause), where the errors are written and
-    how to redo the rows; ``None`` when no row failed."""
+    """One line saying how many rows failed and why (the commonest cause), whether the run stopped early,
+    where the errors are written and how to redo the rows; ``None`` when no row failed."""
     n, failed = summary["n_rows"], summary["n_rows_with_errors"]
     if not failed:
         return None
@@ -516,9 +532,11 @@ def failed_rows_message(summary: Mapping[str, Any]) -> str | None:
     cause, count = next(iter(summary["failures"].items()))
     share = "" if count == failed else f", {count} of them"
     run_dir = summary.get("run_dir", "the run folder")
+    stopped = summary.get("stopped")
     return (
-        f"{head} ({cause}{share}); each error is in {run_dir}/{ROWS_FILE} and {SUMMARY_FILE}; "
-        f"fix the cause and rerun with --resume {run_dir} to redo those rows"
+        f"{stopped or head} ({cause}{share}); each error is in {run_dir}/{ROWS_FILE} and {SUMMARY_FILE}; "
+        f"fix the cause and rerun with --resume {run_dir} to redo the failed rows"
+        + (" and run the rest" if stopped else "")
     )
 
 
@@ -667,4 +685,6 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"{name:<28}{stat['mean']:>10.4f}{stat['n']:>8d}")
     for name, reason in summary["missing"].items():
         lines.append(f"{name:<28}{'missing':>10}{0:>8d}  ({reason})")
+    if summary.get("stopped"):
+        lines.append(f"stopped: {summary['stopped']}")
     return "\n".join(lines)
