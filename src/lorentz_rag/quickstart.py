@@ -586,6 +586,7 @@ def run_quickstart(
     of :data:`ROWS`; the main rows are always run). ``config_dir`` defaults to ``configs/quickstart``;
     ``stream`` receives the progress lines (stdout by default). The work is :data:`STAGES`, in order.
     """
+    _check_out_is_a_folder(Path(out))
     config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
     quickstart_resources(config_dir)  # everything missing, named, before any work
     plan = make_plan(seed=seed, steps=steps, fast=fast, seeds=seeds)
@@ -616,6 +617,19 @@ def run_quickstart(
             with run.timer.stage(stage.title(run)):
                 stage.work(run)
     return _finish(run)
+
+
+def _check_out_is_a_folder(out: Path) -> None:
+    """Refuse an output path that is a file, or lies under one, before any work (``--out`` is a folder)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"lies under {path}, which is a file"
+                raise NotADirectoryError(
+                    f"--out {out} {where}: --out must be a folder (it receives results.json, report.md, plots "
+                    "and models); choose a new or existing folder"
+                )
+            return
 
 
 def _keep_model(model: Any, final_dir: Path, target: Path) -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorentz_rag.data.jsonl import DataFormatError, read_jsonl_numbered
@@ -28,12 +28,14 @@ class BeirData:
     """A loaded BEIR split.
 
     ``corpus``: ``{doc_id: {"title": str, "text": str}}`` in file order; ``queries``: ``{query_id: text}``
-    for the queries judged in the split, in file order; ``qrels``: ``{query_id: {doc_id: score}}``.
+    for the queries judged in the split, in file order; ``qrels``: ``{query_id: {doc_id: score}}``;
+    ``warnings``: what makes the metrics meaningless (:func:`no_relevant_judgment`), for the metrics JSON.
     """
 
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    warnings: list[str] = field(default_factory=list)
 
 
 def _string_field(row: Mapping[str, object], key: str, where: str, required: bool = True) -> str:
@@ -116,7 +118,25 @@ def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirData:
 
     qrels = _read_qrels(qrels_path, all_queries, corpus)
     queries = {query_id: text for query_id, text in all_queries.items() if query_id in qrels}
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+    problem = no_relevant_judgment(qrels)
+    return BeirData(corpus, queries, qrels, [f"{qrels_path}: {problem}"] if problem else [])
+
+
+def no_relevant_judgment(qrels: Mapping[str, Mapping[str, int]]) -> str | None:
+    """Why every metric is 0 when no judgment in ``qrels`` is above 0 (relevant): all 0, all one negative grade
+    (e.g. ``-1``, judged non-relevant), or a mix; ``None`` when some document is relevant (or nothing is judged)."""
+    scores = [score for judged in qrels.values() for score in judged.values()]
+    if not scores or any(score > 0 for score in scores):
+        return None
+    grades = sorted(set(scores))
+    if grades == [0]:
+        what = "every judgment is 0"
+    elif len(grades) == 1:
+        what = f"every judgment is {grades[0]} (a negative grade: every judged document is non-relevant)"
+    else:
+        negative = sum(score < 0 for score in scores)
+        what = f"no judgment is above 0 ({len(scores) - negative} are 0, {negative} negative)"
+    return f"{what}: no query has a relevant document, so every metric is 0"
 
 
 def _read_qrels(
@@ -156,12 +176,9 @@ def _read_qrels(
             )
         first_line.setdefault((query_id, doc_id), lineno)
         judged[doc_id] = score
-    if qrels and not any(score > 0 for judged in qrels.values() for score in judged.values()):
-        warnings.warn(
-            f"{path}: every judgment is 0 (no relevant document for any query): every metric will be 0",
-            UserWarning,
-            stacklevel=3,
-        )
+    problem = no_relevant_judgment(qrels)
+    if problem:
+        warnings.warn(f"{path}: {problem}", UserWarning, stacklevel=3)
     return qrels
 
 

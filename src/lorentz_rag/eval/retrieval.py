@@ -152,7 +152,9 @@ def compute_metrics(
     """
     import pytrec_eval
 
-    judged = {qid: dict(rel) for qid, rel in qrels.items() if len(rel) > 0}
+    # A grade <= 0 is non-relevant to every measure here (trec_eval's gain is 0 for it), and pytrec_eval 0.5
+    # crashes the process (SIGSEGV) on a grade below -1 beside other judgments: negative grades are sent as 0.
+    judged = {qid: {d: max(int(s), 0) for d, s in rel.items()} for qid, rel in qrels.items() if len(rel) > 0}
     if not judged:
         raise ValueError("no query has qrels: nothing to evaluate")
     missing = [qid for qid in judged if qid not in ranked]
@@ -281,6 +283,7 @@ def evaluate_beir(
         "n_docs": len(doc_ids),
         "top_k": top_k,
         "dropped_metrics": dropped,
+        "warnings": list(data.warnings),  # e.g. no relevant judgment: every metric is 0
         "search": search,
         "timings_s": {
             "encode_corpus": t1 - t0,
