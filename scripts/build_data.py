@@ -18,6 +18,8 @@ Outputs (all paths relative to ``--out``, default ``<repo>/data``):
 * ``eval/wordnet-hier/``                BEIR folder: HELD-OUT synset (name or gloss) -> its ancestors among
                                         several thousand TRAIN glosses, graded by hops (parent highest).
 * ``eval/*/qrels/{tune,report}.tsv``    every BEIR set split into a tuning part and a reporting part.
+* ``taxonomies/icd10cm.jsonl.gz``       ICD-10-CM chapters, blocks, categories and subcategories as a taxonomy
+                                        (our format; from the ``simple-icd-10-cm`` Python package, not Debian).
 * ``LICENSES/*``                        the license texts shipped with the source packages.
 * ``manifest.json`` and ``README.md``   sha256, byte size and row count of every file above.
 
@@ -31,6 +33,7 @@ Usage::
     python scripts/build_data.py --latest        # fetch whatever version apt offers now
     python scripts/build_data.py --root /tmp/x   # reuse a tree already unpacked with dpkg-deb -x
     python scripts/build_data.py --derived-only  # rebuild only what derives from data/ (hierarchy set, splits)
+                                                 # and the ICD-10-CM taxonomy (needs only the Python package)
 """
 
 from __future__ import annotations
@@ -510,6 +513,97 @@ def build_derived(out: Path) -> dict[str, object]:
         "wordnet_hier_judgments": len(qrels["test"]) - 1,
         "wordnet_hier_queries_per_part": {p: len({ln.split("\t")[0] for ln in qrels[p][1:]}) for p in PARTS},
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ICD-10-CM (the second development taxonomy)
+# ---------------------------------------------------------------------------------------------------------
+
+ICD_PACKAGE = "simple-icd-10-cm"
+#: " (A00-B99)" at the end of chapter and block titles: a code range, not part of the name.
+ICD_RANGE_RE = re.compile(r"\s*\([A-Z0-9.]+-[A-Z0-9.]+\)$")
+ICD_LICENSE = """ICD-10-CM (International Classification of Diseases, Tenth Revision, Clinical Modification)
+
+taxonomies/icd10cm.jsonl.gz is derived from the ICD-10-CM code list ({code_list}) as shipped in the
+Python package simple-icd-10-cm {version} (https://github.com/StefanoTrv/simple_icd_10_CM).
+
+ICD-10-CM is maintained by the National Center for Health Statistics (NCHS), Centers for Disease
+Control and Prevention, U.S. Department of Health and Human Services, and is a work of the United
+States Government: it is in the public domain in the United States (17 U.S.C. 105) and is distributed
+by CDC and CMS without restriction. ICD-10 itself is (c) World Health Organization; the WHO permits the
+U.S. clinical modification to be used in the United States.
+
+The simple-icd-10-cm package (code, not data) is distributed under the MIT License,
+Copyright (c) Stefano Travasci.
+"""
+
+
+def icd10cm_taxonomy() -> tuple[list[dict[str, object]], dict[str, object], str, str]:
+    """ICD-10-CM as taxonomy rows ``{"id", "name", "synonyms"?, "parents"}`` (our JSONL format), with stats,
+    the package version and the code list file name.
+
+    Kept: chapters (ids ``chapter-<n>``), blocks, categories and subcategories, each under its parent in the
+    classification; left out: the 7th-character extensions (``S52.521A``: the same condition per
+    encounter), which would add 51k near-duplicate names. A code that is a block and a category at once is
+    one concept under its chapter. Names are the descriptions (the code range at
+    the end of chapter and block titles removed); synonyms are the inclusion terms; ICD-10-CM has no
+    definitions.
+    """
+    try:
+        from importlib.metadata import version
+
+        import simple_icd_10_cm as icd
+    except ImportError as error:
+        raise BuildError(
+            f"the ICD-10-CM step needs the {ICD_PACKAGE} package (pip install {ICD_PACKAGE})"
+        ) from error
+    data_dir = Path(icd.__file__).parent / "data"
+    code_lists = sorted(p.name for p in data_dir.glob("code-list-*.txt"))
+    # 39 codes are a block and its only category at once (B10, B20, ...) and are listed twice: kept once.
+    codes = list(dict.fromkeys(c for c in icd.get_all_codes(True) if not icd.is_extended_subcategory(c)))
+
+    def ident(code: str) -> str:
+        return f"chapter-{code}" if icd.is_chapter(code) else code
+
+    rows: list[dict[str, object]] = []
+    for code in codes:
+        name = normalize_space(ICD_RANGE_RE.sub("", icd.get_description(code)))
+        if not name:
+            raise BuildError(f"ICD-10-CM code {code}: empty description")
+        row: dict[str, object] = {"id": ident(code), "name": name}
+        synonyms = [normalize_space(t) for t in icd.get_inclusion_term(code)]
+        synonyms = list(dict.fromkeys(t for t in synonyms if t and t.casefold() != name.casefold()))
+        if synonyms:
+            row["synonyms"] = synonyms
+        parent = icd.get_parent(code)
+        if parent == code:  # a block that is its own category: its parent is the block's, the chapter
+            parent = next(a for a in icd.get_ancestors(code) if a != code)
+        row["parents"] = [ident(parent)] if parent else []
+        rows.append(row)
+    kinds = {
+        "chapters": sum(icd.is_chapter(c) for c in codes),
+        "blocks": sum(icd.is_block(c) for c in codes),
+        "categories": sum(icd.is_category(c) for c in codes),
+        "subcategories": sum(icd.is_subcategory(c) for c in codes),
+    }
+    stats: dict[str, object] = {
+        "icd10cm_concepts": len(rows),
+        "icd10cm_kinds": kinds,
+        "icd10cm_with_synonyms": sum("synonyms" in r for r in rows),
+        "icd10cm_synonyms": sum(len(r.get("synonyms", [])) for r in rows),  # type: ignore[arg-type]
+        "icd10cm_extensions_left_out": sum(icd.is_extended_subcategory(c) for c in icd.get_all_codes(True)),
+        "icd10cm_block_categories_listed_twice": sum(icd.is_block(c) and icd.is_category(c) for c in codes),
+    }
+    return rows, stats, version(ICD_PACKAGE), code_lists[-1] if code_lists else "unknown code list"
+
+
+def build_icd10cm(out: Path) -> tuple[dict[str, object], str]:
+    """Write ``taxonomies/icd10cm.jsonl.gz`` and ``LICENSES/ICD-10-CM.txt``; return stats and the version."""
+    rows, stats, version, code_list = icd10cm_taxonomy()
+    write_jsonl(out / "taxonomies/icd10cm.jsonl.gz", rows)
+    notice = ICD_LICENSE.format(code_list=code_list, version=version)
+    write_bytes(out / "LICENSES/ICD-10-CM.txt", notice.encode("utf-8"))
+    return stats, version
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1065,6 +1159,17 @@ FILE_INFO: dict[str, tuple[str, str, str]] = {
         "WordNet 3.0 license",
         "hierarchy qrels, reporting part (the other half)",
     ),
+    "taxonomies/icd10cm.jsonl.gz": (
+        ICD_PACKAGE,
+        "public domain (U.S. Government work)",
+        "ICD-10-CM taxonomy in our JSONL format: chapters, blocks, categories, subcategories; "
+        "name = description, synonyms = inclusion terms, parents = the classification",
+    ),
+    "LICENSES/ICD-10-CM.txt": (
+        ICD_PACKAGE,
+        "public domain (U.S. Government work)",
+        "license notice (written by build_data.py)",
+    ),
     "LICENSES/WordNet-3.0.txt": (
         "wordnet-base",
         "WordNet 3.0 license",
@@ -1131,7 +1236,8 @@ def render_readme(manifest: dict[str, object]) -> str:
     out = [
         "# Bundled data",
         "",
-        "Generated by `scripts/build_data.py` from Debian 12 packages; do not edit by hand.",
+        "Generated by `scripts/build_data.py` from Debian 12 packages (ICD-10-CM: from the `simple-icd-10-cm`",
+        "Python package); do not edit by hand.",
         "Rebuild with `python scripts/build_data.py` (needs `apt-get` and `dpkg-deb`); the output is",
         "byte-identical to what is committed. `manifest.json` holds the same table in machine-readable form",
         "and the tests in `tests/data/` check every file against it.",
@@ -1145,6 +1251,8 @@ def render_readme(manifest: dict[str, object]) -> str:
         "wordnet-base": "WordNet 3.0 license (Princeton; BSD-like, keep the notice) -> `LICENSES/WordNet-3.0.txt`",
         "python3.11-doc": "PSF License Agreement for Python 3.11 and its docs -> `LICENSES/Python-docs-PSF.txt`",
         "debian-faq": "SPI permission notice (verbatim/modified copies keep the notice) -> `LICENSES/Debian-FAQ.txt`",
+        ICD_PACKAGE: "ICD-10-CM: public domain (U.S. Government work, NCHS/CDC); the package's code is MIT "
+        "-> `LICENSES/ICD-10-CM.txt`",
     }
     out += [f"| `{p}` | `{v}` | {licenses.get(p, '')} |" for p, v in sources.items()]
     out += [
@@ -1185,6 +1293,9 @@ def render_readme(manifest: dict[str, object]) -> str:
         "- Tune / report parts (`qrels/tune.tsv`, `qrels/report.tsv`; the probe by its `id`): sha256(`part:<key>`)",
         "  even -> tune, odd -> report, keyed by query id (faq-dev), query synset (wordnet-hier) or synset id",
         "  (probe). Settings are chosen on tune parts; results are reported on report parts.",
+        "- `taxonomies/icd10cm.jsonl.gz`: ICD-10-CM without its 7th-character extensions; chapter ids are",
+        "  `chapter-<n>`, other ids the codes; the code range is removed from chapter and block names; no",
+        "  definitions (ICD-10-CM has none). Split and derived sets: `lorentz-rag taxonomy build icd10cm`.",
         "",
     ]
     return "\n".join(out)
@@ -1226,6 +1337,7 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
     for rel, source in LICENSE_SOURCES.items():
         write_bytes(out / rel, (root / source).read_bytes())
     derived_stats = build_derived(out)
+    icd_stats, versions[ICD_PACKAGE] = build_icd10cm(out)
 
     level_counts = {str(lvl): sum(r["level"] == lvl for r in levels) for lvl in LEVEL_DEPTHS}
     stats: dict[str, object] = {
@@ -1235,6 +1347,7 @@ def build(root: Path, out: Path, versions: dict[str, str]) -> dict[str, object]:
         "faq_debian": sum(i.doc_id.startswith("debfaq-") for i in faq_items),
         "training_rows_dropped_for_faq_overlap": leaked,
         **derived_stats,
+        **icd_stats,
     }
     return write_manifest(out, versions, stats)
 
@@ -1264,8 +1377,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.derived_only:
             previous = json.loads((args.out / "manifest.json").read_text(encoding="utf-8"))
-            stats = {**previous["stats"], **build_derived(args.out)}
-            manifest = write_manifest(args.out, previous["sources"], stats)
+            icd_stats, icd_version = build_icd10cm(args.out)
+            stats = {**previous["stats"], **build_derived(args.out), **icd_stats}
+            manifest = write_manifest(args.out, {**previous["sources"], ICD_PACKAGE: icd_version}, stats)
         elif args.root is not None:
             manifest = build(args.root, args.out, installed_versions(args.root))
         else:

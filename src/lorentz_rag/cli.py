@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_command(sub)
     _add_train_command(sub)
     _add_data_commands(sub)
+    _add_taxonomy_commands(sub)
     _add_eval_commands(sub)
     _add_index_commands(sub)
     _add_quickstart_command(sub)
@@ -144,6 +145,47 @@ def _add_data_commands(sub) -> None:
             compression=None if args.compression == "none" else args.compression,
         )
         print(f"wrote {report.rows} {args.kind} rows to {report.out} ({report.stats.summary()})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# --- taxonomy ---------------------------------------------------------------------------------------
+
+
+def _add_taxonomy_commands(sub) -> None:
+    """``lorentz-rag taxonomy build T --out DIR``: the split and every set derived from a taxonomy."""
+    tax = sub.add_parser("taxonomy", help="split a taxonomy and write its training and evaluation sets")
+    tax_sub = tax.add_subparsers(dest="taxonomy_command", metavar="TAXONOMY_COMMAND", required=True)
+    p = tax_sub.add_parser(
+        "build",
+        help="split T (.jsonl[.gz], .obo, SKOS, or bundled: wordnet, icd10cm) and write the train taxonomy, "
+        "edges, pairs and BEIR / probe / subsumption sets on its held-out concepts",
+    )
+    p.add_argument("taxonomy", metavar="T", help="taxonomy file, or a bundled name (wordnet, icd10cm)")
+    p.add_argument("--out", required=True, help="folder to write (must be empty unless --overwrite)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and every sample (default 0)")
+    p.add_argument("--held-out-fraction", type=float, default=0.1, help="concepts held out (default 0.1)")
+    p.add_argument("--validation-fraction", type=float, default=0.5, help="of them, the tune half (0.5)")
+    p.add_argument("--max-queries", type=int, default=500, help="held-out concepts per retrieval set (500)")
+    p.add_argument("--corpus-size", type=int, default=5000, help="documents per retrieval corpus (5000)")
+    p.add_argument("--max-hops", type=int, default=3, help="ancestors / descendants judged up to (3)")
+    p.add_argument("--negatives", type=int, default=10, help="subsumption negatives per positive (10)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+    def run(args: argparse.Namespace) -> int:
+        _command("lorentz_rag.data.taxonomy_sets:taxonomy_build_command")(
+            args.taxonomy,
+            args.out,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            held_out_fraction=args.held_out_fraction,
+            validation_fraction=args.validation_fraction,
+            max_queries=args.max_queries,
+            corpus_size=args.corpus_size,
+            max_hops=args.max_hops,
+            negatives=args.negatives,
+        )
         return 0
 
     p.set_defaults(func=run)

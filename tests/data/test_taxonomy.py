@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from _taxonomy_cases import random_taxonomy
 
-from lorentz_rag.data.bundled import wordnet_nouns_path
+from lorentz_rag.data.bundled import data_dir, taxonomy_path, wordnet_nouns_path
 from lorentz_rag.data.jsonl import DataFormatError
 from lorentz_rag.data.taxonomy import (
     Concept,
@@ -18,6 +19,7 @@ from lorentz_rag.data.taxonomy import (
     read_taxonomy,
     read_training_taxonomy,
     split_taxonomy,
+    wordnet_held_out_ids,
     write_taxonomy,
 )
 
@@ -200,18 +202,8 @@ def test_bundled_wordnet_converts() -> None:
     assert all(c.definition for c in wordnet)
 
 
-def _chain_taxonomy(n: int = 400) -> Taxonomy:
-    """A random-ish forest: concept k's parents are among the earlier ones (a few with two parents)."""
-    concepts = [Concept("c0", "root", "the root")]
-    for k in range(1, n):
-        parents = (f"c{(k * 7919) % k}",) if k % 5 else (f"c{(k * 7919) % k}", f"c{k // 3}")
-        parents = tuple(dict.fromkeys(parents))
-        concepts.append(Concept(f"c{k}", f"name {k}", f"definition {k}", (f"syn {k}",), parents))
-    return Taxonomy(concepts)
-
-
 def test_split_is_seeded_and_keeps_held_out_concepts_out_of_train(animals: Taxonomy) -> None:
-    t = _chain_taxonomy()
+    t = random_taxonomy()
     split = split_taxonomy(t, held_out_fraction=0.1, seed=3)
     assert split == split_taxonomy(t, held_out_fraction=0.1, seed=3)
     assert split.held_out != split_taxonomy(t, held_out_fraction=0.1, seed=4).held_out
@@ -254,3 +246,37 @@ def test_split_arguments_are_checked(animals: Taxonomy) -> None:
         split_taxonomy(animals, validation_fraction=1.5)
     with pytest.raises(ValueError, match="no concept with a parent"):
         split_taxonomy(Taxonomy([Concept("a", "A")]))
+
+
+def test_split_candidates_limit_what_is_held_out() -> None:
+    t = random_taxonomy()
+    allowed = [f"c{k}" for k in range(200, 400)]
+    split = split_taxonomy(t, held_out_fraction=0.1, seed=0, candidates=allowed)
+    assert set(split.held_out) <= set(allowed) and len(split.held_out) == 40
+
+
+def test_wordnet_held_out_ids(tmp_path: Path) -> None:
+    rows = [
+        {"id": "e", "gloss": "g", "hypernyms": [], "split": "train"},
+        {"id": "d", "gloss": "g", "hypernyms": ["e"], "split": "heldout"},
+    ]
+    path = tmp_path / "nouns.jsonl"
+    _write(path, rows)
+    assert wordnet_held_out_ids(path) == ["d"]
+    assert wordnet_held_out_ids(ANIMALS) is None and wordnet_held_out_ids(FIXTURES / "animals.obo") is None
+
+
+def test_bundled_icd10cm_is_a_taxonomy() -> None:
+    icd = read_taxonomy(taxonomy_path("icd10cm"))
+    stats = json.loads((data_dir() / "manifest.json").read_text())["stats"]
+    assert len(icd) == stats["icd10cm_concepts"] > 40000
+    assert icd.roots() == [f"chapter-{n}" for n in range(1, 23)]
+    assert icd["A00-A09"].name == "Intestinal infectious diseases" and icd["A00-A09"].parents == (
+        "chapter-1",
+    )
+    assert icd["I20.0"].parents == ("I20",) and "Crescendo angina" in icd["I20.0"].synonyms
+    assert icd["B10"].parents == ("chapter-1",)  # a block that is its own category: one concept
+    assert not any(c.definition for c in icd) and max(icd.depth(i) for i in icd.concepts) <= 6
+    assert "S52.521A" not in icd  # 7th-character extensions are left out
+    with pytest.raises(ValueError, match="no bundled taxonomy 'umls'"):
+        taxonomy_path("umls")

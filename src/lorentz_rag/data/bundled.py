@@ -70,6 +70,20 @@ def wordnet_nouns_path() -> Path:
     return data_dir() / "wordnet" / "nouns.jsonl.gz"
 
 
+#: Taxonomies bundled in ``data/`` by name (``lorentz-rag taxonomy build wordnet --out DIR``).
+BUNDLED_TAXONOMIES = ("wordnet", "icd10cm")
+
+
+def taxonomy_path(name: str) -> Path:
+    """The bundled taxonomy ``name``: ``wordnet`` (the nouns file, converted when read) or ``icd10cm``
+    (``taxonomies/icd10cm.jsonl.gz``, ICD-10-CM chapters, blocks and codes)."""
+    if name == "wordnet":
+        return wordnet_nouns_path()
+    if name in BUNDLED_TAXONOMIES:
+        return data_dir() / "taxonomies" / f"{name}.jsonl.gz"
+    raise ValueError(f"no bundled taxonomy {name!r}; bundled: {', '.join(BUNDLED_TAXONOMIES)}")
+
+
 def mlm_text_path() -> Path:
     """Gzipped JSONL of ``{"text"}`` chunks of the Python 3.11 docs, for masked-language-model training."""
     return data_dir() / "train" / "mlm_python_docs.jsonl.gz"

@@ -44,6 +44,7 @@ __all__ = [
     "read_training_taxonomy",
     "split_taxonomy",
     "taxonomy_format",
+    "wordnet_held_out_ids",
     "write_taxonomy",
 ]
 
@@ -178,6 +179,17 @@ def read_training_taxonomy(path: str | os.PathLike[str]) -> Taxonomy:
     return Taxonomy(kept, source=source)
 
 
+def wordnet_held_out_ids(path: str | os.PathLike[str]) -> list[str] | None:
+    """The ids a WordNet ``nouns.jsonl(.gz)`` file marks as held out (``split`` other than ``train``), in
+    file order; ``None`` for any other taxonomy file."""
+    path = Path(path)
+    if taxonomy_format(path) != "jsonl" or not _is_legacy(path):
+        return None
+    return [
+        str(row["id"]) for _lineno, row in read_jsonl_numbered(path) if row.get("split", "train") != "train"
+    ]
+
+
 def _is_legacy(path: Path) -> bool:
     """Whether the first row of a JSONL file is a WordNet nouns row (``gloss``, ``hypernyms``, no ``parents``)."""
     for _lineno, row in read_jsonl_numbered(path):
@@ -242,7 +254,12 @@ class TaxonomySplit:
 
 
 def split_taxonomy(
-    taxonomy: Taxonomy, held_out_fraction: float = 0.1, validation_fraction: float = 0.5, seed: int = 0
+    taxonomy: Taxonomy,
+    held_out_fraction: float = 0.1,
+    validation_fraction: float = 0.5,
+    seed: int = 0,
+    *,
+    candidates: Iterable[str] | None = None,
 ) -> TaxonomySplit:
     """Hold out ``round(held_out_fraction * len(taxonomy))`` concepts (fewer if the rule below runs out).
 
@@ -251,13 +268,16 @@ def split_taxonomy(
     ancestor of a held-out concept stays in ``train`` (the broader sets' answers) and so does every
     descendant (the narrower sets' answers); held-out concepts may be inner nodes, whose children are
     re-attached to the held-out concept's parents in ``train``. ``validation``: the first
-    ``round(validation_fraction * n)`` held-out concepts of the seeded order.
+    ``round(validation_fraction * n)`` held-out concepts of the seeded order. ``candidates``: only these may
+    be held out (e.g. the bundled WordNet's own held-out synsets, :func:`wordnet_held_out_ids`, which no
+    bundled training file contains); the fraction stays one of the whole taxonomy.
     """
     if not 0.0 < held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
     if not 0.0 <= validation_fraction <= 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1], got {validation_fraction}")
-    order = [i for i in taxonomy.concepts if taxonomy[i].parents]
+    allowed = set(taxonomy.concepts) if candidates is None else set(candidates)
+    order = [i for i in taxonomy.concepts if taxonomy[i].parents and i in allowed]
     random.Random(f"taxonomy-split-{seed}").shuffle(order)
     target = max(1, round(held_out_fraction * len(taxonomy)))
     taken: list[str] = []
