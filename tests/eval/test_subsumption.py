@@ -10,9 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lorentz_rag.data.jsonl import DataFormatError
-from lorentz_rag.eval.subsumption import best_threshold, f1_at, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.data.taxonomy import Taxonomy, read_taxonomy
+from lorentz_rag.data.taxonomy_sets import TaxonomySetOptions, build_taxonomy_sets
+from lorentz_rag.eval.subsumption import (
+    best_threshold,
+    evaluate_subsumption,
+    f1_at,
+    read_subsumption_pairs,
+    subsumption_f1,
+    subsumption_scores,
+)
+
+ANIMALS = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "animals.jsonl"
 
 
 def _brute_force(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -73,3 +85,44 @@ def test_read_pairs(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"child": "a", "candidate": "b", "label": 3, "setting": "hard"}) + "\n")
     with pytest.raises(DataFormatError, match=r"bad\.jsonl:1: a pair needs"):
         read_subsumption_pairs(bad)
+
+
+class _OracleModel:
+    """Embeds a name as its index in a table; scores a pair by whether the taxonomy says "is-a" (plus
+    a small deterministic noise), so the protocol's F1 must come out 1."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self.by_name = {c.name: c.id for c in taxonomy}
+        self.texts: list[str] = []
+        self.calls: list[str] = []
+
+    def encode(self, texts: list[str], prompt_type: str, batch_size: int = 32) -> torch.Tensor:
+        assert prompt_type == "document" and len(set(texts)) == len(texts)  # each text once
+        self.texts = list(texts)
+        return torch.arange(len(texts), dtype=torch.float32).unsqueeze(1)
+
+    def relation_scores(
+        self, a: torch.Tensor, b: torch.Tensor, relation: str, radius_weight: float
+    ) -> torch.Tensor:
+        self.calls.append(relation)
+        child = self.by_name[self.texts[int(a[0, 0])]]
+        ancestors = self.taxonomy.ancestors(child)
+        names = [self.texts[int(x)] for x in b[:, 0]]
+        return torch.tensor([[float(self.by_name[n] in ancestors) + 0.01 * (len(n) % 7) for n in names]])
+
+
+def test_evaluate_subsumption_on_built_pairs(tmp_path: Path) -> None:
+    taxonomy = read_taxonomy(ANIMALS)
+    build_taxonomy_sets(taxonomy, tmp_path, TaxonomySetOptions(held_out_fraction=0.3, negatives=2))
+    model = _OracleModel(taxonomy)
+    for setting in ("random", "hard"):
+        result = evaluate_subsumption(model, tmp_path / "eval" / "subsumption", setting=setting)
+        assert result["f1"] == 1.0 and result["validation_f1"] == 1.0 and result["setting"] == setting
+    assert set(model.calls) == {"broader"}
+    rows = read_subsumption_pairs(tmp_path / "eval" / "subsumption" / "test.jsonl.gz", "hard")
+    scores = subsumption_scores(model, rows, relation="narrower")
+    assert scores.shape == (len(rows),) and model.calls[-1] == "narrower"
+    assert ((scores >= 1.0) == np.array([r["label"] == 1 for r in rows])).all()
+    with pytest.raises(ValueError, match="field must be"):
+        subsumption_scores(model, rows, field="definition")

@@ -3,22 +3,33 @@ validation slice.
 
 The pairs come from ``lorentz-rag taxonomy build`` (``eval/subsumption/{validation,test}.jsonl.gz``, rows
 ``{"child", "candidate", "label", "setting", ...}``; ``setting`` is ``random`` or ``hard`` negatives, each a
-protocol of its own). A model scores each pair (higher = more likely a subsumption); the threshold that
-maximises F1 on validation is applied unchanged to test (He et al. 2024, "Language Models as Hierarchy
-Encoders", section 4). numpy only.
+protocol of its own). A model scores each pair (higher = more likely a subsumption; :func:`subsumption_scores`
+uses the model's ``relation_scores``, by default the ``broader`` score of candidate given child); the
+threshold that maximises F1 on validation is applied unchanged to test (He et al. 2024, "Language Models as
+Hierarchy Encoders", section 4): :func:`evaluate_subsumption` does all of it for a folder.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lorentz_rag.data.jsonl import DataFormatError, read_jsonl_numbered
+from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 
-__all__ = ["best_threshold", "f1_at", "read_subsumption_pairs", "subsumption_f1"]
+__all__ = [
+    "best_threshold",
+    "evaluate_subsumption",
+    "f1_at",
+    "read_subsumption_pairs",
+    "subsumption_f1",
+    "subsumption_scores",
+]
 
 _FIELDS = ("child", "candidate", "label", "setting")
 
@@ -95,3 +106,56 @@ def subsumption_f1(
         "validation_f1": validation_f1,
         **f1_at(scores_test, labels_test, threshold),
     }
+
+
+@torch.no_grad()
+def subsumption_scores(
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    relation: str = "broader",
+    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+    field: str = "name",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``[len(rows)]`` scores of the pairs: ``model.relation_scores(child, candidate, relation)``, every
+    distinct text (the rows' ``child_<field>`` / ``candidate_<field>``, ``field`` ``name`` or ``text``)
+    embedded once as a document."""
+    if field not in ("name", "text"):
+        raise ValueError(f"field must be 'name' or 'text', got {field!r}")
+    children = [str(r[f"child_{field}"]) for r in rows]
+    candidates = [str(r[f"candidate_{field}"]) for r in rows]
+    unique = list(dict.fromkeys([*children, *candidates]))
+    position = {t: i for i, t in enumerate(unique)}
+    embeddings = model.encode(unique, "document", batch_size=batch_size)
+    by_child: dict[str, list[int]] = {}
+    for i, child in enumerate(children):
+        by_child.setdefault(child, []).append(i)
+    scores = np.empty(len(rows), dtype=np.float64)
+    for child, members in by_child.items():
+        a = embeddings[position[child]].unsqueeze(0)
+        b = embeddings[[position[candidates[i]] for i in members]]
+        row = model.relation_scores(a, b, relation, radius_weight)[0]
+        scores[members] = row.double().cpu().numpy()
+    return scores
+
+
+def evaluate_subsumption(
+    model: Any,
+    folder: str | os.PathLike[str],
+    *,
+    setting: str = "hard",
+    relation: str = "broader",
+    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+    field: str = "name",
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """HiT's F1 for ``model`` on ``folder`` (``eval/subsumption`` of ``taxonomy build``): pairs of one
+    ``setting`` (``random`` or ``hard``), threshold from ``validation.jsonl.gz``, F1 on ``test.jsonl.gz``."""
+    folder = Path(folder)
+    kwargs = {"relation": relation, "radius_weight": radius_weight, "field": field, "batch_size": batch_size}
+    halves = []
+    for name in ("validation", "test"):
+        rows = read_subsumption_pairs(folder / f"{name}.jsonl.gz", setting)
+        halves += [subsumption_scores(model, rows, **kwargs), np.array([r["label"] for r in rows])]
+    return {**subsumption_f1(*halves), "setting": setting, "relation": relation}
