@@ -123,7 +123,7 @@ class EuclideanEncoder(EmbeddingModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Pooled embeddings ``[B, d]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
-        hidden = base_token_states(self.encoder, input_ids, attention_mask)
+        hidden = base_token_states(self.encoder, input_ids, attention_mask, text_by_text=self.training)
         pooled = euclidean_pool(self.settings.pooling, hidden, attention_mask)
         if self.head is not None:
             u, r = self.head(pooled.float(), attention_mask.sum(-1))

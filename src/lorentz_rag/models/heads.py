@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorentz_rag.models.hf_base import transformer_layers
+
 __all__ = ["DirectionRadiusHead", "pretrained_base_options", "unfreeze_top_layers"]
 
 
@@ -87,24 +89,12 @@ class DirectionRadiusHead(nn.Module):
         )
 
 
-def _layer_list(base: nn.Module) -> nn.ModuleList:
-    """The transformer layers of a Hugging Face encoder (BERT/RoBERTa ``encoder.layer``, ModernBERT
-    ``layers``), bottom first."""
-    for path in ("encoder.layer", "layers", "encoder.layers", "transformer.layer"):
-        module: object = base
-        for name in path.split("."):
-            module = getattr(module, name, None)
-        if isinstance(module, nn.ModuleList):
-            return module
-    raise ValueError(f"cannot find the transformer layers of a {type(base).__name__} (trainable_base_layers)")
-
-
 def unfreeze_top_layers(base: nn.Module, n: int) -> None:
     """Freeze ``base`` except its top ``n`` transformer layers (``n = 0``: all frozen)."""
     base.requires_grad_(False)
     if n <= 0:
         return
-    layers = _layer_list(base)
+    layers = transformer_layers(base)
     if n > len(layers):
         raise ValueError(f"trainable_base_layers={n} but the base encoder has {len(layers)} layers")
     for layer in list(layers)[len(layers) - n :]:

@@ -3,6 +3,19 @@
 A base encoder is any ``transformers.AutoModel``: built from a hub id or a local folder for training, and
 rebuilt from its saved config (weights then loaded from our own ``model.safetensors``) when a saved lorentz_rag
 folder is loaded, so the saved folder never depends on the original base path.
+
+Base states and their cache (:func:`base_token_states`, :func:`cached_base_states`):
+
+- a **wholly frozen** base in eval mode maps the same ids to the same last hidden states, so within
+  :func:`cached_base_states` each distinct text runs through it once;
+- a base whose **bottom layers are frozen and top layers trainable** (``model_args.trainable_base_layers``)
+  runs in two parts when the model trains (or a cache is active): the frozen part (embeddings and the
+  bottom ``n`` layers, :func:`frozen_lower_layers`) **text by text**, each text unpadded in a batch of its
+  own, then the trainable top layers on the padded batch. Text by text makes a text's lower states a
+  function of its ids alone, bit for bit (a batched forward's rounding depends on its batch-mates and
+  padding: measured up to 2e-6 on MiniLM), so the partial-base cache returns exactly what an uncached
+  run computes, and a training run with the cache is bit-identical to one without it
+  (``tests/models/test_partial_base_cache.py``). Only the top layers then run on a cached text.
 """
 
 from __future__ import annotations
@@ -24,12 +37,14 @@ __all__ = [
     "base_from_config_dict",
     "base_token_states",
     "cached_base_states",
+    "frozen_lower_layers",
     "hub_offline",
     "load_pretrained_base",
     "load_tokenizer",
     "packaged_minilm_path",
     "resolve_model_name",
     "strip_hf_meta",
+    "transformer_layers",
 ]
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -129,6 +144,99 @@ def base_from_config_dict(config: dict[str, Any], attn_implementation: str = "sd
     return _drop_pooler(base)
 
 
+def transformer_layers(base: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a Hugging Face encoder (BERT/RoBERTa ``encoder.layer``, ModernBERT
+    ``layers``), bottom first."""
+    for path in ("encoder.layer", "layers", "encoder.layers", "transformer.layer"):
+        module: object = base
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"cannot find the transformer layers of a {type(base).__name__} (trainable_base_layers)")
+
+
+def frozen_lower_layers(base: nn.Module) -> int:
+    """``n`` when the bottom ``n`` transformer layers of ``base`` and everything outside its layers
+    (embeddings, norms) are frozen and layer ``n`` has a trainable parameter; 0 otherwise (a wholly frozen
+    or wholly trainable base, a trainable embedding, or no layer list)."""
+    try:
+        layers = transformer_layers(base)
+    except ValueError:
+        return 0
+    trainable = [any(p.requires_grad for p in layer.parameters()) for layer in layers]
+    if True not in trainable:
+        return 0
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    if any(p.requires_grad for p in base.parameters() if id(p) not in in_layers):
+        return 0
+    return trainable.index(True)
+
+
+class _Skip(nn.Module):
+    """Stands in for a transformer layer that must not run: returns its hidden states unchanged."""
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def _layers_skipped(layers: nn.ModuleList, indices: range) -> Iterator[None]:
+    saved = {i: layers[i] for i in indices}
+    try:
+        for i in indices:
+            layers[i] = _Skip()
+        yield
+    finally:
+        for i, layer in saved.items():
+            layers[i] = layer
+
+
+def _lower_states(base: nn.Module, n_frozen: int, ids: Tensor) -> Tensor:
+    """The output ``[L, d_base]`` of layer ``n_frozen - 1`` for one unpadded text ``ids: [L]`` (the layers
+    above are skipped), without a graph: those layers are frozen."""
+    layers = transformer_layers(base)
+    captured: list[Tensor] = []
+    hook = layers[n_frozen - 1].register_forward_hook(lambda _m, _a, out: captured.append(out))
+    try:
+        with torch.no_grad(), _layers_skipped(layers, range(n_frozen, len(layers))):
+            base(input_ids=ids.unsqueeze(0), attention_mask=torch.ones_like(ids).unsqueeze(0))
+    finally:
+        hook.remove()
+    out = captured[0]
+    return (out[0] if isinstance(out, tuple) else out)[0]
+
+
+def _top_states(
+    base: nn.Module, n_frozen: int, lower: Tensor, input_ids: Tensor, attention_mask: Tensor
+) -> Tensor:
+    """Last hidden states ``[B, T, d_base]`` of the layers from ``n_frozen`` up, run on ``lower`` (the padded
+    lower states ``[B, T, d_base]``): the base runs with its bottom layers skipped and layer ``n_frozen``'s
+    input replaced, so its own masks, positions and final norm apply."""
+    layers = transformer_layers(base)
+
+    def replace_input(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (lower, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": lower}
+
+    hook = layers[n_frozen].register_forward_pre_hook(replace_input, with_kwargs=True)
+    try:
+        with _layers_skipped(layers, range(n_frozen)):
+            return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    finally:
+        hook.remove()
+
+
+def _check_right_padded(attention_mask: Tensor) -> Tensor:
+    """Row lengths ``[B]``; a ``ValueError`` unless every row is right-padded (ids first, then padding)."""
+    lengths = attention_mask.sum(-1)
+    expected = torch.arange(attention_mask.shape[1], device=attention_mask.device) < lengths.unsqueeze(-1)
+    if not bool((attention_mask.bool() == expected).all()):
+        raise ValueError("a base with frozen lower layers runs text by text and needs right-padded batches")
+    return lengths
+
+
 class BaseStateCache:
     """Last hidden states of *frozen* base encoders, per text, kept while :func:`cached_base_states` is active.
 
@@ -137,15 +245,29 @@ class BaseStateCache:
     are the unpadded token ids of one text, under a fingerprint of the base's weights (recomputed whenever a
     parameter is modified in place, so a changed base never reads stale states). Values are float32
     ``[T_i, d_base]`` CPU tensors; ``hits`` / ``misses`` count texts.
+
+    For a base with frozen lower layers (:meth:`lower_states`) the values are the states after its ``n``
+    frozen layers, keyed by ``n``, the fingerprint of the frozen part (everything but the top layers, which
+    train) and the ids; ``partial_hits`` / ``partial_misses`` count them.
     """
 
     def __init__(self) -> None:
         self._store: dict[tuple[str, bytes], Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self._partial: dict[tuple[int, str, str, bytes], Tensor] = {}
+        self.partial_hits = 0
+        self.partial_misses = 0
 
     def __len__(self) -> int:
-        return len(self._store)
+        return len(self._store) + len(self._partial)
+
+    def lower_states(
+        self, base: nn.Module, n_frozen: int, input_ids: Tensor, attention_mask: Tensor
+    ) -> Tensor:
+        """``[B, T, d_base]`` states after the bottom ``n_frozen`` (frozen) layers, zero at padding: each text's
+        from the store, or computed text by text (:func:`frozen_lower_states`) and stored."""
+        return frozen_lower_states(base, n_frozen, input_ids, attention_mask, cache=self)
 
     def states(self, base: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B, T, d_base]`` for one batch; rows not seen before go through ``base`` (one call)."""
@@ -180,18 +302,65 @@ class BaseStateCache:
 _ACTIVE_CACHE: BaseStateCache | None = None
 
 
-def _weights_fingerprint(base: nn.Module) -> str:
-    """A hash of every parameter and buffer of ``base``; cached on the module until one changes in place."""
-    tensors = [*base.parameters(), *base.buffers()]
+def frozen_lower_states(
+    base: nn.Module,
+    n_frozen: int,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    cache: BaseStateCache | None = None,
+) -> Tensor:
+    """States ``[B, T, d_base]`` (float32 or the autocast dtype's result, zero at padding) after the bottom
+    ``n_frozen`` layers, each text computed alone and unpadded (the module docstring says why), read from
+    and written to ``cache`` when one is given. Batches must be right-padded."""
+    lengths = _check_right_padded(attention_mask).tolist()
+    ids = input_ids.detach()
+    if cache is not None:
+        # The frozen part: everything of the base but its top layers (which train and change).
+        layers = transformer_layers(base)
+        top = {id(p) for layer in list(layers)[n_frozen:] for p in layer.parameters()}
+        fingerprint = _weights_fingerprint(base, exclude=top)
+        precision = (
+            str(torch.get_autocast_dtype(ids.device.type))
+            if torch.is_autocast_enabled(ids.device.type)
+            else ""
+        )
+    rows: list[Tensor] = []
+    for i, n in enumerate(lengths):
+        row = ids[i, : int(n)]
+        if cache is None:
+            rows.append(_lower_states(base, n_frozen, row))
+            continue
+        key = (n_frozen, fingerprint, precision, row.cpu().numpy().tobytes())
+        stored = cache._partial.get(key)
+        if stored is None:
+            cache.partial_misses += 1
+            stored = _lower_states(base, n_frozen, row).detach().to("cpu").clone()
+            cache._partial[key] = stored
+        else:
+            cache.partial_hits += 1
+        rows.append(stored.to(input_ids.device))
+    out = torch.zeros(
+        len(rows), input_ids.shape[1], rows[0].shape[-1], dtype=rows[0].dtype, device=input_ids.device
+    )
+    for i, row in enumerate(rows):
+        out[i, : row.shape[0]] = row
+    return out
+
+
+def _weights_fingerprint(base: nn.Module, exclude: set[int] | None = None) -> str:
+    """A hash of every parameter and buffer of ``base`` (but those whose ``id`` is in ``exclude``); cached on
+    the module until one changes in place."""
+    tensors = [t for t in (*base.parameters(), *base.buffers()) if not exclude or id(t) not in exclude]
     versions = tuple(t._version for t in tensors)
-    cached = getattr(base, "_lorentz_rag_fingerprint", None)
+    attribute = "_lorentz_rag_fingerprint" if not exclude else "_lorentz_rag_partial_fingerprint"
+    cached = getattr(base, attribute, None)
     if cached is not None and cached[0] == versions:
         return cached[1]
     digest = hashlib.sha1()
     for t in tensors:
         digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     value = digest.hexdigest()
-    object.__setattr__(base, "_lorentz_rag_fingerprint", (versions, value))
+    object.__setattr__(base, attribute, (versions, value))
     return value
 
 
@@ -208,10 +377,20 @@ def cached_base_states(cache: BaseStateCache | None = None) -> Iterator[BaseStat
         _ACTIVE_CACHE = previous
 
 
-def base_token_states(base: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Last hidden states ``[B, T, d_base]`` of a base encoder (from the active :class:`BaseStateCache` when
-    the base is frozen and in eval mode)."""
+def base_token_states(
+    base: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, text_by_text: bool = False
+) -> Tensor:
+    """Last hidden states ``[B, T, d_base]`` of a base encoder: from the active :class:`BaseStateCache` when
+    the base is wholly frozen and in eval mode; in two parts when its bottom layers are frozen and its top
+    layers train (:func:`frozen_lower_layers`) and either ``text_by_text`` (the model is training) or a cache
+    is active (the module docstring); otherwise one batched forward."""
     cache = _ACTIVE_CACHE
-    if cache is None or base.training or any(p.requires_grad for p in base.parameters()):
+    if base.training:
+        return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    n_frozen = frozen_lower_layers(base)
+    if n_frozen and (text_by_text or cache is not None):
+        lower = frozen_lower_states(base, n_frozen, input_ids, attention_mask, cache)
+        return _top_states(base, n_frozen, lower, input_ids, attention_mask)
+    if cache is None or any(p.requires_grad for p in base.parameters()):
         return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return cache.states(base, input_ids, attention_mask)

@@ -150,7 +150,7 @@ class HyteH(ScalarParameters, EmbeddingModel):
         (``token`` and ``token_radius`` heads)."""
         if self.head_kind == "pooled":
             raise ValueError("the pooled head has no token points (it pools before it lifts)")
-        hidden = base_token_states(self.base, input_ids, attention_mask)
+        hidden = base_token_states(self.base, input_ids, attention_mask, text_by_text=self.training)
         if self.head_kind == "token":
             v = self.projection(hidden)
             with autocast_off(v):
@@ -171,7 +171,7 @@ class HyteH(ScalarParameters, EmbeddingModel):
         """Pooled points ``[B, d+1]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
         s = self.settings
         if self.head_kind == "pooled":
-            hidden = base_token_states(self.base, input_ids, attention_mask)
+            hidden = base_token_states(self.base, input_ids, attention_mask, text_by_text=self.training)
             with autocast_off(hidden):
                 pooled = euclidean_pool(s.pooling, hidden.float(), attention_mask)
                 u, r = self.head(pooled, attention_mask.sum(-1))

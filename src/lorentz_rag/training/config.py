@@ -141,6 +141,14 @@ class TrainArgs(_Section):
         description="DDP gradient bucket size in MiB (torchrun runs): smaller buckets start their all-reduce "
         "earlier in the backward, larger ones need fewer collectives.",
     )
+    cache_base_states: bool = Field(
+        False,
+        description="Keep the frozen part of a pretrained base's states per text for the whole run "
+        "(hyte_h / euclidean-pretrained with freeze_base or trainable_base_layers): a text seen again runs only "
+        "the trainable top layers, or nothing of a wholly frozen base. With trainable_base_layers the run is "
+        "bit-identical to one without the cache (frozen layers run text by text either way); a wholly frozen "
+        "base's states come from sub-batches (equal to about 1e-6). Memory: T x d_base floats per text.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainArgs:

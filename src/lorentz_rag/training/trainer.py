@@ -49,6 +49,7 @@ from torch.profiler import record_function
 from lorentz_rag.errors import on_interrupt, read_json_file, run_entry_point, user_error
 from lorentz_rag.folder_lock import RUN_LOCK_NAME, exclusive_lock
 from lorentz_rag.models.factory import build_mlm_model, build_model, save_mlm_model
+from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.models.io import WeightsMismatchError, check_and_load_state_dict
 from lorentz_rag.training import checkpoint as ckpt
 from lorentz_rag.training.config import (
@@ -375,6 +376,9 @@ def train(
         if int(os.environ.get("RANK", "0")) == 0:
             stack.enter_context(exclusive_lock(output_dir / RUN_LOCK_NAME, f"output folder {output_dir}"))
             _claim_output_folder(output_dir, config.train_args)
+        if config.train_args.cache_base_states:
+            # Frozen base states per text for the whole run: the same numbers, fewer forwards (hf_base.py).
+            stack.enter_context(cached_base_states())
         with on_interrupt(lambda: _what_was_kept(output_dir)):
             return _train(config, deepspeed_config, after_step)
 
