@@ -24,7 +24,6 @@ State-dict names (stable; saved models rely on them)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lorentz_rag.errors import closest_key
+from lorentz_rag.errors import closest_key, read_json_file
 from lorentz_rag.nn import (
     Curvature,
     LorentzEmbedding,
@@ -182,8 +181,7 @@ def _modernbert_dict(source: Any) -> dict[str, Any]:
         if path.is_dir():
             path = path / "config.json"
         if path.is_file():
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
+            return read_json_file(path)
         if Path(source).exists() or str(source).startswith((".", "/", "~")):
             raise FileNotFoundError(f"no config.json at {path} (expected a ModernBERT config folder)")
         from transformers import AutoConfig  # heavy: only for hub ids
