@@ -128,7 +128,7 @@ def test_write_and_read_back(animals: Taxonomy, tmp_path: Path) -> None:
             r"t\.jsonl:1: unknown key 'parent' \(did you mean 'parents'\?\)",
         ),
         ([{"id": "a", "name": "A", "synonyms": "x"}], r"t\.jsonl:1: 'synonyms' must be a list of strings"),
-        ([{"name": "A"}], r"t\.jsonl:1: 'id' is missing"),
+        ([{"name": "A"}], r"t\.jsonl:1: field 'id' is missing"),
     ],
 )
 def test_jsonl_errors_name_file_and_line(tmp_path: Path, rows: list[object], message: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorentz_rag.data.jsonl import DataFormatError, read_jsonl_numbered
+from lorentz_rag.data.jsonl import DataFormatError, read_jsonl_numbered, string_field
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
@@ -39,13 +39,7 @@ class BeirData:
 
 
 def _string_field(row: Mapping[str, object], key: str, where: str, required: bool = True) -> str:
-    value = row.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        problem = "missing" if value is None else f"a {type(value).__name__}, not a string"
-        raise BeirFormatError(f"{where}: field {key!r} is {problem}")
-    return value
+    return string_field(row, key, where, required=required, error=BeirFormatError)
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:

@@ -7,13 +7,14 @@ A bad line (invalid UTF-8 or JSON, or with ``objects=True`` a value that is not 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataFormatError", "read_jsonl", "read_jsonl_numbered"]
+__all__ = ["DataFormatError", "gzip_bytes", "read_jsonl", "read_jsonl_numbered", "string_field"]
 
 
 class DataFormatError(ValueError):
@@ -69,3 +70,30 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     :func:`read_jsonl_numbered`, which this is without the line numbers)."""
     for _lineno, row in read_jsonl_numbered(path):
         yield row
+
+
+def string_field(
+    row: Mapping[str, object],
+    key: str,
+    where: str,
+    *,
+    required: bool = True,
+    error: type[DataFormatError] = DataFormatError,
+) -> str:
+    """``row[key]`` as a string (``""`` when absent and not ``required``); otherwise ``error`` naming
+    ``where`` (``file:line``) and what the value is."""
+    value = row.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        problem = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        raise error(f"{where}: field {key!r} is {problem}")
+    return value
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """``data`` as a reproducible gzip member (no file name, mtime 0): the same input gives the same bytes."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as handle:
+        handle.write(data)
+    return buffer.getvalue()

@@ -20,8 +20,6 @@ import time.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 import json
 import os
 import random
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lorentz_rag.data.concepts import Concept, Taxonomy, TaxonomyError
-from lorentz_rag.data.jsonl import read_jsonl_numbered
+from lorentz_rag.data.jsonl import gzip_bytes, read_jsonl_numbered, string_field
 from lorentz_rag.data.taxonomy_formats import SKOS_SUFFIXES, read_obo, read_skos
 from lorentz_rag.errors import closest_key
 
@@ -101,13 +99,7 @@ def _read_jsonl(path: Path) -> Taxonomy:
 
 
 def _string(row: Mapping[str, Any], key: str, where: str, *, required: bool) -> str:
-    value = row.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        problem = "missing" if value is None else f"a {type(value).__name__}, not a string"
-        raise TaxonomyError(f"{where}: {key!r} is {problem}")
-    return value.strip()
+    return string_field(row, key, where, required=required, error=TaxonomyError).strip()
 
 
 def _strings(row: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -215,10 +207,7 @@ def write_taxonomy(taxonomy: Taxonomy, path: str | os.PathLike[str]) -> Path:
     data = ("\n".join(lines) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gz":
-        buffer = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as handle:
-            handle.write(data)
-        data = buffer.getvalue()
+        data = gzip_bytes(data)
     path.write_bytes(data)
     return path
 

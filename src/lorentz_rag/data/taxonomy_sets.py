@@ -40,8 +40,6 @@ Every sample is seeded; the same taxonomy and arguments write the same bytes. Fo
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 import json
 import os
 import random
@@ -52,6 +50,7 @@ from typing import Any
 
 from lorentz_rag.data.beir import QRELS_HEADER, write_beir
 from lorentz_rag.data.bundled import BUNDLED_TAXONOMIES, taxonomy_path
+from lorentz_rag.data.jsonl import gzip_bytes
 from lorentz_rag.data.taxonomy import (
     Taxonomy,
     TaxonomySplit,
@@ -88,18 +87,11 @@ class TaxonomySetOptions:
     negatives: int = 10  # per positive and setting
 
 
-def _gzip_bytes(data: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as handle:
-        handle.write(data)
-    return buffer.getvalue()
-
-
 def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     data = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_gzip_bytes(data) if path.suffix == ".gz" else data)
+    path.write_bytes(gzip_bytes(data) if path.suffix == ".gz" else data)
     return len(lines)
 
 
@@ -348,7 +340,7 @@ def build_taxonomy_sets(
         for a, h in sorted(split.train.ancestors(c).items(), key=lambda kv: (kv[1], kv[0]))
     ]
     (out / "edges.tsv.gz").write_bytes(
-        _gzip_bytes(("child\tancestor\thops\n" + "".join(e + "\n" for e in edges)).encode("utf-8"))
+        gzip_bytes(("child\tancestor\thops\n" + "".join(e + "\n" for e in edges)).encode("utf-8"))
     )
     _write_jsonl(out / "pairs.jsonl.gz", pairs)
     manifest: dict[str, Any] = {
