@@ -23,7 +23,7 @@ import pytest
 from lorentz_rag import cli
 from lorentz_rag.eval.rag import command as rag_command
 from lorentz_rag.eval.rag import pipeline
-from lorentz_rag.eval.rag.llm import ChatEndpoint, EndpointUnavailableError
+from lorentz_rag.eval.rag.llm import ChatEndpoint, EndpointError, EndpointUnavailableError
 from lorentz_rag.eval.rag.metrics import LLM_METRICS, RagasJudge
 from lorentz_rag.eval.rag.pipeline import read_rows
 from lorentz_rag.models import packaged_minilm_path
@@ -59,7 +59,7 @@ def _closed_port_url() -> str:
 
 
 class FakeServer:
-    """A local OpenAI-style server: ``GET /v1/models`` lists ``models`` (or answers ``models_status``),
+    """A local OpenAI-style server: ``GET /v1/models`` lists ``models`` (or answers ``models_status``, 0: none),
     ``POST`` answers ``on_post(prompt) -> (status, content)``; ``on_post`` returning None drops the connection."""
 
     def __init__(
@@ -77,6 +77,9 @@ class FakeServer:
             def do_GET(self) -> None:
                 fake.gets.append(self.path)
                 time.sleep(models_delay_s)
+                if models_status == 0:  # close without a reply
+                    self.close_connection = True
+                    return
                 listing = {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}
                 self._send(models_status, listing if models_status == 200 else {"error": "no"})
 
@@ -346,9 +349,26 @@ def test_endpoint_check_refused_key_unlisted_model_and_no_reply(serve) -> None:
         ChatEndpoint(serve(lambda p: (200, ""), models_status=404).base_url, "m").check("g", "K", "r") is None
     )
 
+    # A connection closed without a reply (e.g. a proxy in front of a dead server) is retried, then named.
+    dropping = serve(lambda prompt: None)
+    with pytest.raises(EndpointError) as caught:
+        ChatEndpoint(dropping.base_url, "m", max_retries=1, backoff_s=0.01).generate("hi")
+    assert str(caught.value) == (
+        f"{dropping.base_url}/chat/completions: connection failed (Remote end closed connection without "
+        "response); gave up after 2 attempt(s)"
+    )
+    assert len(dropping.posts) == 2
+    silent = serve(lambda prompt: None, models_status=0)
+    with pytest.raises(EndpointUnavailableError) as caught:
+        ChatEndpoint(silent.base_url, "m").check("judge endpoint (--judge_base_url)", "K", "or --no_judge")
+    assert str(caught.value) == (
+        f"judge endpoint (--judge_base_url) {silent.base_url}: no HTTP answer to GET {silent.base_url}/models "
+        "(Remote end closed connection without response); or --no_judge"
+    )
+
     slow = serve(lambda prompt: (200, ""), models_delay_s=2.0)
     with pytest.raises(
         EndpointUnavailableError,
-        match=r"cannot reach the server \(no reply to GET .*/models within 0.3 s\); fix it",
+        match=r"judge endpoint http://\S+: no reply to GET \S+/models within 0.3 s; fix it$",
     ):
         ChatEndpoint(slow.base_url, "m", timeout_s=0.3).check("judge endpoint", "K", "fix it")

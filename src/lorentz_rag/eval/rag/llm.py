@@ -13,6 +13,7 @@ a judge.
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
@@ -54,7 +55,7 @@ def _socket_reason(reason: object) -> str:
         return "timed out"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
-    return one_line(reason)
+    return one_line(reason) or type(reason).__name__
 
 
 class Generator(Protocol):
@@ -155,12 +156,14 @@ class ChatEndpoint:
                     f"set the key in ${key_env} or .env"
                 ) from None
             return None
-        except (urllib.error.URLError, TimeoutError) as error:
+        except (OSError, http.client.HTTPException) as error:  # URLError, a timeout, a dropped connection
             cause = getattr(error, "reason", error)
-            reason = _socket_reason(cause)
+            problem = f"cannot reach the server ({_socket_reason(cause)})"
             if isinstance(cause, TimeoutError):
-                reason = f"no reply to GET {url} within {self.timeout_s:g} s"
-            raise EndpointUnavailableError(f"{where}: cannot reach the server ({reason}); {remedy}") from None
+                problem = f"no reply to GET {url} within {self.timeout_s:g} s"
+            elif not isinstance(error, urllib.error.URLError):  # connected, but no HTTP answer came back
+                problem = f"no HTTP answer to GET {url} ({_socket_reason(cause)})"
+            raise EndpointUnavailableError(f"{where}: {problem}; {remedy}") from None
         return self._unlisted_model_warning(url, listing)
 
     def _unlisted_model_warning(self, url: str, listing: str) -> str | None:
@@ -219,6 +222,8 @@ class ChatEndpoint:
             except urllib.error.URLError as error:
                 # A read timeout inside urlopen arrives wrapped in URLError.
                 last = f"connection failed ({_socket_reason(error.reason)})"
+            except (ConnectionError, http.client.HTTPException) as error:  # e.g. closed without a reply
+                last = f"connection failed ({_socket_reason(error)})"
             except json.JSONDecodeError as error:
                 raise EndpointError(f"{self.url}: reply is not JSON ({error.msg})") from error
         raise EndpointError(f"{self.url}: {last}; gave up after {self.max_retries + 1} attempt(s)")
