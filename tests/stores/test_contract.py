@@ -5,6 +5,8 @@ reader while another thread writes, and a document beyond the radius bound refus
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -281,4 +283,57 @@ def test_store_specs_and_missing_stores(tmp_path):
         create_store(_spec("lancedb", tmp_path), _layout("cosine"))
     with pytest.raises(FileNotFoundError, match="no table 'other'"):
         open_store(_spec("lancedb", tmp_path), name="other")
+    store.close()
+
+
+_READER = """
+import os, sys, time, torch
+from lorentz_rag.stores import open_store
+store = open_store(sys.argv[1])
+queries = torch.load(sys.argv[2])
+stop = sys.argv[3]
+while True:
+    done = os.path.exists(stop)
+    hits = store.search_embeddings(queries, 10, exact=True)
+    assert all([h.score for h in row] == sorted((h.score for h in row), reverse=True) for row in hits)
+    print(len(store), ",".join(h.id for h in hits[0]), flush=True)
+    if done:
+        break
+    time.sleep(0.05)
+"""
+
+
+def test_lancedb_reader_in_another_process_sees_each_commit(tmp_path):
+    form = "geodesic"
+    store = _store("lancedb", form, tmp_path, points(40, form, seed=11))
+    queries = points(2, form, seed=12)
+    torch.save(queries, tmp_path / "queries.pt")
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, _spec("lancedb", tmp_path), str(tmp_path / "queries.pt"), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().split()[0] == "40"  # the reader is up before the writer starts
+        batches = [points(20, form, seed=200 + b) for b in range(5)]
+        for b, batch in enumerate(batches):
+            store.add_embeddings([f"new-{b}-{i}" for i in range(20)], batch)
+        stop.touch()
+        out, err = reader.communicate(timeout=300)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, err
+    lines = out.splitlines()
+    counts = [int(line.split()[0]) for line in lines]
+    assert counts == sorted(counts) and counts[-1] == 140  # after the stop file: every commit is visible
+    index = VectorIndex.from_embeddings(
+        _ids(40) + [f"new-{b}-{i}" for b in range(5) for i in range(20)],
+        torch.cat([points(40, form, seed=11), *batches]),
+        similarity=form,
+        curvature=1.0,
+    )
+    _, pos = index.search_embeddings(queries[:1], K)
+    assert lines[-1].split()[1] == ",".join(index.doc_ids[p] for p in pos[0].tolist())
     store.close()
