@@ -221,6 +221,8 @@ def test_split_is_seeded_and_keeps_held_out_concepts_out_of_train(animals: Taxon
             assert {a for a in t.ancestors(d) if a not in held} == set(split.train.ancestors(d))
     assert {split.part(i) for i in split.validation} == {"tune"}
     assert {split.part(i) for i in split.report} == {"report"}
+    with pytest.raises(KeyError, match="not a held-out concept"):
+        split.part("c0")
 
 
 def test_split_removes_train_synonyms_equal_to_held_out_names() -> None:

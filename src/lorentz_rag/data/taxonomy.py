@@ -20,6 +20,7 @@ import time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -233,13 +234,17 @@ class TaxonomySplit:
         chosen = set(self.validation)
         return tuple(i for i in self.held_out if i not in chosen)
 
+    @functools.cached_property
+    def _parts(self) -> dict[str, str]:
+        chosen = set(self.validation)
+        return {i: "tune" if i in chosen else "report" for i in self.held_out}
+
     def part(self, concept_id: str) -> str:
         """``"tune"`` for a validation concept, ``"report"`` for another held-out one."""
-        if concept_id in set(self.validation):
-            return "tune"
-        if concept_id in set(self.held_out):
-            return "report"
-        raise KeyError(f"{concept_id!r} is not a held-out concept")
+        try:
+            return self._parts[concept_id]
+        except KeyError:
+            raise KeyError(f"{concept_id!r} is not a held-out concept") from None
 
 
 def split_taxonomy(
