@@ -7,6 +7,7 @@ A run is described by four sections (DESIGN.md section 7)::
     data_args:   where the training rows come from (DataArgs)
     mlm_args:    masking rates for the MLM objective (MLMArgs)
     hierarchy_args: the WordNet is-a objective added to the contrastive loss (HierarchyArgs, off by default)
+    taxonomy_args: the taxonomy recipe, the mixture and edges of one taxonomy's train split (TaxonomyArgs, off)
 
 Sources, in increasing priority: the YAML file given with ``--config=PATH``, then ``--section.key=value``
 (or ``--section.key value``) flags. ``${VAR}`` / ``${VAR:-default}`` in YAML values expand from the
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DataArgs",
     "HierarchyArgs",
+    "TaxonomyArgs",
     "MLMArgs",
     "ParsedCommandLine",
     "TrainArgs",
@@ -248,6 +250,40 @@ class HierarchyArgs(_Section):
         return self.weight > 0 or self.centripetal_weight > 0
 
 
+class TaxonomyArgs(_Section):
+    """The taxonomy recipe (:mod:`lorentz_rag.training.taxonomy_recipe`): train on one taxonomy's train split.
+
+    With ``path`` set, the trainer splits the taxonomy (as ``lorentz-rag taxonomy build`` does with the same
+    ``held_out_fraction`` / ``validation_fraction`` / ``seed``), writes the contrastive mixture (the taxonomy's
+    own pairs plus ``replay_share`` general pairs) and the train split under ``output_dir/taxonomy``, and
+    points ``data_args.data_path`` and ``hierarchy_args.taxonomy_path`` at them. Held-out concepts never
+    reach training.
+    """
+
+    section_name = "taxonomy_args"
+
+    path: str | None = Field(
+        None,
+        description="Taxonomy file (.jsonl(.gz), .obo, SKOS) or bundled name (wordnet, icd10cm); None: off. "
+        "Replaces data_args.data_path and hierarchy_args.taxonomy_path with files derived from its train split.",
+    )
+    held_out_fraction: float = Field(0.1, gt=0, lt=1, description="Share of concepts held out (as taxonomy build).")
+    validation_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of the held-out concepts used for tuning (as taxonomy build)."
+    )
+    seed: int = Field(0, description="Split and mixture seed (fixed across training seeds; taxonomy build's --seed).")
+    use_pairs: bool = Field(
+        True, description="Train on the taxonomy's own pairs: name -> definition and synonym -> definition."
+    )
+    max_pairs: int | None = Field(None, ge=1, description="At most this many taxonomy pairs (seeded sample).")
+    replay_share: float = Field(
+        0.5, ge=0, lt=1, description="Share of general pairs (from replay_path) in the contrastive mixture."
+    )
+    replay_path: str | list[str] | None = Field(
+        None, description="JSONL {query, document} file(s) of general pairs replayed in the mixture."
+    )
+
+
 class TrainConfig(_Section):
     """The whole run; also what is written as ``config.yaml`` into the output folder and every checkpoint."""
 
@@ -258,6 +294,7 @@ class TrainConfig(_Section):
     data_args: DataArgs
     mlm_args: MLMArgs = Field(default_factory=MLMArgs)
     hierarchy_args: HierarchyArgs = Field(default_factory=HierarchyArgs)
+    taxonomy_args: TaxonomyArgs = Field(default_factory=TaxonomyArgs)
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +318,21 @@ class TrainConfig(_Section):
             )
         return data
 
+    def _check_taxonomy_args(self) -> None:
+        """taxonomy_args.path feeds the hierarchy objective itself (the train split it writes, which a saved
+        config.yaml then names)."""
+        if self.taxonomy_args.path is None:
+            return
+        if self.train_args.task != "contrastive":
+            raise ValueError("taxonomy_args.path trains the contrastive task: set train_args.task=contrastive")
+        prepared = str(Path(self.train_args.output_dir) / "taxonomy" / "train.jsonl.gz")
+        h = self.hierarchy_args
+        if h.wordnet_path is not None or h.taxonomy_path not in (None, prepared):
+            raise ValueError(
+                "taxonomy_args.path feeds the hierarchy objective with its train split: leave "
+                "hierarchy_args.taxonomy_path and hierarchy_args.wordnet_path unset"
+            )
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         model_type = self.model_args.model_type
@@ -302,6 +354,7 @@ class TrainConfig(_Section):
             self.model_args.similarity = distance  # the saved model scores the way it was trained
         if self.hierarchy_args.enabled and self.train_args.task != "contrastive":
             raise ValueError("hierarchy_args is added to the contrastive loss: set its weights to 0 for MLM")
+        self._check_taxonomy_args()
         if self.train_args.grad_cache_chunk is not None and self.train_args.task != "contrastive":
             raise ValueError("train_args.grad_cache_chunk applies to the contrastive task only")
         if self.train_args.task == "mlm" and model_type == "hyte_h":

@@ -71,6 +71,7 @@ from lorentz_rag.training.logging import MetricsLogger, read_metrics
 from lorentz_rag.training.losses import InfoNCELoss
 from lorentz_rag.training.objective import TrainStep, grad_cache_micro_step
 from lorentz_rag.training.optim import build_optimizer, build_scheduler
+from lorentz_rag.training.taxonomy_recipe import prepare_taxonomy_run
 from lorentz_rag.training.probe import FiniteProbe
 
 __all__ = [
@@ -379,6 +380,8 @@ def train(
         if config.train_args.cache_base_states:
             # Frozen base states per text for the whole run: the same numbers, fewer forwards (hf_base.py).
             stack.enter_context(cached_base_states())
+        # taxonomy_args: the mixture and edges of the taxonomy's train split (unchanged without a path).
+        config = prepare_taxonomy_run(config)
         with on_interrupt(lambda: _what_was_kept(output_dir)):
             return _train(config, deepspeed_config, after_step)
 
