@@ -11,8 +11,10 @@ embeddings, ... all derive from it), ``OSError`` (file not found, permission, di
 a corrupt safetensors file (``safetensors_rust.SafetensorError``, matched by its type name so that this
 module stays standard-library only) and the classes registered with :func:`user_error` (checkpoint,
 weights mismatch, divergence). An ``OSError`` with ENOSPC, EROFS, EACCES or EPERM names its file and says
-what to do; a ``json.JSONDecodeError`` is a ``ValueError`` but names no file, so code reading a user's
-JSON file reads it with :func:`read_json_file`, whose error names the file.
+what to do. Two kinds name no file by themselves, so the code at the place fills it in: a ``json.JSONDecodeError``
+(code reading a user's JSON file reads it with :func:`read_json_file`, whose error names the file) and an
+``OSError`` raised by a write or close, e.g. a full disk (code writing an output wraps the writing in
+:func:`names_path`).
 
 Ctrl-C (``KeyboardInterrupt``) ends every entry point with one line on stderr, ``interrupted: ...``, and
 exit status 130, with no traceback (``--debug``: with it). **The convention for saying what was kept**:
@@ -36,6 +38,7 @@ import difflib
 import errno
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +53,7 @@ __all__ = [
     "Interrupted",
     "closest_key",
     "describe_error",
+    "names_path",
     "on_interrupt",
     "read_json_file",
     "run_entry_point",
@@ -104,6 +108,18 @@ def on_interrupt(message: str | Callable[[], str]) -> Iterator[None]:
         raise Interrupted(message() if callable(message) else message) from error
 
 
+@contextlib.contextmanager
+def names_path(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the block without a file name (a write or close on a full disk:
+    ``[Errno 28] No space left on device``) the name ``path``, so the error line says where."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            error.filename = os.fspath(path)
+        raise
+
+
 def read_json_file(path: str | os.PathLike[str], what: str = "") -> Any:
     """The JSON value in file ``path``; invalid JSON raises ``ValueError`` naming the file, line and column
     (``what``, e.g. ``"--deepspeed_config"``, is put in front of the file name)."""
@@ -119,6 +135,22 @@ def read_json_file(path: str | os.PathLike[str], what: str = "") -> Any:
 
 def _is_safetensors_error(error: BaseException) -> bool:
     return type(error).__name__ == "SafetensorError"
+
+
+# safetensors reports an I/O failure in its text: 'I/O error: No space left on device (os error 28) at path "..."'.
+_OS_ERROR_TEXT = re.compile(r'\(os error (\d+)\)(?: at path "([^"]*)")?')
+
+
+def _os_error_of(error: BaseException) -> OSError | None:
+    """``error`` as an ``OSError`` with an errno: itself, or a safetensors I/O error (errno and path read from
+    its message); ``None`` otherwise."""
+    if isinstance(error, OSError):
+        return error if error.errno is not None and error.strerror else None
+    match = _OS_ERROR_TEXT.search(str(error)) if _is_safetensors_error(error) else None
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), match.group(2))
 
 
 def _is_user_error(error: BaseException) -> bool:
@@ -137,9 +169,10 @@ _OS_ADVICE = {
 def describe_error(error: BaseException) -> str:
     """The one-line message for ``error``: an OS error with an errno names its file(s) (``PATH: reason``), a
     safetensors error says that a weights file is corrupt, a JSON error without a file name says it is JSON."""
-    if isinstance(error, OSError) and error.errno is not None and error.strerror:
-        reason = "no space left on device" if error.errno == errno.ENOSPC else error.strerror
-        names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+    os_error = _os_error_of(error)
+    if os_error is not None:
+        reason = "no space left on device" if os_error.errno == errno.ENOSPC else os_error.strerror
+        names = [str(n) for n in (os_error.filename, os_error.filename2) if n is not None]
         return f"{' -> '.join(names)}: {reason}" if names else reason
     if _is_safetensors_error(error):
         return f"a safetensors weights file is corrupt or truncated ({error}); save the model again"
@@ -151,7 +184,8 @@ def describe_error(error: BaseException) -> str:
 def _error_line(error: BaseException) -> str:
     """``describe_error``, plus what to do when ``error`` itself is a full disk, a read-only file system or
     a permission problem (a message that wraps one says what to do in its own words)."""
-    advice = _OS_ADVICE.get(error.errno) if isinstance(error, OSError) else None  # type: ignore[arg-type]
+    os_error = _os_error_of(error)
+    advice = _OS_ADVICE.get(os_error.errno) if os_error is not None else None  # type: ignore[arg-type]
     return f"{describe_error(error)}: {advice}" if advice else describe_error(error)
 
 

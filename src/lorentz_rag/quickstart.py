@@ -55,6 +55,7 @@ from lorentz_rag.data.bundled import (
     wordnet_hier_path,
     wordnet_levels_path,
 )
+from lorentz_rag.errors import names_path
 from lorentz_rag.eval.hierarchy import read_level_rows
 from lorentz_rag.models import build_model, load_model, packaged_minilm_path
 from lorentz_rag.models.hf_base import cached_base_states
@@ -649,8 +650,9 @@ def _finish(run: QuickstartRun) -> dict[str, Any]:
     results["peak_rss_mb"] = peak_rss_mb()
     results["torch_threads"] = torch.get_num_threads()
     results = jsonable(results)
-    (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with names_path(out_dir):  # a full disk names the folder
+        (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     timer.say("\n" + format_comparison_table(results["summary"]))
     timer.say("\n" + "\n".join(format_outcomes(results["comparisons"])))

@@ -7,14 +7,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import stat
 
 import pytest
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
+from lorentz_rag import cli
 from lorentz_rag.errors import (
     EXIT_INTERRUPTED,
     Interrupted,
     describe_error,
+    names_path,
     on_interrupt,
     read_json_file,
     run_entry_point,
@@ -124,3 +129,49 @@ def test_the_innermost_message_wins():
         raise KeyboardInterrupt
     with pytest.raises(ValueError, match=r"^x$"), on_interrupt("outer"):  # other exceptions pass untouched
         raise ValueError("x")
+
+
+needs_dev_full = pytest.mark.skipif(
+    not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
+    reason="needs the /dev/full device (Linux), whose every write fails with ENOSPC",
+)
+
+
+@needs_dev_full
+def test_a_write_on_a_full_disk_names_the_file_given_by_names_path(capsys):
+    def main(argv: list[str]) -> int:
+        with names_path("/runs/a/metrics.json"), open("/dev/full", "w") as handle:
+            handle.write("x" * 100_000)  # the error comes from write/close: OSError without a file name
+        return 0
+
+    status = run_entry_point(main, [])
+    assert (status, capsys.readouterr().err) == (
+        2,
+        "error: /runs/a/metrics.json: no space left on device: free space or write to another disk, then rerun\n",
+    )
+    with pytest.raises(OSError) as caught, names_path("/elsewhere"):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/kept")
+    assert caught.value.filename == "/kept"  # a name already there is kept
+
+
+@needs_dev_full
+def test_eval_beir_output_on_a_full_disk_names_the_output(tiny_model_dir, beir_dir, capsys):
+    argv = ["eval", "beir", "--model", str(tiny_model_dir), "--data", str(beir_dir), "--output", "/dev/full"]
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert (
+        err == "error: /dev/full: no space left on device: free space or write to another disk, then rerun\n"
+    )
+
+
+def test_a_safetensors_io_error_is_described_as_one(tmp_path, capsys):
+    target = tmp_path / "missing" / "shard.safetensors"
+
+    def main(argv: list[str]) -> int:
+        save_file({"a": torch.zeros(2)}, str(target))
+        return 0
+
+    assert run_entry_point(main, []) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: {tmp_path / 'missing'}/\S+: No such file or directory\n", err), err

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from lorentz_rag.errors import user_error
+from lorentz_rag.errors import names_path, user_error
 from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.training.distributed import WorldInfo, barrier, init_distributed, is_distributed, world_info
 
@@ -302,13 +302,12 @@ class _ShardStore:
 
     def write(self, shard: int, positions: list[int], emb: Tensor) -> None:
         tmp = self._file(shard).with_suffix(f".tmp-{os.getpid()}")
+        tensors = {"positions": torch.tensor(positions, dtype=torch.long), "embeddings": emb.contiguous()}
         try:
-            save_file(
-                {"positions": torch.tensor(positions, dtype=torch.long), "embeddings": emb.contiguous()},
-                str(tmp),
-            )
-            _fsync(tmp)
-            os.replace(tmp, self._file(shard))
+            with names_path(tmp):  # a full disk names the shard
+                save_file(tensors, str(tmp))
+                _fsync(tmp)
+                os.replace(tmp, self._file(shard))
         except BaseException:  # Ctrl-C or a full disk: leave no half-written shard behind
             tmp.unlink(missing_ok=True)
             raise

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from lorentz_rag.data.bundled import wordnet_levels_path
 from lorentz_rag.data.jsonl import DataFormatError, read_jsonl_numbered
+from lorentz_rag.errors import names_path
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.models import load_model
 
@@ -224,9 +225,11 @@ def hierarchy_probe(
             stats["curvature"] = float(model.curvature().detach())
         results[name] = stats
         projections[name] = _projection_2d(model, emb)
-    files = _plot(results, projections, levels, out)
+    with names_path(out):  # a full disk names the folder
+        files = _plot(results, projections, levels, out)
     summary = {"models": results, "n_rows": len(rows), "files": files, "prompt_type": "document"}
-    (out / "hierarchy.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    with names_path(out / "hierarchy.json"):
+        (out / "hierarchy.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 

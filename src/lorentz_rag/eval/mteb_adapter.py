@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.data.beir import load_beir
-from lorentz_rag.errors import run_entry_point
+from lorentz_rag.errors import names_path, run_entry_point
 from lorentz_rag.eval.mteb_args import DEFAULT_BENCHMARK, SCORINGS, add_mteb_arguments
 from lorentz_rag.eval.retrieval import pairwise_scores
 from lorentz_rag.geometry import similarity as similarity_fns
@@ -363,9 +363,10 @@ def run_mteb(
         "seconds": time.perf_counter() - started,
     }
     summary["scores"] = {tr.task_name: tr.scores for tr in result.task_results}
-    (out / "aggregate_summary.json").write_text(
-        json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8"
-    )
+    with names_path(out / "aggregate_summary.json"):  # a full disk names the file
+        (out / "aggregate_summary.json").write_text(
+            json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8"
+        )
     return summary
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.data.beir import document_text, load_beir
+from lorentz_rag.errors import names_path
 from lorentz_rag.eval.encode import command_process_group, encode_corpus
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.geometry import similarity as similarity_fns
@@ -325,7 +326,8 @@ def run_beir_command(
     if output:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with names_path(out):  # a full disk names the file
+            out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {out}")
     if not all(math.isfinite(result[key]) for key in METRIC_KEYS if key in result):
         raise RuntimeError(f"non-finite metric in {result}")
