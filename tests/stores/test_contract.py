@@ -261,10 +261,13 @@ def test_lancedb_ann_results_are_reranked_and_later_documents_need_no_rebuild(fo
     store.close()
 
 
-def test_qdrant_local_mode_searches_by_brute_force(tmp_path):
-    store = create_store(_spec("qdrant", tmp_path), _layout("cosine"))
+def test_qdrant_local_mode_searches_by_brute_force_and_records_the_graph_setting(tmp_path):
+    store = create_store(_spec("qdrant", tmp_path), _layout("cosine"), hnsw_m=0)
     assert not store.has_ann_index()
     store.close()
+    reopened = open_store(_spec("qdrant", tmp_path))
+    assert reopened.hnsw_m == 0 and not reopened.has_ann_index()
+    reopened.close()
 
 
 def test_store_specs_and_missing_stores(tmp_path):

@@ -122,3 +122,11 @@ def test_qdrant_server_searches_through_hnsw_unless_exact():
     assert {r.params.exact for r in client.requests} == {True}
     assert [[h.id for h in row] for row in ann] == [[h.id for h in row] for row in exact]
     assert point_id("d1") == point_id("d1") != point_id("d2")
+    # A collection without a graph (index build --kind flat: hnsw_m=0) is searched by brute force, certified.
+    flat = QdrantStore(client, layout, name="c", location="qdrant+http://server:6333", hnsw_m=0)
+    assert not flat.has_ann_index()
+    client.requests.clear()
+    assert [[h.id for h in row] for row in flat.search_embeddings(queries, 5)] == [
+        [h.id for h in row] for row in exact
+    ]
+    assert {r.params.exact for r in client.requests} == {True}

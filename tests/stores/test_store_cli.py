@@ -41,6 +41,8 @@ def test_build_search_add_delete_through_the_command_line(backend, model, tmp_pa
     store = open_store(spec)
     assert store.layout.model_path == str(tmp_path.resolve()) and len(store) == 30
     assert store.has_ann_index() == (backend == "lancedb")  # Qdrant's local mode is brute force
+    if backend == "qdrant":
+        assert store.hnsw_m == 16  # a server would build its HNSW graph (--kind flat: 0, no graph)
     store.close()
 
     assert cli.main(["search", "--store", spec, "T7 body text 7", "-k", "2", "--exact"]) == 0

@@ -54,8 +54,8 @@ def build_store_command(
     name: str = DEFAULT_COLLECTION,
 ) -> VectorStore:
     """``lorentz-rag index build --store SPEC``: embed a corpus and write it to a new (or replaced) table or
-    collection ``name``; ``kind`` other than ``flat`` builds LanceDB's ANN index (Qdrant: ``hnsw``, which a
-    server builds by itself)."""
+    collection ``name``; ``kind`` other than ``flat`` builds LanceDB's ANN index, or lets a Qdrant server build
+    its HNSW graph (``flat``: ``hnsw_m=0``, no graph)."""
     if kind not in store_kinds(store):
         raise ValueError(
             f"--kind {kind!r} does not apply to store {store}; choose one of {list(store_kinds(store))}"
@@ -64,7 +64,9 @@ def build_store_command(
     ids, texts = read_corpus(corpus)
     layout = layout_for_model(model, max_radius=max_radius, model_path=str(Path(model_path).resolve()))
     start = time.perf_counter()
-    target = create_store(store, layout, name=name, overwrite=True)
+    backend, _ = parse_store_spec(store)
+    options = {"hnsw_m": 0 if kind == "flat" else 16} if backend == "qdrant" else {}
+    target = create_store(store, layout, name=name, overwrite=True, **options)
     _add_in_batches(target, model, ids, texts, batch_size)
     if isinstance(target, LanceDBStore) and kind != "flat":
         target.create_ann_index(kind)

@@ -160,7 +160,7 @@ class LanceDBStore(VectorStore):
         return int(self.table.count_rows())
 
     def has_ann_index(self) -> bool:
-        return any(index.index_type.lower() != "btree" for index in self.table.list_indices())
+        return any("vector" in index.columns for index in self.table.list_indices())
 
     def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
         builder = (

@@ -10,8 +10,9 @@ and is then ``qdrant+http://localhost:6333`` on the command line (``QdrantStore.
 Points carry the stored form (:mod:`lorentz_rag.stores.layout`) under the Euclid distance, and a payload
 ``{id, seq, text, metadata}``; the point id is a UUID derived from the document id. The layout is the
 collection's ``lorentz_rag`` metadata. A server searches through its HNSW graph (``hnsw_m``,
-``hnsw_ef_construct`` at creation; ``hnsw_ef`` per search) or by brute force with ``exact=True``; local mode
-always searches by brute force.
+``hnsw_ef_construct`` at creation; ``hnsw_ef`` per search) or by brute force with ``exact=True``; a
+collection created with ``hnsw_m=0`` (``index build --kind flat``) has no graph and is always searched by
+brute force, as local mode is.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lorentz_rag.stores.layout import StoreLayout
 __all__ = ["QdrantStore"]
 
 _META_KEY = "lorentz_rag"
+_HNSW_KEY = "lorentz_rag_hnsw_m"  # recorded beside the layout: local mode does not keep the HNSW config
 # Point ids are UUIDs derived from the document ids in this namespace.
 _ID_NAMESPACE = uuid.UUID("6f1c2c8e-5d0a-4e57-9a55-2b7a3f0d6c11")
 _BATCH = 256
@@ -59,11 +61,19 @@ class QdrantStore(VectorStore):
     backend = "qdrant"
 
     def __init__(
-        self, client: Any, layout: StoreLayout, *, name: str, location: str, hnsw_ef: int = 128
+        self,
+        client: Any,
+        layout: StoreLayout,
+        *,
+        name: str,
+        location: str,
+        hnsw_ef: int = 128,
+        hnsw_m: int = 16,
     ) -> None:
         super().__init__(layout, name, location)
         self.client = client
         self.hnsw_ef = int(hnsw_ef)
+        self.hnsw_m = int(hnsw_m)  # 0: the server builds no graph (brute force, like kind "flat")
         self._local = getattr(client, "_client", None).__class__.__name__ == "QdrantLocal"
         self._lock = threading.RLock()
 
@@ -104,9 +114,9 @@ class QdrantStore(VectorStore):
             name,
             vectors_config=models.VectorParams(size=layout.width, distance=models.Distance.EUCLID),
             hnsw_config=models.HnswConfigDiff(m=hnsw_m, ef_construct=hnsw_ef_construct),
-            metadata={_META_KEY: layout.to_json()},
+            metadata={_META_KEY: layout.to_json(), _HNSW_KEY: hnsw_m},
         )
-        return cls(client, layout, name=name, location=location, hnsw_ef=hnsw_ef)
+        return cls(client, layout, name=name, location=location, hnsw_ef=hnsw_ef, hnsw_m=hnsw_m)
 
     @classmethod
     def open(
@@ -125,14 +135,23 @@ class QdrantStore(VectorStore):
         if not client.collection_exists(name):
             client.close()
             raise FileNotFoundError(f"{location}: no collection {name!r}")
-        meta = (client.get_collection(name).config.metadata or {}).get(_META_KEY)
+        config = client.get_collection(name).config
+        meta = (config.metadata or {}).get(_META_KEY)
         if meta is None:
             client.close()
             raise ValueError(
                 f"{location}: collection {name!r} was not written by lorentz-rag (no layout metadata)"
             )
         layout = StoreLayout.from_json(meta, f"{location} collection {name!r}")
-        return cls(client, layout, name=name, location=location, hnsw_ef=hnsw_ef)
+        hnsw_m = (config.metadata or {}).get(_HNSW_KEY, getattr(config.hnsw_config, "m", None))
+        return cls(
+            client,
+            layout,
+            name=name,
+            location=location,
+            hnsw_ef=hnsw_ef,
+            hnsw_m=16 if hnsw_m is None else hnsw_m,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -164,7 +183,7 @@ class QdrantStore(VectorStore):
             return int(self.client.count(self.name, exact=True).count)
 
     def has_ann_index(self) -> bool:
-        return not self._local  # local mode searches by brute force
+        return not self._local and self.hnsw_m > 0  # local mode searches by brute force
 
     def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
         _, models = _qdrant()
