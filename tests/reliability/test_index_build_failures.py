@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -167,3 +168,34 @@ def test_a_real_sigint_ends_the_process_with_one_line_and_130(tiny_model_dir, tm
         f"interrupted: index build of {out} stopped; {kept} finished shard(s) are kept in {work}"
     )
     assert kept >= 1 and not list(work.glob("*.tmp-*")) and not out.exists()
+
+
+# --- a full disk while the index is written ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
+    reason="needs the /dev/full device (Linux)",
+)
+def test_a_full_disk_while_faiss_writes_names_the_index_and_keeps_the_old_one(
+    tiny_model_dir, beir_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "index"
+    args = _build_args(tiny_model_dir, beir_dir, out)
+    assert run_main(cli.main, args, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    faiss = index_module._faiss()
+    real_writer = faiss.PyCallbackIOWriter
+    full = open("/dev/full", "wb", buffering=0)  # noqa: SIM115 (closed below); every write: ENOSPC
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", lambda write: real_writer(full.write))
+    status, _, err = run_main(cli.main, args, capsys)
+    assert (status, err) == (
+        2,
+        f"error: {out}: no space left on device: free space or write to another disk, then rerun\n",
+    )
+    full.close()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous index is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".index.lorentz_rag.lock",
+        "index",
+    ]  # no staging left

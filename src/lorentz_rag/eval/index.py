@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.data.beir import read_corpus
-from lorentz_rag.errors import on_interrupt
+from lorentz_rag.errors import names_path, on_interrupt
 from lorentz_rag.eval.encode import (
     DEFAULT_SHARD_SIZE,
     EncodingIncompleteError,
@@ -58,9 +58,9 @@ from lorentz_rag.eval.encode import (
     finished_shards,
     work_dir_for,
 )
+from lorentz_rag.eval.relation_search import relation_search
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
-from lorentz_rag.eval.relation_search import relation_search
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
@@ -422,7 +422,8 @@ class VectorIndex:
         staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            self._write_files(staging)
+            with names_path(target):  # a full disk names the index folder
+                self._write_files(staging)
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 os.replace(target, old)
@@ -436,7 +437,12 @@ class VectorIndex:
 
     def _write_files(self, folder: Path) -> None:
         folder.mkdir(parents=True)
-        _faiss().write_index(self.faiss_index, str(folder / _FAISS_FILE))
+        # FAISS writes through Python's file: its own writer ignores an error at close (a full disk leaves a
+        # truncated faiss.index and only a message on stderr); Python raises OSError at write and close.
+        with open(folder / _FAISS_FILE, "wb") as handle:
+            writer = _faiss().PyCallbackIOWriter(handle.write)
+            _faiss().write_index(self.faiss_index, writer)
+            del writer
         (folder / _IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
         meta = {
             "format_version": _FORMAT_VERSION,
