@@ -11,7 +11,6 @@ rebuilt. Readers in other processes see each commit (``read_consistency_interval
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -173,7 +172,9 @@ class LanceDBStore(VectorStore):
             if self.refine_factor:
                 builder = builder.refine_factor(int(self.refine_factor))
             if self.ef:
-                builder = builder.ef(max(int(self.ef), fetch))
+                builder = builder.ef(
+                    max(int(self.ef), fetch * int(self.refine_factor or 1))
+                )  # LanceDB: ef >= its k
         result = builder.to_arrow()
         qi = (
             result["query_index"].to_numpy()
@@ -216,7 +217,8 @@ class LanceDBStore(VectorStore):
         ef_construction: int = 300,
     ) -> None:
         """Build (or replace) an ANN index of ``kind`` over the documents now in the table, L2 on the stored
-        form. ``num_partitions`` defaults to about ``sqrt(n)``."""
+        form. ``num_partitions`` defaults to LanceDB's (from its target partition size); search probes
+        ``nprobes`` partitions."""
         if kind not in ANN_KINDS:
             raise ValueError(f"unknown LanceDB index kind {kind!r}; choose one of {list(ANN_KINDS)}")
         n = len(self)
@@ -227,7 +229,7 @@ class LanceDBStore(VectorStore):
         config_cls = getattr(_lancedb_index(), _INDEX_CLASSES[kind])
         options: dict[str, Any] = {
             "distance_type": "l2",
-            "num_partitions": num_partitions or max(1, int(math.sqrt(n))),
+            "num_partitions": num_partitions,
         }
         if "pq" in kind:
             options["num_sub_vectors"] = num_sub_vectors or _sub_vectors(self.layout.width)
