@@ -4,6 +4,7 @@ server-mode search parameters (exact vs HNSW) with a recording client in place o
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ from store_fakes import points
 
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.models import build_model, packaged_minilm_path
-from lorentz_rag.stores import QdrantStore, StoreLayout, layout_for_model, model_radius_bound
+from lorentz_rag.stores import QdrantStore, StoreLayout, create_store, layout_for_model, model_radius_bound
 from lorentz_rag.stores.qdrant import point_id
 
 MINILM = str(packaged_minilm_path())
@@ -130,3 +131,10 @@ def test_qdrant_server_searches_through_hnsw_unless_exact():
         [h.id for h in row] for row in exact
     ]
     assert {r.params.exact for r in client.requests} == {True}
+
+
+@pytest.mark.parametrize(("module", "spec"), [("lancedb", "lancedb:{}"), ("qdrant_client", "qdrant:{}")])
+def test_a_missing_client_names_the_extra(module, spec, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'lorentz-rag\[stores\]'"):
+        create_store(spec.format(tmp_path / "db"), StoreLayout("cosine", None, 4, None))
