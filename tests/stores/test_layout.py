@@ -3,6 +3,7 @@ server-mode search parameters (exact vs HNSW) with a recording client in place o
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from types import SimpleNamespace
@@ -138,3 +139,14 @@ def test_a_missing_client_names_the_extra(module, spec, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(ImportError, match=r"pip install 'lorentz-rag\[stores\]'"):
         create_store(spec.format(tmp_path / "db"), StoreLayout("cosine", None, 4, None))
+
+
+def test_the_recorded_layout_names_its_stored_form_and_a_different_one_is_refused():
+    layout = StoreLayout("geodesic", 1.0, 9, 3.0, model_fingerprint="f")
+    data = json.loads(layout.to_json())
+    assert data["stored_form"] == "l2_reduced" and data["norm_bound"] == layout.norm_bound
+    assert StoreLayout.from_json(layout.to_json(), "here") == layout
+    for change in ({"stored_form": "raw"}, {"norm_bound": 2.0}, {"format_version": 2}, {"dim": "x"}):
+        with pytest.raises(ValueError, match="here: unreadable lorentz-rag store metadata"):
+            StoreLayout.from_json(json.dumps({**data, **change}), "here")
+    assert json.loads(StoreLayout("cosine", None, 4, None).to_json())["stored_form"] == "unit"

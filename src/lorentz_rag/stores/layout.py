@@ -76,6 +76,8 @@ class StoreLayout:
     format_version: int = STORE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
         similarity_fns.check_kind(self.similarity, self.curvature)
         if self.is_hyperbolic and not (self.curvature or 0) > 0:
             raise ValueError(f"similarity {self.similarity!r} needs a curvature c > 0, got {self.curvature}")
@@ -109,8 +111,15 @@ class StoreLayout:
         """``B`` in ``|a - b|^2 = |a|^2 + B - 2 s``: the certification score ``s`` of a store distance."""
         return {"cosine": 1.0, "euclidean": 0.0}.get(self.similarity, self.norm_bound**2)
 
+    @property
+    def stored_form(self) -> str:
+        """The stored vector form, by name (recorded for readers of the metadata; checked on open)."""
+        return {"cosine": "unit", "euclidean": "raw"}.get(self.similarity, "l2_reduced")
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(
+            {**asdict(self), "stored_form": self.stored_form, "norm_bound": self.norm_bound}, sort_keys=True
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> StoreLayout:
@@ -119,7 +128,14 @@ class StoreLayout:
             data = json.loads(text)
             if data.get("format_version") != STORE_FORMAT_VERSION:
                 raise ValueError(f"unsupported format_version {data.get('format_version')!r}")
-            return cls(**data)
+            form, bound = data.pop("stored_form", None), data.pop("norm_bound", None)
+            layout = cls(**data)
+            if form != layout.stored_form or bound is None or not math.isclose(bound, layout.norm_bound):
+                raise ValueError(
+                    f"stored form {form!r} with norm bound {bound} is not this version's "
+                    f"{layout.stored_form!r} with {layout.norm_bound}"
+                )
+            return layout
         except (ValueError, TypeError, AttributeError) as error:
             raise ValueError(f"{where}: unreadable lorentz-rag store metadata: {error}") from None
 
