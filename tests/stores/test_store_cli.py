@@ -104,3 +104,21 @@ def test_add_refuses_another_model(model, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(commands, "load_model", lambda path: FakeModel("geodesic", seed=9))
     assert cli.main(["index", "add", "--store", spec, "--corpus", str(corpus)]) == 2
     assert "built with another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_corpus_is_refused_before_the_model_loads(backend, model, tmp_path, capsys):
+    spec = f"{backend}:{tmp_path / 'db'}"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    argv = ["index", "build", "--model", str(tmp_path), "--corpus", str(empty), "--store", spec]
+    assert cli.main([*argv, "--max-radius", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: corpus {empty} has no documents: nothing to store"
+    assert model.loaded == [] and not (tmp_path / "db").exists()
+    build = _corpus(tmp_path / "corpus.jsonl", 0, 3)
+    assert cli.main([*argv[:5], str(build), *argv[6:], "--max-radius", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["index", "add", "--store", spec, "--corpus", str(empty)]) == 2
+    assert "has no documents" in capsys.readouterr().err
+    assert len(open_store(spec)) == 3

@@ -60,8 +60,8 @@ def build_store_command(
         raise ValueError(
             f"--kind {kind!r} does not apply to store {store}; choose one of {list(store_kinds(store))}"
         )
+    ids, texts = _read_documents(corpus)  # before the model loads: an empty corpus costs nothing
     model = load_model(model_path)
-    ids, texts = read_corpus(corpus)
     layout = layout_for_model(model, max_radius=max_radius, model_path=str(Path(model_path).resolve()))
     start = time.perf_counter()
     backend, _ = parse_store_spec(store)
@@ -92,7 +92,7 @@ def add_store_command(
     target = open_store(store, name=name)
     model = _model_for(target, model_path)
     target.check_model(model, allow_model_mismatch=allow_model_mismatch)
-    ids, texts = read_corpus(corpus)
+    ids, texts = _read_documents(corpus)
     _add_in_batches(target, model, ids, texts, batch_size)
     print(f"added {len(ids)} documents from {corpus} -> {store} ({name}); it holds {len(target)}")
     return target
@@ -126,6 +126,14 @@ def search_store_command(
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>3}. {hit.score:+.6f}  {hit.id}")
     return results
+
+
+def _read_documents(corpus: str) -> tuple[list[str], list[str]]:
+    """The corpus's ids and texts; an empty corpus is refused (as ``index build --out`` refuses it)."""
+    ids, texts = read_corpus(corpus)
+    if not texts:
+        raise ValueError(f"corpus {corpus} has no documents: nothing to store")
+    return ids, texts
 
 
 def _model_for(store: VectorStore, model_path: str | None) -> Any:
