@@ -1,0 +1,232 @@
+"""The taxonomy recipe's measurement (issue 19): zero-shot MiniLM, HyTE-H and its Euclidean-distance twin
+trained with configs/taxonomy/*.yaml, over seeds and taxonomies, on each taxonomy's held-out concepts.
+
+Per taxonomy, ``lorentz-rag taxonomy build`` (the same split as the training runs) gives the evaluation sets;
+every model is measured on their ``report`` halves (``--part tune`` to choose settings):
+
+- broader / narrower / synonym nDCG@10 (plain similarity), and broader nDCG@10 with ``relation="broader"``
+  for the models with a radius (exact float64 ranking, :meth:`EmbeddingModel.search`);
+- faq-dev nDCG@10 (general retrieval, the bundled report half);
+- depth: Spearman of radius (norm) against the depth level of the held-out concepts (``eval/levels.jsonl``);
+- subsumption F1 (HiT's protocol, hard negatives, threshold chosen on validation; scored by the relation
+  score ``broader`` for radius models, by similarity for zero-shot).
+
+Reported: mean +- sd over seeds and paired bootstrap 95% intervals (:mod:`lorentz_rag.eval.stats`, seeds and
+queries resampled) for HyTE-H - twin, each model - zero-shot, and broader-by-relation - broader-by-similarity.
+Results: ``OUT/results.json`` and ``OUT/report.md``. The full campaign (5 seeds, both bundled taxonomies) is
+long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benchmarks/test_bench_taxonomy.py):
+
+    .venv/bin/python benchmarks/bench_taxonomy.py --taxonomies wordnet icd10cm --seeds 5 --out runs/bench_taxonomy
+    .venv/bin/python benchmarks/bench_taxonomy.py --quick --taxonomies tests/data/fixtures/animals.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import numpy as np
+
+import lorentz_rag
+from lorentz_rag.data.beir import document_text, load_beir
+from lorentz_rag.data.bundled import faq_dev_path
+from lorentz_rag.data.taxonomy import read_taxonomy, wordnet_held_out_ids
+from lorentz_rag.data.taxonomy_sets import TaxonomySetOptions, build_taxonomy_sets, resolve_taxonomy
+from lorentz_rag.eval.hierarchy import embedding_radii, radius_stats, read_level_rows
+from lorentz_rag.eval.retrieval import compute_metrics, evaluate_beir
+from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
+from lorentz_rag.eval.subsumption import evaluate_subsumption
+from lorentz_rag.training.config import load_config
+from lorentz_rag.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# The configs name the bundled pairs as ${LORENTZ_RAG_DATA_DIR:-data}/...: found from any working directory.
+os.environ.setdefault("LORENTZ_RAG_DATA_DIR", str(ROOT / "data"))
+MODELS = {"hyte_h": "hyte_h.yaml", "twin": "euclidean_distance.yaml"}
+SETS = ("broader", "narrower", "synonym")
+
+
+def _ndcg(model: Any, folder: Path, part: str, relation: str = "similar") -> list[float]:
+    """Per-query nDCG@10 (queries with judgments, by id) of ``model`` on a BEIR folder's ``part``; empty when
+    no query of the part is judged (a tiny taxonomy's held-out leaves have no descendants)."""
+    if not any(load_beir(folder, part).qrels.values()):
+        return []
+    if relation == "similar":
+        metrics = evaluate_beir(model, folder, part, top_k=10, per_query=True)
+        per_query = metrics["per_query"]
+    else:
+        data = load_beir(folder, part)
+        doc_ids = list(data.corpus)
+        query_ids = [q for q in data.queries if data.qrels.get(q)]
+        docs = model.encode([document_text(data.corpus[d]) for d in doc_ids], "document")
+        hits = model.search([data.queries[q] for q in query_ids], docs, k=10, relation=relation)
+        ranked = {q: [doc_ids[p] for p, _ in row] for q, row in zip(query_ids, hits)}
+        per_query = compute_metrics({q: data.qrels[q] for q in query_ids}, ranked, per_query=True)[
+            "per_query"
+        ]
+    return [float(per_query[q]["ndcg@10"]) for q in sorted(per_query)]
+
+
+def evaluate(model: Any, sets: Path, part: str, has_radius: bool) -> dict[str, Any]:
+    """Every measurement of one model (per-query lists where a bootstrap needs them)."""
+    out: dict[str, Any] = {name: _ndcg(model, sets / "eval" / name, part) for name in SETS}
+    if has_radius:
+        out["broader_relation"] = _ndcg(model, sets / "eval" / "broader", part, relation="broader")
+    out["faq_dev"] = _ndcg(model, faq_dev_path(), "report")
+    rows = read_level_rows(sets / "eval" / "levels.jsonl")
+    radii, _, _ = embedding_radii(model, [r["text"] for r in rows])
+    out["depth_spearman"] = radius_stats(radii, [int(r["level"]) for r in rows])["spearman"]["rho"]
+    relation = "broader" if has_radius else "similar"
+    out["subsumption_f1"] = evaluate_subsumption(model, sets / "eval" / "subsumption", relation=relation)[
+        "f1"
+    ]
+    return out
+
+
+def _train(
+    taxonomy: str,
+    name: str,
+    seed: int,
+    steps: int | None,
+    out: Path,
+    options: TaxonomySetOptions,
+    quick: bool,
+) -> Any:
+    """Train one model with the recipe on the split ``options`` describe; its final model."""
+    overrides: dict[str, Any] = {
+        "taxonomy_args.path": taxonomy,
+        "taxonomy_args.held_out_fraction": options.held_out_fraction,
+        "taxonomy_args.validation_fraction": options.validation_fraction,
+        "taxonomy_args.seed": options.seed,
+        "train_args.seed": seed,
+        "train_args.output_dir": str(out),
+        "train_args.overwrite": True,
+    }
+    if steps is not None:
+        overrides["train_args.max_steps"] = steps
+    if quick:
+        overrides.update(
+            {"train_args.batch_size": 4, "train_args.warmup_steps": 0, "model_args.max_seq_length": 16}
+        )
+        overrides.update({"hierarchy_args.edges_per_step": 4, "taxonomy_args.replay_share": 0.0})
+    config = load_config(ROOT / "configs" / "taxonomy" / MODELS[name], overrides, dotenv_dir=None)
+    return lorentz_rag.load_model(train(config).final_model_dir)
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Means +- sd and the paired intervals of one taxonomy's results."""
+    zero, trained = results["zero_shot"], results["trained"]
+    summary: dict[str, Any] = {}
+    metrics = [*SETS, "broader_relation", "faq_dev", "depth_spearman", "subsumption_f1"]
+    for metric in metrics:
+        row: dict[str, Any] = {}
+        if metric in zero:
+            value = zero[metric]
+            row["zero_shot"] = (
+                (float(np.mean(value)) if value else float("nan")) if isinstance(value, list) else value
+            )
+        for name in MODELS:
+            values = [r[metric] for r in trained[name] if metric in r]
+            scalars = [
+                (float(np.mean(v)) if v else float("nan")) if isinstance(v, list) else v for v in values
+            ]
+            row[name] = mean_sd(scalars)
+        summary[metric] = row
+    intervals: dict[str, Any] = {}
+    for metric in [*SETS, "faq_dev"]:
+        if not zero[metric]:
+            continue
+        a = np.array([r[metric] for r in trained["hyte_h"]])
+        b = np.array([r[metric] for r in trained["twin"]])
+        intervals[f"{metric}: hyte_h - twin"] = paired_bootstrap(a, b)
+        for name, x in (("hyte_h", a), ("twin", b)):
+            intervals[f"{metric}: {name} - zero_shot"] = paired_bootstrap(x, np.array(zero[metric]))
+    for name in MODELS:
+        if not zero["broader"]:
+            continue
+        rel = np.array([r["broader_relation"] for r in trained[name]])
+        plain = np.array([r["broader"] for r in trained[name]])
+        intervals[f"broader: {name} relation - similarity"] = paired_bootstrap(rel, plain)
+    return {"means": summary, "intervals": intervals}
+
+
+def _report(all_results: dict[str, Any]) -> str:
+    lines = ["# Taxonomy recipe benchmark", ""]
+    for taxonomy, res in all_results["taxonomies"].items():
+        lines += [f"## {taxonomy}", "", "| metric | zero-shot | HyTE-H | twin |", "|---|---|---|---|"]
+        for metric, row in res["summary"]["means"].items():
+            zs = row.get("zero_shot")
+            cells = [f"{zs:.4f}" if isinstance(zs, float) else "-"]
+            cells += [f"{row[n][0]:.4f} +- {row[n][1]:.4f}" for n in MODELS]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        lines += ["", "| comparison | mean | 95% interval |", "|---|---|---|"]
+        for name, iv in res["summary"]["intervals"].items():
+            lines.append(f"| {name} | {iv['mean']:+.4f} | [{iv['low']:+.4f}, {iv['high']:+.4f}] |")
+        lines.append("")
+    lines.append(f"Settings: {json.dumps(all_results['settings'])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--taxonomies", nargs="+", default=["wordnet", "icd10cm"])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=42)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the configs' 300)")
+    parser.add_argument("--part", choices=["report", "tune"], default="report")
+    parser.add_argument("--out", default="runs/bench_taxonomy")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny smoke run: 1 seed, 2 steps, small sets, both halves (test)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.part = "test"
+    seeds = [args.first_seed + i for i in range(1 if args.quick else args.seeds)]
+    steps = 2 if args.quick else args.steps
+    out = Path(args.out)
+    zero_shot = lorentz_rag.load_model("all-MiniLM-L6-v2")
+    results: dict[str, Any] = {"taxonomies": {}, "settings": {**vars(args), "seeds": seeds, "steps": steps}}
+    for taxonomy in args.taxonomies:
+        start = time.perf_counter()
+        path = resolve_taxonomy(taxonomy)
+        tag = Path(taxonomy).stem.split(".")[0]
+        sets = out / tag / "sets"
+        options = TaxonomySetOptions()
+        if args.quick:  # small sets; a fixture taxonomy is tiny: hold out enough concepts for every set
+            options = TaxonomySetOptions(
+                held_out_fraction=0.3, max_queries=20, corpus_size=200, subsumption_concepts=20, negatives=2
+            )
+        build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
+        res: dict[str, Any] = {
+            "zero_shot": evaluate(zero_shot, sets, args.part, has_radius=False),
+            "trained": {},
+        }
+        for name in MODELS:
+            res["trained"][name] = []
+            for seed in seeds:
+                model = _train(taxonomy, name, seed, steps, out / tag / f"{name}-{seed}", options, args.quick)
+                res["trained"][name].append(evaluate(model, sets, args.part, has_radius=True))
+        res["summary"] = _summary(res)
+        res["seconds"] = time.perf_counter() - start
+        results["taxonomies"][taxonomy] = res
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(_report(results), encoding="utf-8")
+    print(_report(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
