@@ -35,6 +35,9 @@ def test_quick_run_writes_exact_stores_and_every_recall(tmp_path):
         assert row["identical_top10"] == row["queries"], row
         assert row["max_abs_score_difference"] == 0.0, row
 
+    probe = result["default_bound_probe"]  # the store's default R (HyTE-H's bound 10): slow but exact
+    assert probe["max_radius"] == 10.0 and probe["identical_top10"] == probe["queries"] == 5
+
     recall = {(r["points"], r["index"], r["form"]): r["recall_at_10"] for r in result["ann_recall"]}
     for points in ("radii 1.5-2.5", "radii 6-10"):
         for index in ("FAISS HNSW", "LanceDB ivf_hnsw_sq", "LanceDB ivf_pq"):
