@@ -56,6 +56,53 @@ def installed(tmp_path_factory) -> tuple[Path, set[str]]:
     return site, names
 
 
+def test_the_wheel_is_lorentz_rag_and_its_command_runs(installed, tmp_path):
+    """The distribution, the import package and the console script carry the project's own name (``hyprag``
+    on the package index is another project): pip installs the wheel's ``lorentz-rag`` command, which runs."""
+    site, names = installed
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "\nName: lorentz-rag\n" in (site / metadata).read_text()
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert (site / entry_points).read_text().split("[console_scripts]")[1].split() == [
+        "lorentz-rag",
+        "=",
+        "lorentz_rag.cli:main",
+    ]
+    assert not any(n.startswith("hyprag") for n in names)
+    (wheel,) = (site.parents[2] / "dist").glob("lorentz_rag-*.whl")
+    target = tmp_path / "target"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "LORENTZ_RAG_DATA_DIR"}
+    environ["PYTHONPATH"] = str(target)
+    for argv, expect in ((["--help"], "usage: lorentz-rag"), (["--version"], "lorentz-rag ")):
+        out = subprocess.run(
+            [str(target / "bin" / "lorentz-rag"), *argv],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.startswith(expect), out.stdout[:300]
+
+
 def _run(site: Path, cwd: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "LORENTZ_RAG_DATA_DIR"}
     environ.update(PYTHONPATH=str(site), **env)
