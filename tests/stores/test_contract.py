@@ -158,6 +158,9 @@ def test_a_model_other_than_the_stores_is_refused(backend, tmp_path):
 def test_layout_needs_a_radius_bound_where_the_model_has_none():
     with pytest.raises(ValueError, match=r"no radius bound .* max_radius \(--max-radius\)"):
         layout_for_model(FakeModel("geodesic"))
+    docs = FakeModel("geodesic").encode([f"d{i}" for i in range(50)])
+    tight = layout_for_model(FakeModel("geodesic"), documents=docs).max_radius
+    assert tight == pytest.approx(float(lorentz.radius(docs.double(), 1.0).max()) + 1.0, rel=1e-6)
     assert layout_for_model(FakeModel("geodesic"), max_radius=4.0).max_radius == 4.0
     assert layout_for_model(FakeModel("cosine")).max_radius is None
 

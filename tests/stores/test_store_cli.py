@@ -7,10 +7,13 @@ import json
 import re
 
 import pytest
+import torch
 from store_fakes import RADIUS, FakeModel
 
 from lorentz_rag import cli
+from lorentz_rag.geometry import lorentz
 from lorentz_rag.stores import commands, open_store
+from lorentz_rag.stores.layout import RADIUS_HEADROOM, documents_radius
 
 BACKENDS = ("lancedb", "qdrant")
 
@@ -73,7 +76,6 @@ def test_build_search_add_delete_through_the_command_line(backend, model, tmp_pa
         (["--out", "OUT", "--kind", "ivf_pq"], "--kind ivf_pq needs a LanceDB --store"),
         (["--store", "qdrant:DB", "--kind", "ivf_pq"], "--kind 'ivf_pq' does not apply to store qdrant:"),
         (["--store", "milvus:DB"], "unknown store 'milvus:.*': give lancedb:PATH"),
-        (["--store", "lancedb:DB"], r"no radius bound .*--max-radius"),
     ],
 )
 def test_index_build_refusals(args, message, model, tmp_path, capsys):
@@ -122,3 +124,30 @@ def test_an_empty_corpus_is_refused_before_the_model_loads(backend, model, tmp_p
     assert cli.main(["index", "add", "--store", spec, "--corpus", str(empty)]) == 2
     assert "has no documents" in capsys.readouterr().err
     assert len(open_store(spec)) == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_max_radius_the_bound_is_the_documents_radius_plus_headroom(backend, model, tmp_path, capsys):
+    """A model with no bound of its own (or a loose one) gets the corpus's largest radius + RADIUS_HEADROOM: a
+    tight R keeps the reduced form resolvable in float32; a later document beyond it is refused."""
+    spec = f"{backend}:{tmp_path / 'db'}"
+    corpus = _corpus(tmp_path / "corpus.jsonl", 0, 20)
+    assert (
+        cli.main(["index", "build", "--model", str(tmp_path), "--corpus", str(corpus), "--store", spec]) == 0
+    )
+    capsys.readouterr()
+    _, texts = commands.read_corpus(str(corpus))
+    emb = model.encode(texts, "document")
+    store = open_store(spec)
+    want = documents_radius(emb, "geodesic", 1.0) + RADIUS_HEADROOM
+    assert store.layout.max_radius == pytest.approx(want, rel=1e-9)
+    assert store.layout.max_radius < RADIUS + RADIUS_HEADROOM
+    store.close()
+    direction = torch.nn.functional.normalize(torch.ones(1, model.dim, dtype=torch.float64), dim=-1)
+    inside, beyond = (lorentz.expmap0(direction * r, 1.0).float() for r in (want - 0.01, want + 0.01))
+    store = open_store(spec)
+    store.add_embeddings(["inside"], inside)  # within the headroom: added without a rebuild
+    with pytest.raises(ValueError, match="beyond the store's radius bound"):
+        store.add_embeddings(["beyond"], beyond)
+    assert len(store) == 21
+    store.close()

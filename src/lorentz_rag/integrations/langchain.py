@@ -28,6 +28,7 @@ langchain-core is imported here only (an ``eval`` extra); nothing else in lorent
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ except ImportError as error:  # pragma: no cover - langchain-core is a declared 
 import torch
 from pydantic import Field, model_validator
 
+from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.models.base import check_finite_embeddings
@@ -221,16 +223,20 @@ class LorentzRagVectorStore(LangChainVectorStore):
         **kwargs: Any,
     ) -> LorentzRagVectorStore:
         """Create the store ``store`` (``"lancedb:PATH"``, ``"qdrant:PATH"`` or ``"qdrant+http://HOST:PORT"``)
-        for ``embedding``'s model and add ``texts``. ``max_radius``: the radius bound, for models without
-        one (:func:`lorentz_rag.stores.layout_for_model`); ``kwargs`` go to the constructor."""
+        for ``embedding``'s model and add ``texts``. ``max_radius``: the radius bound every document, now or
+        later, must respect (default: the texts' largest radius plus
+        :data:`lorentz_rag.stores.layout.RADIUS_HEADROOM`, capped by the model's bound; see
+        :func:`lorentz_rag.stores.layout_for_model`); ``kwargs`` go to the constructor."""
         if not isinstance(embedding, LorentzRagEmbeddings):
             raise TypeError(f"embedding must be a LorentzRagEmbeddings, got {type(embedding).__name__}")
         if not store:
             raise ValueError("give store='lancedb:PATH', 'qdrant:PATH' or 'qdrant+http://HOST:PORT'")
-        layout = layout_for_model(embedding.model, max_radius=max_radius)
+        vectors = encode_corpus(embedding.model, list(texts), batch_size=embedding.batch_size)
+        layout = layout_for_model(embedding.model, max_radius=max_radius, documents=vectors)
         target = create_store(store, layout, name=collection, overwrite=overwrite)
         vector_store = cls(target, embedding, **kwargs)
-        vector_store.add_texts(texts, metadatas, ids=ids)
+        ids = [str(uuid.uuid4()) for _ in texts] if ids is None else [str(i) for i in ids]
+        target.add_embeddings(ids, vectors, list(texts), metadatas)
         return vector_store
 
     def add_texts(

@@ -40,6 +40,8 @@ __all__ = ["DEFAULT_COLLECTION", "Candidates", "StoreHit", "VectorStore"]
 DEFAULT_COLLECTION = "lorentz_rag"
 # Unit roundoff of float32.
 _U32 = 2.0**-24
+# Most floats a store is asked to return at once (candidates x vector width, over a batch of queries): 256 MiB.
+_FETCH_BUDGET = 2**26
 
 
 @dataclass(frozen=True)
@@ -233,12 +235,18 @@ class VectorStore(abc.ABC):
         fetch = min(n_docs, margin)
         pending = list(range(q.shape[0]))
         while pending:
-            found = self._nearest(a32[pending], fetch, exact=certify)
             retry = []
-            for row, cand in zip(pending, found):
-                results[row], certified = self._rank(q64[row], cand, k_eff, offset[row], bound[row], certify)
-                if certify and not certified and fetch < n_docs:
-                    retry.append(row)
+            # Queries go to the store a few at a time, so that what it returns (fetch candidates per query,
+            # with their vectors) stays within _FETCH_BUDGET floats however large fetch grows.
+            step = max(1, _FETCH_BUDGET // (fetch * self.layout.width))
+            for start in range(0, len(pending), step):
+                rows = pending[start : start + step]
+                for row, cand in zip(rows, self._nearest(a32[rows], fetch, exact=certify)):
+                    results[row], certified = self._rank(
+                        q64[row], cand, k_eff, offset[row], bound[row], certify
+                    )
+                    if certify and not certified and fetch < n_docs:
+                        retry.append(row)
             pending, fetch = retry, min(n_docs, 2 * fetch)
         return results
 

@@ -62,17 +62,23 @@ def build_store_command(
         )
     ids, texts = _read_documents(corpus)  # before the model loads: an empty corpus costs nothing
     model = load_model(model_path)
-    layout = layout_for_model(model, max_radius=max_radius, model_path=str(Path(model_path).resolve()))
     start = time.perf_counter()
+    # Every document is embedded first: without --max-radius the store's bound comes from their radii.
+    emb = encode_corpus(model, texts, batch_size=batch_size)
+    layout = layout_for_model(
+        model, max_radius=max_radius, documents=emb, model_path=str(Path(model_path).resolve())
+    )
     backend, _ = parse_store_spec(store)
     options = {"hnsw_m": 0 if kind == "flat" else 16} if backend == "qdrant" else {}
     target = create_store(store, layout, name=name, overwrite=True, **options)
-    _add_in_batches(target, model, ids, texts, batch_size)
+    for part in range(0, len(ids), _ADD_BATCH):
+        chunk = slice(part, part + _ADD_BATCH)
+        target.add_embeddings(ids[chunk], emb[chunk], texts[chunk])
     if isinstance(target, LanceDBStore) and kind != "flat":
         target.create_ann_index(kind)
     seconds = time.perf_counter() - start
     print(
-        f"stored {len(target)} documents ({kind}, {layout.similarity}, radius bound {layout.max_radius}) from "
+        f"stored {len(target)} documents ({kind}, {layout.similarity}, radius bound {_rounded(layout.max_radius)}) from "
         f"{corpus} -> {store} ({name}) in {seconds:.1f} s"
     )
     return target
@@ -126,6 +132,10 @@ def search_store_command(
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>3}. {hit.score:+.6f}  {hit.id}")
     return results
+
+
+def _rounded(radius: float | None) -> float | None:
+    return None if radius is None else round(radius, 4)
 
 
 def _read_documents(corpus: str) -> tuple[list[str], list[str]]:

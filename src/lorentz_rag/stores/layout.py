@@ -14,14 +14,23 @@ cosine              ``x / |x|``                           ``q / |q|``           
 
 The hyperbolic row is the MIPS -> L2 reduction: every stored vector has norm ``R``, so an ANN graph or IVF
 index built on L2 links documents that are close as points (over the raw inner-product form, HNSW recall@10
-was about 1%). ``R`` is fixed when the store is created, so documents added later need no rebuild: it comes
-from the model's radius bound ``r`` (HyTE-H's clip ``max_norm`` or its head's ``max_radius``; every
-midpoint of points within radius ``r`` lies within it), as the norm of a point at hyperbolic radius ``r``:
-``|x|^2 = x0^2 + |xs|^2 = cosh(2 sqrt(c) r) / c``. Models without a bound (HyTE-FH, HyTE-H with hyperbolic
-blocks) need an explicit ``max_radius``. A document beyond the bound is refused. Keep ``r`` tight: the
-store resolves distances only to about ``2^-24 R^2``, so an ANN index over points far inside a loose
-bound loses recall (the float64 re-rank keeps flat search exact either way).
-The Euclidean-distance twin's norm bound is its head's ``max_radius`` (or ``max_radius``); cosine's is 1.
+was about 1%). ``R`` is fixed when the store is created, so documents added later need no rebuild; it is
+the norm of a point at hyperbolic radius ``r``, ``|x|^2 = x0^2 + |xs|^2 = cosh(2 sqrt(c) r) / c``, for a
+radius bound ``r`` every document must respect (a document beyond it is refused).
+
+``r`` must be tight: the store resolves distances only to about ``2^-24 R^2``, and ``R^2`` grows as
+``exp(2 sqrt(c) r)``. The model's own bound is a valid ``r`` (HyTE-H's clip ``max_norm`` or its head's
+``max_radius``: every midpoint of points within it lies within it) but usually a loose one: the quickstart
+HyTE-H's bound is 10 while its documents lie at radius about 2, and with ``r = 10`` the reduced form
+resolved distances only to about 15, ANN recall@10 fell to 0.00-0.14 and exact search had to fetch the
+whole store (``benchmarks/results/vector_stores.md``). So when a store is created from documents and no
+``max_radius`` is given, ``r`` is the documents' largest radius plus :data:`RADIUS_HEADROOM` (one unit of
+hyperbolic distance: room for later documents of the same kind, at 7x the ``R^2`` for ``c = 1``), never more
+than the model's bound. Models without a bound (HyTE-FH, HyTE-H with hyperbolic blocks) get the same
+default; creating an empty store for them needs an explicit ``max_radius``.
+The Euclidean-distance twin's stored form is ``x`` itself (``R`` only refuses documents, precision does not
+depend on it): its bound is its head's ``max_radius``, else the documents' largest norm times
+``1 + RADIUS_HEADROOM``; cosine's is 1.
 """
 
 from __future__ import annotations
@@ -41,11 +50,21 @@ from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.models.euclidean import EuclideanEncoder
 from lorentz_rag.models.hyte_h import HyteH
 
-__all__ = ["STORE_FORMAT_VERSION", "StoreLayout", "layout_for_model", "model_radius_bound"]
+__all__ = [
+    "RADIUS_HEADROOM",
+    "STORE_FORMAT_VERSION",
+    "StoreLayout",
+    "documents_radius",
+    "layout_for_model",
+    "model_radius_bound",
+]
 
 STORE_FORMAT_VERSION = 1
 # Relative slack on R: float32 model outputs at the bound land within a few ulps of it.
 _SLACK = 1e-4
+#: Room above the documents' largest radius (hyperbolic distance; relative for a Euclidean norm) that a
+#: store created from documents keeps for later ones, when no max_radius is given (module docstring).
+RADIUS_HEADROOM = 1.0
 
 
 def model_radius_bound(model: Any) -> float | None:
@@ -189,27 +208,53 @@ class StoreLayout:
         return x[:, : self.dim]
 
 
+def documents_radius(embeddings: Tensor, similarity: str, c: float | None) -> float:
+    """The largest radius among document embeddings ``[n, D]``: hyperbolic distance from the origin, or the
+    vector norm for the Euclidean-distance twin."""
+    x = torch.as_tensor(embeddings).detach().to(torch.float64)
+    if similarity in HYPERBOLIC:
+        return float(lorentz.radius(lorentz.lift(x[:, 1:], c), c).max())  # type: ignore[arg-type]
+    return float(x.norm(dim=-1).max())
+
+
 def layout_for_model(
-    model: Any, *, max_radius: float | None = None, model_path: str | None = None
+    model: Any,
+    *,
+    max_radius: float | None = None,
+    documents: Tensor | None = None,
+    model_path: str | None = None,
 ) -> StoreLayout:
     """The layout of a store for ``model``'s embeddings: its similarity, curvature, fingerprint, and the
-    radius bound ``max_radius`` (default: the model's own, :func:`model_radius_bound`)."""
+    radius bound: ``max_radius`` when given; else, with ``documents`` (their embeddings ``[n, D]``), their
+    largest radius plus :data:`RADIUS_HEADROOM`, capped by the model's own bound
+    (:func:`model_radius_bound`; for the Euclidean-distance twin its bound first); else the model's bound."""
     similarity = model.settings.similarity
+    c = model.curvature()
+    curvature = None if c is None else float(c.detach())
     radius = None
     if similarity != "cosine":
-        radius = max_radius if max_radius is not None else model_radius_bound(model)
+        radius = max_radius if max_radius is not None else _default_radius(model, documents, curvature)
         if radius is None:
             raise ValueError(
                 f"{type(model).__name__} has no radius bound (no clip or head bound on its output): pass "
-                "max_radius (--max-radius), the largest radius any document will have; documents beyond it "
-                "are refused"
+                "max_radius (--max-radius), the largest radius any document will have, or create the store "
+                "from documents; documents beyond it are refused"
             )
-    c = model.curvature()
     return StoreLayout(
         similarity=similarity,
-        curvature=None if c is None else float(c.detach()),
+        curvature=curvature,
         dim=int(model.embedding_dim),
         max_radius=None if radius is None else float(radius),
         model_fingerprint=model.fingerprint() if hasattr(model, "fingerprint") else None,
         model_path=model_path,
     )
+
+
+def _default_radius(model: Any, documents: Tensor | None, c: float | None) -> float | None:
+    bound = model_radius_bound(model)
+    similarity = model.settings.similarity
+    if documents is None or len(documents) == 0 or (bound is not None and similarity not in HYPERBOLIC):
+        return bound
+    r = documents_radius(documents, similarity, c)
+    r = r + RADIUS_HEADROOM if similarity in HYPERBOLIC else r * (1.0 + RADIUS_HEADROOM)
+    return r if bound is None else min(r, bound)
