@@ -41,9 +41,9 @@ __all__ = [
     "ConfigError",
     "DataArgs",
     "HierarchyArgs",
-    "TaxonomyArgs",
     "MLMArgs",
     "ParsedCommandLine",
+    "TaxonomyArgs",
     "TrainArgs",
     "TrainConfig",
     "config_help",
@@ -267,11 +267,15 @@ class TaxonomyArgs(_Section):
         description="Taxonomy file (.jsonl(.gz), .obo, SKOS) or bundled name (wordnet, icd10cm); None: off. "
         "Replaces data_args.data_path and hierarchy_args.taxonomy_path with files derived from its train split.",
     )
-    held_out_fraction: float = Field(0.1, gt=0, lt=1, description="Share of concepts held out (as taxonomy build).")
+    held_out_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of concepts held out (as taxonomy build)."
+    )
     validation_fraction: float = Field(
         0.5, ge=0, le=1, description="Share of the held-out concepts used for tuning (as taxonomy build)."
     )
-    seed: int = Field(0, description="Split and mixture seed (fixed across training seeds; taxonomy build's --seed).")
+    seed: int = Field(
+        0, description="Split and mixture seed (fixed across training seeds; taxonomy build's --seed)."
+    )
     use_pairs: bool = Field(
         True, description="Train on the taxonomy's own pairs: name -> definition and synonym -> definition."
     )
@@ -324,7 +328,9 @@ class TrainConfig(_Section):
         if self.taxonomy_args.path is None:
             return
         if self.train_args.task != "contrastive":
-            raise ValueError("taxonomy_args.path trains the contrastive task: set train_args.task=contrastive")
+            raise ValueError(
+                "taxonomy_args.path trains the contrastive task: set train_args.task=contrastive"
+            )
         prepared = str(Path(self.train_args.output_dir) / "taxonomy" / "train.jsonl.gz")
         h = self.hierarchy_args
         if h.wordnet_path is not None or h.taxonomy_path not in (None, prepared):

@@ -71,8 +71,8 @@ from lorentz_rag.training.logging import MetricsLogger, read_metrics
 from lorentz_rag.training.losses import InfoNCELoss
 from lorentz_rag.training.objective import TrainStep, grad_cache_micro_step
 from lorentz_rag.training.optim import build_optimizer, build_scheduler
-from lorentz_rag.training.taxonomy_recipe import prepare_taxonomy_run
 from lorentz_rag.training.probe import FiniteProbe
+from lorentz_rag.training.taxonomy_recipe import prepare_taxonomy_run
 
 __all__ = [
     "TrainResult",
