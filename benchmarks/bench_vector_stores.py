@@ -51,6 +51,7 @@ from lorentz_rag.geometry import lorentz
 from lorentz_rag.models import build_model, packaged_minilm_path
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.stores import create_store, layout_for_model, model_radius_bound
+from lorentz_rag.stores.layout import documents_radius
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -232,13 +233,12 @@ def rerank(
 
 
 def tight_radius(model: Any, docs: np.ndarray) -> float:
-    """The largest radius among ``docs`` (hyperbolic: from the origin; Euclidean: the norm), plus 0.1%."""
-    emb = torch.from_numpy(docs).to(torch.float64)
-    if model.is_hyperbolic:
-        radii = lorentz.radius(emb, float(model.curvature().detach()))
-    else:
-        radii = emb.norm(dim=-1)
-    return float(radii.max()) * 1.001
+    """The largest radius among ``docs`` (:func:`documents_radius`), plus 0.1%."""
+    c = model.curvature()
+    return (
+        documents_radius(torch.from_numpy(docs), model.settings.similarity, None if c is None else float(c))
+        * 1.001
+    )
 
 
 def filled_store(

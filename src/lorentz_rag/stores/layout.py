@@ -171,7 +171,7 @@ class StoreLayout:
         beyond = (norms > bound).nonzero().flatten().tolist()
         if beyond:
             i = beyond[0]
-            radius = self._radius(x32[i : i + 1].to(torch.float64))
+            radius = documents_radius(x32[i : i + 1], self.similarity, self.curvature)
             raise ValueError(
                 f"{len(beyond)} of {len(ids)} documents lie beyond the store's radius bound "
                 f"{self.max_radius:g}, the first {ids[i]!r} at radius {radius:g}: a store keeps one bound for every "
@@ -182,11 +182,6 @@ class StoreLayout:
             return np.ascontiguousarray(x32.numpy())
         extra = (bound**2 - norms.pow(2)).clamp_min(0.0).sqrt().to(torch.float32)
         return np.ascontiguousarray(torch.cat([x32, extra.unsqueeze(1)], dim=1).numpy())
-
-    def _radius(self, x: Tensor) -> float:
-        if self.is_hyperbolic:
-            return float(lorentz.radius(x, self.curvature))  # type: ignore[arg-type]
-        return float(x.norm())
 
     def query_forms(self, queries: Tensor) -> tuple[Tensor, np.ndarray]:
         """(float64 stored forms ``[n, D']`` for the re-rank, float32 store queries ``[n, width]``)."""
