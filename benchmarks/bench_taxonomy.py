@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import numpy as np
+import yaml
 
 import lorentz_rag
 from lorentz_rag.data.beir import document_text, load_beir
@@ -99,6 +101,7 @@ def _train(
     out: Path,
     options: TaxonomySetOptions,
     quick: bool,
+    extra: dict[str, Any],
 ) -> Any:
     """Train one model with the recipe on the split ``options`` describe; its final model."""
     overrides: dict[str, Any] = {
@@ -112,6 +115,7 @@ def _train(
     }
     if steps is not None:
         overrides["train_args.max_steps"] = steps
+    overrides.update(extra)
     if quick:
         overrides.update(
             {"train_args.batch_size": 4, "train_args.warmup_steps": 0, "model_args.max_seq_length": 16}
@@ -119,6 +123,25 @@ def _train(
         overrides.update({"hierarchy_args.edges_per_step": 4, "taxonomy_args.replay_share": 0.0})
     config = load_config(ROOT / "configs" / "taxonomy" / MODELS[name], overrides, dotenv_dir=None)
     return lorentz_rag.load_model(train(config).final_model_dir)
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as config overrides (values parsed as YAML scalars: numbers, booleans, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set {item!r}: write KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _timed(fn: Any, what: str, *args: Any) -> Any:
+    """``fn(*args)``, with its wall time printed (a campaign runs for hours: progress on stderr)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    print(f"[bench_taxonomy] {what}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return result
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +156,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             row["zero_shot"] = (
                 (float(np.mean(value)) if value else float("nan")) if isinstance(value, list) else value
             )
-        for name in MODELS:
+        for name in trained:
             values = [r[metric] for r in trained[name] if metric in r]
             scalars = [
                 (float(np.mean(v)) if v else float("nan")) if isinstance(v, list) else v for v in values
@@ -144,12 +167,12 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     for metric in [*SETS, "faq_dev"]:
         if not zero[metric]:
             continue
-        a = np.array([r[metric] for r in trained["hyte_h"]])
-        b = np.array([r[metric] for r in trained["twin"]])
-        intervals[f"{metric}: hyte_h - twin"] = paired_bootstrap(a, b)
-        for name, x in (("hyte_h", a), ("twin", b)):
+        per_model = {name: np.array([r[metric] for r in runs]) for name, runs in trained.items()}
+        if len(per_model) == len(MODELS):
+            intervals[f"{metric}: hyte_h - twin"] = paired_bootstrap(per_model["hyte_h"], per_model["twin"])
+        for name, x in per_model.items():
             intervals[f"{metric}: {name} - zero_shot"] = paired_bootstrap(x, np.array(zero[metric]))
-    for name in MODELS:
+    for name in trained:
         if not zero["broader"]:
             continue
         rel = np.array([r["broader_relation"] for r in trained[name]])
@@ -161,11 +184,13 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 def _report(all_results: dict[str, Any]) -> str:
     lines = ["# Taxonomy recipe benchmark", ""]
     for taxonomy, res in all_results["taxonomies"].items():
-        lines += [f"## {taxonomy}", "", "| metric | zero-shot | HyTE-H | twin |", "|---|---|---|---|"]
+        names = list(res["trained"])
+        lines += [f"## {taxonomy}", "", "| metric | zero-shot | " + " | ".join(names) + " |"]
+        lines.append("|---" * (len(names) + 2) + "|")
         for metric, row in res["summary"]["means"].items():
             zs = row.get("zero_shot")
             cells = [f"{zs:.4f}" if isinstance(zs, float) else "-"]
-            cells += [f"{row[n][0]:.4f} +- {row[n][1]:.4f}" for n in MODELS]
+            cells += [f"{row[n][0]:.4f} +- {row[n][1]:.4f}" for n in names]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines += ["", "| comparison | mean | 95% interval |", "|---|---|---|"]
         for name, iv in res["summary"]["intervals"].items():
@@ -184,6 +209,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--first-seed", type=int, default=42)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the configs' 300)")
     parser.add_argument("--part", choices=["report", "tune"], default="report")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both models' runs (e.g. hierarchy_args.weight=2; to try settings on --part tune)",
+    )
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--out", default="runs/bench_taxonomy")
     parser.add_argument(
         "--quick",
@@ -196,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = [args.first_seed + i for i in range(1 if args.quick else args.seeds)]
     steps = 2 if args.quick else args.steps
     out = Path(args.out)
+    extra = _overrides(args.set)
     zero_shot = lorentz_rag.load_model("all-MiniLM-L6-v2")
     results: dict[str, Any] = {"taxonomies": {}, "settings": {**vars(args), "seeds": seeds, "steps": steps}}
     for taxonomy in args.taxonomies:
@@ -210,14 +244,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
         res: dict[str, Any] = {
-            "zero_shot": evaluate(zero_shot, sets, args.part, has_radius=False),
-            "trained": {},
+            "zero_shot": _timed(evaluate, f"{tag} zero-shot", zero_shot, sets, args.part, False)
         }
-        for name in MODELS:
+        res["trained"] = {}
+        for name in args.models:
             res["trained"][name] = []
             for seed in seeds:
-                model = _train(taxonomy, name, seed, steps, out / tag / f"{name}-{seed}", options, args.quick)
-                res["trained"][name].append(evaluate(model, sets, args.part, has_radius=True))
+                run = out / tag / f"{name}-{seed}"
+                model = _timed(
+                    _train,
+                    f"{tag} {name} seed {seed} training",
+                    taxonomy,
+                    name,
+                    seed,
+                    steps,
+                    run,
+                    options,
+                    args.quick,
+                    extra,
+                )
+                res["trained"][name].append(
+                    _timed(evaluate, f"{tag} {name} seed {seed} evaluation", model, sets, args.part, True)
+                )
         res["summary"] = _summary(res)
         res["seconds"] = time.perf_counter() - start
         results["taxonomies"][taxonomy] = res

@@ -153,3 +153,39 @@ def test_the_recipe_configs_train_a_model_end_to_end(tmp_path: Path, config: str
         ["a domesticated carnivorous mammal"], ["animal", "dog", "rose"], k=3, relation="broader"
     )
     assert len(hits[0]) == 3
+
+
+def test_broader_pairs_join_the_mixture_from_the_train_split_only(tmp_path: Path) -> None:
+    config, _ = _config(
+        tmp_path,
+        **{
+            "taxonomy_args.held_out_fraction": 0.2,
+            "taxonomy_args.broader_pairs": 15,
+            "taxonomy_args.broader_max_hops": 2,
+        },
+    )
+    prepare_taxonomy_run(config)
+    folder = tmp_path / "out" / "taxonomy"
+    split = json.loads((folder / "split.json").read_text())
+    train = read_taxonomy(folder / "train.jsonl.gz")
+    # child (name or text) -> the text of one of its ancestors within 2 hops, in the train split
+    expected = {
+        (q, train[a].text)
+        for c in train
+        for a, hops in train.ancestors(c.id).items()
+        if hops <= 2
+        for q in (c.name, c.text)
+    }
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    broader = [r for r in rows if (r["query"], r["document"]) in expected]
+    assert 0 < split["broader_pairs"] <= 15
+    assert len(broader) >= split["broader_pairs"]
+    held = {read_taxonomy(ANIMALS)[i].text.casefold() for i in split["held_out"]}
+    assert not any(r["document"].casefold() in held or r["query"].casefold() in held for r in broader)
+    # off by default: no broader pairs
+    default, _ = _config(tmp_path / "default", **{"taxonomy_args.held_out_fraction": 0.2})
+    prepare_taxonomy_run(default)
+    assert (
+        json.loads((tmp_path / "default" / "out" / "taxonomy" / "split.json").read_text())["broader_pairs"]
+        == 0
+    )

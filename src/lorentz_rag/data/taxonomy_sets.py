@@ -62,6 +62,7 @@ from lorentz_rag.data.taxonomy import (
 
 __all__ = [
     "TaxonomySetOptions",
+    "broader_pairs",
     "build_taxonomy_sets",
     "contrastive_pairs",
     "depth_levels",
@@ -111,6 +112,31 @@ def contrastive_pairs(train: Taxonomy, banned: Iterable[str] = ()) -> tuple[list
                 continue
             rows.append({"query": query, "document": concept.text})
     return rows, dropped
+
+
+def broader_pairs(
+    train: Taxonomy, n: int, max_hops: int, seed: int, banned: Iterable[str] = ()
+) -> list[dict[str, str]]:
+    """``n`` seeded ``{"query", "document"}`` rows ``child -> ancestor`` of ``train`` (fewer when it has
+    fewer): the query a concept's name or its text, the document the text of an ancestor at most ``max_hops``
+    is-a hops above it. Rows with a text in ``banned`` (case-folded) are left out."""
+    if n == 0:
+        return []
+    banned_folded = {b.casefold() for b in banned}
+    candidates: list[tuple[str, str]] = []
+    for concept in train:
+        for ancestor_id, hops in train.ancestors(concept.id).items():
+            if hops <= max_hops:
+                candidates.append((concept.id, ancestor_id))
+    rng = random.Random(f"taxonomy-broader-pairs-{seed}")
+    rows: list[dict[str, str]] = []
+    for child_id, ancestor_id in rng.sample(candidates, min(n, len(candidates))):
+        child, document = train[child_id], train[ancestor_id].text
+        query = child.name if rng.random() < 0.5 else child.text
+        if query.casefold() in banned_folded or document.casefold() in banned_folded or query == document:
+            continue
+        rows.append({"query": query, "document": document})
+    return rows
 
 
 def depth_levels(depths: Mapping[str, int], max_levels: int = MAX_LEVELS) -> dict[str, int]:

@@ -143,6 +143,15 @@ class TrainArgs(_Section):
         description="DDP gradient bucket size in MiB (torchrun runs): smaller buckets start their all-reduce "
         "earlier in the backward, larger ones need fewer collectives.",
     )
+    ddp_sparse_embedding_hook: bool | None = Field(
+        None,
+        description="DDP (torchrun runs): all-reduce only the token-embedding rows some process touched this "
+        "step, bit for bit the dense all-reduce's result with 2 processes (training/ddp_hooks.py). null: on for "
+        "every trainable token-embedding table (nn.Embedding, LorentzEmbedding) of >= 2^18 elements that no "
+        "other module shares (a tied MLM head makes every row's gradient non-zero), when the backend is gloo or "
+        "nccl; true: on for every such table whatever its size (an error if there is none); "
+        "false: DDP's dense all-reduce. The run's log says which.",
+    )
     cache_base_states: bool = Field(
         False,
         description="Keep the frozen part of a pretrained base's states per text for the whole run "
@@ -280,6 +289,16 @@ class TaxonomyArgs(_Section):
         True, description="Train on the taxonomy's own pairs: name -> definition and synonym -> definition."
     )
     max_pairs: int | None = Field(None, ge=1, description="At most this many taxonomy pairs (seeded sample).")
+    broader_pairs: int = Field(
+        0,
+        ge=0,
+        description="Also this many child -> ancestor pairs (a train concept's name or definition -> the "
+        "definition of an ancestor within broader_max_hops; seeded sample), so similarity search itself "
+        "learns to retrieve broader concepts.",
+    )
+    broader_max_hops: int = Field(
+        1, ge=1, description="Ancestors up to this many is-a hops make broader_pairs."
+    )
     replay_share: float = Field(
         0.5, ge=0, lt=1, description="Share of general pairs (from replay_path) in the contrastive mixture."
     )

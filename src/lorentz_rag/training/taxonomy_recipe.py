@@ -12,7 +12,8 @@ When ``taxonomy_args.path`` is set, :func:`prepare_taxonomy_run` (called by the 
    the hierarchy objective's edges are the train split's closure;
 3. writes ``OUT/taxonomy/pairs.jsonl``, the contrastive mixture, and points ``data_args.data_path`` at it: the
    taxonomy's own pairs (name -> definition, synonym -> definition of train concepts,
-   :func:`~lorentz_rag.data.taxonomy_sets.contrastive_pairs`; at most ``max_pairs``, a seeded sample) plus
+   :func:`~lorentz_rag.data.taxonomy_sets.contrastive_pairs`; at most ``max_pairs``, a seeded sample), then
+   ``broader_pairs`` child -> ancestor pairs (:func:`~lorentz_rag.data.taxonomy_sets.broader_pairs`), plus
    general pairs from ``replay_path`` so that they make up ``replay_share`` of the rows (seeded sample,
    fewer if the files hold fewer);
 4. writes ``OUT/taxonomy/split.json`` (the held-out ids and the counts of every part).
@@ -32,7 +33,7 @@ from typing import Any
 
 from lorentz_rag.data.jsonl import read_jsonl
 from lorentz_rag.data.taxonomy import read_taxonomy, split_taxonomy, wordnet_held_out_ids, write_taxonomy
-from lorentz_rag.data.taxonomy_sets import contrastive_pairs, resolve_taxonomy
+from lorentz_rag.data.taxonomy_sets import broader_pairs, contrastive_pairs, resolve_taxonomy
 from lorentz_rag.training.config import TrainConfig
 
 __all__ = ["TAXONOMY_FOLDER", "prepare_taxonomy_run"]
@@ -85,6 +86,8 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
     pairs, dropped = contrastive_pairs(split.train, banned_texts) if args.use_pairs else ([], 0)
     if args.max_pairs is not None and len(pairs) > args.max_pairs:
         pairs = rng.sample(pairs, args.max_pairs)
+    broader = broader_pairs(split.train, args.broader_pairs, args.broader_max_hops, args.seed, banned_texts)
+    pairs += broader
     general, general_dropped = _replay_rows(args.replay_path, banned) if args.replay_share > 0 else ([], 0)
     wanted = round(args.replay_share / (1.0 - args.replay_share) * len(pairs)) if pairs else len(general)
     replay = rng.sample(general, min(wanted, len(general)))
@@ -111,7 +114,8 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
         "train_concepts": len(split.train),
         "held_out": list(split.held_out),
         "validation": list(split.validation),
-        "taxonomy_pairs": len(pairs),
+        "taxonomy_pairs": len(pairs) - len(broader),
+        "broader_pairs": len(broader),
         "taxonomy_pairs_dropped_for_held_out_text": dropped,
         "replay_pairs": len(replay),
         "replay_pairs_dropped_for_held_out_text": general_dropped,
