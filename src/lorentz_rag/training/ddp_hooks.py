@@ -20,7 +20,7 @@ holds more than :data:`DENSE_FRACTION` of the rows (a tied output head touches e
 all-reduced whole.
 
 When the trainer uses it (``train_args.ddp_sparse_embedding_hook``, :func:`choose_weights`): ``true`` for
-every trainable ``nn.Embedding`` weight that no other module shares; ``null`` (the default) for those with
+every trainable embedding table (``nn.Embedding``, ``LorentzEmbedding``) that no other module shares; ``null`` (the default) for those with
 at least :data:`MIN_ELEMENTS` elements, when the process group's backend is gloo or NCCL; ``false`` never.
 """
 
@@ -34,8 +34,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.futures import Future
 
+from lorentz_rag.nn.embedding import LorentzEmbedding
+
 __all__ = [
     "DENSE_FRACTION",
+    "EMBEDDING_TYPES",
     "MIN_ELEMENTS",
     "SparseEmbeddingState",
     "choose_weights",
@@ -50,6 +53,8 @@ __all__ = [
 MIN_ELEMENTS = 2**18
 #: A union holding more than this share of the rows is all-reduced whole (gathering it would cost more).
 DENSE_FRACTION = 0.5
+#: Token-embedding tables: ``weight [V, d]`` read by row lookup (F.embedding), so a step touches few rows.
+EMBEDDING_TYPES = (nn.Embedding, LorentzEmbedding)
 #: The backends whose all-reduce the auto rule relies on (uint8 MAX for the mask, SUM for the rest).
 AUTO_BACKENDS = ("gloo", "nccl")
 
@@ -64,17 +69,18 @@ def touched_rows(grad: Tensor) -> Tensor:
 
 
 def embedding_weights(module: nn.Module) -> dict[str, nn.Parameter]:
-    """``{name: weight}`` of the trainable ``nn.Embedding`` layers in ``module`` whose weight no other module
-    holds (a head tied to the embedding gives every row a gradient, so reducing rows would not pay)."""
+    """``{name: weight}`` of the trainable embedding tables in ``module`` (:data:`EMBEDDING_TYPES`, not
+    ``nn.Embedding(sparse=True)``) whose weight no other module holds (a head tied to the embedding, e.g.
+    HyTE-FH's ``tie_mlm_head``, gives every row a gradient, so reducing rows would not pay)."""
     holders: dict[int, int] = {}
     for _, param in module.named_parameters(remove_duplicate=False):
         holders[id(param)] = holders.get(id(param), 0) + 1
     return {
         f"{name}.weight" if name else "weight": sub.weight
         for name, sub in module.named_modules()
-        if isinstance(sub, nn.Embedding)
+        if isinstance(sub, EMBEDDING_TYPES)
         and sub.weight.requires_grad
-        and not sub.sparse
+        and not getattr(sub, "sparse", False)
         and holders.get(id(sub.weight)) == 1
     }
 
@@ -98,8 +104,8 @@ def choose_weights(
             return {}, f"ddp: dense all-reduce of every gradient (ddp_sparse_embedding_hook=null: {why})"
     elif not found:
         raise ValueError(
-            "train_args.ddp_sparse_embedding_hook=true, but the model has no trainable nn.Embedding whose weight "
-            "no other module shares; set it to null or false"
+            "train_args.ddp_sparse_embedding_hook=true, but the model has no trainable embedding table (nn.Embedding, "
+            "LorentzEmbedding) whose weight no other module shares; set it to null or false"
         )
     sizes = ", ".join(f"{name} [{w.shape[0]} x {w.shape[1]}]" for name, w in found.items())
     rule = "" if setting else f" (null: embeddings of >= {MIN_ELEMENTS} elements, backend {backend})"

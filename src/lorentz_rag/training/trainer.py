@@ -60,6 +60,7 @@ from lorentz_rag.training.config import (
     write_config,
 )
 from lorentz_rag.training.data_stream import DataStream
+from lorentz_rag.training.ddp_hooks import choose_weights, register_sparse_embedding_hook
 from lorentz_rag.training.distributed import barrier, init_distributed
 from lorentz_rag.training.hierarchy import (
     HierarchyLoss,
@@ -219,6 +220,7 @@ _RESUME_BOOKKEEPING = {
         "optimizer_kernel",
         "num_threads",
         "ddp_bucket_cap_mb",
+        "ddp_sparse_embedding_hook",
     )
 }
 #: Keys a resumed run applies explicitly (the learning-rate schedule from the resumed step on).
@@ -506,14 +508,23 @@ def _ddp(step_module: TrainStep, device: torch.device, args: Any) -> nn.Module:
     """DDP around the objective. Gradients are all-reduced in buckets of ``ddp_bucket_cap_mb`` as the
     backward produces them, straight from the bucket memory (``gradient_as_bucket_view``: no copy of every
     gradient into and out of the buckets). lorentz_rag's models hold no buffers that training changes (no
-    running statistics), so DDP skips broadcasting buffers before each forward."""
-    return nn.parallel.DistributedDataParallel(
+    running statistics), so DDP skips broadcasting buffers before each forward. With
+    ``ddp_sparse_embedding_hook`` (training/ddp_hooks.py states the rule) a communication hook all-reduces
+    only the token-embedding rows some rank touched; rank 0 logs which weights."""
+    ddp = nn.parallel.DistributedDataParallel(
         step_module,
         device_ids=[device.index] if device.type == "cuda" else None,
         bucket_cap_mb=args.ddp_bucket_cap_mb,
         gradient_as_bucket_view=True,
         broadcast_buffers=False,
     )
+    backend = torch.distributed.get_backend(ddp.process_group)
+    weights, line = choose_weights(step_module, args.ddp_sparse_embedding_hook, backend)
+    if weights:
+        register_sparse_embedding_hook(ddp, weights.values())
+    if torch.distributed.get_rank() == 0:
+        print(line, flush=True)
+    return ddp
 
 
 def _build_objective(
