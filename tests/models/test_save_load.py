@@ -191,6 +191,37 @@ def test_tied_mlm_weights_are_written_once_and_stay_tied(tmp_path):
     assert torch.equal(reloaded.decoder.weight, mlm.decoder.weight)
 
 
+def test_tied_hyte_fh_mlm_head_round_trip(tmp_path):
+    """model_args.tie_mlm_head: head.z is the embedding table, written once, tied again after loading,
+    identical loss and logits; init_from continues it only with the same setting; the embedding model
+    built from the folder loads the (trained) table as its embeddings."""
+    torch.manual_seed(0)
+    mlm = build_mlm_model({"model_type": "hyte_fh", "tie_mlm_head": True, **TINY})
+    assert mlm.head.z is mlm.model.embeddings.weight
+    _perturb(mlm, seed=4)
+    save_mlm_model(mlm, tmp_path / "mlm")
+    stored = load_file(tmp_path / "mlm" / "model.safetensors")
+    assert "head.z" not in stored and "model.embeddings.weight" in stored and "head.a" in stored
+    reloaded = load_mlm_model(tmp_path / "mlm")
+    assert reloaded.config.tie_mlm_head and reloaded.head.z is reloaded.model.embeddings.weight
+    batch = mlm.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    labels = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)
+    with torch.no_grad():
+        want = mlm(batch["input_ids"], batch["attention_mask"], labels=labels)
+        got = reloaded(batch["input_ids"], batch["attention_mask"], labels=labels)
+        torch.testing.assert_close(got.loss, want.loss, atol=0, rtol=0)
+        torch.testing.assert_close(got.logits, want.logits, atol=0, rtol=0)
+
+    again = build_mlm_model(
+        {"model_type": "hyte_fh", "tie_mlm_head": True, "init_from": str(tmp_path / "mlm"), **TINY}
+    )
+    assert again.head.z is again.model.embeddings.weight and torch.equal(again.head.z, mlm.head.z)
+    with pytest.raises(ValueError, match=r"tie_mlm_head=False disagrees with init_from=.*tie_mlm_head=True"):
+        build_mlm_model({"model_type": "hyte_fh", "init_from": str(tmp_path / "mlm"), **TINY})
+    encoder = build_model({"model_type": "hyte_fh", "init_from": str(tmp_path / "mlm"), **TINY})
+    assert torch.equal(encoder.model.embeddings.weight, mlm.model.embeddings.weight)
+
+
 def test_init_from_mismatch_fails_loudly(tmp_path):
     torch.manual_seed(0)
     mlm = build_mlm_model({"model_type": "hyte_fh", **TINY})

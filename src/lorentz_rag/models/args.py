@@ -96,6 +96,17 @@ class ModelArgs(BaseModel):
         description="hyte_fh: torch.compile the blocks and the MLM head (fused Lorentz elementwise chains; pays "
         "on long or GPU runs, costs 0.5-3 min of compilation on a small CPU). A failed compile runs eagerly.",
     )
+    fused_mlm_loss: bool = Field(
+        True,
+        description="hyte_fh MLM: compute the masked-LM loss blockwise over the vocabulary without forming the "
+        "[scored tokens x vocab] logits (equal to the plain head + cross-entropy to float32 rounding; "
+        "false = the plain path).",
+    )
+    tie_mlm_head: bool = Field(
+        False,
+        description="hyte_fh MLM: the MLR head's class normals are the token embedding table (tied, as the "
+        "Euclidean twin's decoder); saved in the model's config. Must match an init_from MLM folder.",
+    )
     query_prefix: str = Field("search_query: ", description="Prepended to every query text.")
     document_prefix: str = Field("search_document: ", description="Prepended to every document text.")
     max_seq_length: int = Field(512, ge=1, description="Truncation length in tokens (prefix included).")

@@ -189,6 +189,15 @@ class EuclideanForMaskedLM(ModernBertForMaskedLM):
         super().__init__(config)
         self.tokenizer = tokenizer
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``ModernBertForMaskedLM.forward``, except that a batch without scored tokens has loss 0 (with a
+        graph, as :func:`lorentz_rag.training.losses.mlm_loss`), not the NaN of a mean over no tokens."""
+        out = super().forward(*args, **kwargs)
+        # (getattr: with return_dict=False the output is a tuple, left as it is)
+        if getattr(out, "loss", None) is not None and out.logits.shape[0] == 0:
+            out.loss = out.logits.sum() * 0.0
+        return out
+
     @classmethod
     def from_config(cls, section: Mapping[str, Any], tokenizer: Any = None) -> EuclideanForMaskedLM:
         """The model a saved ``euclidean_mlm`` section describes (placeholder weights)."""

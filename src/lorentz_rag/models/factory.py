@@ -128,7 +128,12 @@ def modernbert_config(args: ModelArgs, tokenizer: Any) -> Any:
 def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> HyteFHConfig:
     mb = modernbert_config(args, tokenizer)
     return HyteFHConfig.from_modernbert(
-        mb, curvature=args.curvature, trainable_curvature=args.trainable_curvature, compile=args.compile
+        mb,
+        curvature=args.curvature,
+        trainable_curvature=args.trainable_curvature,
+        compile=args.compile,
+        fused_mlm_loss=args.fused_mlm_loss,
+        tie_mlm_head=args.tie_mlm_head,
     )
 
 
@@ -261,7 +266,13 @@ def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
     model.tokenizer = tokenizer
     if args.init_from:
         # Continue MLM pretraining from a saved MLM folder of the same type: every weight, strictly.
-        _check_mlm_folder(args.init_from, args.model_type)
+        section = _check_mlm_folder(args.init_from, args.model_type)
+        saved_tie = bool((section.get("trunk_config") or {}).get("tie_mlm_head", False))
+        if args.model_type == "hyte_fh" and saved_tie != args.tie_mlm_head:
+            raise ValueError(
+                f"model_args.tie_mlm_head={args.tie_mlm_head} disagrees with init_from={args.init_from} "
+                f"(saved with tie_mlm_head={saved_tie}); set it to {saved_tie}"
+            )
         check_and_load_state_dict(model, load_weights_file(args.init_from), where=args.init_from)
     return model
 

@@ -18,14 +18,15 @@ State-dict names (stable; saved models rely on them)::
     layers.{i}.mlp.wo.weight                [d, I+1]
     layers.{i}.mlp_residual.log_weights     [2]
     final_norm.weight                       [d]
-    (HyteFHForMaskedLM: the trunk under "model.", and head.z [V, d], head.a [V])
+    (HyteFHForMaskedLM: the trunk under "model.", and head.z [V, d], head.a [V]; with tie_mlm_head,
+    head.z is model.embeddings.weight, written once in model.safetensors and restored as an alias)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,6 +72,12 @@ class HyteFHConfig:
     per model on a CPU (25-170 s measured on a shared 2-core machine), which a long run (or a GPU run)
     repays and a short test or toy run does not. A failure to compile falls back to eager with one
     warning; compiled and eager results agree to float32 rounding.
+
+    Masked-LM head (``HyteFHForMaskedLM``): ``fused_mlm_loss`` computes the loss with labels blockwise over
+    the vocabulary without forming the ``[scored tokens x V]`` logits (:mod:`lorentz_rag.nn.fused_mlr_ce`;
+    equal to the plain head + cross-entropy to float32 rounding); ``tie_mlm_head`` makes the head's class
+    normals ``head.z`` the token embedding table (``embeddings.weight``, as the Euclidean twin ties its
+    decoder), leaving the per-class offsets ``head.a`` its own.
     """
 
     model_type: ClassVar[str] = "hyte_fh"
@@ -94,6 +101,8 @@ class HyteFHConfig:
     pad_token_id: int | None = 50283
     initializer_range: float = 0.02
     compile: bool = False
+    tie_mlm_head: bool = False
+    fused_mlm_loss: bool = True
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ValueError:
@@ -342,20 +351,42 @@ def init_hyte_fh_weights(module: nn.Module, std: float) -> None:
             m.reset_parameters(std)
 
 
-@dataclass
 class MaskedLMOutput:
-    """``loss``: 0-d float32 cross-entropy (None without labels); ``logits``: ``[n_positions, V]``."""
+    """``loss``: 0-d cross-entropy (float32; None without labels); ``logits``: ``[n_positions, V]``.
 
-    loss: Tensor | None
-    logits: Tensor
+    With the fused loss the forward does not form the logits: reading ``logits`` computes them then (once,
+    recorded by autograd if it was recording during the forward), so a training step that uses only
+    ``loss`` never holds ``[n_positions, V]`` values.
+    """
+
+    def __init__(
+        self,
+        loss: Tensor | None,
+        logits: Tensor | None = None,
+        compute_logits: Callable[[], Tensor] | None = None,
+    ) -> None:
+        if (logits is None) == (compute_logits is None):
+            raise ValueError("MaskedLMOutput takes logits or compute_logits, exactly one")
+        self.loss = loss
+        self._logits = logits
+        self._compute_logits = compute_logits
+
+    @property
+    def logits(self) -> Tensor:
+        if self._logits is None:
+            assert self._compute_logits is not None
+            self._logits, self._compute_logits = self._compute_logits(), None
+        return self._logits
 
 
 class HyteFHForMaskedLM(nn.Module):
     """HyTE-FH trunk + Lorentz MLR head, logits only at the positions that are scored.
 
     forward(input_ids ``[B, T]``, attention_mask ``[B, T]``, labels ``[B, T]`` or None): with labels, logits at
-    positions where ``labels != -100`` (``[n_masked, V]``, row-major order) and their cross-entropy; without,
-    logits at every real (unpadded) token and no loss.
+    positions where ``labels != -100`` (``[n_masked, V]``, row-major order) and their mean cross-entropy;
+    without, logits at every real (unpadded) token and no loss. With ``config.fused_mlm_loss`` the loss is
+    computed blockwise over the vocabulary (:meth:`LorentzMLR.loss`) and the logits only if read.
+    ``config.tie_mlm_head``: ``head.z`` is ``model.embeddings.weight`` (one parameter, saved once).
     """
 
     def __init__(self, config: HyteFHConfig):
@@ -366,6 +397,8 @@ class HyteFHForMaskedLM(nn.Module):
             config.hidden_size, config.vocab_size, compile_switch=self.model.compile_switch
         )
         init_hyte_fh_weights(self.head, config.initializer_range)
+        if config.tie_mlm_head:
+            self.head.z = self.model.embeddings.weight  # [V, d] both; the head's own z is dropped
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -381,7 +414,17 @@ class HyteFHForMaskedLM(nn.Module):
             selected = attention_mask > 0
         else:
             selected = torch.ones_like(input_ids, dtype=torch.bool)
-        logits = self.head(points[selected], self.model.curvature())
+        x, c = points[selected], self.model.curvature()
+        if labels is not None and self.config.fused_mlm_loss:
+            recording = torch.is_grad_enabled()
+
+            def compute_logits() -> Tensor:
+                with torch.set_grad_enabled(recording):
+                    return self.head(x, c)
+
+            # Empty selection: 0 with the graph kept (the mean over no rows is defined as 0 there).
+            return MaskedLMOutput(self.head.loss(x, c, labels[selected]), compute_logits=compute_logits)
+        logits = self.head(x, c)
         loss = None
         if labels is not None:
             if logits.shape[0] == 0:

@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from lorentz_rag.geometry.lorentz import CurvatureLike, as_curvature
 from lorentz_rag.nn._compile import CompileSwitch, MaybeCompiled
 from lorentz_rag.nn._precision import autocast_off, point_dtype
+from lorentz_rag.nn.fused_mlr_ce import lorentz_mlr_cross_entropy
 
 __all__ = ["LorentzMLR"]
 
@@ -55,10 +56,7 @@ class LorentzMLR(nn.Module):
         nn.init.zeros_(self.a)
 
     def forward(self, x: Tensor, c: CurvatureLike) -> Tensor:
-        if x.shape[-1] != self.in_features + 1:
-            raise ValueError(
-                f"LorentzMLR expects points with {self.in_features + 1} coordinates, got {tuple(x.shape)}"
-            )
+        self._check_points(x)
         with autocast_off(x):
             # Far-out points make alpha a difference of large terms: keep the whole head in float32.
             dtype = point_dtype(x)
@@ -67,18 +65,41 @@ class LorentzMLR(nn.Module):
             sc = cc.sqrt()
             if self._kernels.switch.enabled:
                 return self._compiled_logits(xs, cc, sc)
-            x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()  # never trust a stored x0
-            z = self.z.to(dtype)
-            z_norm = z.pow(2).sum(-1).clamp_min(torch.finfo(dtype).tiny).sqrt()  # [V]
-            a = self.a.to(dtype) * sc
-            # Everything per class is [V]-sized: sqrt(c) alpha / beta = (x0, xs) . w_k with
-            # w_k = sqrt(c) (-sinh(sqrt(c) a_k), cosh(sqrt(c) a_k) z_k / |z_k|), so the [N, V] part is one
-            # matrix product and a fused asinh (_MLRLogits).
-            normals = torch.cat(
-                [-torch.sinh(a).unsqueeze(-1), torch.cosh(a).unsqueeze(-1) * z / z_norm.unsqueeze(-1)], -1
+            return _MLRLogits.apply(*self._points_normals_k(xs, cc, sc))
+
+    def loss(self, x: Tensor, c: CurvatureLike, labels: Tensor, block_size: int | None = None) -> Tensor:
+        """Mean cross-entropy of :meth:`forward`'s logits against ``labels [N]`` (``-100`` rows ignored),
+        computed blockwise over the classes without forming the ``[N, V]`` logits
+        (:func:`~lorentz_rag.nn.fused_mlr_ce.lorentz_mlr_cross_entropy`); float32 (float64 for float64
+        points), autocast off. Gradients reach ``x``, ``z``, ``a`` and ``c``."""
+        self._check_points(x)
+        with autocast_off(x):
+            xs = x[..., 1:].to(point_dtype(x))
+            cc = as_curvature(c, xs)
+            points, normals, k = self._points_normals_k(xs, cc, cc.sqrt())
+            return lorentz_mlr_cross_entropy(points, normals, k, labels, block_size=block_size)
+
+    def _check_points(self, x: Tensor) -> None:
+        if x.shape[-1] != self.in_features + 1:
+            raise ValueError(
+                f"LorentzMLR expects points with {self.in_features + 1} coordinates, got {tuple(x.shape)}"
             )
-            points = torch.cat([x0, xs], dim=-1)  # [N, d+1]
-            return _MLRLogits.apply(points, sc * normals, z_norm / sc)
+
+    def _points_normals_k(self, xs: Tensor, cc: Tensor, sc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(points [N, d+1], normals [V, d+1], k [V])`` with logits ``k asinh(points @ normals.T)``.
+
+        Everything per class is ``[V]``-sized: ``sqrt(c) alpha / beta = (x0, xs) . w_k`` with
+        ``w_k = sqrt(c) (-sinh(sqrt(c) a_k), cosh(sqrt(c) a_k) z_k / |z_k|)``, so the ``[N, V]`` part is one
+        matrix product and an asinh; ``k = |z| / sqrt(c)``."""
+        dtype = xs.dtype
+        x0 = (cc.reciprocal() + xs.pow(2).sum(-1, keepdim=True)).sqrt()  # never trust a stored x0
+        z = self.z.to(dtype)
+        z_norm = z.pow(2).sum(-1).clamp_min(torch.finfo(dtype).tiny).sqrt()  # [V]
+        a = self.a.to(dtype) * sc
+        normals = torch.cat(
+            [-torch.sinh(a).unsqueeze(-1), torch.cosh(a).unsqueeze(-1) * z / z_norm.unsqueeze(-1)], -1
+        )
+        return torch.cat([x0, xs], dim=-1), sc * normals, z_norm / sc
 
     def _compiled_logits(self, xs: Tensor, cc: Tensor, sc: Tensor) -> Tensor:
         """The compiled path: ``u = A (xs @ z.T) - x0 B`` with per-class ``A = sqrt(c) cosh(sqrt(c) a) / |z|``,

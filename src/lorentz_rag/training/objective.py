@@ -74,7 +74,8 @@ class TrainStep(nn.Module):
             out = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
             )
-            loss = mlm_loss(out.logits, batch["labels"])
+            # The model's own loss: HyTE-FH's fused MLR cross-entropy never forms the [N, V] logits.
+            loss = out.loss if out.loss is not None else mlm_loss(out.logits, batch["labels"])
             return loss, {}
         q = self.embed(batch["query"])
         docs = self.embed(batch["documents"])
