@@ -5,8 +5,10 @@
 2. DDP: the same contrastive run with 2 processes (torchrun, gloo, 1 thread each) vs 1 process (2 threads),
    per-device batch fixed, so the 2-process run sees twice the batch per step: the speed-up is the ratio of
    tokens/s on the same two cores. The same 2-process run under DeepSpeed ZeRO-2
-   (configs/deepspeed/ds_config.json) is reported beside it. benchmarks/profile_ddp.py shows where the time
-   goes.
+   (configs/deepspeed/ds_config.json) is reported beside it, and the DDP run once more with the dense
+   all-reduce of every gradient (``train_args.ddp_sparse_embedding_hook=false``; the 2-process DDP run uses the
+   default, which all-reduces only the embedding rows some process touched). benchmarks/profile_ddp.py shows
+   where the time goes.
 
 Every run is ``train.py`` in its own process (``os.wait4`` gives each its own peak RSS). tokens/s is the
 median over the logging windows after the first (the first holds start-up work); the two runs of a
@@ -163,6 +165,13 @@ def main() -> None:
                 {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))},
                 torchrun(2),
             ),
+            (
+                "hyte_fh_contrastive_2proc_dense_allreduce",
+                "cpu_tiny_contrastive.yaml",
+                {**pairs, "train_args.ddp_sparse_embedding_hook": "false"},
+                {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))},
+                torchrun(2),
+            ),
         ],
     }
     if args.only == "pair":
@@ -210,6 +219,10 @@ def main() -> None:
         ratios["ddp_2proc_speedup"] = ddp_rows[1]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
         if len(ddp_rows) > 2:  # results written before the ZeRO-2 run was added have two rows
             ratios["zero2_2proc_speedup"] = ddp_rows[2]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
+        if len(ddp_rows) > 3:  # ... and before the dense all-reduce run was
+            ratios["ddp_dense_allreduce_2proc_speedup"] = (
+                ddp_rows[3]["tokens_per_s"] / ddp_rows[0]["tokens_per_s"]
+            )
     result = {
         "commands": commands,
         "machine": f"torch {__import__('torch').__version__}, {platform.machine()}, cpus={os.cpu_count()} (shared)",
@@ -307,10 +320,18 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(_row(r))
     load = result.get("load_average") or {}
     zero2 = ratios.get("zero2_2proc_speedup")
+    dense = ratios.get("ddp_dense_allreduce_2proc_speedup")
     lines += [
         "",
         f"Speed-up of 2 processes over 1 (tokens/s): DDP **{ratios['ddp_2proc_speedup']:.2f}**"
-        + (f", DeepSpeed ZeRO-2 (configs/deepspeed/ds_config.json, gloo) **{zero2:.2f}**." if zero2 else "."),
+        + (f", DeepSpeed ZeRO-2 (configs/deepspeed/ds_config.json, gloo) **{zero2:.2f}**" if zero2 else "")
+        + (
+            f", DDP with the dense all-reduce (ddp_sparse_embedding_hook=false; the DDP row all-reduces only the "
+            f"embedding rows some process touched) **{dense:.2f}**"
+            if dense
+            else ""
+        )
+        + ".",
         "",
     ]
     if load:

@@ -177,3 +177,23 @@ def test_default_block_size():
     assert block_size_for(300, 30522) == (1 << 19) // 300
     assert block_size_for(10_000, 30522) == 128  # at least 128 classes
     assert block_size_for(4, 50) == 50  # at most V
+
+
+@pytest.mark.slow
+def test_compiled_block_kernels_match_eager():
+    """With the compile switch on, each block's passes run as inductor kernels (V = 300 in blocks of 64:
+    four full blocks and a narrower last one, one graph each for forward and backward)."""
+    head = _head(16, 300, torch.float32, seed=5)
+    xs = torch.randn(40, 16) * 2.0
+    c = torch.tensor(1.1)
+    labels = _labels(40, 300, seed=6)
+    eager, eager_grads = _loss_and_grads(head, xs, c, labels, fused=True, block_size=64)
+    head._kernels.switch.enabled = True
+    compiled, compiled_grads = _loss_and_grads(head, xs, c, labels, fused=True, block_size=64)
+    assert head._kernels.switch.enabled, head._kernels.switch.failure  # compiled, no fall-back
+    assert (
+        head._fused_kernels.lse._compiled is not None and head._fused_kernels.backward_._compiled is not None
+    )
+    torch.testing.assert_close(compiled, eager, rtol=2e-6, atol=0)
+    for name, got, want in zip(("xs", "c", "z", "a"), compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6, msg=name)

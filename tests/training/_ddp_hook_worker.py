@@ -11,9 +11,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lorentz_rag.training.ddp_hooks import choose_weights, register_sparse_embedding_hook
+from lorentz_rag.training.ddp_hooks import MIN_ELEMENTS, choose_weights, register_sparse_embedding_hook
 
-VOCAB, DIM, STEPS, MICRO = 3000, 8, 4, 2
+DIM, STEPS, MICRO = 8, 4, 2
+VOCAB = MIN_ELEMENTS // DIM  # the smallest table the auto rule picks
 
 #: name -> (DDP keyword arguments, whether the output head is tied to the token embedding)
 LAYOUTS = {
@@ -34,7 +35,7 @@ class Toy(nn.Module):
         super().__init__()
         self.pre = nn.Linear(DIM, DIM)
         self.tokens = nn.Embedding(VOCAB, DIM, padding_idx=0)
-        self.positions = nn.Embedding(6, DIM)  # every row used each step: reduced whole
+        self.positions = nn.Embedding(6, DIM)  # too small for the auto rule: reduced by DDP's average
         self.head = nn.Linear(DIM, 3)
         self.tied = tied
 
@@ -52,7 +53,8 @@ def _train(rank: int, ddp_kwargs: dict, tied: bool, sparse: bool) -> dict:
     ddp = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
     state = None
     if sparse:
-        weights, _ = choose_weights(model, True, dist.get_backend())
+        weights, _ = choose_weights(model, None, dist.get_backend())  # the auto rule: tokens, not positions
+        assert list(weights) == ["tokens.weight"], list(weights)
         state = register_sparse_embedding_hook(ddp, weights.values())
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
     data = torch.Generator().manual_seed(100 + rank)  # each rank its own tokens

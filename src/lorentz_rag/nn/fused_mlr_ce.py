@@ -12,7 +12,10 @@ part (the normals from ``z``, ``a`` and the curvature, ``x0`` from ``xs``): thei
 head's parameters and the curvature through the ordinary graph.
 
 Every block's ``[N, b]`` pass works in two preallocated buffers (forward) or three (backward), reused from
-block to block: on CPU a fresh buffer costs page faults comparable to the pass itself.
+block to block: on CPU a fresh buffer costs page faults comparable to the pass itself. With a model's
+compile switch on (:class:`FusedKernels`), each block's elementwise chain and reductions run as one
+inductor kernel instead (forward: the block's log-sum-exp from the product; backward: the product's
+gradient written over it in place, and the block's ``grad_k``), the matrix products as before.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT_BLOCK_ELEMENTS", "block_size_for", "lorentz_mlr_cross_entropy"]
+from lorentz_rag.nn._compile import CompileSwitch, MaybeCompiled
+
+__all__ = ["DEFAULT_BLOCK_ELEMENTS", "FusedKernels", "block_size_for", "lorentz_mlr_cross_entropy"]
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 19
 """Elements of one block's ``[N, b]`` buffer (2 MiB in float32) when no block size is given: small enough
@@ -42,6 +47,7 @@ def lorentz_mlr_cross_entropy(
     *,
     ignore_index: int = -100,
     block_size: int | None = None,
+    kernels: FusedKernels | None = None,
 ) -> Tensor:
     """Mean cross-entropy of the logits ``k_v asinh(points_n . normals_v)`` against ``labels``.
 
@@ -49,7 +55,8 @@ def lorentz_mlr_cross_entropy(
     for rows that do not count) -> 0-d loss, the mean over the counted rows (0, with a graph, when none
     counts, as :func:`lorentz_rag.training.losses.mlm_loss`). Computes in float32 for float32/bf16/fp16
     inputs and in float64 for float64 ones; the logits are formed ``block_size`` classes at a time
-    (default :func:`block_size_for`) and never stored.
+    (default :func:`block_size_for`) and never stored; ``kernels``: the compiled per-block passes, used while
+    their switch is on.
     """
     if points.dim() != 2 or normals.dim() != 2 or points.shape[1] != normals.shape[1]:
         raise ValueError(
@@ -75,7 +82,7 @@ def lorentz_mlr_cross_entropy(
     points, normals, k = points.to(dtype), normals.to(dtype), k.to(dtype)
     points, targets = points[counted], labels[counted]
     block = int(block_size) if block_size is not None else block_size_for(points.shape[0], num_classes)
-    lse = _MLRLogSumExp.apply(points, normals, k, block)  # [n]
+    lse = _MLRLogSumExp.apply(points, normals, k, block, kernels)  # [n]
     target_logits = k[targets] * torch.asinh((points * normals[targets]).sum(-1))  # [n]
     # The mean over counted rows; an empty batch gives 0 / 1 with the graph kept.
     return (lse - target_logits).sum() / counted.sum().clamp_min(1).to(dtype)
@@ -97,6 +104,42 @@ def _asinh_(u: Tensor, signed_1p_h: Tensor) -> Tensor:
     return q.abs_().log1p_().copysign_(signed_1p_h)
 
 
+def _asinh_and_h(u: Tensor) -> tuple[Tensor, Tensor]:
+    """``(asinh(u), sqrt(1 + u^2))`` out of place, for the compiled kernels: the arithmetic of
+    :func:`_asinh_`, with ``sqrt(1 + u^2) = |u|`` where ``u^2`` would overflow (``|u| > 2^60``)."""
+    au = u.abs()
+    big = au > 2.0**60
+    h = torch.where(big, au, (1.0 + torch.where(big, 0.0, au).pow(2)).sqrt())
+    s = torch.log1p(au + au * (au / (1.0 + h)))
+    return torch.where(u < 0, -s, s), h
+
+
+def _block_lse(u: Tensor, k: Tensor) -> Tensor:
+    """``logsumexp_v k_v asinh(u[:, v])``: u ``[N, b]``, k ``[b]`` -> ``[N]`` (compiled: no ``[N, b]`` output)."""
+    logits = _asinh_and_h(u)[0] * k
+    peak = logits.amax(1, keepdim=True)
+    return (logits - peak).exp().sum(1).log() + peak.squeeze(1)
+
+
+def _block_backward_(u: Tensor, k: Tensor, lse: Tensor, grad_lse: Tensor) -> tuple[Tensor, Tensor]:
+    """For the block's products ``u [N, b]``: ``u <- G / sqrt(1 + u^2)`` in place and ``grad_k [b]``, where
+    ``G = grad_lse exp(k asinh(u) - lse)`` is the gradient w.r.t. the logits (``lse, grad_lse: [N]``)."""
+    asinh_u, h = _asinh_and_h(u)
+    g = torch.exp(asinh_u * k - lse.unsqueeze(1)) * grad_lse.unsqueeze(1)
+    grad_k = (g * asinh_u).sum(0)
+    return u.copy_(g / h), grad_k
+
+
+class FusedKernels:
+    """The per-block passes of the fused loss compiled with inductor while ``switch`` is on (a model's
+    :class:`~lorentz_rag.nn._compile.CompileSwitch`); batch rows and block width are dynamic."""
+
+    def __init__(self, switch: CompileSwitch) -> None:
+        self.switch = switch
+        self.lse = MaybeCompiled(_block_lse, switch, {0: (0, 1), 1: (0,)})
+        self.backward_ = MaybeCompiled(_block_backward_, switch, {0: (0, 1), 1: (0,), 2: (0,), 3: (0,)})
+
+
 class _MLRLogSumExp(torch.autograd.Function):
     """``lse_n = logsumexp_v k_v asinh(points_n . normals_v)``: points ``[N, D]``, normals ``[V, D]``,
     k ``[V]``, blocks of ``block`` classes -> ``[N]``. Saves the inputs and ``lse`` only.
@@ -107,7 +150,7 @@ class _MLRLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, points: Tensor, normals: Tensor, k: Tensor, block: int) -> Tensor:
+    def forward(ctx, points: Tensor, normals: Tensor, k: Tensor, block: int, kernels) -> Tensor:
         n, num_classes = points.shape[0], normals.shape[0]
         width = min(block, num_classes)
         flat_u = points.new_empty(n * width)
@@ -117,11 +160,14 @@ class _MLRLogSumExp(torch.autograd.Function):
             stop = min(start + width, num_classes)
             u = _block(flat_u, n, stop - start)
             torch.mm(points, normals[start:stop].T, out=u)
+            if kernels is not None and kernels.switch.enabled:
+                lse = torch.logaddexp(lse, kernels.lse(u, k[start:stop]))
+                continue
             logits = _asinh_(u, _block(flat_h, n, stop - start)).mul_(k[start:stop])
             peak = logits.amax(1, keepdim=True)  # finite: |logit| <= k log(2 |u| + 1)
             block_lse = logits.sub_(peak).exp_().sum(1).log_().add_(peak.squeeze(1))
             lse = torch.logaddexp(lse, block_lse)
-        ctx.block = width
+        ctx.block, ctx.kernels = width, kernels
         ctx.save_for_backward(points, normals, k, lse)
         return lse
 
@@ -135,23 +181,34 @@ class _MLRLogSumExp(torch.autograd.Function):
         grad_normals = torch.empty_like(normals) if need_normals else None
         grad_k = torch.empty_like(k) if need_k else None
         flat = [points.new_empty(n * width) for _ in range(3)]
-        grad_lse = grad_lse.to(points.dtype).unsqueeze(1)
-        shift = lse.unsqueeze(1)
+        grad_lse = grad_lse.to(points.dtype).contiguous()
+        compiled = ctx.kernels is not None and ctx.kernels.switch.enabled
         for start in range(0, num_classes, width):
             stop = min(start + width, num_classes)
             u, h, g = (_block(buf, n, stop - start) for buf in flat)
             kb, nb = k[start:stop], normals[start:stop]
             torch.mm(points, nb.T, out=u)
-            asinh_u = _asinh_(u, h)
-            # g = grad_lse * softmax: the gradient with respect to this block's logits.
-            torch.mul(asinh_u, kb, out=g).sub_(shift).exp_().mul_(grad_lse)
-            if need_k:
-                torch.sum(torch.mul(g, asinh_u, out=u), 0, out=grad_k[start:stop])
+            if compiled:
+                g_u_over_k, block_grad_k = ctx.kernels.backward_(u, kb, lse, grad_lse)
+                if need_k:
+                    grad_k[start:stop] = block_grad_k
+            else:
+                g_u_over_k = _eager_block_backward_(u, h, g, kb, lse, grad_lse, grad_k, start, stop)
             if need_points or need_normals:
                 # d l / d u = k / sqrt(1 + u^2); k is applied on the [b, D] side of the products.
-                g_u_over_k = g.div_(h.abs_().sub_(1.0))
                 if need_points:
                     grad_points.addmm_(g_u_over_k, kb.unsqueeze(1) * nb)
                 if need_normals:
                     torch.mm(g_u_over_k.T, points, out=grad_normals[start:stop]).mul_(kb.unsqueeze(1))
-        return grad_points, grad_normals, grad_k, None
+        return grad_points, grad_normals, grad_k, None, None
+
+
+def _eager_block_backward_(u, h, g, kb, lse, grad_lse, grad_k, start, stop) -> Tensor:
+    """:func:`_block_backward_` in the three reused buffers (``u`` holds the products); writes the block's
+    ``grad_k`` into ``grad_k[start:stop]`` (when given) and returns ``G / sqrt(1 + u^2)`` (in ``g``)."""
+    asinh_u = _asinh_(u, h)
+    # g = grad_lse * softmax: the gradient with respect to this block's logits.
+    torch.mul(asinh_u, kb, out=g).sub_(lse.unsqueeze(1)).exp_().mul_(grad_lse.unsqueeze(1))
+    if grad_k is not None:
+        torch.sum(torch.mul(g, asinh_u, out=u), 0, out=grad_k[start:stop])
+    return g.div_(h.abs_().sub_(1.0))

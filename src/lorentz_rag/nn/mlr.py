@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from lorentz_rag.geometry.lorentz import CurvatureLike, as_curvature
 from lorentz_rag.nn._compile import CompileSwitch, MaybeCompiled
 from lorentz_rag.nn._precision import autocast_off, point_dtype
-from lorentz_rag.nn.fused_mlr_ce import lorentz_mlr_cross_entropy
+from lorentz_rag.nn.fused_mlr_ce import FusedKernels, lorentz_mlr_cross_entropy
 
 __all__ = ["LorentzMLR"]
 
@@ -49,6 +49,7 @@ class LorentzMLR(nn.Module):
         self.z = nn.Parameter(torch.empty(num_classes, in_features))
         self.a = nn.Parameter(torch.empty(num_classes))
         self._kernels = _PointwiseKernels(compile_switch or CompileSwitch(False))
+        self._fused_kernels = FusedKernels(self._kernels.switch)
         self.reset_parameters(init_std)
 
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -71,13 +72,16 @@ class LorentzMLR(nn.Module):
         """Mean cross-entropy of :meth:`forward`'s logits against ``labels [N]`` (``-100`` rows ignored),
         computed blockwise over the classes without forming the ``[N, V]`` logits
         (:func:`~lorentz_rag.nn.fused_mlr_ce.lorentz_mlr_cross_entropy`); float32 (float64 for float64
-        points), autocast off. Gradients reach ``x``, ``z``, ``a`` and ``c``."""
+        points), autocast off. Gradients reach ``x``, ``z``, ``a`` and ``c``. With the compile switch on, each
+        block's elementwise passes run as compiled kernels (:class:`~lorentz_rag.nn.fused_mlr_ce.FusedKernels`)."""
         self._check_points(x)
         with autocast_off(x):
             xs = x[..., 1:].to(point_dtype(x))
             cc = as_curvature(c, xs)
             points, normals, k = self._points_normals_k(xs, cc, cc.sqrt())
-            return lorentz_mlr_cross_entropy(points, normals, k, labels, block_size=block_size)
+            return lorentz_mlr_cross_entropy(
+                points, normals, k, labels, block_size=block_size, kernels=self._fused_kernels
+            )
 
     def _check_points(self, x: Tensor) -> None:
         if x.shape[-1] != self.in_features + 1:

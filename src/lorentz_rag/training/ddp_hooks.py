@@ -4,20 +4,20 @@ A step looks up at most ``batch x sequence length`` rows of a token embedding ``
 gradient is zero on every rank, and so is its all-reduced mean. DDP's dense all-reduce still sends all
 ``V x d`` numbers (HyTE-FH at the benchmark size: 30522 x 64, 96% of the parameters, 7.5 MiB of float32,
 after the backward with nothing left to overlap it with). :func:`sparse_embedding_hook` reduces a bucket
-that holds such a weight in three collectives instead of one:
+that holds such a weight in two collectives instead of one:
 
-1. the parts of the bucket around the embedding, divided by the world size and all-reduced as DDP does;
-2. the row mask ``[V]`` (uint8, MAX): the union of the rows whose gradient has a non-zero **bit** on some
+1. the row mask ``[V]`` (uint8, MAX): the union of the rows whose gradient has a non-zero **bit** on some
    rank (``-0.0`` and NaN count as touched, so an untouched row is ``+0.0`` everywhere);
-3. the union's rows ``[k, d]``, divided by the world size, all-reduced and written back into the bucket.
+2. one packed tensor: the parts of the bucket around the embedding and the union's rows ``[k, d]``, divided
+   by the world size and all-reduced (DDP's average), then written back into the bucket.
 
 Buckets without a chosen weight go through DDP's own average (divide, then all-reduce). The result is bit
 for bit DDP's dense all-reduce with 2 processes (``tests/training/test_ddp_hooks.py``): each element is
 ``x_0 / 2 + x_1 / 2`` either way, and an untouched row stays ``+0.0`` as ``0 / 2 + 0 / 2`` is. With more
 processes every element is still the sum of the same ``W`` numbers, but the collective's order of adding
-them depends on where the element sits in the reduced tensor, so the last bit may differ. When the union
-holds more than :data:`DENSE_FRACTION` of the rows (a tied output head touches every row) the weight is
-all-reduced whole.
+them depends on where the element sits in the reduced tensor, so the last bit may differ. When a union
+holds more than :data:`DENSE_FRACTION` of its weight's rows (a tied output head touches every row) the
+bucket is all-reduced whole, as DDP does.
 
 When the trainer uses it (``train_args.ddp_sparse_embedding_hook``, :func:`choose_weights`): ``true`` for
 every trainable embedding table (``nn.Embedding``, ``LorentzEmbedding``) that no other module shares; ``null`` (the default) for those with
@@ -65,7 +65,8 @@ def touched_rows(grad: Tensor) -> Tensor:
     """``grad [V, d]`` -> ``[V]`` bool: rows holding any element whose bits are not all zero (``-0.0``, NaN
     and infinities count; only ``+0.0`` is untouched)."""
     bits = grad.view(_SAME_WIDTH_INT[grad.element_size()])
-    return bits.any(dim=1)
+    # Some non-zero integer <=> max > 0 or min < 0; two reductions are ~20x faster than bits.any(dim=1) on CPU.
+    return (bits.amax(dim=1) != 0) | (bits.amin(dim=1) != 0)
 
 
 def embedding_weights(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -159,36 +160,38 @@ def sparse_embedding_hook(state: SparseEmbeddingState, bucket: dist.GradBucket) 
     state.calls += 1
     views = [buffer[s : s + rows * dim].view(rows, dim) for s, rows, dim in segments]
     mask = torch.cat([touched_rows(view) for view in views]).to(torch.uint8)
-    futures = []
+    dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)  # the union, on every rank
+    row_ids = [rows_mask.nonzero().squeeze(1) for rows_mask in mask.split([v.shape[0] for v in views])]
+    state.rows_total += sum(view.shape[0] for view in views)
+    if any(ids.numel() > state.dense_fraction * view.shape[0] for view, ids in zip(views, row_ids)):
+        state.dense_fallbacks += 1  # e.g. a tied head: gathering the rows would cost more than it saves
+        state.rows_reduced += sum(view.shape[0] for view in views)
+        return _average(buffer, group, world).then(lambda _: buffer)
+    # One all-reduce for the rest: the parts of the bucket around the weights, then each weight's union rows
+    # (a weight no rank touched is +0.0 everywhere, its mean).
+    parts: list[
+        tuple[Tensor, tuple[Tensor, Tensor] | None]
+    ] = []  # (values, (view, row ids) or None: a slice)
     edges = [0, *(bound for s, rows, dim in segments for bound in (s, s + rows * dim)), buffer.numel()]
-    for lo, hi in zip(edges[::2], edges[1::2]):  # the parts around the weights, as DDP reduces them
-        if hi > lo:
-            futures.append(_average(buffer[lo:hi], group, world))
-    dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
-    pending = []  # (view, row ids, reduced rows) to write back once their all-reduce is done
-    for view, rows_mask in zip(views, mask.split([v.shape[0] for v in views])):
-        ids = rows_mask.nonzero().squeeze(1)
-        state.rows_total += view.shape[0]
-        if ids.numel() > state.dense_fraction * view.shape[0]:
-            state.dense_fallbacks += 1
-            state.rows_reduced += view.shape[0]
-            futures.append(_average(view.view(-1), group, world))
-        elif ids.numel():
-            state.rows_reduced += ids.numel()
-            rows = view.index_select(0, ids)
-            futures.append(_average(rows, group, world))
-            pending.append((view, ids, rows))
-        # no row touched on any rank: the view is +0.0 everywhere, which is its mean
-
-    def write_back(done: Future) -> Tensor:
-        for future in done.value():
-            future.wait()  # raises a failed all-reduce's error here
-        for view, ids, rows in pending:
-            view.index_copy_(0, ids, rows)
-        return buffer
-
-    if not futures:
+    parts += [(buffer[lo:hi], None) for lo, hi in zip(edges[::2], edges[1::2]) if hi > lo]
+    for view, ids in zip(views, row_ids):
+        state.rows_reduced += ids.numel()
+        if ids.numel():
+            parts.append((view.index_select(0, ids).view(-1), (view, ids)))
+    if not parts:
         done: Future = Future()
         done.set_result(buffer)
         return done
-    return torch.futures.collect_all(futures).then(write_back)
+    packed = torch.cat([values for values, _ in parts])
+
+    def write_back(reduced: Future) -> Tensor:
+        reduced.wait()  # raises a failed all-reduce's error here
+        for (values, target), chunk in zip(parts, packed.split([v.numel() for v, _ in parts])):
+            if target is None:
+                values.copy_(chunk)
+            else:
+                view, ids = target
+                view.index_copy_(0, ids, chunk.view(ids.numel(), view.shape[1]))
+        return buffer
+
+    return _average(packed, group, world).then(write_back)
