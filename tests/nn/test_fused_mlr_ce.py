@@ -174,7 +174,8 @@ def test_bad_inputs_are_refused():
 
 
 def test_default_block_size():
-    assert block_size_for(300, 30522) == (1 << 19) // 300
+    assert block_size_for(300, 30522) == (1 << 19) // 300  # 2 MiB float32 blocks on CPU
+    assert block_size_for(2458, 50368, "cuda") == (1 << 25) // 2458  # 128 MiB on an accelerator
     assert block_size_for(10_000, 30522) == 128  # at least 128 classes
     assert block_size_for(4, 50) == 50  # at most V
 

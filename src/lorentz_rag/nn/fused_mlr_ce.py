@@ -26,16 +26,18 @@ from torch.autograd.function import once_differentiable
 
 from lorentz_rag.nn._compile import CompileSwitch, MaybeCompiled
 
-__all__ = ["DEFAULT_BLOCK_ELEMENTS", "FusedKernels", "block_size_for", "lorentz_mlr_cross_entropy"]
+__all__ = ["BLOCK_ELEMENTS", "FusedKernels", "block_size_for", "lorentz_mlr_cross_entropy"]
 
-DEFAULT_BLOCK_ELEMENTS = 1 << 19
-"""Elements of one block's ``[N, b]`` buffer (2 MiB in float32) when no block size is given: small enough
-for the passes over a block to stay in cache, large enough for its matrix products to run at full speed."""
+BLOCK_ELEMENTS = {"cpu": 1 << 19, "other": 1 << 25}
+"""Elements of one block's ``[N, b]`` buffer when no block size is given. CPU: 2 MiB in float32, small
+enough for the passes over a block to stay in cache, large enough for its matrix products to run at full
+speed. Accelerators: 128 MiB, so that a block is a few large kernels (each block costs ~20 launches)."""
 
 
-def block_size_for(rows: int, num_classes: int, elements: int = DEFAULT_BLOCK_ELEMENTS) -> int:
-    """Classes per block so that a ``[rows, b]`` block holds about ``elements`` values (at least 128,
-    at most ``num_classes``)."""
+def block_size_for(rows: int, num_classes: int, device: torch.device | str = "cpu") -> int:
+    """Classes per block so that a ``[rows, b]`` block holds about :data:`BLOCK_ELEMENTS` values for
+    ``device`` (at least 128, at most ``num_classes``)."""
+    elements = BLOCK_ELEMENTS["cpu" if torch.device(device).type == "cpu" else "other"]
     return max(1, min(num_classes, max(128, elements // max(rows, 1))))
 
 
@@ -81,8 +83,9 @@ def lorentz_mlr_cross_entropy(
     dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
     points, normals, k = points.to(dtype), normals.to(dtype), k.to(dtype)
     points, targets = points[counted], labels[counted]
-    block = int(block_size) if block_size is not None else block_size_for(points.shape[0], num_classes)
-    lse = _MLRLogSumExp.apply(points, normals, k, block, kernels)  # [n]
+    if block_size is None:
+        block_size = block_size_for(points.shape[0], num_classes, points.device)
+    lse = _MLRLogSumExp.apply(points, normals, k, int(block_size), kernels)  # [n]
     target_logits = k[targets] * torch.asinh((points * normals[targets]).sum(-1))  # [n]
     # The mean over counted rows; an empty batch gives 0 / 1 with the graph kept.
     return (lse - target_logits).sum() / counted.sum().clamp_min(1).to(dtype)
