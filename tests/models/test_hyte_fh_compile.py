@@ -11,7 +11,10 @@ import warnings
 import pytest
 import torch
 
+from lorentz_rag.geometry import pooling
 from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
+from lorentz_rag.models.hyte_fh_encoder import HyteFH
+from lorentz_rag.models.settings import ModelSettings
 from lorentz_rag.nn import _compile
 from lorentz_rag.nn.mlr import _MLRFromProducts, _PointwiseKernels
 
@@ -93,7 +96,7 @@ def test_compiled_matches_eager_values_and_gradients():
     torch.testing.assert_close(u.grad.double(), expected, rtol=1e-5, atol=1e-45)
     assert compiled.model.compile_switch.enabled and compiled.model.compile_switch.failure is None
     assert (
-        compiled.model._block._compiled is not None and compiled.head._kernels.forward_._compiled is not None
+        compiled.model._graph._compiled is not None and compiled.head._kernels.forward_._compiled is not None
     )
 
 
@@ -152,3 +155,71 @@ def test_product_form_head_gradcheck_float64():
     )
     args = tuple(a.requires_grad_(True) for a in args)
     assert torch.autograd.gradcheck(lambda *a: _MLRFromProducts.apply(*a, kernels), args)
+
+
+def _encoder() -> HyteFH:
+    torch.manual_seed(1)
+    config = HyteFHConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=64, pad_token_id=PAD, curvature=1.3,
+    )  # fmt: skip
+    settings = ModelSettings("hyte_fh", "outward_einstein_midpoint", "geodesic", 17, pooling_p=2.0)
+    return HyteFH(config, None, settings).train()
+
+
+def _pooled_step(model: HyteFH, ids, mask):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask)
+    weights = torch.linspace(-1.0, 1.0, out.numel()).reshape(out.shape)
+    (out * weights).sum().backward()
+    return out.detach(), {
+        n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+    }
+
+
+def test_eager_trunk_with_pooling_is_bit_identical_to_pooling_the_points():
+    """The embedding model's one-function path (trunk + pooling) gives exactly what pooling the trunk's
+    points did before, values and gradients (the eager path is unchanged)."""
+    model = _encoder()
+    ids, mask, _ = _batch(9)
+    got, grads = _pooled_step(model, ids, mask)
+
+    model.zero_grad(set_to_none=True)
+    points = model.model(ids, mask)
+    want = pooling.pool("outward_einstein_midpoint", points, mask, model.curvature(), p=2.0)
+    weights = torch.linspace(-1.0, 1.0, want.numel()).reshape(want.shape)
+    (want * weights).sum().backward()
+    assert torch.equal(got, want.detach())
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        assert torch.equal(grads[name], p.grad), name
+    with pytest.raises(ValueError, match=r"no unmasked token \(batch rows \[1\]\)"):
+        model(ids, torch.stack([mask[0], torch.zeros_like(mask[1]), mask[2]]))
+
+
+@pytest.mark.slow  # compiles the whole trunk with the pooling: ~20 s with a warm inductor cache, minutes cold
+def test_compiled_trunk_with_pooling_is_one_graph_without_recompiles():
+    """compile=True: embeddings, blocks, final norm and the float64 OEM pooling are one graph (fullgraph: a
+    graph break would fail the compile and warn), another batch size and length reuse it (a recompile
+    raises), and values and gradients equal eager's to float32 rounding, padding included."""
+    eager = _encoder()
+    compiled = copy.deepcopy(eager)
+    compiled.model.compile_switch.enabled = True
+    torch._dynamo.utils.counters.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would pass silently otherwise
+        for index, (rows, length) in enumerate(((3, 11), (2, 7), (3, 5))):
+            ids, mask, _ = _batch(length)
+            ids, mask = ids[:rows].contiguous(), mask[:rows].contiguous()
+            with torch._dynamo.config.patch(error_on_recompile=index > 0):
+                got, grads_c = _pooled_step(compiled, ids, mask)
+            want, grads_e = _pooled_step(eager, ids, mask)
+            assert got.shape == (rows, 17) and got.dtype == torch.float32
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert grads_c.keys() == grads_e.keys() and "model.curvature.log_c" in grads_e
+            for name, g in grads_e.items():
+                scale = g.abs().max().clamp_min(1e-12)
+                torch.testing.assert_close(grads_c[name] / scale, g / scale, rtol=1e-4, atol=1e-5, msg=name)
+            assert compiled.model.last_radius_stats.keys() == eager.model.last_radius_stats.keys()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert compiled.model.compile_switch.failure is None and compiled.model._graph._compiled is not None

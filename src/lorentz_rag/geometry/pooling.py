@@ -36,6 +36,7 @@ from lorentz_rag.geometry.lorentz import CurvatureLike
 __all__ = [
     "POOLERS",
     "ambient_weighted_sum",
+    "check_poolable",
     "cls",
     "einstein_midpoint",
     "lorentz_centroid",
@@ -66,11 +67,18 @@ def _prepare(x: Tensor, mask: Tensor, c: CurvatureLike, accum_dtype: torch.dtype
     x0 = (cc.reciprocal() + xs.pow(2).sum(-1)).sqrt()
     w = mask.to(accum_dtype)
     log_w = torch.where(valid, w.clamp_min(torch.finfo(accum_dtype).tiny).log(), -torch.inf)
-    # A row of padding only has no meaningful pooled point.
+    if not torch.compiler.is_compiling():  # (a compiled caller checks before its graph: HyteFHTrunk.pooled)
+        check_poolable(mask)
+    return xs, x0, log_w, cc
+
+
+def check_poolable(mask: Tensor) -> None:
+    """Raise ValueError naming the rows of ``mask`` ``[B, T]`` without any unmasked token: a row of padding
+    only has no meaningful pooled point. (Reads the mask on the host: one device sync.)"""
+    valid = mask > 0
     if not bool(valid.any(-1).all()):
         empty = (~valid.any(-1)).nonzero().flatten().tolist()
         raise ValueError(f"cannot pool a sequence with no unmasked token (batch rows {empty})")
-    return xs, x0, log_w, cc
 
 
 def ambient_weighted_sum(xs: Tensor, x0: Tensor, log_a: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lorentz_rag.errors import closest_key, read_json_file
+from lorentz_rag.geometry import pooling as pooling_lib
 from lorentz_rag.nn import (
     Curvature,
     LorentzEmbedding,
@@ -47,6 +48,7 @@ from lorentz_rag.nn import (
     build_lorentz_norm,
 )
 from lorentz_rag.nn._compile import CompileSwitch, MaybeCompiled
+from lorentz_rag.nn._precision import autocast_off
 from lorentz_rag.nn.activation import ACTIVATIONS
 from lorentz_rag.nn.attention import key_padding_mask
 
@@ -66,11 +68,13 @@ class HyteFHConfig:
     ``hidden_size`` is the space dimension ``d``; points have ``d + 1`` coordinates. ``embedding_norm``
     (ModernBERT's norm after the embeddings) and ``norm_bias`` extend the documented field list.
 
-    ``compile``: run each block and the MLR head through ``torch.compile`` (inductor), which fuses the
-    elementwise Lorentz chains (lift, norms, rotary, residual projection, attention midpoint, the head's
-    asinh) into single kernels, forward and backward. Off by default: compiling costs seconds to minutes
-    per model on a CPU (25-170 s measured on a shared 2-core machine), which a long run (or a GPU run)
-    repays and a short test or toy run does not. A failure to compile falls back to eager with one
+    ``compile``: run the whole trunk (embeddings, norms, blocks and an embedding model's pooling) as one
+    ``torch.compile`` graph, and the MLR head's kernels compiled; inductor fuses the elementwise Lorentz
+    chains (lift, norms, rotary, residual projection, attention midpoint, pooling, the head's asinh) into
+    single kernels, forward and backward. Off here: compiling costs minutes on a CPU (335 s cold for a
+    4 x 256 trunk on a loaded 2-core machine), which a long run (or a GPU run) repays and a short test or
+    toy run does not; training's ``model_args.compile: auto`` turns it on where it pays
+    (:mod:`lorentz_rag.training.compile_policy`). A failure to compile falls back to eager with one
     warning; compiled and eager results agree to float32 rounding.
 
     Masked-LM head (``HyteFHForMaskedLM``): ``fused_mlm_loss`` computes the loss with labels blockwise over
@@ -243,10 +247,32 @@ class HyteFHBlock(nn.Module):
         return self.mlp_residual(x, self.mlp(self.mlp_norm(x, c), c), c)
 
 
-def _block_step(block: HyteFHBlock, x: Tensor, mask: Tensor, c: Tensor, position_ids: Tensor) -> Tensor:
-    """One block, as a function of the block (the unit :class:`MaybeCompiled` compiles: every block of a
-    model has the same code, so they share one compiled graph)."""
-    return block(x, mask, c, position_ids)
+def _trunk_graph(
+    trunk: HyteFHTrunk,
+    input_ids: Tensor,
+    mask: Tensor,
+    position_ids: Tensor,
+    pool_mask: Tensor | None,
+    pooling: tuple[str, float] | None,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """The whole trunk as one function, the unit :class:`MaybeCompiled` compiles into one graph: embeddings,
+    embedding norm, blocks, final norm and, with ``pooling`` = (name, p), the pooling over ``pool_mask``
+    (float64 accumulation as eager; autocast off). Returns the points (``[B, T, d+1]``, or pooled ``[B, d+1]``)
+    and the per-stage ``x0`` trace (None entries when radius statistics are off)."""
+    c = trunk.curvature()
+    x = trunk.embeddings(input_ids, c)
+    if trunk.embedding_norm is not None:
+        x = trunk.embedding_norm(x, c)
+    trace = [trunk._x0_column(x)]
+    for layer in trunk.layers:
+        x = layer(x, mask, c, position_ids)
+        trace.append(trunk._x0_column(x))
+    x = trunk.final_norm(x, c)
+    trace.append(trunk._x0_column(x))
+    if pooling is not None:
+        with autocast_off(x):  # (c read again: the eager gradients stay bit-identical to pooling outside)
+            x = pooling_lib.pool(pooling[0], x, pool_mask, trunk.curvature(), p=pooling[1])
+    return x, trace
 
 
 def _position_ids(attention_mask: Tensor | None, batch: int, length: int, device) -> Tensor:
@@ -280,13 +306,31 @@ class HyteFHTrunk(nn.Module):
         self.record_radius_stats = True
         # The last forward's x0 per stage ([B, T] each, detached) and real-token mask.
         self._x0_trace: tuple[list[Tensor], Tensor] | None = None
-        # config.compile: the blocks (and a masked-LM head sharing the switch) run through torch.compile.
+        # config.compile: the whole trunk (with the pooling of an embedding model) is one compiled graph; a
+        # masked-LM head shares the switch. Batch and sequence dims of ids, masks and positions are dynamic.
         self.compile_switch = CompileSwitch(config.compile)
-        self._block = MaybeCompiled(_block_step, self.compile_switch, {1: (0, 1), 2: (0, 1), 4: (0, 1)})
+        self._graph = MaybeCompiled(
+            _trunk_graph, self.compile_switch, dict.fromkeys((1, 2, 3, 4), (0, 1)), fullgraph=True
+        )
         init_hyte_fh_weights(self, config.initializer_range)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        return self._run(input_ids, attention_mask, position_ids, None)
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor, pooling: str, p: float = 1.0) -> Tensor:
+        """The trunk followed by ``geometry.pooling.pool(pooling, ..., p=p)`` over ``attention_mask``, in
+        the same compiled graph when compiling: ``[B, T]`` -> ``[B, d+1]``."""
+        pooling_lib.check_poolable(attention_mask)  # (data-dependent: checked here, outside the graph)
+        return self._run(input_ids, attention_mask, None, (pooling, float(p)))
+
+    def _run(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+        pooling: tuple[str, float] | None,
     ) -> Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
@@ -299,16 +343,7 @@ class HyteFHTrunk(nn.Module):
         real = attention_mask > 0 if attention_mask is not None else mask
         if position_ids is None:
             position_ids = _position_ids(attention_mask, b, t, input_ids.device)
-        c = self.curvature()
-        x = self.embeddings(input_ids, c)
-        if self.embedding_norm is not None:
-            x = self.embedding_norm(x, c)
-        trace = [self._x0_column(x)]
-        for layer in self.layers:
-            x = self._block(layer, x, mask, c, position_ids)
-            trace.append(self._x0_column(x))
-        x = self.final_norm(x, c)
-        trace.append(self._x0_column(x))
+        x, trace = self._graph(self, input_ids, mask, position_ids, attention_mask, pooling)
         if self.record_radius_stats:
             self._x0_trace = (trace, real)
         return x

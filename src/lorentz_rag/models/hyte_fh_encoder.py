@@ -12,10 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
-from lorentz_rag.geometry import pooling
 from lorentz_rag.models.base import EmbeddingModel, ModelSettings
 from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHTrunk
-from lorentz_rag.nn._precision import autocast_off
 
 __all__ = ["HyteFH"]
 
@@ -38,11 +36,9 @@ class HyteFH(EmbeddingModel):
         return self.model.curvature()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled points ``[B, d+1]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``."""
-        x = self.model(input_ids, attention_mask)
-        with autocast_off(x):
-            s = self.settings
-            return pooling.pool(s.pooling, x, attention_mask, self.curvature(), p=s.pooling_p)
+        """Pooled points ``[B, d+1]`` (float32) for ``input_ids``/``attention_mask`` ``[B, T]``: the trunk
+        and the pooling run as one function (one compiled graph with ``compile``)."""
+        return self.model.pooled(input_ids, attention_mask, self.settings.pooling, self.settings.pooling_p)
 
     def lorentz_rag_config(self) -> dict[str, Any]:
         return {"trunk_config": self.model.config.to_dict()}

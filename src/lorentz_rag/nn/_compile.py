@@ -10,7 +10,11 @@ compiler or an unsupported platform costs a warning, never a failed run. The bac
 with the forward (``force_non_lazy_backward_lowering``) so that its failures are caught here too.
 
 Shapes: the batch and sequence dimensions (``dynamic_dims``) are marked dynamic, so variable batch and
-sequence lengths reuse one compiled graph; widths stay static.
+sequence lengths reuse one compiled graph; widths stay static. (A dimension of size 1 is specialised by
+dynamo: a batch of one compiles a second graph.)
+
+``fullgraph=True`` (HyTE-FH's trunk) makes a graph break a compile failure, so the function is one graph
+or runs eagerly, never silently in pieces.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class CompileSwitch:
 class MaybeCompiled:
     """``fn``, compiled with inductor while ``switch.enabled`` (see the module docstring).
 
-    ``dynamic_dims`` maps a positional argument index to the dimensions of that tensor marked dynamic.
+    ``dynamic_dims`` maps a positional argument index to the dimensions of that tensor marked dynamic (an
+    argument that is None is skipped); ``fullgraph``: refuse graph breaks (see the module docstring).
     """
 
     def __init__(
@@ -58,19 +63,22 @@ class MaybeCompiled:
         fn: Callable[..., Any],
         switch: CompileSwitch,
         dynamic_dims: dict[int, Sequence[int]] | None = None,
+        *,
+        fullgraph: bool = False,
     ) -> None:
         self.fn = fn
         self.switch = switch
         self.dynamic_dims = dict(dynamic_dims or {})
+        self.fullgraph = fullgraph
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any) -> Any:
         if not self.switch.enabled or torch.compiler.is_compiling():
             return self.fn(*args)  # (inside an outer torch.compile, dynamo traces the plain function)
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn)
+            self._compiled = torch.compile(self.fn, fullgraph=self.fullgraph)
         for index, dims in self.dynamic_dims.items():
-            for dim in dims:
+            for dim in dims if args[index] is not None else ():
                 torch._dynamo.maybe_mark_dynamic(args[index], dim)
         try:
             with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
