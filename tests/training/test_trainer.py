@@ -63,6 +63,22 @@ def mlm_run(tmp_path_factory):
     return config, result
 
 
+@pytest.mark.slow
+def test_mlm_with_the_head_tied_to_the_embeddings_trains_and_saves_tied(tmp_path):
+    """model_args.tie_mlm_head through the trainer: the step's loss is the model's fused loss, it falls,
+    and the final folder loads with head.z and the embedding table one tensor."""
+    overrides = {"train_args.batch_size": 8, "train_args.max_steps": 15, "train_args.learning_rate": 1e-2}
+    config = _config(
+        "cpu_tiny_mlm.yaml", tmp_path, **TEST_SIZE, **overrides, **{"model_args.tie_mlm_head": True}
+    )
+    result = train(config)
+    losses = [r["loss"] for r in read_metrics(result.output_dir)]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.5, losses
+    model = load_mlm_model(result.final_model_dir)
+    assert model.config.tie_mlm_head and model.config.fused_mlm_loss
+    assert model.head.z is model.model.embeddings.weight
+
+
 @pytest.fixture(scope="module")
 def contrastive_run(tmp_path_factory, mlm_run):
     _, mlm = mlm_run
