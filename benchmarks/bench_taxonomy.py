@@ -23,6 +23,7 @@ long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import numpy as np
+import torch
 import yaml
 
 import lorentz_rag
@@ -77,12 +79,40 @@ def _ndcg(model: Any, folder: Path, part: str, relation: str = "similar") -> lis
     return [float(per_query[q]["ndcg@10"]) for q in sorted(per_query)]
 
 
+class _MemoEncoder:
+    """``model`` whose ``encode`` embeds each distinct (prompt type, text) once: the sets of one taxonomy share
+    many documents (broader by similarity and by relation read the same corpus). An embedding does not depend
+    on its batch-mates, so the values are the model's own."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._memo: dict[tuple[Any, str], torch.Tensor] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def encode(
+        self, texts: Any, prompt_type: Any = None, batch_size: int = 32, **kwargs: Any
+    ) -> torch.Tensor:
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        missing = list(dict.fromkeys(t for t in items if (prompt_type, t) not in self._memo))
+        if missing:
+            rows = self._model.encode(missing, prompt_type, batch_size=batch_size, **kwargs)
+            self._memo.update({(prompt_type, t): row for t, row in zip(missing, rows)})
+        if not items:
+            return self._model.encode(items, prompt_type, batch_size=batch_size, **kwargs)
+        out = torch.stack([self._memo[(prompt_type, t)] for t in items])
+        return out[0] if single else out
+
+
 def evaluate(model: Any, sets: Path, part: str, has_radius: bool) -> dict[str, Any]:
     """Every measurement of one model (per-query lists where a bootstrap needs them)."""
+    model = _MemoEncoder(model)
     out: dict[str, Any] = {name: _ndcg(model, sets / "eval" / name, part) for name in SETS}
     if has_radius:
         out["broader_relation"] = _ndcg(model, sets / "eval" / "broader", part, relation="broader")
-    out["faq_dev"] = _ndcg(model, faq_dev_path(), "report")
+    out["faq_dev"] = _ndcg(model, faq_dev_path(), "report" if part == "report" else "tune")
     rows = read_level_rows(sets / "eval" / "levels.jsonl")
     radii, _, _ = embedding_radii(model, [r["text"] for r in rows])
     out["depth_spearman"] = radius_stats(radii, [int(r["level"]) for r in rows])["spearman"]["rho"]
@@ -141,6 +171,23 @@ def _timed(fn: Any, what: str, *args: Any) -> Any:
     start = time.perf_counter()
     result = fn(*args)
     print(f"[bench_taxonomy] {what}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def _zero_shot(model: Any, sets: Path, part: str, tag: str, cache: str | None) -> dict[str, Any]:
+    """The zero-shot measurements, read from ``cache`` when it holds them for these exact set files."""
+    if cache is None:
+        return _timed(evaluate, f"{tag} zero-shot", model, sets, part, False)
+    digest = hashlib.sha1()
+    for path in sorted((sets / "eval").rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(sets).as_posix().encode() + b"\0" + path.read_bytes())
+    stored = Path(cache) / f"{tag}-{part}-{digest.hexdigest()[:16]}.json"
+    if stored.is_file():
+        return json.loads(stored.read_text(encoding="utf-8"))
+    result = _timed(evaluate, f"{tag} zero-shot", model, sets, part, False)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(result) + "\n", encoding="utf-8")
     return result
 
 
@@ -216,6 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="KEY=VALUE",
         help="config overrides for both models' runs (e.g. hierarchy_args.weight=2; to try settings on --part tune)",
     )
+    parser.add_argument(
+        "--zero-shot-cache",
+        default=None,
+        help="folder keeping the zero-shot model's measurements per taxonomy, part and set files (they do not "
+        "depend on any training setting: tuning runs share them)",
+    )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--out", default="runs/bench_taxonomy")
     parser.add_argument(
@@ -243,9 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 held_out_fraction=0.3, max_queries=20, corpus_size=200, subsumption_concepts=20, negatives=2
             )
         build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
-        res: dict[str, Any] = {
-            "zero_shot": _timed(evaluate, f"{tag} zero-shot", zero_shot, sets, args.part, False)
-        }
+        res: dict[str, Any] = {"zero_shot": _zero_shot(zero_shot, sets, args.part, tag, args.zero_shot_cache)}
         res["trained"] = {}
         for name in args.models:
             res["trained"][name] = []
