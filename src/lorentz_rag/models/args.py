@@ -91,10 +91,12 @@ class ModelArgs(BaseModel):
         1.0, ge=0.1, le=10.0, description="Initial curvature magnitude c (space curvature -c)."
     )
     trainable_curvature: bool = Field(True, description="Learn c (stored as log c, clamped to [0.1, 10]).")
-    compile: bool = Field(
-        False,
-        description="hyte_fh: torch.compile the blocks and the MLM head (fused Lorentz elementwise chains; pays "
-        "on long or GPU runs, costs 0.5-3 min of compilation on a small CPU). A failed compile runs eagerly.",
+    compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="hyte_fh: torch.compile the trunk (one graph: embeddings, blocks, norms, pooling) and the MLM "
+        "head (fused Lorentz elementwise chains; costs up to ~5 min of compilation on a small CPU). 'auto': on "
+        "for CUDA; on CPU once 2 timed eager steps show the steps left repay the compile (the rule: "
+        "lorentz_rag.training.compile_policy); the run's log says which and why. A failed compile runs eagerly.",
     )
     fused_mlm_loss: bool = Field(
         True,

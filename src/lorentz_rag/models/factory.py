@@ -131,7 +131,7 @@ def _hyte_fh_config(args: ModelArgs, tokenizer: Any) -> HyteFHConfig:
         mb,
         curvature=args.curvature,
         trainable_curvature=args.trainable_curvature,
-        compile=args.compile,
+        compile=args.compile is True,  # 'auto': the trainer decides (training/compile_policy.py)
         fused_mlm_loss=args.fused_mlm_loss,
         tie_mlm_head=args.tie_mlm_head,
     )
@@ -184,7 +184,7 @@ def _build_hyte_fh(args: ModelArgs) -> HyteFH:
         config = HyteFHConfig.from_dict(_init_from_trunk_config(source, "hyte_fh"))
         _check_sizes_agree(args, config, source)
         config.trainable_curvature = args.trainable_curvature
-        config.compile = args.compile
+        config.compile = args.compile is True  # 'auto': the trainer decides
     else:
         config = _hyte_fh_config(args, tokenizer)
     return HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))

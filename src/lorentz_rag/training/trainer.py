@@ -52,6 +52,7 @@ from lorentz_rag.models.factory import build_mlm_model, build_model, save_mlm_mo
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.models.io import WeightsMismatchError, check_and_load_state_dict
 from lorentz_rag.training import checkpoint as ckpt
+from lorentz_rag.training.compile_policy import AutoCompile
 from lorentz_rag.training.config import (
     ConfigError,
     TrainConfig,
@@ -222,7 +223,7 @@ _RESUME_BOOKKEEPING = {
         "ddp_bucket_cap_mb",
         "ddp_sparse_embedding_hook",
     )
-}
+} | {("model_args", "compile")}  # compiled and eager steps agree to float32 rounding (compile_policy.py)
 #: Keys a resumed run applies explicitly (the learning-rate schedule from the resumed step on).
 _RESUME_APPLIED = {
     ("train_args", key)
@@ -707,9 +708,15 @@ def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | 
     batches = iter(run.data)
     run.runner.train()
     window = _Window()
+    auto_compile = AutoCompile(
+        run.model, run.config.model_args.compile, run.device, run.total_steps, _main_print(run)
+    )
+    auto_compile.start(run.step)
     while run.step < run.total_steps:
+        started = time.perf_counter()
         outcome = _optimizer_step(run, batches)
         run.step += 1
+        auto_compile.after_step(run.step, time.perf_counter() - started)
         run.tokens_seen += outcome.tokens
         run.last_loss = outcome.loss
         window.loss += outcome.loss
@@ -723,6 +730,11 @@ def _loop(run: _Run, logger: MetricsLogger, after_step: Callable[[int], None] | 
             _save_checkpoint(run)
         if after_step is not None:
             after_step(run.step)
+
+
+def _main_print(run: _Run) -> Callable[[str], None]:
+    """``print`` (flushed) on rank 0, nothing elsewhere: the run's log lines."""
+    return (lambda line: print(line, flush=True)) if run.is_main else (lambda line: None)
 
 
 def _optimizer_step(run: _Run, batches: Iterator[dict[str, Any]]) -> _StepOutcome:
