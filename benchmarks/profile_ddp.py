@@ -166,8 +166,9 @@ def main() -> None:
         "",
         f"Trainable parameters: {total / 1e6:.2f} M, of which `{name}` holds {numel / 1e6:.2f} M "
         f"({100 * numel / total:.0f}%). Costs that grow with the parameters, not with the batch, are paid once per "
-        f"step by every process: the gradient all-reduce ({4 * total / 2**20:.1f} MiB of float32 under DDP, after "
-        "the backward: the embedding's gradient is the backward's last, so nothing is left to overlap it with), "
+        f"step by every process: the gradient all-reduce ({4 * total / 2**20:.1f} MiB of float32 under DDP's "
+        "dense all-reduce, after the backward: the embedding's gradient is the backward's last, so nothing is "
+        "left to overlap it with; the sparse-embedding hook sends only the touched rows), "
         "AdamW, gradient clipping and the finiteness check. The 1-process run splits those over its two "
         "threads; in the 2-process run each process does all of them on one thread.",
         "",
@@ -190,9 +191,12 @@ def main() -> None:
         "elements, so each of 2 processes updates half the parameters (the ZeRO-2 row of training.md); torch's "
         "ZeroRedundancyOptimizer splits by whole parameters and cannot split the one embedding matrix.",
         "- All-reduce only the embedding rows some process touched: rows that no process touched are zero in "
-        "every gradient, so a DDP communication hook that all-reduces the union of touched rows (a step touches "
+        "every gradient, so the trainer's DDP communication hook (train_args.ddp_sparse_embedding_hook, on by "
+        "default for this model; training/ddp_hooks.py) all-reduces the union of touched rows (a step touches "
         f"at most batch x sequence length rows, here 2 x {args.batch} x {SIZES['model_args.max_seq_length']} per "
-        "process, of 30522) gives the dense sum bit for bit with a fraction of the bytes. Updating only those "
+        "process, of 30522) and gives the dense sum bit for bit with a fraction of the bytes "
+        "(benchmarks/bench_ddp_hook.py times the reduction alone; pass -- "
+        "--train_args.ddp_sparse_embedding_hook=false to profile the dense all-reduce). Updating only those "
         "rows as well (lazy Adam) would also cut AdamW's cost, but that is another optimizer: AdamW moves "
         "untouched rows too, as their moments decay.",
         "- More work per step: the fixed costs are per step, so a larger batch per process, or gradient "
