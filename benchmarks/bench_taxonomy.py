@@ -48,6 +48,7 @@ from lorentz_rag.eval.hierarchy import embedding_radii, radius_stats, read_level
 from lorentz_rag.eval.retrieval import compute_metrics, evaluate_beir
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
 from lorentz_rag.eval.subsumption import evaluate_subsumption
+from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.training.config import load_config
 from lorentz_rag.training.trainer import train
 
@@ -142,6 +143,9 @@ def _train(
         "train_args.seed": seed,
         "train_args.output_dir": str(out),
         "train_args.overwrite": True,
+        # main() keeps one base-state cache for every run (the same numbers: hf_base.py); a run's own would
+        # start empty.
+        "train_args.cache_base_states": False,
     }
     if steps is not None:
         overrides["train_args.max_steps"] = steps
@@ -247,6 +251,42 @@ def _report(all_results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_taxonomy(
+    taxonomy: str,
+    args: argparse.Namespace,
+    seeds: list[int],
+    steps: int | None,
+    out: Path,
+    extra: dict[str, Any],
+    zero_shot: Any,
+) -> dict[str, Any]:
+    """Sets, zero-shot, and every model x seed trained and measured on one taxonomy."""
+    start = time.perf_counter()
+    path = resolve_taxonomy(taxonomy)
+    tag = Path(taxonomy).stem.split(".")[0]
+    sets = out / tag / "sets"
+    options = TaxonomySetOptions()
+    if args.quick:  # small sets; a fixture taxonomy is tiny: hold out enough concepts for every set
+        options = TaxonomySetOptions(
+            held_out_fraction=0.3, max_queries=20, corpus_size=200, subsumption_concepts=20, negatives=2
+        )
+    build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
+    res: dict[str, Any] = {"zero_shot": _zero_shot(zero_shot, sets, args.part, tag, args.zero_shot_cache)}
+    res["trained"] = {}
+    for name in args.models:
+        res["trained"][name] = []
+        for seed in seeds:
+            what = f"{tag} {name} seed {seed}"
+            run = out / tag / f"{name}-{seed}"
+            model = _timed(
+                _train, f"{what} training", taxonomy, name, seed, steps, run, options, args.quick, extra
+            )
+            res["trained"][name].append(_timed(evaluate, f"{what} evaluation", model, sets, args.part, True))
+    res["summary"] = _summary(res)
+    res["seconds"] = time.perf_counter() - start
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,40 +326,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     zero_shot = lorentz_rag.load_model("all-MiniLM-L6-v2")
     results: dict[str, Any] = {"taxonomies": {}, "settings": {**vars(args), "seeds": seeds, "steps": steps}}
     for taxonomy in args.taxonomies:
-        start = time.perf_counter()
-        path = resolve_taxonomy(taxonomy)
-        tag = Path(taxonomy).stem.split(".")[0]
-        sets = out / tag / "sets"
-        options = TaxonomySetOptions()
-        if args.quick:  # small sets; a fixture taxonomy is tiny: hold out enough concepts for every set
-            options = TaxonomySetOptions(
-                held_out_fraction=0.3, max_queries=20, corpus_size=200, subsumption_concepts=20, negatives=2
+        with cached_base_states() as cache:
+            results["taxonomies"][taxonomy] = _one_taxonomy(
+                taxonomy, args, seeds, steps, out, extra, zero_shot
             )
-        build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
-        res: dict[str, Any] = {"zero_shot": _zero_shot(zero_shot, sets, args.part, tag, args.zero_shot_cache)}
-        res["trained"] = {}
-        for name in args.models:
-            res["trained"][name] = []
-            for seed in seeds:
-                run = out / tag / f"{name}-{seed}"
-                model = _timed(
-                    _train,
-                    f"{tag} {name} seed {seed} training",
-                    taxonomy,
-                    name,
-                    seed,
-                    steps,
-                    run,
-                    options,
-                    args.quick,
-                    extra,
-                )
-                res["trained"][name].append(
-                    _timed(evaluate, f"{tag} {name} seed {seed} evaluation", model, sets, args.part, True)
-                )
-        res["summary"] = _summary(res)
-        res["seconds"] = time.perf_counter() - start
-        results["taxonomies"][taxonomy] = res
+        print(
+            f"[bench_taxonomy] base-state cache: {cache.misses} texts run, {cache.hits} read", file=sys.stderr
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (out / "report.md").write_text(_report(results), encoding="utf-8")
