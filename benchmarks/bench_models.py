@@ -209,6 +209,10 @@ def paper_size_params() -> dict[str, int]:
     }
 
 
+def _loads(values) -> str:
+    return " / ".join(f"{v:.1f}" for v in values)
+
+
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     tw, enc, pp = result["twins"], result["hyte_h_encode"], result["paper_size_params"]
     s = tw["sizes"]
@@ -218,7 +222,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"Command: `{result['command']}`  ",
         f"torch {result['torch']}, {result['threads']} threads, {result['machine']}; "
         f"medians of {result['reps']} interleaved repetitions (shared CPUs: expect noise)."
-        + (f"  \n{result['note']}" if result.get("note") else ""),
+        + (f"  \n{result['note']}" if result.get("note") else "")
+        + (
+            f"  \nload average (1/5/15 min) at the start {_loads(result['loadavg_start'])}, at the end "
+            f"{_loads(result['loadavg_end'])}"
+            if "loadavg_start" in result
+            else ""
+        ),
         "",
         f"## HyTE-FH vs its Euclidean twin ({s['num_hidden_layers']} x {s['hidden_size']}, "
         f"{s['num_attention_heads']} heads, batch {tw['batch']}, seq {tw['seq_len']}), forward + backward",
@@ -303,6 +313,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
         "reps": args.reps,
         "note": args.note,
+        "loadavg_start": os.getloadavg(),  # (1, 5, 15 min) on a shared machine: how quiet the run was
     }
     result["paper_size_params"] = paper_size_params()
     print("paper-size parameters:", result["paper_size_params"], flush=True)
@@ -328,6 +339,7 @@ def main() -> None:
         flush=True,
     )
 
+    result["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out / "models.md")
