@@ -69,9 +69,10 @@ def test_the_run_trains_on_the_train_split_only_and_matches_taxonomy_build(tmp_p
     rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
     ours = {json.dumps(r, sort_keys=True) for r in rows}
     assert built_pairs <= ours and len(built_pairs) == split["taxonomy_pairs"]
-    # Replay: as many general pairs as taxonomy pairs (share 0.5), the leaky one dropped.
+    # Replay: as many general pairs as taxonomy pairs, broader ones included (share 0.5), the leaky one dropped.
+    assert split["broader_pairs"] > 0  # the configs' broader_pairs
     assert (
-        split["replay_pairs"] == split["taxonomy_pairs"]
+        split["replay_pairs"] == split["taxonomy_pairs"] + split["broader_pairs"]
         and split["replay_pairs_dropped_for_held_out_text"] == 1
     )
 
@@ -113,6 +114,7 @@ def test_taxonomy_args_are_validated(tmp_path: Path) -> None:
         {
             "taxonomy_args.path": str(ANIMALS),
             "taxonomy_args.use_pairs": False,
+            "taxonomy_args.broader_pairs": 0,
             "taxonomy_args.replay_share": 0.0,
             "train_args.output_dir": str(tmp_path / "o"),
         },
@@ -144,7 +146,9 @@ def test_the_recipe_configs_train_a_model_end_to_end(tmp_path: Path, config: str
     ]
     assert main(argv) == 0
     model = load_model(out / "final")
-    assert model.trainable_base_layers == 1 and model.settings.similarity in ("geodesic", "euclidean")
+    # The configs' choice (tune halves): the whole base frozen, only the head trains.
+    assert model.trainable_base_layers == 0 and model.settings.similarity in ("geodesic", "euclidean")
+    assert not any(p.requires_grad for p in model.base.parameters())
     saved = (out / "config.yaml").read_text()
     assert (
         str(out / "taxonomy" / "pairs.jsonl") in saved and str(out / "taxonomy" / "train.jsonl.gz") in saved
@@ -182,8 +186,10 @@ def test_broader_pairs_join_the_mixture_from_the_train_split_only(tmp_path: Path
     assert len(broader) >= split["broader_pairs"]
     held = {read_taxonomy(ANIMALS)[i].text.casefold() for i in split["held_out"]}
     assert not any(r["document"].casefold() in held or r["query"].casefold() in held for r in broader)
-    # off by default: no broader pairs
-    default, _ = _config(tmp_path / "default", **{"taxonomy_args.held_out_fraction": 0.2})
+    # broader_pairs 0: none
+    default, _ = _config(
+        tmp_path / "default", **{"taxonomy_args.held_out_fraction": 0.2, "taxonomy_args.broader_pairs": 0}
+    )
     prepare_taxonomy_run(default)
     assert (
         json.loads((tmp_path / "default" / "out" / "taxonomy" / "split.json").read_text())["broader_pairs"]
