@@ -20,8 +20,9 @@ holds more than :data:`DENSE_FRACTION` of its weight's rows (a tied output head 
 bucket is all-reduced whole, as DDP does.
 
 When the trainer uses it (``train_args.ddp_sparse_embedding_hook``, :func:`choose_weights`): ``true`` for
-every trainable embedding table (``nn.Embedding``, ``LorentzEmbedding``) that no other module shares; ``null`` (the default) for those with
-at least :data:`MIN_ELEMENTS` elements, when the process group's backend is gloo or NCCL; ``false`` never.
+every trainable embedding table (``nn.Embedding``, ``LorentzEmbedding``) that no other module shares;
+``null`` (the default) for those with at least :data:`MIN_ELEMENTS` elements, when the process group's
+backend is gloo or NCCL; ``false`` never.
 """
 
 # No ``from __future__ import annotations`` here: DDP's register_comm_hook compares the hook's annotations with
@@ -58,6 +59,9 @@ EMBEDDING_TYPES = (nn.Embedding, LorentzEmbedding)
 #: The backends whose all-reduce the auto rule relies on (uint8 MAX for the mask, SUM for the rest).
 AUTO_BACKENDS = ("gloo", "nccl")
 
+#: What the packed all-reduce carries: ``(values, None)`` for a slice of the bucket, ``(rows, (view, row ids))``
+#: for a weight's union rows, written back into ``view`` at ``row ids``.
+_Part = tuple[Tensor, tuple[Tensor, Tensor] | None]
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -169,9 +173,7 @@ def sparse_embedding_hook(state: SparseEmbeddingState, bucket: dist.GradBucket) 
         return _average(buffer, group, world).then(lambda _: buffer)
     # One all-reduce for the rest: the parts of the bucket around the weights, then each weight's union rows
     # (a weight no rank touched is +0.0 everywhere, its mean).
-    parts: list[
-        tuple[Tensor, tuple[Tensor, Tensor] | None]
-    ] = []  # (values, (view, row ids) or None: a slice)
+    parts: list[_Part] = []
     edges = [0, *(bound for s, rows, dim in segments for bound in (s, s + rows * dim)), buffer.numel()]
     parts += [(buffer[lo:hi], None) for lo, hi in zip(edges[::2], edges[1::2]) if hi > lo]
     for view, ids in zip(views, row_ids):
