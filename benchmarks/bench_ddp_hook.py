@@ -37,6 +37,7 @@ from bench_training import DATA, RESULTS, SIZES  # noqa: E402
 from lorentz_rag.models import packaged_minilm_path  # noqa: E402
 from lorentz_rag.training.config import load_config  # noqa: E402
 from lorentz_rag.training.ddp_hooks import register_sparse_embedding_hook  # noqa: E402
+from lorentz_rag.training.distributed import end_distributed  # noqa: E402
 from lorentz_rag.training.trainer import build_training_model  # noqa: E402
 
 MODES = ("local", "dense", "sparse")
@@ -111,7 +112,8 @@ def _worker(rank: int, store: str, blocks: int, shapes: tuple[int, int, int], re
         result["rows_reduced_per_step"] = round(state.rows_reduced / state.calls, 1)
         result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
         Path(report).write_text(json.dumps(result))
-    dist.destroy_process_group()
+    del runners, model, runner, state  # the DDP wrappers and the hook, before the group (end_distributed)
+    end_distributed()
 
 
 def main() -> None:

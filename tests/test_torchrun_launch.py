@@ -36,3 +36,18 @@ def test_kill_process_tree_ends_children_in_their_own_session() -> None:
     time.sleep(0.2)
     assert not any(_alive(pid) for pid in children)
     assert os.path.isdir("/proc")
+
+
+def test_a_hung_launch_fails_with_every_worker_stack(tmp_path) -> None:
+    """A worker that never finishes: the failure names the timeout and shows where each rank was waiting."""
+    import pytest
+
+    from torchrun_launch import run_torchrun
+
+    worker = tmp_path / "hang.py"
+    worker.write_text("import time\n\ndef wait_forever():\n    time.sleep(600)\n\nwait_forever()\n")
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="did not finish in 20 s") as failure:
+        run_torchrun([str(worker)], nproc=2, timeout=20)
+    assert time.monotonic() - started < 60
+    assert str(failure.value).count("in wait_forever") == 2, str(failure.value)[-3000:]

@@ -13,15 +13,14 @@ import sys
 import torch
 
 from lorentz_rag import cli
-from lorentz_rag.training.distributed import init_distributed
+from lorentz_rag.training.distributed import command_process_group
 
 
 def main(index_args: list[str], beir_args: list[str]) -> None:
-    world = init_distributed()
-    assert world.world_size == 2 and torch.distributed.get_backend() == "gloo", world
-    assert cli.main(index_args) == 0
-    assert cli.main(beir_args) == 0
-    torch.distributed.destroy_process_group()
+    with command_process_group() as world:
+        assert world.world_size == 2 and torch.distributed.get_backend() == "gloo", world
+        assert cli.main(index_args) == 0
+        assert cli.main(beir_args) == 0
 
 
 if __name__ == "__main__":

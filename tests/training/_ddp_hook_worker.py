@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorentz_rag.training.ddp_hooks import MIN_ELEMENTS, choose_weights, register_sparse_embedding_hook
+from lorentz_rag.training.distributed import end_distributed
 
 DIM, STEPS, MICRO = 8, 4, 2
 VOCAB = MIN_ELEMENTS // DIM  # the smallest table the auto rule picks
@@ -87,4 +88,4 @@ def run(rank: int, store_file: str, out: str) -> None:
             torch.save(results, Path(out))
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        end_distributed()  # after every DDP wrapper is gone

@@ -14,14 +14,12 @@ import torch
 from _ddp_case import build_case
 from torch.nn.parallel import DistributedDataParallel
 
-from lorentz_rag.training.distributed import init_distributed, world_info
+from lorentz_rag.training.distributed import command_process_group, world_info
 from lorentz_rag.training.grad_cache import grad_cache_backward
 
 
-def main(out_path: str) -> None:
-    world = init_distributed()
-    assert world.world_size == 2 and torch.distributed.get_backend() == "gloo", world
-    assert world_info() == world
+def _gradients(world) -> dict:
+    """Both modes' DDP-averaged gradients; the DDP wrappers end with this function."""
     case = build_case()
     results = {}
     for mode in ("plain", "grad_cache"):
@@ -46,10 +44,17 @@ def main(out_path: str) -> None:
             "logit_scale": scale_grad / world.world_size
         }
         results[mode + "_loss"] = loss.detach()
-    if world.rank == 0:
-        torch.save(results, out_path)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    return results
+
+
+def main(out_path: str) -> None:
+    with command_process_group() as world:
+        assert world.world_size == 2 and torch.distributed.get_backend() == "gloo", world
+        assert world_info() == world
+        results = _gradients(world)
+        if world.rank == 0:
+            torch.save(results, out_path)
+        torch.distributed.barrier()
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ padding). An embedding does not depend on its batch-mates in exact arithmetic, b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,14 +40,17 @@ from torch import Tensor
 
 from lorentz_rag.errors import names_path, user_error
 from lorentz_rag.models.base import check_finite_embeddings
-from lorentz_rag.training.distributed import WorldInfo, barrier, init_distributed, is_distributed, world_info
+from lorentz_rag.training.distributed import (
+    barrier,
+    is_distributed,
+    world_info,
+)
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "EncodingIncompleteError",
     "EncodingWorkMismatchError",
     "ShardPlan",
-    "command_process_group",
     "encode_corpus",
     "finished_shards",
     "work_dir_for",
@@ -75,19 +77,6 @@ class EncodingIncompleteError(RuntimeError):
     ) -> None:
         super().__init__(message)
         self.remaining, self.total, self.work_dir = remaining, total, work_dir
-
-
-@contextlib.contextmanager
-def command_process_group() -> Iterator[WorldInfo]:
-    """The ``torchrun`` process group of one command (:func:`lorentz_rag.training.distributed.init_distributed`;
-    nothing is started without a launcher), ended when the command is done if it was started here."""
-    had_group = dist.is_available() and dist.is_initialized()
-    info = init_distributed()
-    try:
-        yield info
-    finally:
-        if not had_group and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def work_dir_for(out: str | os.PathLike[str]) -> Path:

@@ -53,7 +53,6 @@ from lorentz_rag.errors import names_path, on_interrupt
 from lorentz_rag.eval.encode import (
     DEFAULT_SHARD_SIZE,
     EncodingIncompleteError,
-    command_process_group,
     encode_corpus,
     finished_shards,
     work_dir_for,
@@ -65,7 +64,7 @@ from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
-from lorentz_rag.training.distributed import barrier, is_distributed, world_info
+from lorentz_rag.training.distributed import barrier, command_process_group, is_distributed, world_info
 
 __all__ = [
     "INDEX_KINDS",

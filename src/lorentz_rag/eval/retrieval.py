@@ -32,10 +32,11 @@ from torch import Tensor
 
 from lorentz_rag.data.beir import document_text, load_beir
 from lorentz_rag.errors import names_path
-from lorentz_rag.eval.encode import command_process_group, encode_corpus
+from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.models import load_model
+from lorentz_rag.training.distributed import command_process_group
 
 __all__ = [
     "METRIC_KEYS",

@@ -62,7 +62,7 @@ from lorentz_rag.training.config import (
 )
 from lorentz_rag.training.data_stream import DataStream
 from lorentz_rag.training.ddp_hooks import choose_weights, register_sparse_embedding_hook
-from lorentz_rag.training.distributed import barrier, init_distributed
+from lorentz_rag.training.distributed import barrier, command_process_group, init_distributed
 from lorentz_rag.training.hierarchy import (
     HierarchyLoss,
     WordNetHierarchy,
@@ -956,7 +956,9 @@ def main(argv: list[str]) -> int:
 
 def _main(argv: list[str]) -> int:
     parsed = parse_command_line(argv)
-    result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
+    # The command ends the process group it started, with every DDP wrapper gone (end_distributed).
+    with command_process_group():
+        result = train(parsed.config, deepspeed_config=parsed.deepspeed_config)
     if int(os.environ.get("RANK", "0")) == 0:
         loss = f"loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else "loss not recorded"
         print(f"final model: {result.final_model_dir} (step {result.steps}, {loss})")
