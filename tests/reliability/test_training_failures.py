@@ -16,7 +16,7 @@ import torch
 from lorentz_rag.data.bundled import mlm_text_path
 from lorentz_rag.folder_lock import RUN_LOCK_NAME, FolderInUseError
 from lorentz_rag.training import checkpoint as ckpt
-from lorentz_rag.training import trainer
+from lorentz_rag.training import run_output
 from lorentz_rag.training.config import ConfigError, load_config, parse_command_line
 from lorentz_rag.training.logging import read_metrics
 from lorentz_rag.training.trainer import TrainingDivergedError, train
@@ -309,7 +309,7 @@ def test_a_full_disk_during_the_final_save_says_so_and_keeps_the_last_checkpoint
     def full_disk(model, engine, final_dir, is_main):
         raise OSError(28, os.strerror(28), str(final_dir / "model.safetensors"))
 
-    monkeypatch.setattr(trainer, "_save_final", full_disk)
+    monkeypatch.setattr(run_output, "save_final", full_disk)
     out = tmp_path / "run"
     with pytest.raises(
         ckpt.CheckpointError, match="no space left on device; the checkpoint of step 2 is intact"

@@ -23,7 +23,7 @@ from lorentz_rag.folder_lock import RUN_LOCK_NAME, exclusive_lock
 from lorentz_rag.models import build_model, load_model
 from lorentz_rag.models.factory import ModelFolderError
 from lorentz_rag.training import checkpoint as ckpt
-from lorentz_rag.training import trainer
+from lorentz_rag.training import run_output, trainer
 from lorentz_rag.training.config import ConfigError, parse_command_line
 from lorentz_rag.training.losses import InfoNCELoss
 from lorentz_rag.training.objective import TrainStep
@@ -198,7 +198,7 @@ def test_a_full_disk_during_the_final_save_leaves_no_final_folder_and_the_run_re
 ):
     """Before: an empty final/ was left behind. Now final.tmp is written, then renamed."""
     out = tmp_path / "run"
-    real_write_config = trainer.write_config
+    real_write_config = run_output.write_config
 
     def full_disk(config, path):  # after the weights were written into final.tmp
         if Path(path).parent.name == "final.tmp":
@@ -206,7 +206,7 @@ def test_a_full_disk_during_the_final_save_leaves_no_final_folder_and_the_run_re
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_write_config(config, path)
 
-    monkeypatch.setattr(trainer, "write_config", full_disk)
+    monkeypatch.setattr(run_output, "write_config", full_disk)
     status, _, err = run_main(trainer.main, _argv(out), capsys)
     assert status == 2
     line = _one_error_line(err)
@@ -220,7 +220,7 @@ def test_a_full_disk_during_the_final_save_leaves_no_final_folder_and_the_run_re
     assert not (out / "final").exists() and not (out / "final.tmp").exists()
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["ckpt-1", "ckpt-2"]
 
-    monkeypatch.setattr(trainer, "write_config", real_write_config)  # space freed: resume
+    monkeypatch.setattr(run_output, "write_config", real_write_config)  # space freed: resume
     status, printed, err = run_main(trainer.main, _argv(out, **{"train_args.checkpoint": out}), capsys)
     assert status == 0, err
     recorded = json.loads((out / "ckpt-2" / ckpt.TRAINER_STATE_FILE).read_text())["loss"]

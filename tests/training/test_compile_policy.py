@@ -26,7 +26,8 @@ from lorentz_rag.training.compile_policy import (
     cpu_decision,
 )
 from lorentz_rag.training.config import load_config
-from lorentz_rag.training.trainer import config_differences, train
+from lorentz_rag.training.resume import config_differences
+from lorentz_rag.training.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 

@@ -18,7 +18,8 @@ from lorentz_rag.data.bundled import pair_paths
 from lorentz_rag.training.config import load_config
 from lorentz_rag.training.logging import read_metrics
 from lorentz_rag.training.optim import build_optimizer
-from lorentz_rag.training.trainer import _all_finite, train
+from lorentz_rag.training.run import all_finite
+from lorentz_rag.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON_PAIRS = next(p for p in pair_paths() if "python_docs" in p.name)
@@ -57,16 +58,16 @@ def test_an_unknown_kernel_is_refused():
 
 def test_all_finite_is_exact():
     tensors = [torch.randn(300, 4), torch.randn(7), torch.zeros(1, dtype=torch.float64)]
-    assert _all_finite(iter(tensors))
-    assert _all_finite(iter([]))
+    assert all_finite(iter(tensors))
+    assert all_finite(iter([]))
     for bad in (float("nan"), float("inf"), -float("inf")):
         tensors[0][17, 2] = bad
-        assert not _all_finite(iter(tensors)), bad
+        assert not all_finite(iter(tensors)), bad
     tensors[0][17, 2] = 0.0
     tensors[0][:4] = 3e38  # every value finite, their sum is not: still finite
-    assert _all_finite(iter(tensors))
+    assert all_finite(iter(tensors))
     tensors[1][3] = float("nan")
-    assert not _all_finite(iter(tensors))
+    assert not all_finite(iter(tensors))
 
 
 def test_num_threads_sets_the_processes_torch_threads(tmp_path):
