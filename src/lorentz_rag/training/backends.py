@@ -17,6 +17,8 @@ __all__ = ["ddp_wrapper", "deepspeed_engine", "fill_deepspeed_config", "pick_dev
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
+    """``train_args.device`` as a device: ``auto`` is this rank's GPU when CUDA works, else the CPU; ``cuda``
+    is this rank's GPU; asking for CUDA without one is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
