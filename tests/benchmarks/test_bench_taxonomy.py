@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,3 +40,50 @@ def test_quick_mode_measures_every_model_and_comparison(tmp_path: Path) -> None:
     assert all(iv["low"] <= iv["high"] and iv["n_seeds"] == 1 for iv in intervals.values())
     report = (out / "report.md").read_text()
     assert "| broader_relation |" in report and "hyte_h - twin" in report
+
+    # benchmarks/interpolate_taxonomy.py on the same runs: alpha 1 is the trained model (the same numbers);
+    # alpha 0 is the start (identity direction layer, one radius for every text), where HyTE-H and the twin
+    # both rank as the base's cosine does (at the runs' max_seq_length): the same numbers up to rounding.
+    interp = tmp_path / "interpolate"
+    argv = [
+        sys.executable,
+        str(REPO / "benchmarks" / "interpolate_taxonomy.py"),
+        *("--taxonomies", str(ANIMALS), "--runs", str(out), "--part", "test", "--seeds", "1"),
+        *("--alphas", "0", "0.5", "1", "--out", str(interp)),
+    ]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alphas = json.loads((interp / "interpolate.json").read_text())["alphas"]
+    at = {a: alphas[a]["taxonomies"][str(ANIMALS)]["trained"] for a in ("0.0", "1.0")}
+    for name in ("hyte_h", "twin"):
+        assert at["1.0"][name] == res["trained"][name], name
+    for metric in ("faq_dev", "synonym", "broader", "narrower"):
+        hyte_h, twin = (np.mean(at["0.0"][name][0][metric]) for name in ("hyte_h", "twin"))
+        assert hyte_h == pytest.approx(twin, abs=2e-3), metric
+    assert "| 0.5 | hyte_h |" in (interp / "interpolate.md").read_text()
+
+
+def test_interpolate_state_walks_from_start_to_end() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from interpolate_taxonomy import interpolate_state
+
+    start = {"w": torch.zeros(2, 3), "steps": torch.tensor(1), "b": torch.ones(2, dtype=torch.float64)}
+    end = {
+        "w": torch.full((2, 3), 4.0),
+        "steps": torch.tensor(7),
+        "b": torch.full((2,), 3.0, dtype=torch.float64),
+    }
+    half = interpolate_state(start, end, 0.25)
+    assert torch.equal(half["w"], torch.full((2, 3), 1.0)) and torch.equal(
+        half["b"], torch.full((2,), 1.5).double()
+    )
+    assert half["steps"].item() == 7  # not floating point: the trained value
+    assert all(torch.equal(interpolate_state(start, end, 1.0)[k], end[k]) for k in end)
+    assert all(
+        torch.equal(interpolate_state(start, end, 0.0)[k].float(), start[k].float()) for k in ("w", "b")
+    )
+    with pytest.raises(ValueError, match=r"only in the trained one \['extra'\]"):
+        interpolate_state(start, {**end, "extra": torch.zeros(1)}, 0.5)
+    with pytest.raises(ValueError, match=r"w: start \(2, 3\), trained \(3, 2\)"):
+        interpolate_state(start, {**end, "w": torch.zeros(3, 2)}, 0.5)
