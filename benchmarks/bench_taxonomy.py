@@ -152,7 +152,12 @@ def _train(
     overrides.update(extra)
     if quick:
         overrides.update(
-            {"train_args.batch_size": 4, "train_args.warmup_steps": 0, "model_args.max_seq_length": 16}
+            {
+                "train_args.batch_size": 4,
+                "train_args.warmup_steps": 0,
+                "model_args.max_seq_length": 16,
+                "train_args.max_seq_length": 16,
+            }
         )
         overrides.update({"hierarchy_args.edges_per_step": 4, "taxonomy_args.replay_share": 0.0})
     config = load_config(ROOT / "configs" / "taxonomy" / MODELS[name], overrides, dotenv_dir=None)

@@ -114,3 +114,29 @@ def test_ddp_settings_and_foreach_train_the_same_weights_as_plain_ddp_and_the_fo
     assert weights["plain"].keys() == weights["trainer"].keys()
     for key, value in weights["plain"].items():
         assert torch.equal(weights["trainer"][key], value), key
+
+
+def test_train_max_seq_length_cuts_the_batches_and_the_saved_model_keeps_its_own(tmp_path):
+    """train_args.max_seq_length=8 under model_args.max_seq_length=32 trains the very bits of a run with
+    model_args.max_seq_length=8 (checkpoints every 2 steps, so the probe ran in between), and the saved model
+    reads 32 tokens."""
+    import lorentz_rag
+
+    def run(name: str, *extra: str) -> Path:
+        overrides = [flag.removeprefix("--") for flag in TINY_RUN_OVERRIDES] + [
+            f"train_args.output_dir={tmp_path / name}",
+            f"data_args.data_path={PYTHON_PAIRS}",
+            "train_args.max_steps=4",
+            *extra,
+        ]
+        config = load_config(REPO / "configs/train/cpu_tiny_contrastive.yaml", overrides, dotenv_dir=None)
+        return train(config).final_model_dir
+
+    short = run("short", "model_args.max_seq_length=8")
+    cut = run("cut", "model_args.max_seq_length=32", "train_args.max_seq_length=8")
+    a, b = load_file(short / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert lorentz_rag.load_model(cut).settings.max_seq_length == 32
+    assert lorentz_rag.load_model(short).settings.max_seq_length == 8
+    saved = (cut / "training_config.yaml").read_text()
+    assert "max_seq_length: 32" in saved and "max_seq_length: 8" in saved  # model_args, train_args

@@ -141,11 +141,13 @@ def test_the_recipe_configs_train_a_model_end_to_end(tmp_path: Path, config: str
         "--train_args.max_steps=3",
         "--train_args.batch_size=4",
         "--train_args.warmup_steps=0",
-        "--model_args.max_seq_length=16",
+        "--model_args.max_seq_length=24",
+        "--train_args.max_seq_length=16",
         "--hierarchy_args.edges_per_step=4",
     ]
     assert main(argv) == 0
     model = load_model(out / "final")
+    assert model.settings.max_seq_length == 24  # trained on 16 tokens, reads 24 (the configs: 64 and 256)
     # The configs' choice (tune halves): the whole base frozen, only the head trains.
     assert model.trainable_base_layers == 0 and model.settings.similarity in ("geodesic", "euclidean")
     assert not any(p.requires_grad for p in model.base.parameters())

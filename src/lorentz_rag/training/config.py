@@ -131,6 +131,13 @@ class TrainArgs(_Section):
         "as fast on CPU), for_loop (one parameter at a time) or fused (one kernel per parameter, fastest; "
         "differs from the others in the last bits).",
     )
+    max_seq_length: int | None = Field(
+        None,
+        ge=1,
+        description="Truncation length in tokens of the training batches and hierarchy texts; null: "
+        "model_args.max_seq_length. The saved model keeps model_args.max_seq_length, so a run can train on "
+        "short texts (fast) and its model still reads long ones (e.g. the taxonomy recipe: 64 and 256).",
+    )
     num_threads: int | None = Field(
         None,
         ge=1,

@@ -54,7 +54,7 @@ class DataStream:
         if args.task == "mlm":
             self.collator: Any = MLMCollator(
                 model.tokenizer,
-                max_length=config.model_args.max_seq_length,
+                max_length=args.max_seq_length or config.model_args.max_seq_length,
                 mlm_probability=config.mlm_args.mlm_probability,
                 mask_replace_prob=config.mlm_args.mask_replace_prob,
                 random_replace_prob=config.mlm_args.random_replace_prob,

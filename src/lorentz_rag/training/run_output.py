@@ -115,7 +115,10 @@ def finish(run: Run) -> Path:
     save_checkpoint(run)
     final_dir = run.output_dir / "final"
     tmp_dir = run.output_dir / "final.tmp"
-    if hasattr(run.model, "settings"):  # what the model card reports about this run
+    if hasattr(run.model, "settings"):
+        # The saved model reads texts up to model_args.max_seq_length (train_args.max_seq_length cut the batches)
+        # and its card reports this run.
+        run.model.settings.max_seq_length = run.config.model_args.max_seq_length
         run.model.card_data = {"training_data": run.config.data_args.data_path, "training_steps": run.step}
     try:
         if run.is_main:

@@ -219,6 +219,9 @@ def _setup(config: TrainConfig, deepspeed_config: dict | None) -> Run:
     _seed_everything(args.seed)
     model = build_training_model(config)
     model.to(device)
+    if args.max_seq_length is not None and hasattr(model, "settings"):
+        # Training batches are cut here; finish() gives the saved model model_args.max_seq_length back.
+        model.settings.max_seq_length = args.max_seq_length
     step_module, hierarchy = _build_objective(config, model, device)
     _seed_everything(args.seed + world.rank)
 
