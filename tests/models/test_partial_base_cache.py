@@ -110,6 +110,7 @@ def _run(tmp_path: Path, config: str, out: str, cache: bool, caches: list) -> tu
         "train_args.cache_base_states": cache,
         "data_args.data_path": str(pairs),
         "model_args.max_seq_length": 16,
+        "train_args.max_seq_length": 16,
         "model_args.freeze_base": False,
         "model_args.trainable_base_layers": 1,
         "model_args.base_lr_multiplier": 0.5,
