@@ -175,10 +175,6 @@ def _report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scalar(value: Any) -> float:
-    return float(np.mean(value)) if isinstance(value, list) else float(value)
-
-
 def _scale(metric: str) -> float:
     return 1.0 if metric in ("subsumption_f1", "depth_spearman") else 100.0
 
@@ -188,11 +184,11 @@ def _format(value: float, metric: str) -> str:
 
 
 def _cell(values: dict[str, Any], metric: str) -> str:
-    return _format(_scalar(values[metric]), metric) if metric in values else "-"
+    return _format(tune_taxonomy._mean(values[metric]), metric) if metric in values else "-"
 
 
 def _cell_runs(runs: list[dict[str, Any]], metric: str) -> str:
-    return _format(float(np.mean([_scalar(r[metric]) for r in runs])), metric)
+    return _format(float(np.mean([tune_taxonomy._mean(r[metric]) for r in runs])), metric)
 
 
 if __name__ == "__main__":

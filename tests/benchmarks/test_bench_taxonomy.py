@@ -60,6 +60,17 @@ def test_quick_mode_measures_every_model_and_comparison(tmp_path: Path) -> None:
     for metric in ("faq_dev", "synonym", "broader", "narrower"):
         hyte_h, twin = (np.mean(at["0.0"][name][0][metric]) for name in ("hyte_h", "twin"))
         assert hyte_h == pytest.approx(twin, abs=2e-3), metric
+    # The rebuilt start is the recipe's initialisation (identity direction layer, zero radius weights), not the
+    # trained head: after two steps the trained head differs from it.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from interpolate_taxonomy import interpolated_model
+
+    run = out / ANIMALS.stem / "hyte_h-42"
+    start, trained = interpolated_model(run, 0.0).head, interpolated_model(run, 1.0).head
+    assert torch.equal(start.direction.weight, torch.eye(start.direction.weight.shape[0]))
+    assert not start.radius.weight.any() and not start.radius.bias.any()
+    assert not torch.equal(trained.direction.weight, start.direction.weight)
     assert "| 0.5 | hyte_h |" in (interp / "interpolate.md").read_text()
 
 
