@@ -254,6 +254,7 @@ def split_taxonomy(
     seed: int = 0,
     *,
     candidates: Iterable[str] | None = None,
+    name: str | None = None,
 ) -> TaxonomySplit:
     """Hold out ``round(held_out_fraction * len(taxonomy))`` concepts (fewer if the rule below runs out).
 
@@ -264,8 +265,12 @@ def split_taxonomy(
     re-attached to the held-out concept's parents in ``train``. ``validation``: the first
     ``round(validation_fraction * n)`` held-out concepts of the seeded order. ``candidates``: only these may
     be held out (e.g. the bundled WordNet's own held-out synsets, :func:`wordnet_held_out_ids`, which no
-    bundled training file contains); the fraction stays one of the whole taxonomy.
+    bundled training file contains); the fraction stays one of the whole taxonomy. At least one concept is
+    held out, however small the taxonomy: a taxonomy with no candidate that has a parent is a ``ValueError``
+    that names it (``name``, e.g. its file). The split is one seeded pass over the candidates, so it ends
+    for every taxonomy.
     """
+    what = name or repr(taxonomy)
     if not 0.0 < held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
     if not 0.0 <= validation_fraction <= 1.0:
@@ -286,7 +291,15 @@ def split_taxonomy(
         blocked.update(taxonomy.ancestors(concept_id))
         blocked.update(taxonomy.descendants(concept_id))
     if not taken:
-        raise ValueError("split_taxonomy: the taxonomy has no concept with a parent to hold out")
+        if candidates is not None and any(taxonomy[i].parents for i in taxonomy.concepts):
+            raise ValueError(
+                f"{what}: none of the concepts that may be held out has a parent, so there is no concept "
+                "with a parent to hold out; mark some non-root concepts as held out"
+            )
+        raise ValueError(
+            f"{what}: no concept with a parent to hold out ({len(taxonomy)} concepts, all roots); "
+            "give the taxonomy is-a edges (parents)"
+        )
     validation = set(taken[: round(validation_fraction * len(taken))])
     held = set(taken)
     train = _without_held_out_texts(

@@ -30,7 +30,13 @@ writes into ``DIR``:
   ancestors' other children", not an ancestor itself). Validation concepts give ``validation``, the rest
   ``test``; :func:`lorentz_rag.eval.subsumption.subsumption_f1` picks the threshold on the first and reports
   F1 on the second;
-- ``manifest.json``: what was written, with counts.
+- ``manifest.json``: what was written, with counts; written last, so a ``DIR`` that has one holds a
+  complete set (the files are written into a hidden sibling folder and moved into ``DIR`` at the end; an
+  error or Ctrl-C on the way leaves ``DIR`` as it was).
+
+However small the taxonomy, the build ends: a sample draws at most what exists (a concept whose train
+concepts are all its ancestors gets fewer subsumption negatives than asked for, or none), and a taxonomy with
+nothing to hold out is a one-line error naming it.
 
 Every sample is seeded; the same taxonomy and arguments write the same bytes. For the WordNet nouns file
 (``taxonomy build wordnet``) only the synsets that file marks held out can be held out, so the bundled
@@ -43,6 +49,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +66,7 @@ from lorentz_rag.data.taxonomy import (
     wordnet_held_out_ids,
     write_taxonomy,
 )
+from lorentz_rag.errors import names_path, on_interrupt
 
 __all__ = [
     "TaxonomySetOptions",
@@ -71,6 +79,8 @@ __all__ = [
 ]
 
 MAX_LEVELS = 5
+#: Rejected draws per pool member before a random negative is drawn from the explicit list of eligible ones.
+_MAX_REJECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,22 @@ class TaxonomySetOptions:
     probe_per_level: int = 200
     subsumption_concepts: int = 500
     negatives: int = 10  # per positive and setting
+
+    def __post_init__(self) -> None:
+        for field in (
+            "max_queries",
+            "corpus_size",
+            "max_hops",
+            "probe_per_level",
+            "subsumption_concepts",
+            "negatives",
+        ):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"taxonomy set option {field} (--{field.replace('_', '-')}) must be a whole number >= 0, "
+                    f"got {value!r}"
+                )
 
 
 def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -297,15 +323,29 @@ def _subsumption(full: Taxonomy, split: TaxonomySplit, opts: TaxonomySetOptions,
 def _negatives(
     rng: random.Random, setting: str, hard_pool: list[str], pool: list[str], excluded: set[str], n: int
 ) -> list[str]:
-    """``n`` negatives: hard ones from ``hard_pool`` (topped up at random when it has fewer), or random."""
+    """``n`` negatives: hard ones from ``hard_pool`` (topped up at random when it has fewer), or random
+    concepts of ``pool`` outside ``excluded`` (drawn with replacement). Fewer than ``n`` only when every
+    concept of ``pool`` is excluded (a small taxonomy whose train concepts are all ancestors of the child):
+    then the hard ones, if any, and nothing else."""
     picked: list[str] = []
     if setting == "hard" and hard_pool:
         picked = rng.sample(hard_pool, min(n, len(hard_pool)))
-    while len(picked) < n:
+    if len(picked) < n and any(c not in excluded for c in pool):
+        while len(picked) < n:
+            picked.append(_draw_outside(rng, pool, excluded))
+    return picked
+
+
+def _draw_outside(rng: random.Random, pool: list[str], excluded: set[str]) -> str:
+    """A uniform draw from the concepts of ``pool`` outside ``excluded`` (at least one must be): rejection
+    sampling, as the sets have always been drawn, bounded so that it ends by construction; past the bound
+    (at least one in ``len(pool)`` draws succeeds, so in practice never) a draw from the explicit list."""
+    for _ in range(_MAX_REJECTIONS * len(pool)):
         candidate = pool[rng.randrange(len(pool))]
         if candidate not in excluded:
-            picked.append(candidate)
-    return picked
+            return candidate
+    eligible = [c for c in pool if c not in excluded]
+    return eligible[rng.randrange(len(eligible))]
 
 
 def _pair(
@@ -330,15 +370,70 @@ def build_taxonomy_sets(
     options: TaxonomySetOptions = TaxonomySetOptions(),
     *,
     candidates: Iterable[str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Split ``taxonomy`` (only ``candidates`` may be held out, when given) and write every derived file
-    into ``out_dir`` (module docstring); returns the manifest (also written as ``manifest.json``)."""
+    into ``out_dir`` (module docstring); returns the manifest (also written as ``manifest.json``).
+    ``name`` (the taxonomy's file) is what error messages call the taxonomy.
+
+    The files are written into a hidden sibling folder (``.NAME.partial-PID``) and moved into ``out_dir``
+    at the end: renamed to it when it does not exist, else moved over its same-named files with
+    ``manifest.json`` removed first and moved last. So an error or Ctrl-C leaves no partial set behind (the
+    sibling is removed), and a folder holding a ``manifest.json`` holds a complete set."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     opts = options
     split = split_taxonomy(
-        taxonomy, opts.held_out_fraction, opts.validation_fraction, opts.seed, candidates=candidates
+        taxonomy,
+        opts.held_out_fraction,
+        opts.validation_fraction,
+        opts.seed,
+        candidates=candidates,
+        name=name,
     )
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder; choose another output folder")
+    target = out.resolve()  # the sibling is on the same file system, so the moves are renames
+    work = target.parent / f".{target.name}.partial-{os.getpid()}"
+    state = ["writing"]  # then "moving" (out is being changed), then "done"
+    said = {
+        "writing": f"nothing was written to {out}; rerun the same command",
+        "moving": f"{out} is incomplete (no manifest.json); rerun the same command with --overwrite",
+        "done": f"the sets in {out} are complete",
+    }
+    with on_interrupt(lambda: said[state[0]]), names_path(out):
+        try:
+            if work.exists():  # left by an earlier run of a process with the same id
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            manifest = _write_sets(taxonomy, split, opts, work)
+            _publish(work, target, state)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _publish(work: Path, out: Path, state: list[str]) -> None:
+    """Move the finished sets in ``work`` to ``out`` (see :func:`build_taxonomy_sets`); ``state[0]`` says how
+    far it got (``"moving"`` from before the first change to ``out``, ``"done"``)."""
+    state[0] = "moving"
+    if not out.exists():
+        os.replace(work, out)
+        state[0] = "done"
+        return
+    manifest = work / "manifest.json"
+    (out / "manifest.json").unlink(missing_ok=True)
+    files = sorted(p for p in work.rglob("*") if p.is_file() and p != manifest)
+    for src in [*files, manifest]:
+        dst = out / src.relative_to(work)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    state[0] = "done"
+
+
+def _write_sets(
+    taxonomy: Taxonomy, split: TaxonomySplit, opts: TaxonomySetOptions, out: Path
+) -> dict[str, Any]:
+    """Write every derived file of ``split`` into the folder ``out``; returns the manifest."""
     held = [taxonomy[i] for i in split.held_out]
     banned = {t for c in held for t in (c.name, *c.synonyms, c.definition) if t}
     pairs, dropped = contrastive_pairs(split.train, banned)
@@ -414,7 +509,9 @@ def taxonomy_build_command(
     taxonomy = read_taxonomy(path)
     # A WordNet nouns file: hold out only its own held-out synsets, which no bundled training file contains.
     candidates = wordnet_held_out_ids(path)
-    manifest = build_taxonomy_sets(taxonomy, out_dir, TaxonomySetOptions(**options), candidates=candidates)
+    manifest = build_taxonomy_sets(
+        taxonomy, out_dir, TaxonomySetOptions(**options), candidates=candidates, name=str(path)
+    )
     print(
         f"{source}: {manifest['concepts']} concepts, {manifest['held_out']} held out "
         f"({manifest['validation']} validation); train: {manifest['train_concepts']} concepts, "

@@ -6,7 +6,9 @@ The taxonomy is ``hierarchy_args.taxonomy_path`` in any format of :mod:`lorentz_
 synsets never appear). Each step samples ``edges_per_step`` (child, ancestor) pairs from the transitive
 closure, plus one negative per edge: a random concept that is not an ancestor of the child, or a *sibling*
 of the ancestor (a child of one of its parents; a hard negative, close in the tree but not above the
-child). Texts are the concepts' definitions (their names when they have none), embedded as documents. With ``d`` the model's own distance (geodesic for hyperbolic models, ``|y - y'|`` for the
+child). A child with no such concept (one below every other concept of the edges, e.g. the deepest of a
+chain) is not sampled; a taxonomy where that leaves nothing is refused when it is loaded.
+Texts are the concepts' definitions (their names when they have none), embedded as documents. With ``d`` the model's own distance (geodesic for hyperbolic models, ``|y - y'|`` for the
 Euclidean-distance twin, ``1 - cos`` for the cosine twin, :func:`lorentz_rag.geometry.similarity.distance_rowwise`)
 and ``r`` its radius (``d(o, x)`` or ``|y|``, :meth:`lorentz_rag.models.base.EmbeddingModel.radius`):
 
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 _EPS = 1e-6
+#: Rejected draws per pool member before a random negative is drawn from the explicit list of eligible ones.
+_MAX_REJECTIONS = 64
 
 
 def cone_half_aperture(a: Tensor, kind: str, c: Tensor | float | None, k: float) -> Tensor:
@@ -107,17 +111,27 @@ class TaxonomyHierarchy:
         """Read a taxonomy in any format (:func:`lorentz_rag.data.taxonomy.read_training_taxonomy`; default:
         the bundled ``wordnet/nouns.jsonl.gz``, of which only the train split is read) and build the
         hierarchy with :meth:`from_taxonomy`."""
-        return cls.from_taxonomy(
-            read_training_taxonomy(path or wordnet_nouns_path()), max_children, pool_seed
-        )
+        source = path or wordnet_nouns_path()
+        return cls.from_taxonomy(read_training_taxonomy(source), max_children, pool_seed, name=str(source))
 
     @classmethod
     def from_taxonomy(
-        cls, taxonomy: Taxonomy, max_children: int | None = None, pool_seed: int = 0
+        cls,
+        taxonomy: Taxonomy,
+        max_children: int | None = None,
+        pool_seed: int = 0,
+        *,
+        name: str | None = None,
     ) -> TaxonomyHierarchy:
         """The hierarchy of every concept of ``taxonomy`` (pass a split's ``train`` taxonomy: every concept
         given here can be sampled). ``max_children``: take the closure of a seeded sample of that many
-        concepts with parents (``None``: all of them), which bounds how many distinct texts a run embeds."""
+        concepts with parents (``None``: all of them), which bounds how many distinct texts a run embeds.
+        ``name`` (the taxonomy's file) is what error messages call it.
+
+        A ``ValueError`` when there is nothing to sample: no is-a edges, or no child with a negative (only one
+        concept has parents, so every concept of the edges is it or one of its ancestors)."""
+        if max_children is not None and max_children < 1:
+            raise ValueError(f"hierarchy_args.max_children must be >= 1 (or null: all), got {max_children}")
         concepts = list(taxonomy)
         index = {c.id: i for i, c in enumerate(concepts)}
         parents = tuple(tuple(index[p] for p in c.parents) for c in concepts)
@@ -126,9 +140,15 @@ class TaxonomyHierarchy:
             for p in ps:
                 children[p].append(child)
         chosen = [i for i in range(len(concepts)) if parents[i]]
+        what = name or repr(taxonomy)
         if not chosen:
-            raise ValueError(f"the hierarchy taxonomy ({taxonomy!r}) has no is-a edges to train on")
-        if max_children is not None and max_children < len(chosen):
+            raise ValueError(
+                f"{what}: the hierarchy taxonomy has no is-a edges to train on ({len(concepts)} concepts, all "
+                "roots); use a taxonomy with parents, or turn the hierarchy objective off "
+                "(hierarchy_args.weight=0, hierarchy_args.centripetal_weight=0)"
+            )
+        sampled = max_children is not None and max_children < len(chosen)
+        if sampled:
             chosen = sorted(random.Random(f"hierarchy-pool-{pool_seed}").sample(chosen, max_children))
         edges: list[tuple[int, int, int]] = []
         ancestors: dict[int, frozenset[int]] = {}
@@ -137,6 +157,17 @@ class TaxonomyHierarchy:
             ancestors[child] = frozenset(hops)
             edges.extend((child, a, h) for a, h in sorted(hops.items()))
         pool = sorted({i for e in edges for i in e[:2]})
+        if not any(_has_negative(len(pool), a) for a in ancestors.values()):
+            # Two children cannot each have the other above them, so there is just one chosen child.
+            raise ValueError(
+                f"{what}: the hierarchy objective has no negative to sample: only {concepts[chosen[0]].id!r} "
+                + ("of the hierarchy_args.max_children sampled concepts " if sampled else "")
+                + "has parents, and a negative must be neither it nor one of its ancestors; use a taxonomy in "
+                "which more concepts have parents"
+                + (", or a larger hierarchy_args.max_children" if sampled else "")
+                + ", or turn the hierarchy objective off (hierarchy_args.weight=0, "
+                "hierarchy_args.centripetal_weight=0)"
+            )
         return cls(
             ids=tuple(c.id for c in concepts),
             texts=tuple(c.text for c in concepts),
@@ -154,10 +185,12 @@ class TaxonomyHierarchy:
         """``n`` (child, ancestor, negative) index triples: a direct hypernym edge with probability
         ``direct_fraction``, else any closure edge; a sibling-of-ancestor negative with probability
         ``sibling_fraction`` (when one exists), else a random synset of the pool; never an ancestor of the
-        child or the child itself."""
+        child or the child itself. Edges whose child has no such negative in the pool (a child below every
+        other concept of the pool, e.g. the deepest of a chain) are never drawn, so every draw ends."""
+        direct_edges, edges = self._sampled_edges
         out = []
         for _ in range(n):
-            source = self.direct_edges if rng.random() < direct_fraction else self.edges
+            source = direct_edges if rng.random() < direct_fraction else edges
             child, ancestor, _ = source[rng.randrange(len(source))]
             excluded = self.ancestors[child] | {child}
             negative = None
@@ -165,14 +198,43 @@ class TaxonomyHierarchy:
                 siblings = [s for g in self.parents[ancestor] for s in self.children[g] if s not in excluded]
                 if siblings:
                     negative = siblings[rng.randrange(len(siblings))]
-            while negative is None or negative in excluded:
-                negative = self.pool[rng.randrange(len(self.pool))]
+            if negative is None:
+                negative = self._random_negative(rng, excluded)
             out.append((child, ancestor, negative))
         return out
+
+    @functools.cached_property
+    def _sampled_edges(self) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
+        """``(direct_edges, edges)`` without the edges of children that have no negative in the pool: a child
+        below every other concept of the pool. Usually none, and then the draws are the same as ever."""
+        if all(_has_negative(len(self.pool), a) for a in self.ancestors.values()):
+            return self.direct_edges, self.edges
+        keep = {c for c, a in self.ancestors.items() if _has_negative(len(self.pool), a)}
+        return (
+            tuple(e for e in self.direct_edges if e[0] in keep),
+            tuple(e for e in self.edges if e[0] in keep),
+        )
+
+    def _random_negative(self, rng: random.Random, excluded: frozenset[int]) -> int:
+        """A uniform draw from the pool outside ``excluded`` (at least one must be, see
+        :attr:`_sampled_edges`): rejection sampling, bounded so that it ends by construction; past the bound
+        (at least one in ``len(pool)`` draws succeeds, so in practice never) a draw from the explicit list."""
+        for _ in range(_MAX_REJECTIONS * len(self.pool)):
+            negative = self.pool[rng.randrange(len(self.pool))]
+            if negative not in excluded:
+                return negative
+        eligible = [i for i in self.pool if i not in excluded]
+        return eligible[rng.randrange(len(eligible))]
 
 
 #: The name of :class:`TaxonomyHierarchy` when it read only WordNet (kept: configs and code use it).
 WordNetHierarchy = TaxonomyHierarchy
+
+
+def _has_negative(pool_size: int, ancestors: frozenset[int]) -> bool:
+    """Whether a child with these ``ancestors`` has a negative in a pool of ``pool_size`` concepts (the pool
+    holds the child and every ancestor of it, so any further concept is one)."""
+    return pool_size > len(ancestors) + 1
 
 
 def _ancestor_hops(child: int, parents: Sequence[Sequence[int]]) -> dict[int, int]:

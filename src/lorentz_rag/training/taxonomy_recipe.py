@@ -78,6 +78,7 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
         args.validation_fraction,
         args.seed,
         candidates=wordnet_held_out_ids(source),
+        name=f"taxonomy_args.path={args.path}",
     )
     held = [taxonomy[i] for i in split.held_out]
     banned_texts = {t for c in held for t in (c.name, *c.synonyms, c.definition) if t}
