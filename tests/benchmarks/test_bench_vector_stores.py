@@ -1,5 +1,6 @@
 """benchmarks/bench_vector_stores.py --quick: the whole benchmark (exactness, ANN recall, latency) end to end on
-tiny data, so the committed results come from a script that runs; its exactness rows must all be exact."""
+tiny data, so the committed results come from a script that runs; its exactness rows must all return the
+reference's top 10."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ def test_quick_run_writes_exact_stores_and_every_recall(tmp_path):
     for row in exact:
         assert row["queries"] == 20 and row["docs"] == (100 if row["backend"] == "qdrant" else 300), row
         assert row["identical_top10"] == row["queries"], row
-        assert row["max_abs_score_difference"] == 0.0, row
+        # The store's float64 re-rank and the reference search evaluate the same formulas on candidate arrays
+        # of other shapes (other summation orders, vectorised or scalar transcendentals), so the scores agree
+        # to float64 rounding, not bit for bit; the top-10 ids must still be identical (above).
+        assert row["max_abs_score_difference"] <= 1e-12, row
 
     probe = result["default_bound_probe"]  # the store's default R (HyTE-H's bound 10): slow but exact
     assert probe["max_radius"] == 10.0 and probe["identical_top10"] == probe["queries"] == 5

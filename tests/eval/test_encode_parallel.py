@@ -1,6 +1,6 @@
 """Data-parallel, resumable corpus encoding: `lorentz-rag index build` under torchrun (2 processes, gloo) gives the
-one-process index bit for bit; an interrupted build resumes to the same index; a work folder of another
-model or corpus is refused."""
+one-process index (the same rankings, vectors to float32 rounding); an interrupted build resumes to the same
+index bit for bit; a work folder of another model or corpus is refused."""
 
 from __future__ import annotations
 
@@ -59,13 +59,26 @@ def _vectors(index: VectorIndex) -> np.ndarray:
     return index.faiss_index.reconstruct_n(0, index.faiss_index.ntotal)
 
 
-def _assert_same_index(a_dir: Path, b_dir: Path, model_dir: Path) -> None:
+def _assert_same_index(a_dir: Path, b_dir: Path, model_dir: Path, *, exact: bool = True) -> None:
+    """``exact``: bit for bit (both encoded in this process); otherwise the same documents and rankings with
+    vectors and scores equal to float32 rounding."""
     a, b = VectorIndex.load(a_dir), VectorIndex.load(b_dir)
-    assert a.doc_ids == b.doc_ids
-    assert np.array_equal(_vectors(a), _vectors(b))  # bit for bit
-    assert (a.max_norm, a.model_fingerprint) == (b.max_norm, b.model_fingerprint)
+    assert a.doc_ids == b.doc_ids and a.model_fingerprint == b.model_fingerprint
     model = load_model(model_dir)
-    assert a.search(model, QUERIES, 10) == b.search(model, QUERIES, 10)
+    hits_a, hits_b = a.search(model, QUERIES, 10), b.search(model, QUERIES, 10)
+    if exact:
+        assert np.array_equal(_vectors(a), _vectors(b))  # bit for bit
+        assert a.max_norm == b.max_norm and hits_a == hits_b
+        return
+    # Encoded by other processes with another thread count: torch splits its loops into other chunks
+    # (vectorised and scalar ends of a loop round transcendentals differently) and BLAS may block its
+    # matmuls otherwise, so the float32 vectors agree to rounding, not bit for bit.
+    np.testing.assert_allclose(_vectors(a), _vectors(b), rtol=1e-5, atol=1e-6)
+    assert a.max_norm == pytest.approx(b.max_norm, rel=1e-5)
+    assert [[d for d, _ in row] for row in hits_a] == [[d for d, _ in row] for row in hits_b]
+    np.testing.assert_allclose(
+        [[s for _, s in row] for row in hits_a], [[s for _, s in row] for row in hits_b], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_shard_plan_follows_the_one_call_batches():
@@ -116,7 +129,7 @@ def test_torchrun_two_processes_build_the_one_process_index_and_metrics(setup, t
     assert "encoded 9 of 9 shards of 16 documents (0 done before) with 2 process(es)" in output
     assert output.count(f"indexed {N_DOCS} documents") == 1  # rank 0 alone writes the index
     assert not work_dir_for(out).exists()  # the shards are removed once the index is saved
-    _assert_same_index(single, out, root / "model")
+    _assert_same_index(single, out, root / "model", exact=False)
 
     # BEIR evaluation: the same metrics as one process (the embeddings are the same bits).
     threads = torch.get_num_threads()
@@ -138,7 +151,7 @@ def test_interrupted_build_resumes_to_the_same_index(setup, tmp_path, monkeypatc
     out = tmp_path / "ix"
     args = ["index", "build", "--model", str(root / "model"), "--corpus", str(corpus), "--out", str(out)]
     args += ["--batch-size", str(BATCH), "--shard-size", str(SHARD), "--resumable"]
-    assert cli.main([*args, "--max-new-shards", "4"]) == 0  # a planned stop (issue 21): resume later
+    assert cli.main([*args, "--max-new-shards", "4"]) == 0  # a planned stop: resume later
     assert (
         "stopped as asked (--max-new-shards 4): 5 of 9 shards remain, 4 are kept in"
         in capsys.readouterr().out

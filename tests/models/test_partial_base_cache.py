@@ -66,7 +66,10 @@ def test_text_by_text_states_match_the_batched_base_and_the_cache_returns_them_e
             first = model(**batch)
             again = model(**model.tokenize(list(reversed(TEXTS))))
             assert (cache.partial_misses, cache.partial_hits) == (4, 4)
-            assert torch.equal(first, uncached) and torch.equal(again, uncached.flip(0))
+            assert torch.equal(first, uncached)
+            # The reversed batch runs the trainable top layers' matmuls with the rows in another order,
+            # which the float32 BLAS kernels may round differently; the stored states themselves are exact.
+            torch.testing.assert_close(again, uncached.flip(0), rtol=1e-5, atol=1e-6)
             # Training changes only the top layers: the cached lower states stay valid ...
             transformer_layers(model.base)[-1].output.dense.weight.mul_(1.01)
             model(**batch)
