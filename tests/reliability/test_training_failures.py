@@ -85,7 +85,8 @@ def test_divergence_stops_the_run_before_anything_non_finite_is_saved(tmp_path):
 
 def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(tmp_path, monkeypatch):
     """Poison one gradient: the run stops naming the step and the gradient norm, and the weights that a
-    checkpoint would hold are the last good ones (the update was never applied)."""
+    checkpoint would hold are the last finite ones (the update was never applied). ckpt-1 is not called good:
+    the gradient of step 2 is computed from its weights, so a resume would meet it again."""
     original = torch.nn.utils.clip_grad_norm_
     calls = []
 
@@ -100,7 +101,7 @@ def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(tmp_path, mon
     out = tmp_path / "run"
     with pytest.raises(TrainingDivergedError, match=r"at step 2: the gradient norm is nan") as caught:
         train(_config(out, **{"train_args.max_steps": 3}))
-    assert f"the last good checkpoint is {out / 'ckpt-1'}" in str(caught.value)
+    assert f"{out / 'ckpt-1'} is not: its weights give that non-finite value again" in str(caught.value)
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["ckpt-1"]
     assert (out / "latest").read_text().strip() == "ckpt-1" and not (out / "final").exists()
     assert _all_finite(out / "ckpt-1")

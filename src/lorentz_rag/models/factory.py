@@ -56,16 +56,19 @@ from lorentz_rag.models.io import (
     save_module_folder,
     select_prefix,
 )
+from lorentz_rag.nn.curvature import Curvature
 
 __all__ = [
     "MODEL_CLASSES",
     "ModelArgs",
     "build_mlm_model",
     "build_model",
+    "check_position_limit",
     "load_mlm_model",
     "load_model",
     "modernbert_config",
     "packaged_minilm_path",
+    "position_limit",
     "save_mlm_model",
 ]
 
@@ -152,6 +155,73 @@ def _blocks_config(args: ModelArgs, d: int) -> HyteFHConfig:
     )
 
 
+# --- the longest text a model can read ------------------------------------------------------------------
+
+#: Encoders whose position ids start after the padding index (transformers' RoBERTa-style embeddings): they
+#: read ``max_position_embeddings - pad_token_id - 1`` tokens.
+_OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet")
+
+
+def _readable_positions(config: Any) -> int | None:
+    """How many tokens a transformers encoder with ``config`` reads (its ``max_position_embeddings``, less the
+    offset of RoBERTa-style position ids); None when the config does not say."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITION_TYPES:
+        return int(limit) - int(getattr(config, "pad_token_id", None) or 0) - 1
+    return int(limit)
+
+
+def position_limit(model_args: Mapping[str, Any] | ModelArgs) -> tuple[int, str] | None:
+    """The longest sequence (in tokens) of the model ``model_args`` describes, and what sets it, read from
+    configs only (no weights): the HyTE-FH / ModernBERT trunk's ``max_position_embeddings`` (from
+    ``model_args.max_position_embeddings``, an ``init_from`` folder or a ModernBERT ``model_name``), or the
+    pretrained base encoder's (HyTE-H, Euclidean with a pretrained base). None when nothing limits it (a
+    trunk sized to ``max_seq_length``) or the config cannot be read here (building the model reports that)."""
+    args = as_model_args(model_args)
+    trunk = args.model_type == "hyte_fh" or (
+        args.model_type == "euclidean" and args.resolved_euclidean_base() == "modernbert"
+    )
+    if trunk and args.init_from:
+        try:
+            saved = _init_from_trunk_config(args.init_from, args.model_type)
+        except (OSError, ValueError, KeyError):
+            return None
+        limit = saved.get("max_position_embeddings")
+        return (int(limit), f"the trunk of model_args.init_from={args.init_from}") if limit else None
+    if trunk and args.max_position_embeddings is not None:
+        return args.max_position_embeddings, "model_args.max_position_embeddings"
+    name = resolve_model_name(args.model_name)
+    try:
+        source = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return None
+    if trunk and getattr(source, "model_type", None) != "modernbert":
+        return None  # only the tokenizer comes from model_name: the trunk is sized to max_seq_length
+    limit = _readable_positions(source)
+    what = "ModernBERT config" if trunk else "base encoder"
+    return (limit, f"the {what} of model_args.model_name={args.model_name}") if limit else None
+
+
+def check_position_limit(model_args: Mapping[str, Any] | ModelArgs) -> None:
+    """Raise ``ValueError`` (one line, naming the key and the limit) when ``model_args.max_seq_length`` is
+    above the longest sequence the model can read (:func:`position_limit`): a run would fail at its first
+    long batch. Reads configs only, so a run calls it before it creates anything."""
+    args = as_model_args(model_args)
+    found = position_limit(args)
+    if found is not None:
+        _refuse_too_long(args, *found)
+
+
+def _refuse_too_long(args: ModelArgs, limit: int, what: str) -> None:
+    if args.max_seq_length > limit:
+        raise ValueError(
+            f"model_args.max_seq_length={args.max_seq_length} is above the {limit} positions that {what} "
+            f"reads (max_position_embeddings); set model_args.max_seq_length to {limit} or less"
+        )
+
+
 # --- building ---------------------------------------------------------------------------------------
 
 
@@ -187,6 +257,7 @@ def _build_hyte_fh(args: ModelArgs) -> HyteFH:
         config.compile = args.compile is True  # 'auto': the trainer decides
     else:
         config = _hyte_fh_config(args, tokenizer)
+    _refuse_too_long(args, config.max_position_embeddings, "the HyTE-FH trunk")
     return HyteFH(config, tokenizer, args.settings(config.hidden_size + 1))
 
 
@@ -198,6 +269,7 @@ def _build_euclidean_modernbert(args: ModelArgs) -> EuclideanEncoder:
         _check_sizes_agree(args, config, source)
     else:
         config = modernbert_config(args, tokenizer)
+    _refuse_too_long(args, config.max_position_embeddings, "the ModernBERT trunk")
     trunk = AutoModel.from_config(config, attn_implementation=args.attn_implementation)
     return EuclideanEncoder(trunk, tokenizer, args.settings(config.hidden_size), kind="modernbert")
 
@@ -239,11 +311,11 @@ def init_projection_(linear: nn.Linear, how: str) -> None:
 def _pretrained_base(args: ModelArgs) -> tuple[str, nn.Module]:
     name = resolve_model_name(args.model_name)
     base = load_pretrained_base(name, args.attn_implementation)
-    limit = getattr(base.config, "max_position_embeddings", None)
-    if limit is not None and args.max_seq_length > int(limit):
+    limit = _readable_positions(base.config)
+    if limit is not None and args.max_seq_length > limit:
         raise ValueError(
             f"model_args.max_seq_length={args.max_seq_length} exceeds the base encoder's "
-            f"max_position_embeddings={limit} ({name})"
+            f"max_position_embeddings={limit} ({name}); set model_args.max_seq_length to {limit} or less"
         )
     return name, base
 
@@ -255,9 +327,13 @@ def build_mlm_model(model_args: Mapping[str, Any] | ModelArgs) -> nn.Module:
     args = as_model_args(model_args)
     tokenizer = load_tokenizer(resolve_model_name(args.model_name))
     if args.model_type == "hyte_fh":
-        model: nn.Module = HyteFHForMaskedLM(_hyte_fh_config(args, tokenizer))
+        fh_config = _hyte_fh_config(args, tokenizer)
+        _refuse_too_long(args, fh_config.max_position_embeddings, "the HyTE-FH trunk")
+        model: nn.Module = HyteFHForMaskedLM(fh_config)
     elif args.model_type == "euclidean":
-        model = EuclideanForMaskedLM(modernbert_config(args, tokenizer), tokenizer)
+        mb_config = modernbert_config(args, tokenizer)
+        _refuse_too_long(args, mb_config.max_position_embeddings, "the ModernBERT trunk")
+        model = EuclideanForMaskedLM(mb_config, tokenizer)
     else:
         raise ValueError(
             f"MLM pretraining exists for model_type 'hyte_fh' and 'euclidean', not {args.model_type!r} "
@@ -427,9 +503,34 @@ def load_model(
     return model.to(device).eval()
 
 
+#: How far (in log c) beyond its clamp range a saved ``log_c`` may lie: an optimizer step can carry it a
+#: little past the bound, where the clamp has no gradient to pull it back (the model uses the bound). Further
+#: out, no training run put it there: the weights file was damaged.
+_LOG_C_SLACK = 1.0
+
+
 def _check_saved_curvature(model: EmbeddingModel, section: Mapping[str, Any], path: Path) -> None:
-    """The learned curvature lives in the weights (``log_c``); ``config.json`` records it at save time. A
-    ``curvature`` edited there would be silently ignored, so a disagreement is refused, naming both."""
+    """The learned curvature lives in the weights (``log_c``); ``config.json`` records it at save time.
+
+    A ``log_c`` that is not finite, or far outside the range a model can hold, is damage to
+    ``model.safetensors`` and is reported as such (:class:`DamagedWeightsError`, naming the file and the
+    tensor). Otherwise a ``curvature`` edited in ``config.json`` would be silently ignored, so a
+    disagreement is refused, naming both (:class:`ModelFolderError`)."""
+    weights = path / "model.safetensors"
+    for name, module in model.named_modules():
+        if not isinstance(module, Curvature):
+            continue
+        value = float(module.log_c.detach().float().reshape(-1)[0])
+        low, high = math.log(module.min_c), math.log(module.max_c)
+        if math.isfinite(value) and low - _LOG_C_SLACK <= value <= high + _LOG_C_SLACK:
+            continue
+        tensor = f"{name}.log_c" if name else "log_c"
+        raise DamagedWeightsError(
+            f"{weights}: tensor {tensor} (the log of the curvature c) holds {value!r}, which no trained model "
+            f"holds (a finite number near [{low:.4g}, {high:.4g}], c in [{module.min_c:g}, {module.max_c:g}]): the "
+            "weights file is damaged (config.json is not the cause). Restore model.safetensors from a copy, or "
+            "save the model again: resume its training from a checkpoint (--train_args.checkpoint) or retrain"
+        )
     saved, c = section.get("curvature"), model.curvature()
     if saved is None or c is None or not isinstance(saved, (int, float)):
         return
@@ -437,10 +538,15 @@ def _check_saved_curvature(model: EmbeddingModel, section: Mapping[str, Any], pa
     if not math.isclose(float(saved), learned, rel_tol=1e-5):
         raise ModelFolderError(
             f"{path / 'config.json'}: lorentz_rag.curvature={saved!r}, but the weights in "
-            f"{path / 'model.safetensors'} hold the learned curvature c={learned:.6g}, which is what the model "
+            f"{weights} hold the learned curvature c={learned:.6g}, which is what the model "
             f"uses; set it back to {learned:.6g} (the curvature is changed by training, with "
             "model_args.curvature as the start value, not by editing config.json)"
         )
+
+
+class DamagedWeightsError(ValueError):
+    """A saved model's ``model.safetensors`` reads, but holds a value no trained model holds (a non-finite
+    curvature); the message names the file and the tensor."""
 
 
 class ModelFolderError(ValueError):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lorentz_rag.errors import describe_error, user_error
+from lorentz_rag.errors import describe_error, names_path, user_error
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -111,11 +111,12 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with names_path(tmp):  # a full disk names the file being written
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,8 +151,12 @@ _NEARLY_FULL_BYTES = 1 << 20
 def write_error_reason(error: BaseException, folder: Path) -> str:
     """Why writing into ``folder`` failed, in words: ``describe_error`` for an OS error; for a
     ``RuntimeError`` of ``torch.save`` (which loses the errno), "no space left on device" when the disk
-    holding ``folder`` is (nearly) full."""
-    if isinstance(error, OSError) or not isinstance(error, RuntimeError):
+    holding ``folder`` is (nearly) full. A safetensors error carries its OS error in its text ("No space
+    left on device (os error 28)"), read by ``describe_error``; one without is treated like ``torch.save``'s."""
+    safetensors_error = type(error).__name__ == "SafetensorError"
+    if safetensors_error and "(os error " in str(error):
+        return describe_error(error)
+    if isinstance(error, OSError) or not (isinstance(error, RuntimeError) or safetensors_error):
         return describe_error(error)
     try:
         full = shutil.disk_usage(folder if folder.exists() else folder.parent).free < _NEARLY_FULL_BYTES

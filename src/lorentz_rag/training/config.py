@@ -46,6 +46,7 @@ __all__ = [
     "TaxonomyArgs",
     "TrainArgs",
     "TrainConfig",
+    "check_sequence_lengths",
     "config_help",
     "load_config",
     "parse_command_line",
@@ -134,9 +135,10 @@ class TrainArgs(_Section):
     max_seq_length: int | None = Field(
         None,
         ge=1,
-        description="Truncation length in tokens of the training batches and hierarchy texts; null: "
-        "model_args.max_seq_length. The saved model keeps model_args.max_seq_length, so a run can train on "
-        "short texts (fast) and its model still reads long ones (e.g. the taxonomy recipe: 64 and 256).",
+        description="Truncation length in tokens of the training batches and hierarchy texts, at most "
+        "model_args.max_seq_length (a longer one is refused); null: model_args.max_seq_length. The saved model "
+        "keeps model_args.max_seq_length, so a run can train on short texts (fast) and its model still reads "
+        "long ones (e.g. the taxonomy recipe: 64 and 256).",
     )
     num_threads: int | None = Field(
         None,
@@ -589,10 +591,25 @@ def load_config(
         config = TrainConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, sources)) from None
+    check_sequence_lengths(config)
     # Expand ${VAR} in defaults (output_dir) the same way as in the file.
     config.train_args.output_dir = _expand(config.train_args.output_dir, "train_args.output_dir")
     _remember_path_sources(config, sources)
     return config
+
+
+def check_sequence_lengths(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` (one line) when ``train_args.max_seq_length`` is above
+    ``model_args.max_seq_length``: the training length only cuts batches shorter, the saved model reads
+    ``model_args.max_seq_length``, so a longer one would train on texts the saved model truncates. Called by
+    :func:`load_config` and when a run starts (a config built in Python). The model's own position limit
+    needs its config files: :func:`lorentz_rag.models.factory.check_position_limit`, also when a run starts."""
+    train, model = config.train_args.max_seq_length, config.model_args.max_seq_length
+    if train is not None and train > model:
+        raise ConfigError(
+            f"train_args.max_seq_length={train} is above model_args.max_seq_length={model}: it can only "
+            "shorten training batches; raise model_args.max_seq_length instead"
+        )
 
 
 # Where a loaded config's init_from and data_path came from (file:line), for check_local_paths. Kept beside

@@ -5,7 +5,11 @@ huge learning rate the parameters stay finite (|w| ~ 1e6) while every embedding 
 produce is NaN. So before a checkpoint or ``final/`` is written, the trainer runs the model once, in
 evaluation mode and without gradients, on :data:`PROBE_ROWS` texts fixed when the run was set up (the first
 rows of this rank's training data; :data:`FALLBACK_TEXTS` for streamed sources, whose rows cannot be read
-twice), and requires finite outputs and a finite loss.
+twice), and requires finite outputs and a finite loss. A checkpoint must also be something a run can
+resume from: outputs and loss can be finite while their gradient is not (float32 rounding near the
+hyperboloid's edge once the weights have grown), and then the first step after a resume is NaN at any
+learning rate. So before a checkpoint the probe also takes the gradient of that loss with respect to the
+trained parameters (``gradients=True``, without touching their ``.grad``) and requires it to be finite.
 
 The probe draws no random numbers (evaluation mode: no dropout; MLM labels are the unmasked tokens), so
 a run that is checked this way ends with the same weights as before. Under several processes every rank
@@ -88,20 +92,32 @@ class FiniteProbe:
     def describe(self) -> str:
         return f"{self.rows} fixed {self.source}"
 
-    @torch.no_grad()
-    def check(self, step_module: TrainStep, device: torch.device) -> tuple[str, float] | None:
-        """None when the outputs and loss on the probe texts are finite on every rank; else what was not
-        (``("loss", value)`` or ``("output", nan)``). Call it on every rank."""
+    def check(
+        self, step_module: TrainStep, device: torch.device, *, gradients: bool = False
+    ) -> tuple[str, float] | None:
+        """None when the outputs and loss on the probe texts (and with ``gradients``, the loss's gradient with
+        respect to every trained parameter) are finite on every rank; else what was not (``("output", nan)``,
+        ``("loss", value)`` or ``("gradient", nan)``). Call it on every rank."""
         was_training = step_module.training
         step_module.eval()
+        trained = [p for p in step_module.parameters() if p.requires_grad] if gradients else []
         try:
-            outputs, loss = self._forward(step_module, self.batch)
+            with torch.set_grad_enabled(bool(trained)):
+                outputs, loss = self._forward(step_module, self.batch)
+                outputs_ok = all(bool(torch.isfinite(t).all()) for t in outputs)
+                loss_value = float(loss.detach())
+                gradient_ok = True
+                if trained and outputs_ok and math.isfinite(loss_value) and loss.requires_grad:
+                    # autograd.grad leaves every .grad as it is: the run's state does not change.
+                    grads = torch.autograd.grad(loss, trained, allow_unused=True)
+                    found = [g for g in grads if g is not None]
+                    gradient_ok = not found or bool(
+                        torch.stack([torch.isfinite(g).all() for g in found]).all()
+                    )
         finally:
             step_module.train(was_training)
-        outputs_ok = all(bool(torch.isfinite(t).all()) for t in outputs)
-        loss_value = float(loss)
         verdict = torch.tensor(
-            [float(outputs_ok), float(math.isfinite(loss_value))],
+            [float(outputs_ok), float(math.isfinite(loss_value)), float(gradient_ok)],
             device=device,
         )
         if is_distributed():
@@ -110,6 +126,8 @@ class FiniteProbe:
             return "output", float("nan")
         if not bool(verdict[1]):
             return "loss", loss_value
+        if not bool(verdict[2]):
+            return "gradient", float("nan")
         return None
 
     def _forward(self, step_module: TrainStep, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor]:

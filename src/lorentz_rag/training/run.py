@@ -114,18 +114,60 @@ def all_finite(tensors: Iterator[Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def diverged(step: int, quantity: str, value: float, args: Any, output_dir: Path) -> TrainingDivergedError:
+def diverged(
+    step: int,
+    quantity: str,
+    value: float,
+    args: Any,
+    output_dir: Path,
+    *,
+    weights_of: int | None = None,
+) -> TrainingDivergedError:
+    """The error of a run that diverged at ``step``, naming the checkpoint it can resume from, if any.
+
+    ``weights_of``: the step whose saved weights produced the non-finite ``quantity`` (a loss or gradient
+    norm is computed from the previous step's weights, before the update). A checkpoint of that step is not
+    called good: a resume restores those weights and the same batch, and so meets the same non-finite value
+    at any learning rate. Every other checkpoint passed the checks before it was saved
+    (``run_output.save_checkpoint``) and a step after it was finite.
+    """
     found = ckpt.list_checkpoints(output_dir)
-    last = (
-        f"the last good checkpoint is {found[-1]} (resume with --train_args.checkpoint={output_dir} and, "
-        "e.g., a lower --train_args.learning_rate)"
-        if found
-        else "no checkpoint was written before it"
+    rejected = [p for p in found if weights_of is not None and _checkpoint_step(p) == weights_of]
+    good = [p for p in found if p not in rejected]
+    not_good = (
+        f"{rejected[0]} is not: its weights give that non-finite value again on resume, at any learning "
+        "rate; "
+        if rejected
+        else ""
     )
+    if good and not rejected:
+        last = (
+            f"the last good checkpoint is {good[-1]} (resume with --train_args.checkpoint={output_dir} and, "
+            "e.g., a lower --train_args.learning_rate)"
+        )
+    elif good:  # `latest` may point at the rejected one: name the good folder itself
+        last = (
+            f"{not_good}the last good checkpoint is {good[-1]} (resume with --train_args.checkpoint={good[-1]} "
+            "and, e.g., a lower --train_args.learning_rate)"
+        )
+    elif rejected:
+        last = (
+            f"{not_good}no good checkpoint is left to resume: start again with a lower "
+            "--train_args.learning_rate and --train_args.overwrite=true"
+        )
+    else:
+        last = (
+            "no checkpoint was written before it: start again with a lower --train_args.learning_rate and "
+            "--train_args.overwrite=true"
+        )
     return TrainingDivergedError(
         f"training diverged at step {step}: {quantity} is {value} (learning_rate {args.learning_rate:g}, dtype "
         f"{args.dtype}); the update was not saved and no checkpoint or final model was written from it; {last}"
     )
+
+
+def _checkpoint_step(folder: Path) -> int:
+    return int(folder.name.removeprefix(ckpt.CHECKPOINT_PREFIX))
 
 
 @dataclass

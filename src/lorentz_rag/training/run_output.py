@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lorentz_rag.folder_lock import RUN_LOCK_NAME
 from lorentz_rag.models.factory import save_mlm_model
@@ -67,15 +68,21 @@ def what_was_kept(output_dir: Path) -> str:
 
 
 def save_checkpoint(run: Run) -> None:
-    """An atomic checkpoint of step ``run.step``: never of non-finite weights, nor of weights whose outputs
-    on the run's fixed probe texts are not finite (checked on every rank)."""
+    """An atomic checkpoint of step ``run.step``, only of a state a run can resume from (checked on every
+    rank): finite trained parameters and optimizer state, and finite outputs, loss and loss gradient on the
+    run's fixed probe texts (``training/probe.py``); a step whose own loss or gradient norm was not finite
+    never gets here (the trainer stops at it). Otherwise the run stops as diverged and nothing is written."""
     args, step = run.args, run.step
     if not all_finite(p for p in run.step_module.parameters() if p.requires_grad):
         raise diverged(step, "a parameter (before saving)", float("nan"), args, run.output_dir)
-    failed = run.probe.check(run.step_module, run.device)
+    if run.engine is None and not all_finite(_optimizer_tensors(run.optimizer)):
+        raise diverged(step, "the optimizer state (before saving)", float("nan"), args, run.output_dir)
+    # The gradient check needs the whole parameters: under DeepSpeed (ZeRO-partitioned) only the outputs.
+    failed = run.probe.check(run.step_module, run.device, gradients=run.engine is None)
     if failed is not None:
         what, value = failed
-        quantity = f"the model's {what} on {run.probe.describe()} (checked before saving)"
+        thing = "the gradient of the model's loss" if what == "gradient" else f"the model's {what}"
+        quantity = f"{thing} on {run.probe.describe()} (checked before saving)"
         raise diverged(step, quantity, value, args, run.output_dir)
     data_state = run.data.state_dict()
     trainer_state = {
@@ -109,9 +116,20 @@ def save_checkpoint(run: Run) -> None:
     )
 
 
+def _optimizer_tensors(optimizer: Any) -> Iterator[Tensor]:
+    """The tensors of an optimizer's per-parameter state (AdamW: step, exp_avg, exp_avg_sq)."""
+    for state in getattr(optimizer, "state", {}).values():
+        for value in state.values():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                yield value
+
+
 def finish(run: Run) -> Path:
     """The last checkpoint, then the model with ``save_pretrained`` in ``output_dir/final.tmp``, renamed to
-    ``output_dir/final`` once complete (a failed save leaves no ``final/``, and removes ``final.tmp``)."""
+    ``output_dir/final`` once complete. A failed save (a full disk, whichever library was writing: ``open``,
+    ``torch``, ``safetensors``; or Ctrl-C) leaves no ``final/`` and removes ``final.tmp``; a write error ends
+    the run with a :class:`~lorentz_rag.training.checkpoint.CheckpointError` naming the folder, the reason,
+    the intact checkpoint and how to resume."""
     save_checkpoint(run)
     final_dir = run.output_dir / "final"
     tmp_dir = run.output_dir / "final.tmp"
@@ -127,16 +145,27 @@ def finish(run: Run) -> Path:
         if run.is_main:
             write_config(run.config, tmp_dir / "training_config.yaml")
             ckpt.publish_folder(tmp_dir, final_dir)
-    except (OSError, RuntimeError) as error:
+    except BaseException as error:
         if run.is_main:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not _is_write_error(error):
+            raise
+        removed = "was removed" if not tmp_dir.exists() else "could not be removed: delete it"
+        last = run.output_dir / f"{ckpt.CHECKPOINT_PREFIX}{run.step}"
         raise ckpt.CheckpointError(
             f"could not write the final model to {final_dir}: {ckpt.write_error_reason(error, tmp_dir)}; the "
             f"checkpoint of step {run.step} is intact: free space and resume with --train_args.checkpoint="
-            f"{run.output_dir} (it only writes the final model); the partial {tmp_dir.name} was removed"
+            f"{run.output_dir} (it resumes from {last} and only writes the final model); the partial "
+            f"{tmp_dir} {removed}"
         ) from error
     barrier()
     return final_dir
+
+
+def _is_write_error(error: BaseException) -> bool:
+    """An error of writing files: ``OSError`` (errno), ``RuntimeError`` (``torch.save`` loses the errno) or
+    safetensors' own error type (its text carries the OS error, e.g. ``No space left on device (os error 28)``)."""
+    return isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError"
 
 
 def save_final(model: nn.Module, engine: Any, final_dir: Path, is_main: bool) -> None:

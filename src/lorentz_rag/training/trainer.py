@@ -47,7 +47,7 @@ from torch.profiler import record_function
 
 from lorentz_rag.errors import on_interrupt, read_json_file, run_entry_point
 from lorentz_rag.folder_lock import RUN_LOCK_NAME, exclusive_lock
-from lorentz_rag.models.factory import build_mlm_model, build_model
+from lorentz_rag.models.factory import build_mlm_model, build_model, check_position_limit
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.training.backends import ddp_wrapper, deepspeed_engine, fill_deepspeed_config, pick_device
 from lorentz_rag.training.compile_policy import AutoCompile
@@ -55,6 +55,7 @@ from lorentz_rag.training.config import (
     ConfigError,
     TrainConfig,
     check_local_paths,
+    check_sequence_lengths,
     parse_command_line,
     write_config,
 )
@@ -162,6 +163,9 @@ def train(
     if deepspeed_config is not None and not isinstance(deepspeed_config, dict):
         deepspeed_config = read_json_file(deepspeed_config, "--deepspeed_config")
     check_local_paths(config)
+    # Lengths the model cannot read fail at the first long batch: refused before anything is created.
+    check_sequence_lengths(config)
+    check_position_limit(config.model_args)
     output_dir = Path(config.train_args.output_dir)
     with contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:
@@ -381,7 +385,7 @@ def _optimizer_step(run: Run, batches: Iterator[dict[str, Any]]) -> StepOutcome:
     # (under fp16 the GradScaler skips such steps itself), and so do non-finite parameters after it.
     loss_value = float(step_loss)
     if not math.isfinite(loss_value) and args.dtype != "fp16":
-        raise diverged(run.step + 1, "the loss", loss_value, args, run.output_dir)
+        raise diverged(run.step + 1, "the loss", loss_value, args, run.output_dir, weights_of=run.step)
     grad_norm = None
     if run.engine is None:
         with record_function("lorentz_rag.update"):
@@ -443,7 +447,9 @@ def _update(run: Run) -> Tensor:
         run.step_module.parameters(), args.max_grad_norm if args.max_grad_norm is not None else math.inf
     )
     if not run.scaler.is_enabled() and not math.isfinite(float(grad_norm)):
-        raise diverged(run.step + 1, "the gradient norm", float(grad_norm), args, run.output_dir)
+        raise diverged(
+            run.step + 1, "the gradient norm", float(grad_norm), args, run.output_dir, weights_of=run.step
+        )
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)

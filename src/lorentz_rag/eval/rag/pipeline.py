@@ -62,6 +62,8 @@ from lorentz_rag.eval.rag.metrics import (
 )
 from lorentz_rag.models import load_model, packaged_minilm_path
 from lorentz_rag.models.euclidean import SentenceTransformerModel
+from lorentz_rag.models.hf_base import hub_offline, resolve_model_name
+from lorentz_rag.models.hub import is_hub_id, resolve_model_folder
 
 PROMPT_INSTRUCTION = "Based on the following context, answer the question."
 ROWS_FILE, CONFIG_FILE, SUMMARY_FILE = "rows.jsonl", "run_config.json", "summary.json"
@@ -210,7 +212,48 @@ def _plan(config: RagEvalConfig) -> _Plan:
         )
     else:
         plan.judge = True
+        _check_judge_embeddings(config.judge_embeddings)
     return plan
+
+
+#: A name sentence-transformers may fetch from the Hub: ``name`` or ``org/name`` (no path syntax).
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _check_judge_embeddings(name: str | None) -> None:
+    """``--judge_embeddings`` must be a local sentence-transformers folder, or a Hugging Face Hub id (when
+    offline, one in the local cache). Checked with the other flags, before any loading and before the run
+    folder is created: a mistyped path is one line naming the flag, not a Hub error after the run started."""
+    if not name:
+        return
+    flag = f"--judge_embeddings={name}"
+    default = "or leave the flag out for the packaged all-MiniLM-L6-v2"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise RagEvalError(
+            f"{flag}: a file, not a model folder; give a sentence-transformers model folder, {default}"
+        )
+    resolved = resolve_model_name(name)
+    if resolved != name and Path(resolved).is_dir():  # all-MiniLM-L6-v2 offline: the packaged copy
+        return
+    if not _HUB_NAME.match(name) or ".." in name:
+        raise RagEvalError(
+            f"{flag}: no such folder; give an existing sentence-transformers model folder, a Hugging Face Hub "
+            f"model id (org/name), {default}"
+        )
+    if hub_offline():
+        try:
+            if not is_hub_id(name):
+                raise FileNotFoundError(name)
+            resolve_model_folder(name)
+        except (FileNotFoundError, ValueError):
+            raise RagEvalError(
+                f"{flag}: no such folder, and no Hub model {name!r} in the Hugging Face cache "
+                f"(HF_HUB_OFFLINE=1 forbids downloading it); give an existing folder, download the model once "
+                f"online, {default}"
+            ) from None
 
 
 def _given(config: RagEvalConfig, *names: str) -> list[str]:
@@ -403,7 +446,9 @@ def _build_generator(config: RagEvalConfig) -> Generator:
 def _build_judge(config: RagEvalConfig) -> RagasJudge:
     base_url, model = config.judge_endpoint()
     if config.judge_embeddings:
-        embeddings = config.judge_embeddings
+        # ~ expanded as the check did; all-MiniLM-L6-v2 offline: the packaged copy
+        local = Path(config.judge_embeddings).expanduser()
+        embeddings = str(local) if local.is_dir() else resolve_model_name(config.judge_embeddings)
     else:
         embeddings = str(packaged_minilm_path())
     return RagasJudge(
