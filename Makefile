@@ -33,8 +33,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The suite on TEST_WORKERS pytest-xdist processes, one torch thread each (tiny models gain little from a
+# second thread; two processes overlap imports, subprocess start-ups and Python work). Tests that launch
+# torchrun set their own thread counts. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 quickstart: $(STAMP)
 	$(PY) -m lorentz_rag.cli quickstart

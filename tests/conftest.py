@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-_CACHE_ROOT = tempfile.mkdtemp(prefix="lorentz_rag-test-cache-")
+# One cache root for the whole run: pytest-xdist's workers inherit it from the controlling process, so they
+# share what is slow to build once (DeepSpeed's CPU op, compiled into TORCH_EXTENSIONS_DIR under a file lock).
+_CACHE_ROOT = os.environ.get("LORENTZ_RAG_TEST_CACHE") or tempfile.mkdtemp(prefix="lorentz_rag-test-cache-")
+os.environ["LORENTZ_RAG_TEST_CACHE"] = _CACHE_ROOT
 for _var, _value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
