@@ -226,6 +226,20 @@ def _add_eval_commands(sub) -> None:
         help="exact: blocked float64 scoring (default); faiss: the exact FAISS index (same ranking, faster "
         "on large corpora); hnsw: approximate candidates, exact re-rank",
     )
+    b.add_argument(
+        "--relation",
+        choices=["similar", "broader", "narrower"],
+        default="similar",
+        help="similar: the model's similarity (default); broader / narrower: with --taxonomy graph-kNN over "
+        "the taxonomy, without it the geometric relation score (models with a radius), both exact",
+    )
+    b.add_argument(
+        "--radius-weight",
+        type=float,
+        default=None,
+        help="--relation broader / narrower without --taxonomy: weight in [0, 1] of the radius term (default 0.5)",
+    )
+    _add_taxonomy_arguments(b, "rank --relation broader / narrower by graph-kNN")
     b.set_defaults(func=_run_eval_beir)
 
     m = eval_sub.add_parser(
@@ -257,9 +271,34 @@ _MTEB_DESCRIPTION = (
 )
 
 
+def _add_taxonomy_arguments(p, what: str) -> None:
+    """``--taxonomy`` and ``--graph-settings`` (graph-kNN, lorentz_rag.eval.taxonomy_search)."""
+    p.add_argument(
+        "--taxonomy",
+        default=None,
+        help=f"a taxonomy (JSONL, OBO or SKOS, as `taxonomy build` reads) to {what}: the query's nearest "
+        "concepts vote for their ancestors (broader) or descendants (narrower), mixed with the similarity",
+    )
+    p.add_argument(
+        "--graph-settings",
+        default=None,
+        metavar="JSON",
+        help="--taxonomy: a JSON file of graph-kNN settings (k, temperature, hop_discount, graph_weight, "
+        "links_per_document, max_hops; default: the tuned defaults)",
+    )
+
+
 def _run_eval_beir(args: argparse.Namespace) -> int:
+    extra = {}
+    if args.relation != "similar" or args.taxonomy is not None or args.radius_weight is not None:
+        extra = {
+            "relation": args.relation,
+            "taxonomy": args.taxonomy,
+            "graph_settings": args.graph_settings,
+            "radius_weight": args.radius_weight,
+        }
     _command("lorentz_rag.eval.retrieval:run_beir_command")(
-        args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search
+        args.model, args.data, args.split, args.batch_size, args.top_k, args.output, args.search, **extra
     )
     return 0
 
@@ -318,6 +357,12 @@ def _add_index_commands(sub) -> None:
         default="flat",
         help="flat: exact (default); hnsw: approximate (FAISS folder, Qdrant); ivf_*: LanceDB's ANN indexes",
     )
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out index or a --store table / collection that already holds documents (without "
+        "it they are kept and the build is refused; `index add` appends to a --store)",
+    )
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
     b.add_argument(
@@ -329,6 +374,7 @@ def _add_index_commands(sub) -> None:
         help="keep finished shards in OUT.encoding so an interrupted build resumes (always under torchrun)",
     )
     b.add_argument("--shard-size", type=int, default=1024, help="documents per resumable shard")
+    _add_taxonomy_arguments(b, "attach to the index folder (saved with it; `search --relation` then uses it)")
     b.add_argument(
         "--max-new-shards", type=int, default=None, help="stop each process after N new shards (resume later)"
     )
@@ -358,20 +404,27 @@ def _add_index_commands(sub) -> None:
         choices=["similar", "broader", "narrower"],
         default="similar",
         help="similar: the model's similarity (default); broader / narrower: documents nearer the centre / "
-        "further out than the query (hyperbolic models and the Euclidean-distance twin; exact on a flat index)",
+        "further out than the query (hyperbolic models and the Euclidean-distance twin; exact on a flat index "
+        "and with --store --exact); on an index built with --taxonomy: graph-kNN over that taxonomy (any "
+        "model, exact)",
     )
     s.add_argument(
         "--radius-weight",
         type=float,
-        default=0.5,
-        help="broader / narrower: weight in [0, 1] of the radius term (0: plain distance; 1: twice the "
-        "Gromov product, 0 for every point between the origin and the query)",
+        default=None,
+        help="broader / narrower only: weight in [0, 1] of the radius term (default 0.5; 0: plain distance; "
+        "1: twice the Gromov product, 0 for every point between the origin and the query)",
     )
     s.set_defaults(func=_run_search)
 
 
 def _run_index_build(args: argparse.Namespace) -> int:
+    taxonomy = {}
+    if args.taxonomy is not None or args.graph_settings is not None:
+        taxonomy = {"taxonomy": args.taxonomy, "graph_settings": args.graph_settings}
     if _one_target(args, "out") == "store":
+        if taxonomy:
+            raise ValueError("--taxonomy attaches to an index folder (--out); a --store does not take one")
         _command("lorentz_rag.stores.commands:build_store_command")(
             args.model,
             args.corpus,
@@ -380,6 +433,7 @@ def _run_index_build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_radius=args.max_radius,
             name=args.collection,
+            overwrite=args.overwrite,
         )
         return 0
     if args.kind not in ("flat", "hnsw"):
@@ -395,12 +449,23 @@ def _run_index_build(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         resumable=args.resumable,
         max_new_shards=args.max_new_shards,
+        overwrite=args.overwrite,
+        **taxonomy,
     )
     return 0
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    if _one_target(args, "index") == "store":
+    target = _one_target(args, "index")
+    relation = {"relation": args.relation}
+    if args.radius_weight is not None:
+        if args.relation == "similar":
+            raise ValueError(
+                "--radius-weight weighs the radius term of --relation broader / narrower; the similar ranking "
+                "(the default) has none: drop --radius-weight or pass --relation broader / narrower"
+            )
+        relation["radius_weight"] = args.radius_weight
+    if target == "store":
         _command("lorentz_rag.stores.commands:search_store_command")(
             args.store,
             args.queries,
@@ -409,6 +474,7 @@ def _run_search(args: argparse.Namespace) -> int:
             exact=args.exact,
             allow_model_mismatch=args.allow_model_mismatch,
             name=args.collection,
+            **relation,
         )
         return 0
     _command("lorentz_rag.eval.index:search_command")(
@@ -417,8 +483,7 @@ def _run_search(args: argparse.Namespace) -> int:
         args.k,
         model_path=args.model,
         allow_model_mismatch=args.allow_model_mismatch,
-        relation=args.relation,
-        radius_weight=args.radius_weight,
+        **relation,
     )
     return 0
 

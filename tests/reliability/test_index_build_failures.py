@@ -188,7 +188,7 @@ def test_a_full_disk_while_faiss_writes_names_the_index_and_keeps_the_old_one(
     real_writer = faiss.PyCallbackIOWriter
     full = open("/dev/full", "wb", buffering=0)  # noqa: SIM115 (closed below); every write: ENOSPC
     monkeypatch.setattr(faiss, "PyCallbackIOWriter", lambda write: real_writer(full.write))
-    status, _, err = run_main(cli.main, args, capsys)
+    status, _, err = run_main(cli.main, [*args, "--overwrite"], capsys)  # a rebuild replaces the index
     assert (status, err) == (
         2,
         f"error: {out}: no space left on device: free space or write to another disk, then rerun\n",

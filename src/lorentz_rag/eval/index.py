@@ -58,6 +58,13 @@ from lorentz_rag.eval.encode import (
     work_dir_for,
 )
 from lorentz_rag.eval.relation_search import relation_search
+from lorentz_rag.eval.taxonomy_search import (
+    AttachedTaxonomy,
+    attach_taxonomy,
+    index_graph_search,
+    read_attached_taxonomy,
+    read_taxonomy_request,
+)
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
@@ -70,6 +77,7 @@ __all__ = [
     "INDEX_KINDS",
     "IndexFormatError",
     "IndexModelMismatchError",
+    "IndexNotEmptyError",
     "VectorIndex",
     "candidate_scores",
     "check_model_matches",
@@ -97,6 +105,11 @@ class IndexFormatError(ValueError):
 
 class IndexModelMismatchError(ValueError):
     """The model given for a search is not the one the index was built with (its fingerprint differs)."""
+
+
+class IndexNotEmptyError(FileExistsError):
+    """``index build`` would replace an index folder, table or collection that holds documents; the message
+    says how many and that ``--overwrite`` replaces them."""
 
 
 def _faiss():
@@ -147,6 +160,8 @@ class VectorIndex:
         self.model_path = model_path
         # EmbeddingModel.fingerprint() of the model that embedded the documents (None: not recorded).
         self.model_fingerprint = model_fingerprint
+        # A taxonomy attached for graph-kNN broader / narrower search (eval/taxonomy_search.py); None: none.
+        self.taxonomy: AttachedTaxonomy | None = None
 
     # --- construction -----------------------------------------------------------------------------------
 
@@ -309,10 +324,14 @@ class VectorIndex:
         Returns (scores float64 ``[n, k']``, positions int64 ``[n, k']``), ``k' = min(k, len(index))``,
         best first, ties to the earlier document. ``flat``: equal to a brute-force float64 ranking.
         ``relation="broader"`` / ``"narrower"`` ranks by :mod:`lorentz_rag.geometry.relation`'s score with
-        ``radius_weight`` (exact for ``flat``, :mod:`lorentz_rag.eval.relation_search`; refused for cosine).
+        ``radius_weight`` (exact for ``flat``, :mod:`lorentz_rag.eval.relation_search`; refused for cosine);
+        with a taxonomy attached (``self.taxonomy``, ``index build --taxonomy``) they are graph-kNN instead
+        (:mod:`lorentz_rag.eval.taxonomy_search`: exact, any similarity; ``radius_weight`` unused).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if relation != "similar" and self.taxonomy is not None:  # graph-kNN over the attached taxonomy
+            return index_graph_search(self, torch.as_tensor(queries), k, relation)
         if relation != "similar":
             return relation_search(self, torch.as_tensor(queries), k, relation, radius_weight)
         q = torch.as_tensor(queries)
@@ -459,6 +478,8 @@ class VectorIndex:
         for name in (_FAISS_FILE, _IDS_FILE, _META_FILE):
             with open(folder / name, "rb") as handle:
                 os.fsync(handle.fileno())
+        if self.taxonomy is not None:
+            self.taxonomy.write(folder)  # taxonomy.json + taxonomy.safetensors, fsynced
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
@@ -483,7 +504,7 @@ class VectorIndex:
             raise IndexFormatError(
                 f"{folder / _FAISS_FILE} holds {index.ntotal} vectors but {folder / _IDS_FILE} lists {len(doc_ids)} ids"
             )
-        return cls(
+        index = cls(
             doc_ids,
             index,
             similarity=meta["similarity"],
@@ -494,6 +515,8 @@ class VectorIndex:
             model_path=meta.get("model_path"),
             model_fingerprint=meta.get("model_fingerprint"),
         )
+        index.taxonomy = read_attached_taxonomy(folder, len(doc_ids))
+        return index
 
 
 def _check_similarity(similarity: str, c: float | None) -> None:
@@ -637,8 +660,14 @@ def build_index_command(
     shard_size: int = DEFAULT_SHARD_SIZE,
     resumable: bool = False,
     max_new_shards: int | None = None,
+    overwrite: bool = False,
+    taxonomy: str | None = None,
+    graph_settings: str | None = None,
 ) -> VectorIndex | None:
     """``lorentz-rag index build``: embed a corpus with the model folder and save the index to ``out``.
+
+    An ``out`` that already holds an index (or anything else) is replaced only with ``overwrite``; without it
+    :class:`IndexNotEmptyError` says so before the model loads.
 
     Under ``torchrun --nproc-per-node=N`` every rank encodes its shards of the corpus and rank 0 writes the
     index (the other ranks return ``None``); the index equals one process's (:mod:`lorentz_rag.eval.encode`).
@@ -657,8 +686,12 @@ def build_index_command(
             else contextlib.nullcontext()
         )
         with lock:
+            if not overwrite:
+                _check_replaceable(Path(out))  # every rank: all of them stop, none waits at the barrier
             barrier()
             work = work_dir_for(out) if (is_distributed() or resumable) else None
+            # --taxonomy: read (and its settings checked) before any encoding; attached by rank 0.
+            attach = read_taxonomy_request(taxonomy, graph_settings)
             options = {"ef_search": ef_search} | ({"hnsw_m": hnsw_m} if kind == "hnsw" else {})
             try:
                 with on_interrupt(lambda: _interrupted_build(out, work)):
@@ -672,6 +705,7 @@ def build_index_command(
                         shard_size=shard_size,
                         work=work,
                         max_new_shards=max_new_shards,
+                        attach=attach,
                     )
             except EncodingIncompleteError as stop:
                 if info.rank == 0:
@@ -682,6 +716,27 @@ def build_index_command(
                         flush=True,
                     )
                 return None
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder that is not empty: an index (how many documents it holds)
+    or anything else. ``--overwrite`` replaces it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise IndexNotEmptyError(f"--out {out} is a file, not an index folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    again = "pass --overwrite to replace it (documents are appended only to a --store, with 'lorentz-rag index add')"
+    if not (out / _META_FILE).is_file():
+        raise IndexNotEmptyError(
+            f"index folder {out} is not empty and holds no index ({_META_FILE}); {again}"
+        )
+    try:
+        held = f"{int(json.loads((out / _META_FILE).read_text(encoding='utf-8'))['n_docs'])} documents"
+    except (OSError, ValueError, KeyError, TypeError):
+        held = "an index"
+    raise IndexNotEmptyError(f"index folder {out} already holds {held}; {again}")
 
 
 def _interrupted_build(out: str, work: Path | None) -> str:
@@ -708,6 +763,7 @@ def _build_index(
     shard_size: int,
     work: Path | None,
     max_new_shards: int | None,
+    attach: Any = None,
 ) -> VectorIndex | None:
     info = world_info()
     ids, texts = read_corpus(corpus)
@@ -737,6 +793,9 @@ def _build_index(
     index = VectorIndex.from_model_embeddings(
         model, ids, emb, kind=kind, model_path=str(Path(model_path).resolve()), **index_options
     )
+    if attach is not None:
+        attach_taxonomy(index, model, attach.taxonomy, texts, attach.settings, source=attach.source)
+        print(index.taxonomy.summary())  # type: ignore[union-attr]
     index.save(out)
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
@@ -752,12 +811,20 @@ def search_command(
     *,
     allow_model_mismatch: bool = False,
     relation: str = "similar",
-    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+    radius_weight: float | None = None,
 ) -> list:
     """``lorentz-rag search``: load the index and its model (or ``model_path``) and print the top ``k``; a model
     other than the one the index was built with is refused unless ``allow_model_mismatch``. ``relation``:
-    ``similar``, ``broader`` or ``narrower`` (:meth:`VectorIndex.search`)."""
+    ``similar``, ``broader`` or ``narrower`` (:meth:`VectorIndex.search`); ``radius_weight`` (default
+    :data:`DEFAULT_RADIUS_WEIGHT`) is refused on an index with a taxonomy attached, whose relation search is
+    graph-kNN and has no radius term."""
     index = VectorIndex.load(index_dir)
+    if radius_weight is not None and relation != "similar" and index.taxonomy is not None:
+        raise ValueError(
+            f"{index_dir}: --radius-weight weighs the geometric relation score, but this index has a taxonomy "
+            "attached and ranks --relation by graph-kNN (its settings are in taxonomy.json): drop --radius-weight"
+        )
+    radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
     path = model_path or index.model_path
     if not path:
         raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")

@@ -34,7 +34,14 @@ from lorentz_rag.data.beir import document_text, load_beir
 from lorentz_rag.errors import names_path
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
+from lorentz_rag.eval.taxonomy_search import (
+    ConceptGraph,
+    GraphKnnSettings,
+    graph_knn_search,
+    read_taxonomy_request,
+)
 from lorentz_rag.geometry import similarity as similarity_fns
+from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
 from lorentz_rag.training.distributed import command_process_group
 
@@ -224,8 +231,18 @@ def evaluate_beir(
     search: str = "exact",
     model_path: str | None = None,
     per_query: bool = False,
+    relation: str = "similar",
+    taxonomy: Any = None,
+    graph_settings: GraphKnnSettings | None = None,
+    radius_weight: float | None = None,
 ) -> dict[str, Any]:
     """Embed a BEIR folder with ``model`` and score exact top-``top_k`` retrieval.
+
+    ``relation="broader"`` / ``"narrower"`` ranks by graph-kNN when a ``taxonomy`` is given (a
+    :class:`lorentz_rag.data.concepts.Taxonomy`, a taxonomy file, or a
+    :class:`lorentz_rag.eval.taxonomy_search.ConceptGraph`; ``graph_settings``, default the tuned defaults;
+    exact over every document), else by the geometric relation score with ``radius_weight`` (models with a
+    radius; the flat index's exact relation search, approximate for ``search="hnsw"``).
 
     Documents are embedded as :func:`document_text` with the document prefix, queries with the query prefix
     (``model.encode(..., prompt_type=...)``). ``search``: ``exact`` (:func:`exact_search`, blocked float64),
@@ -239,6 +256,7 @@ def evaluate_beir(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if search not in SEARCH_METHODS:
         raise ValueError(f"search must be one of {list(SEARCH_METHODS)}, got {search!r}")
+    _check_relation_options(relation, taxonomy, radius_weight)
     data = load_beir(folder, split)
     query_ids = [qid for qid in data.queries if data.qrels.get(qid)]
     if not query_ids:
@@ -253,7 +271,24 @@ def evaluate_beir(
     t1 = time.perf_counter()
     query_emb = model.encode([data.queries[q] for q in query_ids], prompt_type="query", batch_size=batch_size)
     t2 = time.perf_counter()
-    if search == "exact":
+    if relation != "similar" and taxonomy is not None:
+        graph = (
+            taxonomy
+            if isinstance(taxonomy, ConceptGraph)
+            else ConceptGraph.from_taxonomy(model, taxonomy, graph_settings, batch_size=batch_size)
+        )
+        texts = [document_text(data.corpus[d]) for d in doc_ids]
+        links = graph.link_documents(doc_ids, texts, doc_emb)
+        d64 = doc_emb.to(torch.float64)
+        _, positions = graph_knn_search(
+            graph, links, query_emb, lambda a, b: d64[a:b], len(doc_ids), top_k, relation, graph_settings
+        )
+    elif relation != "similar":
+        kind = "hnsw" if search == "hnsw" else "flat"
+        index = VectorIndex.from_embeddings(doc_ids, doc_emb, similarity=similarity, curvature=c, kind=kind)
+        weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
+        _, positions = index.search_embeddings(query_emb, top_k, relation=relation, radius_weight=weight)
+    elif search == "exact":
         _, positions = exact_search(query_emb, doc_emb, top_k, similarity, c)
     else:
         kind = "flat" if search == "faiss" else "hnsw"
@@ -287,6 +322,8 @@ def evaluate_beir(
         "dropped_metrics": dropped,
         "warnings": list(data.warnings),  # e.g. no relevant judgment: every metric is 0
         "search": search,
+        "relation": relation,
+        "taxonomy": None if taxonomy is None else _taxonomy_meta(taxonomy, graph_settings),
         "timings_s": {
             "encode_corpus": t1 - t0,
             "encode_queries": t2 - t1,
@@ -297,6 +334,25 @@ def evaluate_beir(
     return metrics
 
 
+def _check_relation_options(relation: str, taxonomy: Any, radius_weight: float | None) -> None:
+    if relation not in ("similar", "broader", "narrower"):
+        raise ValueError(f"relation must be similar, broader or narrower, got {relation!r}")
+    if relation == "similar" and taxonomy is not None:
+        raise ValueError("a taxonomy ranks broader or narrower documents: pass --relation broader / narrower")
+    if radius_weight is not None and (relation == "similar" or taxonomy is not None):
+        raise ValueError(
+            "--radius-weight weighs the geometric relation score of --relation broader / narrower without "
+            "--taxonomy: drop it"
+        )
+
+
+def _taxonomy_meta(taxonomy: Any, settings: GraphKnnSettings | None) -> dict[str, Any]:
+    if isinstance(taxonomy, ConceptGraph):
+        return {"source": taxonomy.source, "settings": (settings or taxonomy.settings).to_dict()}
+    source = None if hasattr(taxonomy, "concepts") else str(taxonomy)
+    return {"source": source, "settings": (settings or GraphKnnSettings()).to_dict()}
+
+
 def run_beir_command(
     model_path: str,
     data: str,
@@ -305,17 +361,41 @@ def run_beir_command(
     top_k: int = 100,
     output: str | None = None,
     search: str = "exact",
+    *,
+    relation: str = "similar",
+    taxonomy: str | None = None,
+    graph_settings: str | None = None,
+    radius_weight: float | None = None,
 ) -> dict[str, Any]:
     """``lorentz-rag eval beir``: load the model folder, evaluate, print a table, write ``output`` JSON.
+
+    ``relation`` / ``taxonomy`` / ``graph_settings`` (a JSON file) / ``radius_weight``: see
+    :func:`evaluate_beir`; the taxonomy and settings files are read before the model loads.
 
     Under ``torchrun --nproc-per-node=N`` the ranks share the corpus encoding (the same embeddings as one
     process, :mod:`lorentz_rag.eval.encode`); rank 0 prints and writes.
     """
+    _check_relation_options(relation, taxonomy, radius_weight)
+    request = read_taxonomy_request(taxonomy, graph_settings)
+    graph_options: dict[str, Any] = {}
+    if request is not None:
+        graph_options = {"taxonomy": request.taxonomy, "graph_settings": request.settings}
     with command_process_group() as info:
         model = load_model(model_path)
         result = evaluate_beir(
-            model, data, split, batch_size, top_k, search=search, model_path=str(model_path)
+            model,
+            data,
+            split,
+            batch_size,
+            top_k,
+            search=search,
+            model_path=str(model_path),
+            relation=relation,
+            radius_weight=radius_weight,
+            **graph_options,
         )
+    if request is not None:
+        result["meta"]["taxonomy"]["source"] = request.source
     if info.rank != 0:
         return result
     print(format_metrics_table({Path(data).name or str(data): result}))
@@ -323,6 +403,8 @@ def run_beir_command(
     print(
         f"{meta['n_queries']} queries, {meta['n_docs']} documents, similarity {meta['similarity']}"
         + (f", c = {meta['curvature']:.4g}" if meta["curvature"] is not None else "")
+        + (f", relation {relation}" if relation != "similar" else "")
+        + (" (graph-kNN over the taxonomy)" if request is not None else "")
     )
     if output:
         out = Path(output)

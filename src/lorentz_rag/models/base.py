@@ -265,6 +265,7 @@ class EmbeddingModel(nn.Module, abc.ABC):
         radius_weight: float = DEFAULT_RADIUS_WEIGHT,
         batch_size: int = 32,
         block_size: int = 256,
+        taxonomy: Any = None,
     ) -> list[list[tuple[int, float]]]:
         """Exact top-``k`` documents per query: ``(document position, score)`` lists, best first, ties to the
         earlier document.
@@ -274,9 +275,20 @@ class EmbeddingModel(nn.Module, abc.ABC):
         time), by the model's similarity (``relation="similar"``) or by the ``broader`` / ``narrower`` score
         (:meth:`relation_scores`). For a large corpus build a :class:`lorentz_rag.eval.index.VectorIndex`,
         whose ``search`` takes the same ``relation``.
+
+        ``taxonomy``: a :class:`lorentz_rag.eval.taxonomy_search.ConceptGraph` built with this model
+        (``ConceptGraph.from_taxonomy(model, path)``): ``broader`` / ``narrower`` are then ranked by graph-kNN
+        over it (any similarity, cosine included; exact over every document).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if taxonomy is not None:
+            if not hasattr(taxonomy, "search_documents"):
+                raise TypeError(
+                    "taxonomy= takes lorentz_rag.eval.taxonomy_search.ConceptGraph.from_taxonomy(model, path), "
+                    f"got {type(taxonomy).__name__}"
+                )
+            return taxonomy.search_documents(self, queries, documents, k, relation, batch_size=batch_size)
         check_relation(relation, self.settings.similarity, radius_weight)  # before any encoding
         queries = [queries] if isinstance(queries, str) else list(queries)
         docs = documents if isinstance(documents, Tensor) else self.encode(documents, "document", batch_size)

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorentz_rag.stores.base import DEFAULT_COLLECTION, StoreHit, VectorStore
+from lorentz_rag.stores.base import (
+    DEFAULT_COLLECTION,
+    StoreHit,
+    StoreUnreachableError,
+    StoreUnreadableError,
+    VectorStore,
+)
 from lorentz_rag.stores.lancedb import ANN_KINDS as LANCEDB_ANN_KINDS
 from lorentz_rag.stores.lancedb import LanceDBStore
 from lorentz_rag.stores.layout import StoreLayout, layout_for_model, model_radius_bound
@@ -25,8 +31,11 @@ __all__ = [
     "QdrantStore",
     "StoreHit",
     "StoreLayout",
+    "StoreUnreachableError",
+    "StoreUnreadableError",
     "VectorStore",
     "create_store",
+    "documents_in",
     "layout_for_model",
     "model_radius_bound",
     "open_store",
@@ -56,6 +65,15 @@ def open_store(spec: str, *, name: str = DEFAULT_COLLECTION, **options: Any) -> 
     if backend == "lancedb":
         return LanceDBStore.open(where["path"], name=name, **options)
     return QdrantStore.open(**where, name=name, **options)
+
+
+def documents_in(spec: str, *, name: str = DEFAULT_COLLECTION) -> int | None:
+    """How many documents the table or collection ``name`` at ``spec`` holds (``None``: there is none).
+    Connects to the store: a server that does not answer, a folder in use or damaged files are refused here."""
+    backend, where = parse_store_spec(spec)
+    if backend == "lancedb":
+        return LanceDBStore.documents_in(where["path"], name=name)
+    return QdrantStore.documents_in(**where, name=name)
 
 
 def create_store(

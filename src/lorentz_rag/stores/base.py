@@ -14,12 +14,26 @@ certified as there: the store's float32 squared distance ``|a - b|^2`` gives the
 document the store did not return scores at most ``s_last + E``, so if the ``k``-th float64 score is not
 above that by another ``E`` the fetch doubles. So a flat search equals ``VectorIndex``'s exact search. ANN
 results are re-ranked the same way without a certificate. Ties go to the document added first.
+
+``relation="broader"`` / ``"narrower"`` ranks by :mod:`lorentz_rag.geometry.relation`'s score, as
+:func:`lorentz_rag.eval.relation_search.relation_search` does for a FAISS folder: the store returns the
+documents nearest the query, they are scored in float64 from their stored float32 points, and (brute force)
+the fetch doubles until no document left out can beat the ``k``-th. A document left out has a certification
+score of at most ``s_last + E``, so it lies at least as far from the query as that score says, and
+:func:`~lorentz_rag.geometry.relation.relation_upper_bound` bounds its relation score from that distance and
+the store's radius bound. So a flat relation search equals the FAISS folder's (ties to the document added
+first); through an ANN index it is approximate (one round of candidates, no certificate).
+
+A backend that cannot read its data (damaged files), reach its server, or open a folder another process
+holds raises one of :class:`StoreUnreadableError`, :class:`StoreUnreachableError` or
+:class:`lorentz_rag.folder_lock.FolderInUseError`, each naming the store and what to do.
 """
 
 from __future__ import annotations
 
 import abc
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,16 +46,39 @@ from torch import Tensor
 
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import candidate_scores, check_model_matches, rank_candidates
+from lorentz_rag.geometry.relation import (
+    DEFAULT_RADIUS_WEIGHT,
+    check_relation,
+    radius,
+    relation_score,
+    relation_upper_bound,
+)
 from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.stores.layout import StoreLayout
 
-__all__ = ["DEFAULT_COLLECTION", "Candidates", "StoreHit", "VectorStore"]
+__all__ = [
+    "DEFAULT_COLLECTION",
+    "Candidates",
+    "StoreHit",
+    "StoreUnreachableError",
+    "StoreUnreadableError",
+    "VectorStore",
+]
 
 DEFAULT_COLLECTION = "lorentz_rag"
 # Unit roundoff of float32.
 _U32 = 2.0**-24
 # Most floats a store is asked to return at once (candidates x vector width, over a batch of queries): 256 MiB.
 _FETCH_BUDGET = 2**26
+
+
+class StoreUnreadableError(ValueError):
+    """A table or collection whose files cannot be read (deleted, truncated or damaged); the message names
+    the store and says how to recover."""
+
+
+class StoreUnreachableError(ConnectionError):
+    """A store's server does not answer; the message names its URL."""
 
 
 @dataclass(frozen=True)
@@ -199,21 +236,38 @@ class VectorStore(abc.ABC):
         exact: bool = False,
         oversample: int = 4,
         allow_model_mismatch: bool = False,
+        relation: str = "similar",
+        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
     ) -> list[list[StoreHit]]:
-        """Embed ``query_texts`` with the query prefix and return the top ``k`` of each, best first."""
+        """Embed ``query_texts`` with the query prefix and return the top ``k`` of each, best first.
+        ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
+        :meth:`search_embeddings`)."""
         self.check_model(model, allow_model_mismatch=allow_model_mismatch)
+        check_relation(relation, self.layout.similarity, radius_weight)  # before any encoding
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        return self.search_embeddings(emb, k, exact=exact, oversample=oversample)
+        return self.search_embeddings(
+            emb, k, exact=exact, oversample=oversample, relation=relation, radius_weight=radius_weight
+        )
 
     def search_embeddings(
-        self, queries: Tensor | np.ndarray, k: int, *, exact: bool = False, oversample: int = 4
+        self,
+        queries: Tensor | np.ndarray,
+        k: int,
+        *,
+        exact: bool = False,
+        oversample: int = 4,
+        relation: str = "similar",
+        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
     ) -> list[list[StoreHit]]:
         """Top-``k`` documents for query embeddings ``[n, D]``: ``exact=True`` (or a store without an ANN
         index) searches by brute force and certifies the result (module docstring); otherwise the ANN index
-        returns ``max(oversample * k, k + 16)`` candidates, re-ranked in float64."""
+        returns ``max(oversample * k, k + 16)`` candidates, re-ranked in float64. ``relation="broader"`` /
+        ``"narrower"`` ranks by :mod:`lorentz_rag.geometry.relation`'s score with ``radius_weight``, as
+        :meth:`lorentz_rag.eval.index.VectorIndex.search_embeddings` does (refused for cosine)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        check_relation(relation, self.layout.similarity, radius_weight)
         q = torch.as_tensor(queries)
         if q.ndim == 1:
             q = q.unsqueeze(0)
@@ -231,7 +285,23 @@ class VectorStore(abc.ABC):
         gamma = 2.0 * (self.layout.width + 4) * _U32
         bound = gamma * (a_norm + self.layout.norm_bound).pow(2) + 1e-12 * (1.0 + a_norm.pow(2))
         offset = a_norm.pow(2) + self.layout.offset
-        margin = max(2 * k_eff, k_eff + 16) if certify else max(oversample * k_eff, k_eff + 16)
+        if relation != "similar":
+            # As relation_search: the candidates of a relation are not the nearest k, so fetch more.
+            margin = max(4 * k_eff, k_eff + 64) if certify else max(oversample * k_eff, k_eff + 64)
+            points = q64 if self.layout.is_hyperbolic else q.detach().to(torch.float64)
+            r_q = radius(points, self.layout.similarity, self.layout.curvature)
+
+            def rank(row: int, cand: Candidates) -> tuple[list[StoreHit], bool]:
+                return self._rank_relation(
+                    points[row], r_q[row], cand, k_eff, offset[row], bound[row], relation, radius_weight
+                )
+
+        else:
+            margin = max(2 * k_eff, k_eff + 16) if certify else max(oversample * k_eff, k_eff + 16)
+
+            def rank(row: int, cand: Candidates) -> tuple[list[StoreHit], bool]:
+                return self._rank(q64[row], cand, k_eff, offset[row], bound[row], certify)
+
         fetch = min(n_docs, margin)
         pending = list(range(q.shape[0]))
         while pending:
@@ -242,13 +312,75 @@ class VectorStore(abc.ABC):
             for start in range(0, len(pending), step):
                 rows = pending[start : start + step]
                 for row, cand in zip(rows, self._nearest(a32[rows], fetch, exact=certify)):
-                    results[row], certified = self._rank(
-                        q64[row], cand, k_eff, offset[row], bound[row], certify
-                    )
+                    results[row], certified = rank(row, cand)
                     if certify and not certified and fetch < n_docs:
                         retry.append(row)
             pending, fetch = retry, min(n_docs, 2 * fetch)
         return results
+
+    def _max_document_radius(self) -> float:
+        """A bound on every stored document's radius ``r`` (:func:`lorentz_rag.geometry.relation.radius`)
+        from the norm bound ``R`` the store enforces: hyperbolic, ``|x|^2 = 1/c + 2 |x_s|^2 <= R^2`` and
+        ``r = asinh(sqrt(c) |x_s|) / sqrt(c)``; Euclidean, ``r = |x| <= R``."""
+        bound = self.layout.norm_bound
+        if not self.layout.is_hyperbolic:
+            return bound
+        c = float(self.layout.curvature)  # type: ignore[arg-type]
+        # 1e-6: the stored time coordinate is rounded to float32, so |x_s| may exceed the exact form a little.
+        space = math.sqrt(max(0.0, bound**2 - 1.0 / c) / 2.0) * (1.0 + 1e-6)
+        return math.asinh(math.sqrt(c) * space) / math.sqrt(c)
+
+    def _min_distance_left_out(self, point: Tensor, ip_bound: float) -> float:
+        """The smallest distance ``d`` (the relation scores' distance) that a document whose certification
+        score is at most ``ip_bound`` can have from the query ``point``: hyperbolic, ``<q, x>_L = -cosh(sqrt(c)
+        d) / c``; Euclidean, ``(q, 1).(x, -|x|^2/2) = (|q|^2 - |q - x|^2) / 2``."""
+        if self.layout.is_hyperbolic:
+            c = float(self.layout.curvature)  # type: ignore[arg-type]
+            return math.acosh(max(1.0, -c * ip_bound)) / math.sqrt(c)
+        return math.sqrt(max(0.0, float(point.pow(2).sum()) - 2.0 * ip_bound))
+
+    def _rank_relation(
+        self,
+        point: Tensor,
+        r_q: Tensor,
+        cand: Candidates,
+        k: int,
+        offset: Tensor,
+        bound: Tensor,
+        relation: str,
+        radius_weight: float,
+    ) -> tuple[list[StoreHit], bool]:
+        """The top ``k`` of one query's candidates by ``relation`` (query ``point`` ``[D]`` as the FAISS
+        folder's relation search reads it, radius ``r_q``), and whether no document left out can beat the
+        ``k``-th (module docstring)."""
+        if not cand.ids:
+            return [], True
+        order = np.argsort(np.asarray(cand.seq, dtype=np.int64), kind="stable")
+        # The document points: hyperbolic, the stored (re-lifted) x; Euclidean, x itself.
+        x = torch.from_numpy(np.asarray(cand.vectors, dtype=np.float32)[order, : self.layout.dim])
+        x = x.to(torch.float64)
+        kind, c = self.layout.similarity, self.layout.curvature
+        scores = relation_score(point.unsqueeze(0), x, relation, kind, c, radius_weight)
+        top = torch.sort(scores, descending=True, stable=True).indices[:k]
+        hits = [
+            StoreHit(cand.ids[col], score, cand.texts[col], _metadata(cand.metadata[col]))
+            for score, col in zip(scores[top].tolist(), order[top.numpy()].tolist())
+        ]
+        if len(hits) < k:
+            return hits, False
+        # A document left out has a certification score at most s_last + E (module docstring; a second E
+        # of margin as the similarity search keeps), so it lies at least this far from the query.
+        est_last = float((offset - float(np.max(cand.dist2))) / 2.0)
+        distance = self._min_distance_left_out(point, est_last + 2.0 * float(bound))
+        best_left_out = relation_upper_bound(
+            torch.tensor(distance, dtype=torch.float64),
+            r_q,
+            self._max_document_radius(),
+            relation,
+            radius_weight,
+        )
+        kth = hits[-1].score
+        return hits, bool(kth > float(best_left_out) + 1e-9 * (1.0 + abs(float(best_left_out))))
 
     def _rank(
         self, q64: Tensor, cand: Candidates, k: int, offset: Tensor, bound: Tensor, certify: bool

@@ -12,14 +12,18 @@ from typing import Any
 
 from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import encode_corpus
+from lorentz_rag.eval.index import IndexNotEmptyError
+from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation
 from lorentz_rag.models import load_model
 from lorentz_rag.stores import (
     DEFAULT_COLLECTION,
     LANCEDB_ANN_KINDS,
     LanceDBStore,
     StoreHit,
+    StoreUnreadableError,
     VectorStore,
     create_store,
+    documents_in,
     layout_for_model,
     open_store,
     parse_store_spec,
@@ -52,15 +56,18 @@ def build_store_command(
     batch_size: int = 64,
     max_radius: float | None = None,
     name: str = DEFAULT_COLLECTION,
+    overwrite: bool = False,
 ) -> VectorStore:
-    """``lorentz-rag index build --store SPEC``: embed a corpus and write it to a new (or replaced) table or
-    collection ``name``; ``kind`` other than ``flat`` builds LanceDB's ANN index, or lets a Qdrant server build
-    its HNSW graph (``flat``: ``hnsw_m=0``, no graph)."""
+    """``lorentz-rag index build --store SPEC``: embed a corpus and write it to a new table or collection
+    ``name``; one that holds documents is replaced only with ``overwrite`` (else :class:`IndexNotEmptyError`,
+    before the model loads). ``kind`` other than ``flat`` builds LanceDB's ANN index, or lets a Qdrant server
+    build its HNSW graph (``flat``: ``hnsw_m=0``, no graph)."""
     if kind not in store_kinds(store):
         raise ValueError(
             f"--kind {kind!r} does not apply to store {store}; choose one of {list(store_kinds(store))}"
         )
     ids, texts = _read_documents(corpus)  # before the model loads: an empty corpus costs nothing
+    _check_replaceable(store, name, overwrite)  # and the store is reachable, not in use, not held
     model = load_model(model_path)
     start = time.perf_counter()
     # Every document is embedded first: without --max-radius the store's bound comes from their radii.
@@ -70,6 +77,7 @@ def build_store_command(
     )
     backend, _ = parse_store_spec(store)
     options = {"hnsw_m": 0 if kind == "flat" else 16} if backend == "qdrant" else {}
+    _check_replaceable(store, name, overwrite)  # again: documents may have been added while encoding
     target = create_store(store, layout, name=name, overwrite=True, **options)
     for part in range(0, len(ids), _ADD_BATCH):
         chunk = slice(part, part + _ADD_BATCH)
@@ -122,16 +130,48 @@ def search_store_command(
     exact: bool = False,
     allow_model_mismatch: bool = False,
     name: str = DEFAULT_COLLECTION,
+    relation: str = "similar",
+    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
 ) -> list[list[StoreHit]]:
-    """``lorentz-rag search --store SPEC``: the top ``k`` of each query, printed as ``lorentz-rag search --index``."""
+    """``lorentz-rag search --store SPEC``: the top ``k`` of each query, printed as ``lorentz-rag search --index``.
+    ``relation``: ``similar``, ``broader`` or ``narrower``, ranked as the FAISS folder ranks them
+    (:meth:`VectorStore.search`)."""
     target = open_store(store, name=name)
+    check_relation(relation, target.layout.similarity, radius_weight)  # before the model loads
     model = _model_for(target, model_path)
-    results = target.search(model, list(queries), k, exact=exact, allow_model_mismatch=allow_model_mismatch)
+    results = target.search(
+        model,
+        list(queries),
+        k,
+        exact=exact,
+        allow_model_mismatch=allow_model_mismatch,
+        relation=relation,
+        radius_weight=radius_weight,
+    )
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>3}. {hit.score:+.6f}  {hit.id}")
     return results
+
+
+def _check_replaceable(store: str, name: str, overwrite: bool) -> None:
+    """Refuse to replace a table or collection that holds documents, unless ``overwrite`` (which also
+    replaces one whose files are damaged). Connects to the store, so an unreachable server, a folder in use
+    or (without ``overwrite``) a damaged table is named before any work."""
+    try:
+        held = documents_in(store, name=name)
+    except StoreUnreadableError:
+        if overwrite:
+            return
+        raise
+    if held and not overwrite:
+        backend, _ = parse_store_spec(store)
+        what = "table" if backend == "lancedb" else "collection"
+        raise IndexNotEmptyError(
+            f"{store} ({what} {name}) already holds {held} documents; pass --overwrite to replace them, or use "
+            "'lorentz-rag index add' to append"
+        )
 
 
 def _rounded(radius: float | None) -> float | None:

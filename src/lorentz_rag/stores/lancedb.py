@@ -7,17 +7,26 @@ LanceDB searches by brute force; :meth:`LanceDBStore.create_ann_index` builds on
 IVF-HNSW-SQ, ...) over the documents present, with the L2 metric of the stored form. Documents added later
 are searched by brute force beside the index until :meth:`LanceDBStore.optimize` folds them in: nothing is
 rebuilt. Readers in other processes see each commit (``read_consistency_interval=0``).
+
+A table whose files LanceDB cannot read (a data file deleted or truncated, a manifest truncated, its
+``_versions/`` folder gone) raises :class:`lorentz_rag.stores.base.StoreUnreadableError` naming the folder and
+table; a full disk or a permission problem is an ``OSError`` naming the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lorentz_rag.stores.base import DEFAULT_COLLECTION, Candidates, VectorStore
+from lorentz_rag.stores.base import DEFAULT_COLLECTION, Candidates, StoreUnreadableError, VectorStore
 from lorentz_rag.stores.layout import StoreLayout
 
 __all__ = ["ANN_KINDS", "LanceDBStore"]
@@ -55,6 +64,41 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
+# LanceDB's messages end with the Rust source locations of the error: ", /root/.cargo/.../file.rs:335:56, ...".
+_RUST_LOCATION = re.compile(r",\s*/\S*\.rs:\d+.*$")
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# An I/O failure of these kinds is about the disk or the permissions, not a damaged table.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _reason(error: BaseException) -> str:
+    """LanceDB's message without its prefixes and Rust source locations, on one line."""
+    text = " ".join(str(error).split())
+    text = _RUST_LOCATION.sub("", text)
+    text = re.sub(r"^(lance error|External error):\s*", "", text)
+    return re.sub(r"LanceError\(\w+\):\s*", "", text) or type(error).__name__
+
+
+@contextlib.contextmanager
+def _lance_errors(path: str | Path, name: str) -> Iterator[None]:
+    """Turn LanceDB's failure to read or write table ``name`` of folder ``path`` into one message naming them:
+    a full disk or a permission problem is an ``OSError`` naming the folder (the boundary says what to do),
+    anything else means the table's files are damaged (:class:`StoreUnreadableError`)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, OSError) as error:
+        if isinstance(error, StoreUnreadableError):
+            raise
+        found = _OS_ERROR.search(str(error))
+        code = int(found.group(1)) if found else getattr(error, "errno", None)
+        if code in _DISK_ERRNOS:
+            raise OSError(code, os.strerror(code), f"lancedb:{path}") from error
+        raise StoreUnreadableError(
+            f"lancedb:{path} (table {name}) cannot be read, its files are damaged or missing ({_reason(error)}); "
+            "restore the folder from a backup, or rebuild the table with 'lorentz-rag index build --overwrite'"
+        ) from error
+
+
 class LanceDBStore(VectorStore):
     """Documents in table ``name`` of the LanceDB folder ``path``.
 
@@ -77,6 +121,7 @@ class LanceDBStore(VectorStore):
         ef: int | None = None,
     ) -> None:
         super().__init__(layout, name, f"lancedb:{path}")
+        self.path = path
         self.table = table
         self.nprobes = int(nprobes)
         self.refine_factor = refine_factor
@@ -112,7 +157,11 @@ class LanceDBStore(VectorStore):
         )
         if not overwrite and name in _table_names(db):
             raise FileExistsError(f"lancedb:{path}: table {name!r} exists (rebuild it with overwrite=True)")
-        table = db.create_table(name, schema=schema, mode="overwrite" if overwrite else "create")
+        with _lance_errors(path, name):
+            if overwrite and name in _table_names(db):
+                # Dropped first: "overwrite" mode reads the old table's manifest, which may be damaged.
+                db.drop_table(name)
+            table = db.create_table(name, schema=schema, mode="create")
         return cls(table, layout, name=name, path=str(path), **options)
 
     @classmethod
@@ -123,14 +172,31 @@ class LanceDBStore(VectorStore):
         db = cls._connect(path)
         if name not in _table_names(db):
             raise FileNotFoundError(f"lancedb:{path}: no table {name!r} (tables: {sorted(_table_names(db))})")
-        table = db.open_table(name)
-        meta = (table.schema.metadata or {}).get(_META_KEY)
+        with _lance_errors(path, name):
+            table = db.open_table(name)
+            schema = table.schema
+        meta = (schema.metadata or {}).get(_META_KEY)
         if meta is None:
             raise ValueError(
                 f"lancedb:{path}: table {name!r} was not written by lorentz-rag (no layout metadata)"
             )
         layout = StoreLayout.from_json(meta, f"lancedb:{path} table {name!r}")
         return cls(table, layout, name=name, path=str(path), **options)
+
+    @classmethod
+    def documents_in(cls, path: str | Path, *, name: str = DEFAULT_COLLECTION) -> int | None:
+        """How many documents table ``name`` of folder ``path`` holds (any table, also one lorentz-rag did not
+        write), or ``None`` where there is no such table."""
+        if not Path(path).is_dir():
+            return None
+        db = cls._connect(path)
+        if name not in _table_names(db):
+            return None
+        with _lance_errors(path, name):
+            return int(db.open_table(name).count_rows())
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return _lance_errors(self.path, self.name)
 
     # --- primitives -------------------------------------------------------------------------------------
 
@@ -149,17 +215,22 @@ class LanceDBStore(VectorStore):
             },
             schema=self.table.schema,
         )
-        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows))
+        upsert = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        with self._errors():
+            upsert.execute(rows)
 
     def _remove(self, ids: list[str]) -> None:
         quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
-        self.table.delete(f"id IN ({quoted})")
+        with self._errors():
+            self.table.delete(f"id IN ({quoted})")
 
     def _count(self) -> int:
-        return int(self.table.count_rows())
+        with self._errors():
+            return int(self.table.count_rows())
 
     def has_ann_index(self) -> bool:
-        return any("vector" in index.columns for index in self.table.list_indices())
+        with self._errors():
+            return any("vector" in index.columns for index in self.table.list_indices())
 
     def _nearest(self, queries: np.ndarray, fetch: int, exact: bool) -> list[Candidates]:
         builder = (
@@ -175,7 +246,8 @@ class LanceDBStore(VectorStore):
                 builder = builder.ef(
                     max(int(self.ef), fetch * int(self.refine_factor or 1))
                 )  # LanceDB: ef >= its k
-        result = builder.to_arrow()
+        with self._errors():
+            result = builder.to_arrow()
         qi = (
             result["query_index"].to_numpy()
             if "query_index" in result.column_names
@@ -235,11 +307,13 @@ class LanceDBStore(VectorStore):
             options["num_sub_vectors"] = num_sub_vectors or _sub_vectors(self.layout.width)
         if "hnsw" in kind:
             options.update(m=m, ef_construction=ef_construction)
-        self.table.create_index("vector", config=config_cls(**options), replace=True)
+        with self._errors():
+            self.table.create_index("vector", config=config_cls(**options), replace=True)
 
     def optimize(self) -> None:
         """Fold documents added since the index was built into it (and compact the table's files)."""
-        self.table.optimize()
+        with self._errors():
+            self.table.optimize()
 
 
 def _table_names(db: Any) -> list[str]:
