@@ -20,6 +20,9 @@ for _var, _value in {
     "MTEB_CACHE": os.path.join(_CACHE_ROOT, "mteb"),
     "WANDB_DIR": os.path.join(_CACHE_ROOT, "wandb"),
     "TORCH_EXTENSIONS_DIR": os.path.join(_CACHE_ROOT, "torch_extensions"),
+    # torch.compile's caches too: every run compiles from cold, as on a fresh machine.
+    "TORCHINDUCTOR_CACHE_DIR": os.path.join(_CACHE_ROOT, "torchinductor"),
+    "TRITON_CACHE_DIR": os.path.join(_CACHE_ROOT, "triton"),
     "MPLBACKEND": "Agg",
 }.items():
     os.environ[_var] = _value

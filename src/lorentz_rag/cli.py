@@ -374,7 +374,10 @@ def _add_index_commands(sub) -> None:
         help="keep finished shards in OUT.encoding so an interrupted build resumes (always under torchrun)",
     )
     b.add_argument("--shard-size", type=int, default=1024, help="documents per resumable shard")
-    _add_taxonomy_arguments(b, "attach to the index folder (saved with it; `search --relation` then uses it)")
+    _add_taxonomy_arguments(
+        b,
+        "attach to the index folder, or a local --store (saved with it; `search --relation` then uses it)",
+    )
     b.add_argument(
         "--max-new-shards", type=int, default=None, help="stop each process after N new shards (resume later)"
     )
@@ -405,8 +408,8 @@ def _add_index_commands(sub) -> None:
         default="similar",
         help="similar: the model's similarity (default); broader / narrower: documents nearer the centre / "
         "further out than the query (hyperbolic models and the Euclidean-distance twin; exact on a flat index "
-        "and with --store --exact); on an index built with --taxonomy: graph-kNN over that taxonomy (any "
-        "model, exact)",
+        "and with --store --exact); on an index or store built with --taxonomy: graph-kNN over that taxonomy "
+        "(any model, exact)",
     )
     s.add_argument(
         "--radius-weight",
@@ -423,8 +426,6 @@ def _run_index_build(args: argparse.Namespace) -> int:
     if args.taxonomy is not None or args.graph_settings is not None:
         taxonomy = {"taxonomy": args.taxonomy, "graph_settings": args.graph_settings}
     if _one_target(args, "out") == "store":
-        if taxonomy:
-            raise ValueError("--taxonomy attaches to an index folder (--out); a --store does not take one")
         _command("lorentz_rag.stores.commands:build_store_command")(
             args.model,
             args.corpus,
@@ -434,6 +435,7 @@ def _run_index_build(args: argparse.Namespace) -> int:
             max_radius=args.max_radius,
             name=args.collection,
             overwrite=args.overwrite,
+            **taxonomy,
         )
         return 0
     if args.kind not in ("flat", "hnsw"):

@@ -431,7 +431,7 @@ def test_eval_beir_relation_with_taxonomy_end_to_end(tmp_path, monkeypatch, caps
         assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_a_store_build_refuses_a_taxonomy(tmp_path, capsys) -> None:
+def test_a_server_store_build_refuses_a_taxonomy(tmp_path, capsys) -> None:
     corpus, _, _ = _corpus_file(tmp_path)
     args = [
         "index",
@@ -441,8 +441,8 @@ def test_a_store_build_refuses_a_taxonomy(tmp_path, capsys) -> None:
         "--corpus",
         str(corpus),
         "--store",
-        f"lancedb:{tmp_path / 'db'}",
+        "qdrant+http://localhost:1",
     ]
     code = cli.main([*args, "--taxonomy", str(ANIMALS)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "--store does not take one" in err and len(err.splitlines()) == 1
+    assert code == 2 and "only local stores" in err and len(err.splitlines()) == 1

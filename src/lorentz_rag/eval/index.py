@@ -64,6 +64,7 @@ from lorentz_rag.eval.taxonomy_search import (
     index_graph_search,
     read_attached_taxonomy,
     read_taxonomy_request,
+    refuse_radius_weight,
 )
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
@@ -820,10 +821,7 @@ def search_command(
     graph-kNN and has no radius term."""
     index = VectorIndex.load(index_dir)
     if radius_weight is not None and relation != "similar" and index.taxonomy is not None:
-        raise ValueError(
-            f"{index_dir}: --radius-weight weighs the geometric relation score, but this index has a taxonomy "
-            "attached and ranks --relation by graph-kNN (its settings are in taxonomy.json): drop --radius-weight"
-        )
+        raise refuse_radius_weight(index_dir)
     radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
     path = model_path or index.model_path
     if not path:

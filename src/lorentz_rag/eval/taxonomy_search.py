@@ -69,9 +69,21 @@ __all__ = [
     "mix_scores",
     "read_attached_taxonomy",
     "read_taxonomy_request",
+    "refuse_radius_weight",
 ]
 
 GRAPH_RELATIONS = ("broader", "narrower")
+
+
+def refuse_radius_weight(where: str) -> ValueError:
+    """The one-line error for ``--radius-weight`` on ``where`` (an index folder or a store), whose attached
+    taxonomy ranks relations by graph-kNN, which has no radius term."""
+    return ValueError(
+        f"{where}: --radius-weight weighs the geometric relation score, but it has a taxonomy attached, "
+        "which ranks --relation by graph-kNN (its settings are in taxonomy.json): drop --radius-weight"
+    )
+
+
 _JSON_FILE = "taxonomy.json"
 _TENSOR_FILE = "taxonomy.safetensors"
 _FORMAT_VERSION = 1

@@ -10,11 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import IndexNotEmptyError
+from lorentz_rag.eval.taxonomy_search import read_taxonomy_request, refuse_radius_weight
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation
 from lorentz_rag.models import load_model
+from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.stores import (
     DEFAULT_COLLECTION,
     LANCEDB_ANN_KINDS,
@@ -27,6 +31,15 @@ from lorentz_rag.stores import (
     layout_for_model,
     open_store,
     parse_store_spec,
+)
+from lorentz_rag.stores.taxonomy import (
+    all_documents,
+    attach_store_taxonomy,
+    read_store_taxonomy,
+    remove_store_taxonomy,
+    store_graph_search,
+    store_taxonomy_folder,
+    write_store_taxonomy,
 )
 
 __all__ = [
@@ -57,15 +70,22 @@ def build_store_command(
     max_radius: float | None = None,
     name: str = DEFAULT_COLLECTION,
     overwrite: bool = False,
+    taxonomy: str | None = None,
+    graph_settings: str | None = None,
 ) -> VectorStore:
     """``lorentz-rag index build --store SPEC``: embed a corpus and write it to a new table or collection
     ``name``; one that holds documents is replaced only with ``overwrite`` (else :class:`IndexNotEmptyError`,
     before the model loads). ``kind`` other than ``flat`` builds LanceDB's ANN index, or lets a Qdrant server
-    build its HNSW graph (``flat``: ``hnsw_m=0``, no graph)."""
+    build its HNSW graph (``flat``: ``hnsw_m=0``, no graph). ``taxonomy`` (with ``graph_settings``, a JSON
+    file) attaches a taxonomy for graph-kNN search, kept beside a local store
+    (:mod:`lorentz_rag.stores.taxonomy`); a rebuild without one drops the old attachment."""
     if kind not in store_kinds(store):
         raise ValueError(
             f"--kind {kind!r} does not apply to store {store}; choose one of {list(store_kinds(store))}"
         )
+    attach = read_taxonomy_request(taxonomy, graph_settings)  # a bad file stops the build here
+    if attach is not None:
+        store_taxonomy_folder(store, name)  # a Qdrant server cannot carry one: refused before any work
     ids, texts = _read_documents(corpus)  # before the model loads: an empty corpus costs nothing
     _check_replaceable(store, name, overwrite)  # and the store is reachable, not in use, not held
     model = load_model(model_path)
@@ -84,6 +104,12 @@ def build_store_command(
         target.add_embeddings(ids[chunk], emb[chunk], texts[chunk])
     if isinstance(target, LanceDBStore) and kind != "flat":
         target.create_ann_index(kind)
+    remove_store_taxonomy(store, name)  # the documents were replaced: an old attachment no longer holds
+    if attach is not None:
+        attached = attach_store_taxonomy(
+            target, store, model, attach.taxonomy, attach.settings, source=attach.source
+        )
+        print(attached.attached.summary())
     seconds = time.perf_counter() - start
     print(
         f"stored {len(target)} documents ({kind}, {layout.similarity}, radius bound {_rounded(layout.max_radius)}) from "
@@ -104,10 +130,23 @@ def add_store_command(
     """``lorentz-rag index add --store SPEC --corpus C``: embed and add (or replace, by id) documents with
     the store's model (or ``model_path``, refused unless it is the same model); nothing is rebuilt."""
     target = open_store(store, name=name)
+    # A damaged attachment stops the add before it changes anything.
+    attached = read_store_taxonomy(store, name)
     model = _model_for(target, model_path)
     target.check_model(model, allow_model_mismatch=allow_model_mismatch)
     ids, texts = _read_documents(corpus)
     _add_in_batches(target, model, ids, texts, batch_size)
+    if attached is not None:
+        # The added documents are linked from their stored vectors, as a build links every document.
+        stored_ids, vectors, stored_texts, _ = all_documents(target)
+        row = {doc_id: i for i, doc_id in enumerate(stored_ids)}
+        added = list(dict.fromkeys(str(i) for i in ids))
+        rows = [row[doc_id] for doc_id in added]
+        write_store_taxonomy(
+            store,
+            name,
+            attached.with_documents(added, [stored_texts[r] for r in rows], torch.from_numpy(vectors[rows])),
+        )
     print(f"added {len(ids)} documents from {corpus} -> {store} ({name}); it holds {len(target)}")
     return target
 
@@ -115,8 +154,11 @@ def add_store_command(
 def delete_store_command(store: str, ids: Sequence[str], *, name: str = DEFAULT_COLLECTION) -> VectorStore:
     """``lorentz-rag index delete --store SPEC --ids ID ...``: delete documents by id."""
     target = open_store(store, name=name)
+    attached = read_store_taxonomy(store, name)
     before = len(target)
     target.delete(list(ids))
+    if attached is not None:
+        write_store_taxonomy(store, name, attached.without(ids))
     print(f"deleted {before - len(target)} of {len(ids)} ids from {store} ({name}); it holds {len(target)}")
     return target
 
@@ -131,23 +173,36 @@ def search_store_command(
     allow_model_mismatch: bool = False,
     name: str = DEFAULT_COLLECTION,
     relation: str = "similar",
-    radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+    radius_weight: float | None = None,
 ) -> list[list[StoreHit]]:
     """``lorentz-rag search --store SPEC``: the top ``k`` of each query, printed as ``lorentz-rag search --index``.
     ``relation``: ``similar``, ``broader`` or ``narrower``, ranked as the FAISS folder ranks them
-    (:meth:`VectorStore.search`)."""
+    (:meth:`VectorStore.search`; with a taxonomy attached, broader / narrower are graph-kNN over every stored
+    document, :func:`lorentz_rag.stores.taxonomy.store_graph_search`). ``radius_weight`` (default
+    :data:`DEFAULT_RADIUS_WEIGHT`) is refused on a store with a taxonomy attached."""
     target = open_store(store, name=name)
-    check_relation(relation, target.layout.similarity, radius_weight)  # before the model loads
+    attached = read_store_taxonomy(store, name) if relation != "similar" else None
+    if attached is not None and radius_weight is not None:
+        raise refuse_radius_weight(f"{store} ({name})")
+    radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
+    if attached is None:
+        check_relation(relation, target.layout.similarity, radius_weight)  # before the model loads
     model = _model_for(target, model_path)
-    results = target.search(
-        model,
-        list(queries),
-        k,
-        exact=exact,
-        allow_model_mismatch=allow_model_mismatch,
-        relation=relation,
-        radius_weight=radius_weight,
-    )
+    if attached is not None:
+        target.check_model(model, allow_model_mismatch=allow_model_mismatch)
+        texts = list(queries)
+        emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
+        results = store_graph_search(target, attached, emb, k, relation)
+    else:
+        results = target.search(
+            model,
+            list(queries),
+            k,
+            exact=exact,
+            allow_model_mismatch=allow_model_mismatch,
+            relation=relation,
+            radius_weight=radius_weight,
+        )
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, hit in enumerate(hits, start=1):
