@@ -1,4 +1,4 @@
-"""The taxonomy recipe's measurement (issue 19): zero-shot MiniLM, HyTE-H and its Euclidean-distance twin
+"""The taxonomy recipe's measurement: zero-shot MiniLM, HyTE-H and its Euclidean-distance twin
 trained with configs/taxonomy/*.yaml, over seeds and taxonomies, on each taxonomy's held-out concepts.
 
 Per taxonomy, ``lorentz-rag taxonomy build`` (the same split as the training runs) gives the evaluation sets;
@@ -11,8 +11,14 @@ every model is measured on their ``report`` halves (``--part tune`` to choose se
 - subsumption F1 (HiT's protocol, hard negatives, threshold chosen on validation; scored by the relation
   score ``broader`` for radius models, by similarity for zero-shot).
 
+A no-training row, ``graph_knn``: the zero-shot model with the taxonomy's train split attached
+(:mod:`lorentz_rag.eval.taxonomy_search`, default :class:`GraphKnnSettings`) on the same sets: broader and
+narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`graph_subsumption_scores`; synonym and
+faq-dev are the zero-shot numbers (plain similarity, unchanged by the graph); no depth (no new embeddings).
+
 Reported: mean +- sd over seeds and paired bootstrap 95% intervals (:mod:`lorentz_rag.eval.stats`, seeds and
-queries resampled) for HyTE-H - twin, each model - zero-shot, and broader-by-relation - broader-by-similarity.
+queries resampled) for HyTE-H - twin, each model - zero-shot, broader-by-relation - broader-by-similarity,
+and broader graph-kNN - zero-shot and each model (by similarity and by relation) - graph-kNN.
 Results: ``OUT/results.json`` and ``OUT/report.md``. The full campaign (5 seeds, both bundled taxonomies) is
 long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benchmarks/test_bench_taxonomy.py):
 
@@ -23,6 +29,7 @@ long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -47,7 +54,8 @@ from lorentz_rag.data.taxonomy_sets import TaxonomySetOptions, build_taxonomy_se
 from lorentz_rag.eval.hierarchy import embedding_radii, radius_stats, read_level_rows
 from lorentz_rag.eval.retrieval import compute_metrics, evaluate_beir
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
-from lorentz_rag.eval.subsumption import evaluate_subsumption
+from lorentz_rag.eval.subsumption import evaluate_subsumption, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.training.config import load_config
 from lorentz_rag.training.trainer import train
@@ -59,9 +67,12 @@ MODELS = {"hyte_h": "hyte_h.yaml", "twin": "euclidean_distance.yaml"}
 SETS = ("broader", "narrower", "synonym")
 
 
-def _ndcg(model: Any, folder: Path, part: str, relation: str = "similar") -> list[float]:
+def _ndcg(
+    model: Any, folder: Path, part: str, relation: str = "similar", graph: ConceptGraph | None = None
+) -> list[float]:
     """Per-query nDCG@10 (queries with judgments, by id) of ``model`` on a BEIR folder's ``part``; empty when
-    no query of the part is judged (a tiny taxonomy's held-out leaves have no descendants)."""
+    no query of the part is judged (a tiny taxonomy's held-out leaves have no descendants). With ``graph``
+    (``broader`` / ``narrower``): ranked by graph-kNN over it, documents linked by id and text."""
     if not any(load_beir(folder, part).qrels.values()):
         return []
     if relation == "similar":
@@ -71,8 +82,12 @@ def _ndcg(model: Any, folder: Path, part: str, relation: str = "similar") -> lis
         data = load_beir(folder, part)
         doc_ids = list(data.corpus)
         query_ids = [q for q in data.queries if data.qrels.get(q)]
-        docs = model.encode([document_text(data.corpus[d]) for d in doc_ids], "document")
-        hits = model.search([data.queries[q] for q in query_ids], docs, k=10, relation=relation)
+        texts = [document_text(data.corpus[d]) for d in doc_ids]
+        queries = [data.queries[q] for q in query_ids]
+        if graph is not None:
+            hits = graph.search_documents(model, queries, texts, 10, relation, doc_ids=doc_ids)
+        else:
+            hits = model.search(queries, model.encode(texts, "document"), k=10, relation=relation)
         ranked = {q: [doc_ids[p] for p, _ in row] for q, row in zip(query_ids, hits)}
         per_query = compute_metrics({q: data.qrels[q] for q in query_ids}, ranked, per_query=True)[
             "per_query"
@@ -121,6 +136,51 @@ def evaluate(model: Any, sets: Path, part: str, has_radius: bool) -> dict[str, A
     out["subsumption_f1"] = evaluate_subsumption(model, sets / "eval" / "subsumption", relation=relation)[
         "f1"
     ]
+    return out
+
+
+def graph_subsumption_scores(model: Any, graph: ConceptGraph, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Graph-kNN as a subsumption scorer: for a pair, the candidate's share of the child's votes (the child's
+    name, embedded as a query; its ``k`` nearest concepts of ``graph`` vote ``exp((s - s_max) / T)`` for
+    themselves and ``hop_discount ** hops`` for each ancestor): its ``broader`` vote over the sum of the
+    neighbours' weights, in [0, 1]. A candidate outside the graph scores 0."""
+    children = list(dict.fromkeys(str(r["child_name"]) for r in rows))
+    sims = graph.concept_similarities(model.encode(children, "query"))
+    votes = graph.votes_from_similarities(sims, "broader")
+    # max_hops 0: each neighbour votes for itself only, so a row's sum is the neighbours' total weight.
+    own = dataclasses.replace(graph.settings, max_hops=0)
+    total = np.asarray(graph.votes_from_similarities(sims, "broader", own).sum(axis=1)).reshape(-1)
+    row_of = {c: i for i, c in enumerate(children)}
+    scores = np.zeros(len(rows), dtype=np.float64)
+    for i, r in enumerate(rows):
+        position = graph.position.get(str(r["candidate"]))
+        child = row_of[str(r["child_name"])]
+        if position is not None and total[child] > 0:
+            scores[i] = votes[child, position] / total[child]
+    return scores
+
+
+def evaluate_graph_knn(model: Any, sets: Path, part: str, zero_shot: dict[str, Any]) -> dict[str, Any]:
+    """Graph-kNN with ``model`` (zero-shot) and the sets' train split attached, default settings: broader /
+    narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`graph_subsumption_scores` (threshold
+    on validation, hard negatives, as the other rows)."""
+    model = _MemoEncoder(model)
+    graph = ConceptGraph.from_taxonomy(model, read_taxonomy(sets / "train.jsonl.gz"), GraphKnnSettings())
+    out: dict[str, Any] = {
+        name: _ndcg(model, sets / "eval" / name, part, relation=name, graph=graph)
+        for name in ("broader", "narrower")
+    }
+    # Synonym and faq-dev rank by plain similarity, which the attached taxonomy does not change: the
+    # zero-shot numbers by construction.
+    out["synonym"] = list(zero_shot["synonym"])
+    out["faq_dev"] = list(zero_shot["faq_dev"])
+    # No depth Spearman: graph-kNN leaves the embeddings (and so their radii) as they are.
+    halves = []
+    for name in ("validation", "test"):
+        rows = read_subsumption_pairs(sets / "eval" / "subsumption" / f"{name}.jsonl.gz", "hard")
+        halves += [graph_subsumption_scores(model, graph, rows), np.array([r["label"] for r in rows])]
+    out["subsumption_f1"] = subsumption_f1(*halves)["f1"]
+    out["settings"] = graph.settings.to_dict()
     return out
 
 
@@ -203,15 +263,17 @@ def _zero_shot(model: Any, sets: Path, part: str, tag: str, cache: str | None) -
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     """Means +- sd and the paired intervals of one taxonomy's results."""
     zero, trained = results["zero_shot"], results["trained"]
+    graph = results.get("graph_knn", {})
     summary: dict[str, Any] = {}
     metrics = [*SETS, "broader_relation", "faq_dev", "depth_spearman", "subsumption_f1"]
     for metric in metrics:
         row: dict[str, Any] = {}
-        if metric in zero:
-            value = zero[metric]
-            row["zero_shot"] = (
-                (float(np.mean(value)) if value else float("nan")) if isinstance(value, list) else value
-            )
+        for name, measured in (("zero_shot", zero), ("graph_knn", graph)):
+            if metric in measured:
+                value = measured[metric]
+                row[name] = (
+                    (float(np.mean(value)) if value else float("nan")) if isinstance(value, list) else value
+                )
         for name in trained:
             values = [r[metric] for r in trained[name] if metric in r]
             scalars = [
@@ -234,6 +296,17 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
         rel = np.array([r["broader_relation"] for r in trained[name]])
         plain = np.array([r["broader"] for r in trained[name]])
         intervals[f"broader: {name} relation - similarity"] = paired_bootstrap(rel, plain)
+    if graph.get("broader"):
+        # Graph-kNN has no seed: its one per-query list is paired with every seed of the trained models.
+        by_graph = np.array(graph["broader"])
+        intervals["broader: graph_knn - zero_shot"] = paired_bootstrap(
+            by_graph[None], np.array(zero["broader"])
+        )
+        for name, runs in trained.items():
+            for metric, what in (("broader", ""), ("broader_relation", " relation")):
+                x = np.array([r[metric] for r in runs if metric in r])
+                if len(x):
+                    intervals[f"broader: {name}{what} - graph_knn"] = paired_bootstrap(x, by_graph)
     return {"means": summary, "intervals": intervals}
 
 
@@ -241,11 +314,12 @@ def _report(all_results: dict[str, Any]) -> str:
     lines = ["# Taxonomy recipe benchmark", ""]
     for taxonomy, res in all_results["taxonomies"].items():
         names = list(res["trained"])
-        lines += [f"## {taxonomy}", "", "| metric | zero-shot | " + " | ".join(names) + " |"]
-        lines.append("|---" * (len(names) + 2) + "|")
+        lines += [f"## {taxonomy}", "", "| metric | zero-shot | graph-kNN | " + " | ".join(names) + " |"]
+        lines.append("|---" * (len(names) + 3) + "|")
         for metric, row in res["summary"]["means"].items():
-            zs = row.get("zero_shot")
-            cells = [f"{zs:.4f}" if isinstance(zs, float) else "-"]
+            cells = [
+                f"{row[n]:.4f}" if isinstance(row.get(n), float) else "-" for n in ("zero_shot", "graph_knn")
+            ]
             cells += [f"{row[n][0]:.4f} +- {row[n][1]:.4f}" for n in names]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines += ["", "| comparison | mean | 95% interval |", "|---|---|---|"]
@@ -277,6 +351,9 @@ def _one_taxonomy(
         )
     build_taxonomy_sets(read_taxonomy(path), sets, options, candidates=wordnet_held_out_ids(path))
     res: dict[str, Any] = {"zero_shot": _zero_shot(zero_shot, sets, args.part, tag, args.zero_shot_cache)}
+    res["graph_knn"] = _timed(
+        evaluate_graph_knn, f"{tag} graph-kNN", zero_shot, sets, args.part, res["zero_shot"]
+    )
     res["trained"] = {}
     for name in args.models:
         res["trained"][name] = []

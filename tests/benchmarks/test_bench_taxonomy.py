@@ -31,15 +31,32 @@ def test_quick_mode_measures_every_model_and_comparison(tmp_path: Path) -> None:
         assert all(0.0 <= x <= 1.0 for x in run["broader"] + run["broader_relation"] + run["faq_dev"])
         assert math.isfinite(run["subsumption_f1"]) and math.isfinite(run["depth_spearman"])
     assert "broader_relation" not in res["zero_shot"]  # cosine: no radius, no relation search
+    # Graph-kNN: the zero-shot model with the train split attached, on the same sets; synonym and faq-dev are
+    # plain similarity (the zero-shot lists), no depth.
+    graph = res["graph_knn"]
+    assert len(graph["broader"]) == len(res["zero_shot"]["broader"]) > 0
+    assert len(graph["narrower"]) == len(res["zero_shot"]["narrower"])
+    assert all(0.0 <= x <= 1.0 for x in graph["broader"] + graph["narrower"])
+    assert graph["synonym"] == res["zero_shot"]["synonym"] and graph["faq_dev"] == res["zero_shot"]["faq_dev"]
+    assert 0.0 <= graph["subsumption_f1"] <= 1.0 and "depth_spearman" not in graph
+    assert graph["settings"]["k"] == 20  # the defaults
+    means = res["summary"]["means"]
+    assert means["broader"]["graph_knn"] == pytest.approx(np.mean(graph["broader"]))
+    assert "graph_knn" not in means["depth_spearman"]
     intervals = res["summary"]["intervals"]
     assert {
         "broader: hyte_h - twin",
         "faq_dev: twin - zero_shot",
         "broader: hyte_h relation - similarity",
+        "broader: graph_knn - zero_shot",
+        "broader: hyte_h - graph_knn",
+        "broader: hyte_h relation - graph_knn",
+        "broader: twin - graph_knn",
     } <= set(intervals)
     assert all(iv["low"] <= iv["high"] and iv["n_seeds"] == 1 for iv in intervals.values())
     report = (out / "report.md").read_text()
     assert "| broader_relation |" in report and "hyte_h - twin" in report
+    assert "| graph-kNN |" in report and "graph_knn - zero_shot" in report
 
     # benchmarks/interpolate_taxonomy.py on the same runs: alpha 1 is the trained model (the same numbers);
     # alpha 0 is the start (identity direction layer, one radius for every text), where HyTE-H and the twin
@@ -98,3 +115,42 @@ def test_interpolate_state_walks_from_start_to_end() -> None:
         interpolate_state(start, {**end, "extra": torch.zeros(1)}, 0.5)
     with pytest.raises(ValueError, match=r"w: start \(2, 3\), trained \(3, 2\)"):
         interpolate_state(start, {**end, "w": torch.zeros(3, 2)}, 0.5)
+
+
+def test_graph_subsumption_scores_are_the_candidates_share_of_the_votes() -> None:
+    """A <- B <- C, A <- D (cosine in the plane); the child sits between B and C: with k = 2 its neighbours C
+    and B vote for themselves and their ancestors; a candidate's score is its vote over their total weight."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from bench_taxonomy import graph_subsumption_scores
+
+    from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings
+
+    def unit(deg: float) -> list[float]:
+        return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+    ids = ["A", "B", "C", "D"]
+    graph = ConceptGraph(
+        ids,
+        ids,
+        ["a", "b", "c", "d"],
+        torch.tensor([0, 1, 2, 3]),
+        torch.tensor([unit(90), unit(0), unit(10), unit(-60)]),
+        [[], [0], [1], [0]],
+        similarity="cosine",
+        curvature=None,
+        settings=GraphKnnSettings(k=2, temperature=0.5, hop_discount=0.5),
+    )
+
+    class Model:
+        def encode(self, texts: list[str], prompt_type: str, **_: object) -> torch.Tensor:
+            assert prompt_type == "query"
+            return torch.tensor([unit(6.0) for _ in texts])
+
+    rows = [{"child": "X", "child_name": "x", "candidate": c} for c in ("A", "B", "C", "D", "gone")]
+    scores = graph_subsumption_scores(Model(), graph, rows)
+    s_b, s_c = math.cos(math.radians(6)), math.cos(math.radians(4))
+    w_b, w_c = math.exp((s_b - s_c) / 0.5), 1.0
+    total = w_b + w_c
+    hand = [(0.25 * w_c + 0.5 * w_b) / total, (0.5 * w_c + w_b) / total, w_c / total, 0.0, 0.0]
+    assert scores.tolist() == pytest.approx(hand, rel=1e-6)
