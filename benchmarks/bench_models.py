@@ -1,4 +1,4 @@
-"""Side-by-side speed and size of the embedding models (issue #3, part B).
+"""Side-by-side speed and size of the embedding models.
 
 1. HyTE-FH vs its Euclidean twin (transformers' ModernBertModel) at the same sizes: forward+backward time
    of the embedding model (trunk + pooling, loss = sum of the pooled output) on CPU; target ratio <= 1.5.
@@ -246,7 +246,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             else []
         ),
         "",
-        f"Time ratio HyTE-FH / twin: **{tw['ratio_hyte_fh_over_euclidean']:.2f}** (issue #15 target <= 1.15)"
+        f"Time ratio HyTE-FH / twin: **{tw['ratio_hyte_fh_over_euclidean']:.2f}** (target <= 1.15)"
         + (
             f"; compiled HyTE-FH / twin: **{tw['ratio_hyte_fh_compiled_over_euclidean']:.2f}**."
             if "ratio_hyte_fh_compiled_over_euclidean" in tw

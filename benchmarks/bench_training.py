@@ -1,4 +1,4 @@
-"""Training throughput and peak memory on CPU, through the real trainer (issue #4, part B).
+"""Training throughput and peak memory on CPU, through the real trainer.
 
 1. HyTE-FH vs its Euclidean twin (ModernBertModel) at equal sizes, for the MLM and the contrastive objective:
    tokens/s (real, unpadded tokens) and peak resident memory of the training process.

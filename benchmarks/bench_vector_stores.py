@@ -1,4 +1,4 @@
-"""Vector stores (issue 20, "Measure"): exactness of each backend's flat search, ANN recall@10 of the raw
+"""Vector stores: exactness of each backend's flat search, ANN recall@10 of the raw
 inner-product form beside the L2-reduced form, and latency / memory per 1k queries beside the FAISS folder.
 
 - **Exactness**: top-10 of each store's brute-force search (LanceDB without an ANN index, Qdrant local mode)

@@ -1,4 +1,4 @@
-"""One-shot GPU check (issue #15, item 4): the paper-size measurements a first CUDA machine should produce.
+"""One-shot GPU check: the paper-size measurements a first CUDA machine should produce.
 
 Sections (each in its own try-block with its own time budget; one failure is recorded and the rest run):
 

@@ -1,4 +1,5 @@
-"""Weight interpolation between the taxonomy recipe's starting model and its trained one (issue 19's trade-off).
+"""Weight interpolation between the taxonomy recipe's starting model and its trained one (the trade-off between
+ancestor retrieval and general retrieval).
 
 The recipe's head starts as the base model itself (direction layer identity, every radius ``r0``): at the
 start it ranks exactly as zero-shot MiniLM. Training on the taxonomy lifts broader retrieval and costs general

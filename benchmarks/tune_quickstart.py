@@ -83,7 +83,7 @@ TRIALS: list[tuple[str, str, dict[str, Any]]] = [
         {"model_args.radius_init": 6.0, "model_args.max_norm": 15.0},
     ),
     ("hyte_h/lorentz_inner", "hyte_h", {"train_args.distance": "lorentz_inner"}),
-    # Entailment cones instead of the triplet (the ablation), for both geometries.
+    # Entailment cones instead of the triplet (an ablation), for both geometries.
     ("hyte_h/cone", "hyte_h", {"hierarchy_args.variant": "cone"}),
     ("euclidean_distance/cone", "euclidean_distance", {"hierarchy_args.variant": "cone"}),
     # The slow ablation (no state cache: MiniLM's top layer trains); last, so a stopped sweep keeps the rest.

@@ -1,4 +1,4 @@
-"""Try settings of the taxonomy recipe on the **tune** halves (issue 19): each variant is a set of config
+"""Try settings of the taxonomy recipe on the **tune** halves: each variant is a set of config
 overrides applied to both configs; every variant trains HyTE-H (and, with ``--models``, the twin) for each
 seed on each taxonomy and is measured as ``bench_taxonomy.py --part tune`` measures, all runs of a taxonomy
 sharing one base-state cache (each distinct text through the frozen base once). Writes ``OUT/tune.json`` and

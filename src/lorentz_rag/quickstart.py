@@ -1,7 +1,7 @@
 """``lorentz-rag quickstart``: train and compare hyperbolic and Euclidean retrievers on real data, on a CPU.
 
 The run answers the paper's quality questions on held-out data, over several seeds, with the same budget
-for every geometry (DESIGN.md sections 4-5, 10):
+for every geometry (docs/design.md, sections 5, 6 and 12):
 
 1. does HyTE-H retrieve better than its Euclidean twins where hierarchy matters (``eval/wordnet-hier``:
    held-out WordNet synset -> its ancestors among 5,000 train glosses, graded by hops)?

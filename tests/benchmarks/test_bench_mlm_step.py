@@ -1,4 +1,4 @@
-"""benchmarks/bench_mlm_step.py (issue 22 item 1's measurement): the per-step peak-memory probe, and one tiny
+"""benchmarks/bench_mlm_step.py (the fused MLM loss's measurement): the per-step peak-memory probe, and one tiny
 run of the 50k-vocabulary MLM workload with the fused / plain / tied variants, written as JSON and Markdown."""
 
 from __future__ import annotations

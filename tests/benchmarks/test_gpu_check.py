@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py --tiny: every section of the GPU check end to end at tiny sizes (issue #15, item 4),
+"""benchmarks/gpu_check.py --tiny: every section of the GPU check end to end at tiny sizes,
 so that the first GPU run is not the script's first run. Without CUDA and without --tiny it refuses."""
 
 from __future__ import annotations

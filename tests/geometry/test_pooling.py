@@ -207,8 +207,9 @@ def test_midpoints_equal_the_klein_computation_of_the_same_weights(dtype, c):
         out = P.outward_einstein_midpoint(x, w, c, p=p)
         torch.testing.assert_close(out.to(F64), _klein_midpoint(x, w, c, p + 2), rtol=rtol, atol=1e-300)
     # einstein_midpoint: ambient w x0 -> Klein w gamma^2; lorentz_centroid: ambient w -> Klein w gamma, which
-    # is the classical Einstein midpoint sum gamma_i k_i / sum gamma_i (Ungar). DESIGN.md calls
-    # P(sum w x0 x) "the paper's standard Einstein midpoint"; the classical one is lorentz_centroid.
+    # is the classical Einstein midpoint sum gamma_i k_i / sum gamma_i (Ungar).
+    # docs/design.md, section 3, calls P(sum w x0 x) "the paper's Einstein midpoint"; the classical one is
+    # lorentz_centroid.
     em = P.einstein_midpoint(x, w, c)
     torch.testing.assert_close(em.to(F64), _klein_midpoint(x, w, c, 2), rtol=rtol, atol=1e-300)
     cen = P.lorentz_centroid(x, w, c)

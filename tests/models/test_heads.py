@@ -65,7 +65,7 @@ def test_head_starts_with_equal_radii_and_the_base_direction() -> None:
 
 @pytest.mark.slow
 def test_pooled_head_and_fair_twin_rank_faq_dev_exactly_as_the_base_at_step_zero() -> None:
-    """The issue's test: untrained, the pooled head (and the direction + norm twin) is zero-shot MiniLM."""
+    """Untrained, the pooled head (and the direction + norm twin) is zero-shot MiniLM."""
     data = load_beir(faq_dev_path())
     doc_ids = list(data.corpus)
     docs = [document_text(data.corpus[d]) for d in doc_ids]

@@ -277,7 +277,7 @@ def test_paper_size_parameter_count_on_meta_device():
     assert total == trunk + v * d + v == 137_671_409
 
 
-# --- the masked-LM head's options (issue 22, item 1): the fused loss equals the plain path, forms no logits
+# --- the masked-LM head's options: the fused loss equals the plain path, forms no logits
 # unless they are read and is what the trainer's step uses; the tied head shares the embedding table ---
 
 

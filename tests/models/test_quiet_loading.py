@@ -1,5 +1,5 @@
-"""Saving and loading the cosine twin's sentence-transformers folder prints nothing misleading (issue 20, item
-5): the base is saved and rebuilt without the BERT pooler it never uses, so transformers has no weights to
+"""Saving and loading the cosine twin's sentence-transformers folder prints nothing misleading:
+the base is saved and rebuilt without the BERT pooler it never uses, so transformers has no weights to
 report as missing; a real missing weight is still reported (nothing is silenced)."""
 
 from __future__ import annotations

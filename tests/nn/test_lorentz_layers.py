@@ -1,5 +1,5 @@
 """Lorentz layers other than attention and the MLR head: points stay on the hyperboloid, gradients flow,
-the curvature clamps, and each layer computes the formula of DESIGN.md section 3."""
+the curvature clamps, and each layer computes the formula of docs/design.md, section 4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 21, the shared boundary: the third-party exceptions users cause (a corrupt safetensors file, a full
+"""The shared boundary: the third-party exceptions users cause (a corrupt safetensors file, a full
 disk, a read-only or forbidden path, invalid JSON, Ctrl-C) end every entry point with one line, exit status
 2 (130 for Ctrl-C), ``--debug`` keeping the traceback."""
 

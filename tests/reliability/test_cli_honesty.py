@@ -1,4 +1,4 @@
-"""Issue 21, items 10 and 15: ``quickstart --out FILE`` says that ``--out`` must be a folder (before: the bare
+"""``quickstart --out FILE`` says that ``--out`` must be a folder (before: the bare
 ``File exists``); qrels with no relevant judgment put their warning in the metrics JSON too, and a set of
 all ``-1`` judgments is described as such."""
 

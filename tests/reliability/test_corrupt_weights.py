@@ -1,4 +1,4 @@
-"""Issue 21, item 3: a corrupt, truncated or mis-shaped ``model.safetensors`` ends every command that loads
+"""A corrupt, truncated or mis-shaped ``model.safetensors`` ends every command that loads
 the model with one ``error:`` line naming the file and saying what to do (before: ``SafetensorError: header
 too large`` with no file name, or a ``WeightsMismatchError`` traceback)."""
 

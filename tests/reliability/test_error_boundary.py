@@ -1,4 +1,4 @@
-"""Issue 12, "one error boundary": every entry point turns user errors into one ``error: ...`` line and exit
+"""The one error boundary: every entry point turns user errors into one ``error: ...`` line and exit
 status 2; ``--debug`` or ``LORENTZ_RAG_DEBUG=1`` shows the traceback; bugs keep theirs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 21, "Done when": every command, with a fault a user can cause injected (a missing or corrupt file, bad
+"""Every command, with a fault a user can cause injected (a missing or corrupt file, bad
 JSON or YAML, an empty corpus, a file where a folder belongs), exits with status 2, one ``error:`` line
 naming what is wrong, and no ``Traceback``. In-process calls of the entry functions (fast) for every
 ``lorentz-rag`` command and the three scripts' mains, and real subprocesses for the scripts and the

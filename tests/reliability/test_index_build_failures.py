@@ -1,4 +1,4 @@
-"""Issue 21, items 6, 7 and 14 for ``lorentz-rag index build``: an empty corpus is refused before the model is
+"""Failures of ``lorentz-rag index build``: an empty corpus is refused before the model is
 loaded; Ctrl-C ends the build with one line saying what was kept and how to resume (exit 130, no
 traceback); ``--max-new-shards`` is a planned stop (exit 0) that says how many shards remain."""
 

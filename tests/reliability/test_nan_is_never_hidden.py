@@ -1,4 +1,4 @@
-"""Issue 12, item 7: NaN embeddings are refused, never scored as ties (which used to give nDCG@10 11.36)."""
+"""NaN embeddings are refused, never scored as ties (which used to give nDCG@10 11.36)."""
 
 from __future__ import annotations
 

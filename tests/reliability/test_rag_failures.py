@@ -1,4 +1,4 @@
-"""Issue 21, items 12 and 13: a RAG run that fails must not look done.
+"""A RAG run that fails must not look done.
 
 Endpoints are local servers on 127.0.0.1 (no internet): a closed port for a server that is down, a server
 answering HTTP 500, one that drops every connection. The command runs in-process through its entry point

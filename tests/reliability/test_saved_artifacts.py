@@ -1,4 +1,4 @@
-"""Issue 12, items 4-6 and the evaluation cases of "one error boundary": model folders validated like a
+"""Saved artifacts and the evaluation cases of the one error boundary: model folders validated like a
 config, indexes that know their model and are written atomically by one process, and BEIR qrels."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12, items 1-4 and the training cases of "one error boundary": divergence, resume with changed
+"""Training failures and the training cases of the one error boundary: divergence, resume with changed
 settings, output folders that hold a run or are in use, and the config mistakes a run must refuse early."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 21, the training items: a bare override, a diverged last step, a full disk during a checkpoint or
+"""The last mile of training: a bare override, a diverged last step, a full disk during a checkpoint or
 the final save, Ctrl-C, a folder with no complete checkpoint, a malformed DeepSpeed JSON, an edited
 curvature and the loss a finished run reports on resume. Each reproduces the fault and checks on disk."""
 

@@ -1,4 +1,4 @@
-"""BERT masking for masked-LM training (DESIGN.md section 6).
+"""BERT masking for masked-LM training (docs/design.md, section 8.1).
 
 A fraction ``mlm_probability`` (default 0.30, ModernBERT's rate) of the maskable tokens is selected; of
 those, 80% become the tokenizer's mask token, 10% a random token and 10% stay as they are. Special tokens

@@ -1,6 +1,6 @@
 """The training-row schema shared by every reader and writer (JSONL, Hugging Face, MDS).
 
-Rows (DESIGN.md section 8), after validation:
+Rows (docs/design.md, section 10), after validation:
 
 - ``contrastive``: ``{"query": str, "document": str, "negatives": list[str]}`` (``negatives`` may be absent
   in the source; it is then ``[]``);

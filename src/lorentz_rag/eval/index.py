@@ -1,6 +1,6 @@
 """An exact hyperbolic vector index: FAISS inner-product search plus a float64 re-rank.
 
-Why inner-product search is exact for the geodesic ranking (DESIGN.md section 1): for points of the
+Why inner-product search is exact for the geodesic ranking (docs/design.md, section 13.1): for points of the
 hyperboloid ``d(q, x) = arcosh(-c <q, x>_L) / sqrt(c)`` is strictly decreasing in ``<q, x>_L``, and
 ``<q, x>_L = ip_query(q) . x`` with ``ip_query(q) = (-q0, qs)``. So the documents closest to ``q`` are the
 largest Euclidean dot products of ``ip_query(q)`` with the stored points: maximum-inner-product search,

@@ -1,6 +1,6 @@
 """Retrieval evaluation on BEIR folders: exact search in float64 and pytrec_eval metrics.
 
-Scores are "higher = closer" for every similarity (DESIGN.md section 6):
+Scores are "higher = closer" for every similarity (docs/design.md, section 7.1):
 
 - ``geodesic``: ``-d(q, x)``, the float64 pairwise geodesic distance of a block of documents;
 - ``lorentz_inner``: ``<q, x>_L + 1/c`` (0 for identical points), accumulated in float64;

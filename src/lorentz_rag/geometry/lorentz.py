@@ -1,6 +1,6 @@
 """The Lorentz (hyperboloid) model of hyperbolic space: pure functions on tensors.
 
-Conventions (one for the whole project, see DESIGN.md section 1):
+Conventions (one for the whole project, see docs/design.md, section 2 (Lorentz model conventions)):
 
 - Curvature is ``-c`` with ``c > 0``. ``c`` is a Python float or a 0-d tensor (it may require grad).
 - A point of ``H^d_c`` is a tensor ``[..., d+1]`` with the **time coordinate first**:

@@ -1,4 +1,4 @@
-"""Pooling a sequence of hyperboloid points into one point (DESIGN.md section 2).
+"""Pooling a sequence of hyperboloid points into one point (docs/design.md, section 3).
 
 Every pooler takes token points ``x: [B, T, d+1]`` (time first, curvature ``-c``) and a mask ``[B, T]``
 (bool, or non-negative float weights ``w_i``; padding has weight 0) and returns ``[B, d+1]``.

@@ -1,4 +1,4 @@
-"""Euclidean models: the twin of each hyperbolic encoder (the paper's EucBERT, DESIGN.md section 5) and
+"""Euclidean models: the twin of each hyperbolic encoder (the paper's EucBERT, docs/design.md, section 6) and
 sentence-transformers folders as cosine baselines.
 
 - :class:`EuclideanEncoder` with ``kind="modernbert"``: transformers' own ``ModernBertModel`` initialised

@@ -1,4 +1,4 @@
-"""Building, loading and saving models from the ``model_args`` config section (DESIGN.md sections 7 and 9).
+"""Building, loading and saving models from the ``model_args`` section (docs/design.md, sections 9 and 11).
 
 :class:`~lorentz_rag.models.args.ModelArgs` (in :mod:`lorentz_rag.models.args`) is the validated ``model_args``
 section. :func:`build_model` turns it into an :class:`~lorentz_rag.models.base.EmbeddingModel`,

@@ -1,4 +1,4 @@
-"""HyTE-FH: the fully hyperbolic ModernBERT-shaped encoder (the paper's section 3.2, DESIGN.md section 3).
+"""HyTE-FH: the fully hyperbolic ModernBERT-shaped encoder (paper section 3.2; docs/design.md, section 4).
 
 Every layer maps the hyperboloid ``H^d_c`` to itself; points are ``[B, T, d+1]`` with the time coordinate
 first and travel between layers in float32 (matrix products may run in bf16 under autocast). One

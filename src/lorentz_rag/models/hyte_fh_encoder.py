@@ -1,5 +1,5 @@
 """HyTE-FH as an embedding model: the fully hyperbolic trunk (:class:`~lorentz_rag.models.hyte_fh.HyteFHTrunk`)
-followed by a hyperbolic pooler (DESIGN.md sections 2 and 3). Embeddings are points ``[n, d+1]``.
+followed by a hyperbolic pooler (docs/design.md, sections 3 and 4). Embeddings are points ``[n, d+1]``.
 
 The trunk is stored as ``.model``, the same name as in ``HyteFHForMaskedLM``, so MLM weights load into it
 name for name (``init_from``).

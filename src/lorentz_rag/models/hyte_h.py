@@ -1,4 +1,4 @@
-"""HyTE-H, the hybrid encoder (DESIGN.md section 4, the paper's Fig. 2C), with three heads.
+"""HyTE-H, the hybrid encoder (docs/design.md, section 5; the paper's Fig. 2C), with three heads.
 
 ``head="token"`` (the paper's)::
 
@@ -20,7 +20,7 @@ With the token head, most pretrained token norms exceed the clip (MiniLM: median
 ``max_norm`` only as a safety bound.
 
 The projection runs under autocast like the base encoder; from the scale onwards everything is float32
-with autocast off (DESIGN.md section 1: geometry never runs in bf16).
+with autocast off (docs/design.md, section 2.5: geometry never runs in bf16).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Saving and loading weights and configs of lorentz_rag models (DESIGN.md section 9).
+"""Saving and loading weights and configs of lorentz_rag models (docs/design.md, section 11).
 
 A saved folder holds ``config.json`` (a ``lorentz_rag`` section, plus the architecture config at the top level
 where one exists), ``model.safetensors`` and the tokenizer files. Loading is strict: every tensor the

@@ -1,4 +1,4 @@
-"""Lorentz neural-network layers built only on :mod:`lorentz_rag.geometry` (DESIGN.md section 3).
+"""Lorentz neural-network layers built only on :mod:`lorentz_rag.geometry` (docs/design.md, section 4).
 
 Every layer maps points ``[..., d+1]`` (time first) of ``H^d_c`` to points and takes the curvature ``c``
 (a 0-d tensor from the model's single :class:`Curvature`) as a forward argument.

@@ -1,4 +1,4 @@
-"""Lorentz activation and the gated feed-forward block (DESIGN.md section 3)."""
+"""Lorentz activation and the gated feed-forward block (docs/design.md, section 4.2)."""
 
 from __future__ import annotations
 

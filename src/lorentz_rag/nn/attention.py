@@ -1,4 +1,4 @@
-"""Lorentz multi-head self-attention with rotary positions on the space coordinates (DESIGN.md section 3).
+"""Lorentz multi-head self-attention, rotary positions on the space coordinates (docs/design.md, section 4.4).
 
 Per head ``h`` the queries, keys and values are points of ``H^m_c`` (``m`` = head space dim). Scores are the
 negative squared Lorentzian distance, ``-|q_i - k_j|_L^2 / sqrt(m) = (2/c + 2 <q_i, k_j>_L) / sqrt(m)``; the

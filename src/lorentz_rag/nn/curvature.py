@@ -1,4 +1,4 @@
-"""The model's single curvature ``-c`` (DESIGN.md section 3), stored as ``log c``.
+"""The model's single curvature ``-c`` (docs/design.md, section 4.7 (Curvature)), stored as ``log c``.
 
 Learnt scalars (``log c`` here, the contrastive loss's log logit scale) are stored as 1-element tensors of
 shape ``[1]``, not 0-d: every backend handles them as they are (DeepSpeed's weight broadcast views each

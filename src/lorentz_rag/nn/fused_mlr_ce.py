@@ -1,4 +1,4 @@
-"""Lorentz MLR + cross-entropy without the ``[N, V]`` logits (issue 22, item 1).
+"""Lorentz MLR + cross-entropy without the ``[N, V]`` logits.
 
 The MLR head's logits (:mod:`lorentz_rag.nn.mlr`) are ``l[n, v] = k_v asinh(points_n . normals_v)`` with
 ``points = (x0, xs)`` ``[N, D]``, the per-class ``normals`` ``[V, D]`` and ``k = |z| / sqrt(c)`` ``[V]``. The

@@ -7,8 +7,9 @@ hyperplane through the origin with normal ``(0, z_k)``, moved by ``a_k`` along `
 
     logit = sign(alpha) * beta * |asinh(sqrt(c) alpha / beta)| / sqrt(c),
 
-i.e. ``|z|`` times the signed distance from ``x`` to the hyperplane. DESIGN.md writes ``alpha`` without the
-``|z|`` on the time term; that is only consistent with ``beta`` for ``|z| = 1`` (the paper's code has it).
+i.e. ``|z|`` times the signed distance from ``x`` to the hyperplane. The formula as usually quoted writes
+``alpha`` without the ``|z|`` on the time term; that is only consistent with ``beta`` for ``|z| = 1`` (the
+paper's code has it; docs/design.md, section 4.6 (The MLR head and its correction)).
 Since ``cosh^2 - sinh^2 = 1``, ``beta = |z|`` exactly; we use that (the difference form loses all digits for
 large ``|a|``) and the odd symmetry of ``asinh``: ``logit = |z| asinh(sqrt(c) alpha / |z|) / sqrt(c)``.
 """

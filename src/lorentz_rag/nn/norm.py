@@ -1,4 +1,4 @@
-"""Lorentz normalisation layers: ``lift(Norm(xs))`` (DESIGN.md section 3)."""
+"""Lorentz normalisation layers: ``lift(Norm(xs))`` (docs/design.md, section 4.2)."""
 
 from __future__ import annotations
 

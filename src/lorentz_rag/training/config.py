@@ -1,6 +1,6 @@
 """Typed training configuration: YAML file + dotted command-line overrides, validated before any work.
 
-A run is described by four sections (DESIGN.md section 7)::
+A run is described by four sections (docs/design.md, section 9 (Configuration))::
 
     train_args:  the optimisation, objective, precision, checkpointing and logging knobs (TrainArgs)
     model_args:  what to build (lorentz_rag.models.args.ModelArgs, owned by the models package)
@@ -185,7 +185,7 @@ class TrainArgs(_Section):
 
 
 class DataArgs(_Section):
-    """Where training rows come from (DESIGN.md section 8)."""
+    """Where training rows come from (docs/design.md, section 10 (Training data))."""
 
     section_name = "data_args"
 
@@ -205,7 +205,7 @@ class DataArgs(_Section):
 
 
 class MLMArgs(_Section):
-    """BERT masking (DESIGN.md section 6): rate, then 80% [MASK] / 10% random / 10% kept."""
+    """BERT masking (docs/design.md, section 8.1): rate, then 80% [MASK] / 10% random / 10% kept."""
 
     section_name = "mlm_args"
 

@@ -188,7 +188,7 @@ def gather_with_grad(t: Tensor) -> Tensor:
         padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))], dim=0)
     with warnings.catch_warnings():
         # torch 2.13 marks this function deprecated in favour of the private _functional_collectives; it is
-        # still the public autograd-aware gather (DESIGN.md section 6), so keep it and keep logs quiet.
+        # still the public autograd-aware gather (docs/design.md, section 8.2): keep it and keep logs quiet.
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
         parts = all_gather(padded.contiguous())
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)

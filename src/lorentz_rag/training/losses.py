@@ -1,4 +1,4 @@
-"""Training objectives (DESIGN.md section 6): masked-LM cross-entropy and contrastive InfoNCE.
+"""Training objectives (docs/design.md, section 8): masked-LM cross-entropy and contrastive InfoNCE.
 
 Everything here runs in float32 (float64 inputs stay float64) with autocast disabled: hyperbolic distances
 and softmax temperatures of 1/50 do not survive bf16. Similarities are "higher = closer":

@@ -211,7 +211,7 @@ def log_record(run: Run, window: Window, outcome: StepOutcome) -> dict[str, Any]
     trunk = getattr(run.model, "model", None)
     radius = getattr(trunk, "last_radius_stats", None)
     if radius:
-        # Per-layer radius drift of the HyTE-FH trunk (DESIGN.md section 3); x0_mean/x0_max stay the
+        # Per-layer radius drift of the HyTE-FH trunk (docs/design.md, section 4.3); x0_mean/x0_max stay the
         # pooled embeddings' where a contrastive step produced them, else the trunk's output tokens.
         metrics.update({f"radius/{name}": value for name, value in radius.items()})
         metrics.setdefault("x0_mean", radius.get("final_norm/x0_mean", float("nan")))
