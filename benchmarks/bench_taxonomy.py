@@ -19,7 +19,7 @@ faq-dev are the zero-shot numbers (plain similarity, unchanged by the graph); no
 Reported: mean +- sd over seeds and paired bootstrap 95% intervals (:mod:`lorentz_rag.eval.stats`, seeds and
 queries resampled) for HyTE-H - twin, each model - zero-shot, broader-by-relation - broader-by-similarity,
 and broader graph-kNN - zero-shot and each model (by similarity and by relation) - graph-kNN.
-Results: ``OUT/results.json`` and ``OUT/report.md``. The full campaign (5 seeds, both bundled taxonomies) is
+Results: ``OUT/results.json`` and ``OUT/report.md``. The full run (5 seeds, both bundled taxonomies) is
 long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benchmarks/test_bench_taxonomy.py):
 
     .venv/bin/python benchmarks/bench_taxonomy.py --taxonomies wordnet icd10cm --seeds 5 --out runs/bench_taxonomy
@@ -236,7 +236,7 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _timed(fn: Any, what: str, *args: Any) -> Any:
-    """``fn(*args)``, with its wall time printed (a campaign runs for hours: progress on stderr)."""
+    """``fn(*args)``, with its wall time printed (a full run takes hours: progress on stderr)."""
     start = time.perf_counter()
     result = fn(*args)
     print(f"[bench_taxonomy] {what}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

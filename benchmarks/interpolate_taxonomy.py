@@ -15,7 +15,7 @@ Per alpha it writes what ``bench_taxonomy.py`` writes (means, paired intervals) 
 Choose alpha on ``--part tune``, report on ``--part report``:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interpolate_taxonomy.py --taxonomies wordnet icd10cm \\
-        --runs runs/campaign2/wordnet runs/campaign2/icd10cm --part tune --seeds 1 --alphas 0.25 0.5 0.75 1 \\
+        --runs runs/bench_taxonomy/wordnet runs/bench_taxonomy/icd10cm --part tune --seeds 1 --alphas 0.25 0.5 0.75 1 \\
         --out runs/interpolate-tune
 """
 
