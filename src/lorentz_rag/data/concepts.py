@@ -9,12 +9,13 @@ Standard library only.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lorentz_rag.data.jsonl import DataFormatError
 
-__all__ = ["Concept", "Taxonomy", "TaxonomyError"]
+__all__ = ["Concept", "Taxonomy", "TaxonomyError", "hop_distances"]
 
 
 class TaxonomyError(DataFormatError):
@@ -130,13 +131,13 @@ class Taxonomy:
         """Every ancestor of ``concept_id`` -> the fewest is-a hops to it (1 = parent); itself excluded."""
         self[concept_id]
         if concept_id not in self._ancestors:
-            self._ancestors[concept_id] = _bfs(concept_id, lambda i: self.concepts[i].parents)
+            self._ancestors[concept_id] = hop_distances(concept_id, lambda i: self.concepts[i].parents)
         return dict(self._ancestors[concept_id])
 
     def descendants(self, concept_id: str) -> dict[str, int]:
         """Every descendant of ``concept_id`` -> the fewest hops to it (1 = child); itself excluded."""
         self[concept_id]
-        return _bfs(concept_id, self._children.__getitem__)
+        return hop_distances(concept_id, self._children.__getitem__)
 
     def depth(self, concept_id: str) -> int:
         """The fewest hops from ``concept_id`` up to a root (0 for a root)."""
@@ -237,16 +238,17 @@ class Taxonomy:
         return depth
 
 
-def _bfs(start: str, step: object) -> dict[str, int]:
-    """``{node: fewest hops}`` reachable from ``start`` through ``step(node) -> neighbours``, start excluded."""
-    hops: dict[str, int] = {}
-    queue = deque((n, 1) for n in step(start))  # type: ignore[operator]
+def hop_distances(start: Hashable, step: Callable[[Any], Iterable[Any]], max_hops: int | None = None) -> dict:
+    """``{node: fewest hops}`` reachable from ``start`` through ``step(node) -> neighbours`` within ``max_hops``
+    (default: any number), ``start`` excluded. Breadth first, so each node gets its fewest hops."""
+    hops: dict = {}
+    queue = deque((n, 1) for n in step(start))
     while queue:
         node, h = queue.popleft()
-        if node in hops:
+        if node in hops or node == start or (max_hops is not None and h > max_hops):
             continue
         hops[node] = h
-        queue.extend((n, h + 1) for n in step(node) if n not in hops)  # type: ignore[operator]
+        queue.extend((n, h + 1) for n in step(node) if n not in hops)
     return hops
 
 

@@ -50,7 +50,7 @@ from safetensors.torch import load_file, save_file
 from scipy import sparse
 from torch import Tensor
 
-from lorentz_rag.data.concepts import Taxonomy
+from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
@@ -287,22 +287,7 @@ class ConceptGraph:
         _check_relation(relation)
         step = self.parents if relation == "broader" else self._children()
         limit = self.settings.max_hops if max_hops is None else max_hops
-        table = []
-        for start in range(len(self)):
-            hops = {start: 0}
-            frontier = [start]
-            for h in range(1, limit + 1):
-                nxt = []
-                for node in frontier:
-                    for other in step[node]:
-                        if other not in hops:
-                            hops[other] = h
-                            nxt.append(other)
-                if not nxt:
-                    break
-                frontier = nxt
-            table.append(hops)
-        return table
+        return [{start: 0, **hop_distances(start, step.__getitem__, limit)} for start in range(len(self))]
 
     def _children(self) -> list[list[int]]:
         children: list[list[int]] = [[] for _ in range(len(self))]
