@@ -20,13 +20,8 @@ from lorentz_rag.eval import index as index_module
 from lorentz_rag.eval import retrieval as retrieval_module
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.eval.retrieval import evaluate_beir
-from lorentz_rag.eval.taxonomy_search import (
-    ConceptGraph,
-    GraphKnnSettings,
-    TaxonomyAttachmentError,
-    attach_taxonomy,
-    graph_knn_search,
-)
+from lorentz_rag.eval.taxonomy_attachment import TaxonomyAttachmentError, attach_taxonomy
+from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, graph_knn_search
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as sf
 from lorentz_rag.models.base import EmbeddingModel

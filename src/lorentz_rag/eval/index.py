@@ -58,14 +58,14 @@ from lorentz_rag.eval.encode import (
     work_dir_for,
 )
 from lorentz_rag.eval.relation_search import relation_search
-from lorentz_rag.eval.taxonomy_search import (
+from lorentz_rag.eval.taxonomy_attachment import (
     AttachedTaxonomy,
     attach_taxonomy,
     index_graph_search,
     read_attached_taxonomy,
     read_taxonomy_request,
-    refuse_radius_weight,
 )
+from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns

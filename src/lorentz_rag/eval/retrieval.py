@@ -34,12 +34,8 @@ from lorentz_rag.data.beir import document_text, load_beir
 from lorentz_rag.errors import names_path
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
-from lorentz_rag.eval.taxonomy_search import (
-    ConceptGraph,
-    GraphKnnSettings,
-    graph_knn_search,
-    read_taxonomy_request,
-)
+from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
+from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, graph_knn_search
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model

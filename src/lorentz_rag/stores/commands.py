@@ -15,7 +15,8 @@ import torch
 from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import IndexNotEmptyError
-from lorentz_rag.eval.taxonomy_search import read_taxonomy_request, refuse_radius_weight
+from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
+from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings

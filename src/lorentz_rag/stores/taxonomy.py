@@ -2,7 +2,7 @@
 
 The attachment lives beside the store, in ``PATH/<collection>.taxonomy/`` (``lancedb:PATH`` or
 ``qdrant:PATH``): the same ``taxonomy.json`` + ``taxonomy.safetensors`` as a FAISS index folder
-(:meth:`lorentz_rag.eval.taxonomy_search.AttachedTaxonomy.write`) and ``documents.json``, the document ids
+(:meth:`lorentz_rag.eval.taxonomy_attachment.AttachedTaxonomy.write`) and ``documents.json``, the document ids
 its links' positions refer to. It is written into a fresh folder and renamed into place, so a reader sees
 the old attachment or the new one, never a mix. A store on a Qdrant server has no folder to hold one.
 
@@ -11,7 +11,7 @@ links the added documents and ``index delete`` drops the deleted ones' links; th
 to the store's order by id and refuses a store holding a document the attachment does not link.
 
 The search (:func:`store_graph_search`) is :func:`lorentz_rag.eval.taxonomy_search.graph_knn_search` over
-every stored vector in insertion order (float64), as :func:`~lorentz_rag.eval.taxonomy_search.index_graph_search`
+every stored vector in insertion order (float64), as :func:`~lorentz_rag.eval.taxonomy_attachment.index_graph_search`
 runs it over a FAISS folder: the same corpus, model and taxonomy rank the same way.
 """
 
@@ -29,13 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lorentz_rag.eval.taxonomy_search import (
-    AttachedTaxonomy,
-    ConceptGraph,
-    DocumentLinks,
-    TaxonomyAttachmentError,
-    graph_knn_search,
-)
+from lorentz_rag.eval.taxonomy_attachment import AttachedTaxonomy, TaxonomyAttachmentError
+from lorentz_rag.eval.taxonomy_search import ConceptGraph, DocumentLinks, graph_knn_search
 from lorentz_rag.stores import parse_store_spec
 from lorentz_rag.stores.base import DEFAULT_COLLECTION, StoreHit, VectorStore, _metadata
 
