@@ -39,6 +39,7 @@ from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, gra
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
+from lorentz_rag.models.hierarchy_channel import two_channel_search
 from lorentz_rag.training.distributed import command_process_group
 
 __all__ = [
@@ -237,7 +238,9 @@ def evaluate_beir(
     ``relation="broader"`` / ``"narrower"`` ranks by graph-kNN when a ``taxonomy`` is given (a
     :class:`lorentz_rag.data.concepts.Taxonomy`, a taxonomy file, or a
     :class:`lorentz_rag.eval.taxonomy_search.ConceptGraph`; ``graph_settings``, default the tuned defaults;
-    exact over every document), else by the geometric relation score with ``radius_weight`` (models with a
+    exact over every document), else by the two channels when the model has a hierarchy channel
+    (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`, exact over every document whatever
+    ``search`` says), else by the geometric relation score with ``radius_weight`` (models with a
     radius; the flat index's exact relation search, approximate for ``search="hnsw"``).
 
     Documents are embedded as :func:`document_text` with the document prefix, queries with the query prefix
@@ -253,6 +256,14 @@ def evaluate_beir(
     if search not in SEARCH_METHODS:
         raise ValueError(f"search must be one of {list(SEARCH_METHODS)}, got {search!r}")
     _check_relation_options(relation, taxonomy, radius_weight)
+    channel = (
+        getattr(model, "hierarchy_channel", None) if relation != "similar" and taxonomy is None else None
+    )
+    if channel is not None and radius_weight is not None:
+        raise ValueError(
+            "--radius-weight weighs the single-channel relation score, but this model ranks --relation by its "
+            "hierarchy channel, whose radius weight was saved with it: drop --radius-weight"
+        )
     data = load_beir(folder, split)
     query_ids = [qid for qid in data.queries if data.qrels.get(qid)]
     if not query_ids:
@@ -279,6 +290,8 @@ def evaluate_beir(
         _, positions = graph_knn_search(
             graph, links, query_emb, lambda a, b: d64[a:b], len(doc_ids), top_k, relation, graph_settings
         )
+    elif channel is not None:
+        _, positions = two_channel_search(channel, query_emb, doc_emb, top_k, relation, similarity, c)
     elif relation != "similar":
         kind = "hnsw" if search == "hnsw" else "flat"
         index = VectorIndex.from_embeddings(doc_ids, doc_emb, similarity=similarity, curvature=c, kind=kind)
@@ -320,6 +333,9 @@ def evaluate_beir(
         "search": search,
         "relation": relation,
         "taxonomy": None if taxonomy is None else _taxonomy_meta(taxonomy, graph_settings),
+        "hierarchy_channel": None
+        if channel is None
+        else {**channel.config.to_dict(), "fingerprint": channel.fingerprint(), "search": "exact"},
         "timings_s": {
             "encode_corpus": t1 - t0,
             "encode_queries": t2 - t1,

@@ -50,6 +50,7 @@ from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
+from lorentz_rag.geometry.relation import mix_scores
 
 __all__ = [
     "GRAPH_RELATIONS",
@@ -226,9 +227,11 @@ class ConceptGraph:
         *,
         batch_size: int = 64,
         source: str | None = None,
+        show_progress_bar: bool = False,
     ) -> ConceptGraph:
         """Embed the texts of ``taxonomy`` (a :class:`Taxonomy` or a file :func:`read_taxonomy` reads: JSONL,
-        OBO, SKOS) with ``model`` (as documents, each distinct text once)."""
+        OBO, SKOS) with ``model`` (as documents, each distinct text once; ``show_progress_bar`` is passed to
+        ``model.encode``)."""
         if not isinstance(taxonomy, Taxonomy):
             source = source or str(taxonomy)
             taxonomy = read_taxonomy(taxonomy)
@@ -241,7 +244,8 @@ class ConceptGraph:
                 owner.append(i)
         distinct = list(dict.fromkeys(texts))
         if distinct:
-            emb = model.encode(distinct, "document", batch_size=batch_size).to(torch.float32)
+            extra = {"show_progress_bar": True} if show_progress_bar else {}
+            emb = model.encode(distinct, "document", batch_size=batch_size, **extra).to(torch.float32)
         else:
             emb = torch.empty(0, model.embedding_dim)
         row = {t: i for i, t in enumerate(distinct)}
@@ -476,21 +480,6 @@ def check_graph_model(graph: ConceptGraph, model: Any) -> None:
             f"the taxonomy's embeddings have {graph.text_embeddings.shape[1]} dimensions, the model "
             f"{model.embedding_dim}: attach the taxonomy again with this model"
         )
-
-
-def _standardise(x: Tensor) -> Tensor:
-    """Per row: ``(x - mean) / std`` over the row (population std); a constant row gives zeros."""
-    mean = x.mean(dim=1, keepdim=True)
-    centred = x - mean
-    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
-    return torch.where(
-        std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(x)
-    )
-
-
-def mix_scores(similarities: Tensor, graph_scores: Tensor, graph_weight: float) -> Tensor:
-    """``(1 - w) z(similarities) + w z(graph_scores)``, each standardised per row (:func:`_standardise`)."""
-    return (1.0 - graph_weight) * _standardise(similarities) + graph_weight * _standardise(graph_scores)
 
 
 def graph_knn_search(

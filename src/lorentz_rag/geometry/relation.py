@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_RADIUS_WEIGHT",
     "RELATIONS",
     "check_relation",
+    "mix_scores",
     "radius",
     "relation_pairwise",
     "relation_score",
@@ -165,3 +166,19 @@ def relation_upper_bound(
     else:
         raise ValueError(f"relation_upper_bound is for 'broader' and 'narrower', got {relation!r}")
     return torch.minimum(triangle, radial)
+
+
+def _standardise(x: Tensor) -> Tensor:
+    """Per row: ``(x - mean) / std`` over the row (population std); a constant row gives zeros."""
+    mean = x.mean(dim=1, keepdim=True)
+    centred = x - mean
+    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return torch.where(
+        std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(x)
+    )
+
+
+def mix_scores(similarities: Tensor, graph_scores: Tensor, graph_weight: float) -> Tensor:
+    """``(1 - w) z(similarities) + w z(graph_scores)``, each standardised per row (:func:`_standardise`): how
+    graph-kNN's votes, or a hierarchy channel's relation scores, are mixed with plain similarity."""
+    return (1.0 - graph_weight) * _standardise(similarities) + graph_weight * _standardise(graph_scores)

@@ -43,6 +43,7 @@ from lorentz_rag.models.hf_base import (
     resolve_model_name,
     strip_hf_meta,
 )
+from lorentz_rag.models.hierarchy_channel import CHANNEL_FOLDER, load_hierarchy_channel
 from lorentz_rag.models.hub import resolve_model_folder
 from lorentz_rag.models.hyte_fh import HyteFHConfig, HyteFHForMaskedLM
 from lorentz_rag.models.hyte_fh_encoder import HyteFH
@@ -455,7 +456,8 @@ def load_model(
     token: str | bool | None = None,
 ) -> EmbeddingModel:
     """Load a folder saved by ``EmbeddingModel.save_pretrained`` (strictly: every weight, no extras), or a
-    sentence-transformers folder (``modules.json``) as a cosine baseline. Names such as ``all-MiniLM-L6-v2``
+    sentence-transformers folder (``modules.json``) as a cosine baseline; a ``hierarchy_channel/`` subfolder
+    is attached as the model's hierarchy channel (:mod:`lorentz_rag.models.hierarchy_channel`). Names such as ``all-MiniLM-L6-v2``
     are resolved like ``model_args.model_name``; an ``org/name`` that is not a folder is a Hugging Face Hub
     repo (``revision``, ``cache_dir``, ``token``; ``HF_HUB_OFFLINE=1`` reads only the cache, see
     :mod:`lorentz_rag.models.hub`)."""
@@ -464,6 +466,18 @@ def load_model(
     )
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
+    model = _load_similarity_model(path, device)
+    channel = load_hierarchy_channel(path)
+    if channel is not None:
+        try:
+            model.attach_hierarchy_channel(channel)
+        except ValueError as exc:
+            raise ValueError(f"{path / CHANNEL_FOLDER}: {exc}") from None
+    return model
+
+
+def _load_similarity_model(path: Path, device: str | torch.device) -> EmbeddingModel:
+    """The model of folder ``path`` without its hierarchy channel (:func:`load_model`)."""
     config = read_config(path) if (path / "config.json").is_file() else {}
     section = config_section(config)
     kind = section.get("model_type") if section else None

@@ -86,7 +86,8 @@ class TrainArgs(_Section):
 
     section_name = "train_args"
 
-    task: Literal["mlm", "contrastive"] = "contrastive"
+    # hierarchy_channel: train only a hierarchy channel over the frozen model (channel_args, taxonomy_args).
+    task: Literal["mlm", "contrastive", "hierarchy_channel"] = "contrastive"
     dtype: Literal["bf16", "fp16", "fp32"] = "fp32"
     # Similarity inside the contrastive loss: -geodesic distance or <q,x>_L + 1/c (hyperbolic models),
     # cosine or euclidean (-|q - x|; Euclidean twins only); None: geodesic for hyperbolic models, cosine for
@@ -172,7 +173,13 @@ class TrainArgs(_Section):
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainArgs:
-        if self.num_epochs is None and self.max_steps is None:
+        if self.task == "hierarchy_channel":
+            if self.num_epochs is not None or self.max_steps is not None:
+                raise ValueError(
+                    "train_args.task=hierarchy_channel counts its steps in channel_args.steps: drop "
+                    "train_args.max_steps / num_epochs"
+                )
+        elif self.num_epochs is None and self.max_steps is None:
             raise ValueError("set train_args.num_epochs or train_args.max_steps")
         return self
 
@@ -316,6 +323,35 @@ class TaxonomyArgs(_Section):
     )
 
 
+class ChannelArgs(_Section):
+    """The hierarchy channel recipe (``train_args.task=hierarchy_channel``,
+    :mod:`lorentz_rag.training.channel_recipe`): a small network H over the frozen model's embeddings, trained
+    on the taxonomy's train split (``taxonomy_args``) to make ``broader`` / ``narrower`` one vector search."""
+
+    section_name = "channel_args"
+
+    geometry: Literal["lorentz", "euclidean"] = Field(
+        "lorentz", description="H's space: the hyperboloid H^dim, or R^dim (the Euclidean twin)."
+    )
+    dim: int = Field(32, ge=1, description="H's dimension (16, 32, 64, ...).")
+    hidden_dim: int = Field(512, ge=1, description="Width of H's hidden layer.")
+    curvature: float = Field(1.0, gt=0, description="H's curvature c (lorentz).")
+    max_radius: float = Field(8.0, gt=0, description="H's radii lie in (0, max_radius).")
+    radius_weight: float = Field(0.5, ge=0, le=1, description="lam in H's broader / narrower scores.")
+    steps: int = Field(600, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(256, ge=1, description="Children per step.")
+    learning_rate: float = Field(2e-3, gt=0)
+    teacher_weight: float = Field(
+        0.5, ge=0, le=1, description="Share of graph-kNN's votes (the rest: the edges) in each target."
+    )
+    max_children: int = Field(
+        60000, ge=1, description="At most this many train-concept texts (names, definitions) as children."
+    )
+    validation_queries: int = Field(
+        1000, ge=1, description="At most this many validation queries choose the mixing weights."
+    )
+
+
 class TrainConfig(_Section):
     """The whole run; also what is written as ``config.yaml`` into the output folder and every checkpoint."""
 
@@ -327,6 +363,7 @@ class TrainConfig(_Section):
     mlm_args: MLMArgs = Field(default_factory=MLMArgs)
     hierarchy_args: HierarchyArgs = Field(default_factory=HierarchyArgs)
     taxonomy_args: TaxonomyArgs = Field(default_factory=TaxonomyArgs)
+    channel_args: ChannelArgs = Field(default_factory=ChannelArgs)
 
     @model_validator(mode="before")
     @classmethod
@@ -353,6 +390,12 @@ class TrainConfig(_Section):
     def _check_taxonomy_args(self) -> None:
         """taxonomy_args.path feeds the hierarchy objective itself (the train split it writes, which a saved
         config.yaml then names)."""
+        if self.train_args.task == "hierarchy_channel":
+            if self.taxonomy_args.path is None:
+                raise ValueError(
+                    "train_args.task=hierarchy_channel learns a taxonomy: give --taxonomy_args.path=T"
+                )
+            return
         if self.taxonomy_args.path is None:
             return
         if self.train_args.task != "contrastive":
@@ -369,6 +412,10 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.train_args.task == "hierarchy_channel":
+            # The frozen model is loaded as saved (model_args.model_name); its similarity is its own.
+            self._check_taxonomy_args()
+            return self
         model_type = self.model_args.model_type
         hyperbolic = model_type != "euclidean"
         if self.train_args.distance is None:

@@ -31,12 +31,19 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lorentz_rag.data.concepts import Taxonomy
 from lorentz_rag.data.jsonl import read_jsonl
-from lorentz_rag.data.taxonomy import read_taxonomy, split_taxonomy, wordnet_held_out_ids, write_taxonomy
+from lorentz_rag.data.taxonomy import (
+    TaxonomySplit,
+    read_taxonomy,
+    split_taxonomy,
+    wordnet_held_out_ids,
+    write_taxonomy,
+)
 from lorentz_rag.data.taxonomy_sets import broader_pairs, contrastive_pairs, resolve_taxonomy
-from lorentz_rag.training.config import TrainConfig
+from lorentz_rag.training.config import TaxonomyArgs, TrainConfig
 
-__all__ = ["TAXONOMY_FOLDER", "prepare_taxonomy_run"]
+__all__ = ["TAXONOMY_FOLDER", "prepare_taxonomy_run", "split_for_run"]
 
 #: The folder under ``output_dir`` where the recipe's derived files are written.
 TAXONOMY_FOLDER = "taxonomy"
@@ -63,13 +70,9 @@ def _replay_rows(paths: str | list[str] | None, banned: set[str]) -> tuple[list[
     return rows, dropped
 
 
-def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
-    """``config`` unchanged without ``taxonomy_args.path``; otherwise a copy whose ``data_args.data_path`` and
-    ``hierarchy_args.taxonomy_path`` point at the files written under ``output_dir/taxonomy`` (module
-    docstring)."""
-    args = config.taxonomy_args
-    if args.path is None:
-        return config
+def split_for_run(args: TaxonomyArgs) -> tuple[Path, Taxonomy, TaxonomySplit]:
+    """``(file, taxonomy, split)`` of ``taxonomy_args``: the taxonomy read from ``path`` (a file or bundled
+    name) and split as ``lorentz-rag taxonomy build`` splits it with the same fractions and seed."""
     source = resolve_taxonomy(args.path)
     taxonomy = read_taxonomy(source)
     split = split_taxonomy(
@@ -80,6 +83,17 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
         candidates=wordnet_held_out_ids(source),
         name=f"taxonomy_args.path={args.path}",
     )
+    return Path(source), taxonomy, split
+
+
+def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
+    """``config`` unchanged without ``taxonomy_args.path``; otherwise a copy whose ``data_args.data_path`` and
+    ``hierarchy_args.taxonomy_path`` point at the files written under ``output_dir/taxonomy`` (module
+    docstring)."""
+    args = config.taxonomy_args
+    if args.path is None:
+        return config
+    source, taxonomy, split = split_for_run(args)
     held = [taxonomy[i] for i in split.held_out]
     banned_texts = {t for c in held for t in (c.name, *c.synonyms, c.definition) if t}
     banned = {t.casefold() for t in banned_texts}

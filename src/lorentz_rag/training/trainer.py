@@ -50,6 +50,7 @@ from lorentz_rag.folder_lock import RUN_LOCK_NAME, exclusive_lock
 from lorentz_rag.models.factory import build_mlm_model, build_model, check_position_limit
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.training.backends import ddp_wrapper, deepspeed_engine, fill_deepspeed_config, pick_device
+from lorentz_rag.training.channel_recipe import run_channel_recipe
 from lorentz_rag.training.compile_policy import AutoCompile
 from lorentz_rag.training.config import (
     ConfigError,
@@ -171,6 +172,9 @@ def train(
         if int(os.environ.get("RANK", "0")) == 0:
             stack.enter_context(exclusive_lock(output_dir / RUN_LOCK_NAME, f"output folder {output_dir}"))
             claim_output_folder(output_dir, config.train_args)
+        if config.train_args.task == "hierarchy_channel":
+            # Only a channel over the frozen model trains: no trainer loop, checkpoints or data files.
+            return run_channel_recipe(config)
         if config.train_args.cache_base_states:
             # Frozen base states per text for the whole run: the same numbers, fewer forwards (hf_base.py).
             stack.enter_context(cached_base_states())

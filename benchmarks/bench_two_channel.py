@@ -1,0 +1,381 @@
+"""The two-channel model on WordNet and ICD-10-CM: a frozen similarity channel S (zero-shot all-MiniLM-L6-v2)
+and a hierarchy channel H distilled from graph-kNN (:mod:`lorentz_rag.training.hierarchy_channel`), Lorentz
+``H^d`` against its Euclidean twin ``R^d``, over seeds.
+
+Per taxonomy (the ``lorentz-rag taxonomy build`` sets and embedding cache of ``benchmarks/tune_graph_knn.py``,
+so run that first; every distinct text is embedded once and shared by every seed, row and geometry):
+
+1. H's training targets from the train split (graph-kNN teacher with the child's own concept left out, edges
+   within 3 hops, mined negatives), built once;
+2. per geometry x dimension x seed: train H, then score the tune and report halves of ``eval/broader`` and
+   ``eval/narrower``:
+   - **H alone** (one vector search in H's space, no graph);
+   - **S + H**: ``(1 - w) z(S) + w z(H)`` per query;
+   - **graph-kNN + H**: ``(1 - w) z(graph-kNN's mixed score) + w z(H)``;
+   with each ``w`` chosen on the tune half (grid 0, 0.1, ..., 1; ties: the smaller) per relation and seed;
+3. beside them, the deterministic rows: zero-shot S and graph-kNN with its shipped settings.
+
+Reported on the report halves: nDCG@10 x 100, mean +- sd over seeds, split by name and definition queries;
+paired bootstrap intervals (queries resampled, seeds paired) of H^d - R^d, of each row against graph-kNN and
+against zero-shot; H alone's share of graph-kNN's gain over zero-shot; depth Spearman of H's radius on the
+level probe; wall-clock seconds per row. Writes ``RESULTS/two_channel.{json,md}``.
+
+    .venv/bin/python benchmarks/bench_two_channel.py --taxonomies wordnet icd10cm --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from scipy import stats as scipy_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tune_graph_knn import DiskMemoEncoder, Setup, _machine
+
+import lorentz_rag
+from lorentz_rag.data.taxonomy import read_taxonomy
+from lorentz_rag.eval.retrieval import compute_metrics
+from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
+from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
+from lorentz_rag.models.hierarchy_channel import HierarchyChannel, HierarchyChannelConfig
+from lorentz_rag.training.hierarchy_channel import (
+    ChannelTargets,
+    ChannelTrainingSettings,
+    build_channel_targets,
+    concept_features,
+    train_hierarchy_channel,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+RELATIONS = ("broader", "narrower")
+
+
+def _per_query(
+    qrels: dict[str, dict[str, int]], query_ids: list[str], doc_ids: list[str], scores: torch.Tensor
+) -> np.ndarray:
+    """nDCG@10 x 100 per query (pytrec_eval) of a score matrix ``[n, m]`` (stable ties: the earlier document)."""
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :10]
+    ranked = {q: [doc_ids[p] for p in row] for q, row in zip(query_ids, top.tolist())}
+    res = compute_metrics({q: qrels[q] for q in query_ids}, ranked, per_query=True)
+    return np.array([100.0 * res["per_query"][q]["ndcg@10"] for q in query_ids])
+
+
+class Half:
+    """One half (tune or report) of one relation: S's and graph-kNN's score matrices and the qrels."""
+
+    def __init__(self, setup: Setup, graph_settings: GraphKnnSettings) -> None:
+        self.query_ids, self.doc_ids, self.qrels = setup.query_ids, setup.doc_ids, setup.qrels
+        self.q, self.docs = setup.q, setup.docs
+        self.s = setup.sims
+        votes = setup.graph.votes(setup.q, setup.relation, graph_settings)
+        link = setup.links.matrix(len(setup.graph), graph_settings.temperature)
+        graph = torch.from_numpy(np.asarray((votes @ link).todense(), dtype=np.float64))
+        self.g = mix_scores(self.s, graph, graph_settings.graph_weight)
+        self.kind = np.array(["name" if q.endswith("#name") else "definition" for q in self.query_ids])
+
+    def ndcg(self, scores: torch.Tensor) -> np.ndarray:
+        return _per_query(self.qrels, self.query_ids, self.doc_ids, scores)
+
+
+def _choose(tune: Half, h_tune: torch.Tensor, base: torch.Tensor) -> tuple[float, list[float]]:
+    means = [float(tune.ndcg(mix_scores(base, h_tune, w)).mean()) for w in WEIGHTS]
+    best = int(np.argmax(means))  # the first (smallest weight) of equal means
+    return WEIGHTS[best], means
+
+
+def _h_scores(channel: HierarchyChannel, half: Half, relation: str) -> torch.Tensor:
+    with torch.no_grad():
+        return channel.relation_scores(channel(half.q).double(), channel(half.docs).double(), relation)
+
+
+def _spearman_depth(channel: HierarchyChannel, encoder: Any, levels: list[dict[str, Any]]) -> float:
+    emb = encoder.encode([r["text"] for r in levels], "document")
+    with torch.no_grad():
+        radii = channel.radius(channel(emb)).numpy()
+    return float(scipy_stats.spearmanr(radii, [r["depth"] for r in levels]).statistic)
+
+
+def run_taxonomy(taxonomy: str, out: Path, model: Any, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    tag = Path(taxonomy).stem.split(".")[0]
+    folder = out / tag
+    halves: dict[str, dict[str, Half]] = {}
+    gsettings = GraphKnnSettings()
+    t0 = time.perf_counter()
+    for relation in RELATIONS:
+        halves[relation] = {}
+        for part in ("tune", "report"):
+            halves[relation][part] = Half(Setup(taxonomy, out, model, part, relation), gsettings)
+    graph_seconds = time.perf_counter() - t0
+    encoder = DiskMemoEncoder(model, folder / "emb")
+    graph = ConceptGraph.from_taxonomy(encoder, read_taxonomy(folder / "sets" / "train.jsonl.gz"))
+    levels = [
+        json.loads(line) for line in (folder / "sets" / "eval" / "levels.jsonl").read_text().splitlines()
+    ]
+    levels = [r for r in levels if r.get("part") == "report"] or levels
+    child_features, _, candidate_features = concept_features(graph)
+    tsettings = ChannelTrainingSettings(steps=args.steps, batch_size=args.batch_size)
+    cache = folder / f"channel_targets-{args.max_children}-tw{args.teacher_weight}.pt"
+    t0 = time.perf_counter()
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=False)
+        targets, rows = ChannelTargets(**saved["targets"]), saved["rows"]
+    else:
+        names = np.flatnonzero(
+            [
+                t == (graph.definitions[c] or graph.names[c]) or t == graph.names[c]
+                for t, c in zip(graph.texts, graph.text_concept.tolist())
+            ]
+        )
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(names, size=min(args.max_children, len(names)), replace=False))
+        targets = build_channel_targets(
+            graph,
+            tsettings,
+            children=torch.from_numpy(rows),
+            progress=lambda done, total: (
+                log(f"  {tag}: targets {done}/{total}") if done % 20000 < 160 else None
+            ),
+        )
+        torch.save({"targets": targets.__dict__, "rows": rows}, cache)
+    target_seconds = time.perf_counter() - t0
+    log(f"{tag}: {len(targets)} children, targets in {target_seconds:.0f} s")
+
+    deterministic = {}
+    for relation in RELATIONS:
+        rep = halves[relation]["report"]
+        deterministic[relation] = {"zero_shot": rep.ndcg(rep.s), "graph_knn": rep.ndcg(rep.g)}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for geometry in args.geometries:
+        for dim in args.dims:
+            name = f"{'H' if geometry == 'lorentz' else 'R'}^{dim}"
+            runs[name] = []
+            for seed in args.seeds:
+                channel = HierarchyChannel(
+                    HierarchyChannelConfig(
+                        input_dim=child_features.shape[1],
+                        dim=dim,
+                        geometry=geometry,
+                        hidden_dim=args.hidden_dim,
+                    )
+                )
+                summary = train_hierarchy_channel(
+                    channel,
+                    child_features,
+                    candidate_features,
+                    targets,
+                    ChannelTrainingSettings(
+                        steps=args.steps,
+                        batch_size=args.batch_size,
+                        seed=seed,
+                        teacher_weight=args.teacher_weight,
+                    ),
+                    child_rows=rows,
+                )
+                record: dict[str, Any] = {
+                    "seed": seed,
+                    "train_seconds": summary["seconds"],
+                    "summary": summary,
+                }
+                for relation in RELATIONS:
+                    tune, rep = halves[relation]["tune"], halves[relation]["report"]
+                    h_tune, h_rep = _h_scores(channel, tune, relation), _h_scores(channel, rep, relation)
+                    w_s, means_s = _choose(tune, h_tune, tune.s)
+                    w_g, means_g = _choose(tune, h_tune, tune.g)
+                    record[relation] = {
+                        "w_s": w_s,
+                        "w_g": w_g,
+                        "tune_means_s": means_s,
+                        "tune_means_g": means_g,
+                        "h": rep.ndcg(h_rep),
+                        "s_h": rep.ndcg(mix_scores(rep.s, h_rep, w_s)),
+                        "g_h": rep.ndcg(mix_scores(rep.g, h_rep, w_g)),
+                    }
+                record["depth_spearman"] = _spearman_depth(channel, encoder, levels)
+                runs[name].append(record)
+                b = record["broader"]
+                log(
+                    f"{tag} {name} seed {seed}: {summary['seconds']:.0f} s, tune broader H {b['tune_means_s'][-1]:.2f}; "
+                    f"report broader H {b['h'].mean():.2f} "
+                    f"S+H {b['s_h'].mean():.2f} (w {b['w_s']}) gkNN+H {b['g_h'].mean():.2f} (w {b['w_g']}); "
+                    f"zero-shot {deterministic['broader']['zero_shot'].mean():.2f} "
+                    f"gkNN {deterministic['broader']['graph_knn'].mean():.2f}"
+                )
+    return {
+        "tag": tag,
+        "children": len(targets),
+        "target_seconds": target_seconds,
+        "graph_seconds": graph_seconds,
+        "kinds": {r: halves[r]["report"].kind for r in RELATIONS},
+        "deterministic": deterministic,
+        "runs": runs,
+    }
+
+
+def _summarise(res: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"tag": res["tag"], "children": res["children"], "rows": {}, "comparisons": {}}
+    for relation in RELATIONS:
+        det = res["deterministic"][relation]
+        kinds = res["kinds"][relation]
+        rows: dict[str, Any] = {}
+
+        def row(values: np.ndarray, kinds: np.ndarray = kinds) -> dict[str, Any]:  # values [S, Q] or [Q]
+            v = np.atleast_2d(values)
+            entry = {"all": mean_sd(v.mean(axis=1))}
+            for k in ("name", "definition"):
+                if (kinds == k).any():
+                    entry[k] = mean_sd(v[:, kinds == k].mean(axis=1))
+            return entry
+
+        rows["zero-shot S"] = row(det["zero_shot"])
+        rows["graph-kNN"] = row(det["graph_knn"])
+        comps: dict[str, Any] = {}
+        gain = det["graph_knn"].mean() - det["zero_shot"].mean()
+        for name, records in res["runs"].items():
+            for key, label in (
+                ("h", f"{name} alone"),
+                ("s_h", f"S + {name}"),
+                ("g_h", f"graph-kNN + {name}"),
+            ):
+                a = np.stack([r[relation][key] for r in records])
+                rows[label] = row(a)
+                rows[label]["weights"] = (
+                    [r[relation]["w_s" if key == "s_h" else "w_g"] for r in records] if key != "h" else None
+                )
+                comps[f"{label} - graph-kNN"] = paired_bootstrap(a, det["graph_knn"])
+                comps[f"{label} - zero-shot"] = paired_bootstrap(a, det["zero_shot"])
+            a = np.stack([r[relation]["h"] for r in records])
+            comps[f"{name} alone: share of graph-kNN's gain"] = {
+                "mean": float((a.mean() - det["zero_shot"].mean()) / gain) if gain else float("nan")
+            }
+        names = list(res["runs"])
+        for hn in [n for n in names if n.startswith("H^")]:
+            rn = "R^" + hn[2:]
+            if rn in res["runs"]:
+                for key, label in (("h", "alone"), ("s_h", "S +"), ("g_h", "graph-kNN +")):
+                    a = np.stack([r[relation][key] for r in res["runs"][hn]])
+                    b = np.stack([r[relation][key] for r in res["runs"][rn]])
+                    comps[f"{hn} - {rn} ({label})"] = paired_bootstrap(a, b)
+        out["rows"][relation] = rows
+        out["comparisons"][relation] = comps
+    out["train_seconds"] = {n: mean_sd([r["train_seconds"] for r in recs]) for n, recs in res["runs"].items()}
+    out["depth_spearman"] = {
+        n: mean_sd([r["depth_spearman"] for r in recs]) for n, recs in res["runs"].items()
+    }
+    return out
+
+
+def _fmt(ms: tuple[float, float]) -> str:
+    return f"{ms[0]:.2f} +- {ms[1]:.2f}"
+
+
+def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    lines = [
+        "# Two-channel model: frozen similarity S + hierarchy channel H distilled from graph-kNN",
+        "",
+        f"{m['date']}, commit {m['commit']}, {m['nproc']} CPUs ({m['cpu']}), load average "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])} at the end, {m['torch_threads']} torch thread(s).",
+        "",
+        f"Command: `{meta['command']}`. Seeds {meta['seeds']}; H trained {meta['steps']} steps of "
+        f"{meta['batch_size']} children on at most {meta['max_children']} train-concept texts (names and "
+        "definitions); weights chosen on the tune half per relation and seed (grid 0, 0.1, ..., 1).",
+        "",
+        "nDCG@10 x 100 on the report halves, mean +- sd over seeds (the deterministic rows have sd 0).",
+        "",
+    ]
+    for tax in summary["taxonomies"]:
+        lines += [f"## {tax['tag']} ({tax['children']} training children)", ""]
+        for relation in RELATIONS:
+            rows = tax["rows"][relation]
+            lines += [
+                f"### {relation}",
+                "",
+                "| row | all | name queries | definition queries | tune weights |",
+                "|---|---|---|---|---|",
+            ]
+            for label, r in rows.items():
+                w = r.get("weights")
+                lines.append(
+                    f"| {label} | {_fmt(r['all'])} | {_fmt(r['name']) if 'name' in r else '-'} | "
+                    f"{_fmt(r['definition']) if 'definition' in r else '-'} | {w if w else '-'} |"
+                )
+            lines += ["", "| comparison | mean | 95% interval |", "|---|---|---|"]
+            for label, c in tax["comparisons"][relation].items():
+                if "low" in c:
+                    lines.append(f"| {label} | {c['mean']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] |")
+                else:
+                    lines.append(f"| {label} | {c['mean']:.2f} | - |")
+            lines.append("")
+        lines += [
+            "| channel | training seconds | depth Spearman (H radius vs depth, report levels) |",
+            "|---|---|---|",
+        ]
+        for n in tax["train_seconds"]:
+            lines.append(f"| {n} | {_fmt(tax['train_seconds'][n])} | {_fmt(tax['depth_spearman'][n])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--taxonomies", nargs="+", default=["wordnet", "icd10cm"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--dims", nargs="+", type=int, default=[16, 64])
+    parser.add_argument("--geometries", nargs="+", default=["lorentz", "euclidean"])
+    parser.add_argument("--hidden-dim", type=int, default=512)
+    parser.add_argument("--teacher-weight", type=float, default=0.5)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-children", type=int, default=60000)
+    parser.add_argument("--out", default="runs/graph_knn")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="two_channel")
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    model = lorentz_rag.load_model(str(lorentz_rag.models.packaged_minilm_path()))
+    raw = [run_taxonomy(t, Path(args.out), model, args, log) for t in args.taxonomies]
+    summary = {"taxonomies": [_summarise(r) for r in raw]}
+    command = ".venv/bin/python benchmarks/bench_two_channel.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    meta = {
+        "machine": _machine(),
+        "command": command,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_children": args.max_children,
+        "hidden_dim": args.hidden_dim,
+        "teacher_weight": args.teacher_weight,
+        "geometries": args.geometries,
+        "dims": args.dims,
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{args.name}.json").write_text(
+        json.dumps({**meta, **summary}, indent=1, default=float) + "\n"
+    )
+    text = _markdown(summary, meta)
+    (results / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
