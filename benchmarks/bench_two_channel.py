@@ -47,7 +47,9 @@ import lorentz_rag
 from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.eval.retrieval import compute_metrics
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
+from lorentz_rag.eval.subsumption import read_subsumption_pairs, subsumption_f1
 from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
+from lorentz_rag.geometry.relation import relation_score
 from lorentz_rag.models.hierarchy_channel import HierarchyChannel, HierarchyChannelConfig
 from lorentz_rag.training.hierarchy_channel import (
     ChannelTargets,
@@ -107,6 +109,74 @@ def _spearman_depth(channel: HierarchyChannel, encoder: Any, levels: list[dict[s
     return float(scipy_stats.spearmanr(radii, [r["depth"] for r in levels]).statistic)
 
 
+class Subsumption:
+    """HiT's subsumption pairs of one taxonomy (``eval/subsumption``; texts embedded once as documents, by S):
+    S's pair similarities, and per channel the F1 on test of S alone, H alone and their mix, each with the
+    weight and threshold that maximise validation F1 (the pair scores standardised over validation pairs)."""
+
+    def __init__(self, folder: Path, encoder: Any, field: str) -> None:
+        self.field = field
+        self.halves: dict[str, dict[str, Any]] = {}
+        for setting in ("hard", "random"):
+            per: dict[str, Any] = {}
+            for name in ("validation", "test"):
+                rows = read_subsumption_pairs(
+                    folder / "sets" / "eval" / "subsumption" / f"{name}.jsonl.gz", setting
+                )
+                children = [str(r[f"child_{field}"]) for r in rows]
+                candidates = [str(r[f"candidate_{field}"]) for r in rows]
+                unique = list(dict.fromkeys([*children, *candidates]))
+                emb = encoder.encode(unique, "document")
+                pos = {t: i for i, t in enumerate(unique)}
+                a = torch.tensor([pos[t] for t in children])
+                b = torch.tensor([pos[t] for t in candidates])
+                s = (
+                    torch.nn.functional.normalize(emb[a].double(), dim=-1)
+                    * torch.nn.functional.normalize(emb[b].double(), dim=-1)
+                ).sum(-1)
+                per[name] = {
+                    "emb": emb,
+                    "a": a,
+                    "b": b,
+                    "s": s.numpy(),
+                    "y": np.array([r["label"] for r in rows]),
+                }
+            self.halves[setting] = per
+
+    def evaluate(self, channel: HierarchyChannel | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for setting, per in self.halves.items():
+            h: dict[str, np.ndarray] = {}
+            if channel is not None:
+                for name, half in per.items():
+                    with torch.no_grad():
+                        p = channel(half["emb"]).double()
+                    c = channel.config.curvature if channel.config.geometry == "lorentz" else None
+                    h[name] = relation_score(
+                        p[half["a"]],
+                        p[half["b"]],
+                        "broader",
+                        channel.config.kind,
+                        c,
+                        channel.config.radius_weight,
+                    ).numpy()
+            val, test = per["validation"], per["test"]
+            z_s = {n: (half["s"] - val["s"].mean()) / (val["s"].std() or 1.0) for n, half in per.items()}
+            z_h = {n: (h[n] - h["validation"].mean()) / (h["validation"].std() or 1.0) for n in h}
+            result = {}
+            best = None
+            for w in WEIGHTS if channel is not None else (0.0,):
+                mixed = {n: z_s[n] if w == 0.0 else (1 - w) * z_s[n] + w * z_h[n] for n in per}
+                f1 = subsumption_f1(mixed["validation"], val["y"], mixed["test"], test["y"])
+                if w in (0.0, 1.0):
+                    result["s" if w == 0.0 else "h"] = f1["f1"]
+                if best is None or f1["validation_f1"] > best[0] + 1e-12:
+                    best = (f1["validation_f1"], w, f1["f1"])
+            result["mix"], result["w"] = best[2], best[1]
+            out[setting] = result
+        return out
+
+
 def run_taxonomy(taxonomy: str, out: Path, model: Any, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     tag = Path(taxonomy).stem.split(".")[0]
     folder = out / tag
@@ -124,8 +194,12 @@ def run_taxonomy(taxonomy: str, out: Path, model: Any, args: argparse.Namespace,
         json.loads(line) for line in (folder / "sets" / "eval" / "levels.jsonl").read_text().splitlines()
     ]
     levels = [r for r in levels if r.get("part") == "report"] or levels
+    subsumption = {field: Subsumption(folder, encoder, field) for field in ("name", "text")}
+    subsumption_s = {field: sub.evaluate(None) for field, sub in subsumption.items()}
     child_features, _, candidate_features = concept_features(graph)
-    tsettings = ChannelTrainingSettings(steps=args.steps, batch_size=args.batch_size)
+    tsettings = ChannelTrainingSettings(
+        steps=args.steps, batch_size=args.batch_size, teacher_weight=args.teacher_weight
+    )
     cache = folder / f"channel_targets-{args.max_children}-tw{args.teacher_weight}.pt"
     t0 = time.perf_counter()
     if cache.is_file():
@@ -203,6 +277,7 @@ def run_taxonomy(taxonomy: str, out: Path, model: Any, args: argparse.Namespace,
                         "g_h": rep.ndcg(mix_scores(rep.g, h_rep, w_g)),
                     }
                 record["depth_spearman"] = _spearman_depth(channel, encoder, levels)
+                record["subsumption"] = {field: sub.evaluate(channel) for field, sub in subsumption.items()}
                 runs[name].append(record)
                 b = record["broader"]
                 log(
@@ -219,6 +294,7 @@ def run_taxonomy(taxonomy: str, out: Path, model: Any, args: argparse.Namespace,
         "graph_seconds": graph_seconds,
         "kinds": {r: halves[r]["report"].kind for r in RELATIONS},
         "deterministic": deterministic,
+        "subsumption_s": subsumption_s,
         "runs": runs,
     }
 
@@ -269,6 +345,31 @@ def _summarise(res: dict[str, Any]) -> dict[str, Any]:
                     comps[f"{hn} - {rn} ({label})"] = paired_bootstrap(a, b)
         out["rows"][relation] = rows
         out["comparisons"][relation] = comps
+    # The decision is taken on the tune halves: each row's tune nDCG@10 at its chosen weight (mean over seeds).
+    decision: dict[str, Any] = {}
+    for relation in RELATIONS:
+        first = next(iter(res["runs"].values()))[0][relation]
+        rows = {"zero-shot S": first["tune_means_s"][0], "graph-kNN": first["tune_means_g"][0]}
+        for name, records in res["runs"].items():
+            rows[f"{name} alone"] = float(np.mean([r[relation]["tune_means_s"][-1] for r in records]))
+            rows[f"S + {name}"] = float(np.mean([max(r[relation]["tune_means_s"]) for r in records]))
+            rows[f"graph-kNN + {name}"] = float(np.mean([max(r[relation]["tune_means_g"]) for r in records]))
+        decision[relation] = rows
+    out["tune"] = decision
+    sub: dict[str, Any] = {}
+    for field, by_setting in res["subsumption_s"].items():
+        for setting, r in by_setting.items():
+            sub[f"zero-shot S ({field}, {setting})"] = {"f1": (r["s"], 0.0)}
+    for name, records in res["runs"].items():
+        for field in ("name", "text"):
+            for setting in ("hard", "random"):
+                rs = [r["subsumption"][field][setting] for r in records]
+                sub[f"{name} ({field}, {setting})"] = {
+                    "h": mean_sd([r["h"] for r in rs]),
+                    "mix": mean_sd([r["mix"] for r in rs]),
+                    "w": [r["w"] for r in rs],
+                }
+    out["subsumption"] = sub
     out["train_seconds"] = {n: mean_sd([r["train_seconds"] for r in recs]) for n, recs in res["runs"].items()}
     out["depth_spearman"] = {
         n: mean_sd([r["depth_spearman"] for r in recs]) for n, recs in res["runs"].items()
@@ -319,11 +420,38 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                     lines.append(f"| {label} | {c['mean']:.2f} | - |")
             lines.append("")
         lines += [
+            "Tune halves (what the decision reads): nDCG@10 x 100 at each row's chosen weight, mean over seeds:",
+            "",
+            "| row | " + " | ".join(RELATIONS) + " |",
+            "|---|" + "---|" * len(RELATIONS),
+        ]
+        for label in tax["tune"]["broader"]:
+            lines.append(
+                f"| {label} | " + " | ".join(f"{tax['tune'][r][label]:.2f}" for r in RELATIONS) + " |"
+            )
+        best = max(tax["tune"]["broader"], key=lambda k: tax["tune"]["broader"][k])
+        lines += ["", f"Best broader row on the tune half: **{best}**.", ""]
+        lines += [
             "| channel | training seconds | depth Spearman (H radius vs depth, report levels) |",
             "|---|---|---|",
         ]
         for n in tax["train_seconds"]:
             lines.append(f"| {n} | {_fmt(tax['train_seconds'][n])} | {_fmt(tax['depth_spearman'][n])} |")
+        lines += [
+            "",
+            "Subsumption F1 on test (HiT's protocol; weight and threshold chosen on validation; texts: the "
+            "concepts' names or definitions):",
+            "",
+            "| row (texts, negatives) | S alone | H alone | S + H | weights |",
+            "|---|---|---|---|---|",
+        ]
+        for label, r in tax["subsumption"].items():
+            if "f1" in r:
+                lines.append(f"| {label} | {r['f1'][0]:.3f} | - | - | - |")
+            else:
+                lines.append(
+                    f"| {label} | - | {r['h'][0]:.3f} +- {r['h'][1]:.3f} | {r['mix'][0]:.3f} +- {r['mix'][1]:.3f} | {r['w']} |"
+                )
         lines.append("")
     return "\n".join(lines)
 

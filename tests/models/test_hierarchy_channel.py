@@ -322,3 +322,42 @@ def test_settings_are_checked() -> None:
         ChannelTrainingSettings(teacher_weight=2.0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         ChannelTrainingSettings(steps=0)
+
+
+def test_a_vector_index_serves_the_two_channel_search(minilm, tmp_path: Path) -> None:
+    from lorentz_rag.eval.index import VectorIndex
+
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    index = VectorIndex.from_model(minilm, ids, DOCS)  # built with S alone: H is applied at search time
+    plain = index.search(minilm, QUERIES, k=4)
+    channel = _channel(input_dim=minilm.embedding_dim, dim=16, weights={"broader": 0.5, "narrower": 0.8})
+    minilm.attach_hierarchy_channel(channel)
+    try:
+        assert index.search(minilm, QUERIES, k=4) == plain
+        for relation in ("broader", "narrower"):
+            got = index.search(minilm, QUERIES, k=4, relation=relation)
+            want = minilm.search(QUERIES, DOCS, k=4, relation=relation)
+            # The index stores float32 unit vectors: the same ranking, scores within float32 rounding.
+            assert [[d for d, _ in row] for row in got] == [[ids[p] for p, _ in row] for row in want]
+            assert np.allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4)
+        with pytest.raises(ValueError, match="drop radius_weight"):
+            index.search(minilm, QUERIES, k=4, relation="broader", radius_weight=0.2)
+    finally:
+        minilm.attach_hierarchy_channel(None)
+
+
+def test_the_langchain_retriever_ranks_relations_by_the_channels(minilm) -> None:
+    from lorentz_rag.integrations.langchain import LorentzRagRetriever
+
+    channel = _channel(input_dim=minilm.embedding_dim, dim=16, weights={"broader": 0.6, "narrower": 0.6})
+    minilm.attach_hierarchy_channel(channel)
+    try:
+        retriever = LorentzRagRetriever.from_texts(minilm, DOCS, k=3)
+        retriever.relation = "broader"
+        got = [d.id for d in retriever.invoke(QUERIES[1])]
+        want = minilm.search([QUERIES[1]], DOCS, k=3, relation="broader")[0]
+        assert got == [str(p) for p, _ in want]
+        with pytest.raises(ValueError, match="relation must be similar, broader or narrower"):
+            LorentzRagRetriever(model=minilm, index=retriever.index, texts=retriever.texts, relation="wider")
+    finally:
+        minilm.attach_hierarchy_channel(None)

@@ -123,3 +123,48 @@ def test_a_bad_channel_configuration_is_refused(tmp_path: Path, capsys, extra, n
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid training configuration") and needle in err
+
+
+def test_an_index_of_the_frozen_model_serves_the_two_channel_search(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    rows = [{"_id": f"{s}-{k}", "title": "", "text": f"a {k} that is {s}"} for k in KINDS for s in SUBS]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ix"
+    assert (
+        cli.main(
+            [
+                "index",
+                "build",
+                "--model",
+                str(packaged_minilm_path()),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    query = "a red small animal"
+    argv = [
+        "search",
+        "--index",
+        str(out),
+        query,
+        "-k",
+        "5",
+        "--relation",
+        "broader",
+        "--model",
+        str(trained / "final"),
+    ]
+    assert cli.main(argv) == 0
+    printed = [
+        line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()
+    ]
+    model = load_model(str(trained / "final"))
+    want = model.search([query], [r["text"] for r in rows], k=5, relation="broader")[0]
+    assert printed == [rows[p]["_id"] for p, _ in want]

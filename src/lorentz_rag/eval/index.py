@@ -72,6 +72,7 @@ from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.models.hierarchy_channel import two_channel_search
 from lorentz_rag.training.distributed import barrier, command_process_group, is_distributed, world_info
 
 __all__ = [
@@ -401,23 +402,49 @@ class VectorIndex:
         *,
         allow_model_mismatch: bool = False,
         relation: str = "similar",
-        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+        radius_weight: float | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Embed ``query_texts`` with the query prefix and return ``(doc_id, score)`` lists, best first.
 
         ``model`` must be the one the index was built with (same fingerprint: weights, settings, curvature);
         ``allow_model_mismatch=True`` searches with another model of the same dimension and curvature anyway.
         ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
-        :meth:`search_embeddings`).
+        :meth:`search_embeddings`; ``radius_weight`` default :data:`DEFAULT_RADIUS_WEIGHT`). A model with a
+        hierarchy channel (its fingerprint is its similarity channel's, so an index built with the model
+        alone serves it) ranks ``broader`` / ``narrower`` by the two channels, exact over every stored
+        document (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`; H is applied to the stored
+        vectors), unless a taxonomy is attached, which ranks them by graph-kNN.
         """
         self._check_model(model, allow_model_mismatch=allow_model_mismatch)
+        channel = getattr(model, "hierarchy_channel", None)
+        channel = channel if relation != "similar" and self.taxonomy is None else None
+        if channel is not None and radius_weight is not None:
+            raise ValueError(
+                "radius_weight weighs the single-channel relation score, but this model ranks "
+                f"relation={relation!r} by its hierarchy channel, whose radius weight was saved with it: "
+                "drop radius_weight"
+            )
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        scores, positions = self.search_embeddings(emb, k, relation=relation, radius_weight=radius_weight)
+        if channel is not None:
+            scores, positions = two_channel_search(
+                channel, emb, self.stored_embeddings(), k, relation, self.similarity, self.curvature
+            )
+        else:
+            weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
+            scores, positions = self.search_embeddings(emb, k, relation=relation, radius_weight=weight)
         return [
             [(self.doc_ids[p], s) for p, s in zip(pos_row, score_row)]
             for pos_row, score_row in zip(positions.tolist(), scores.tolist())
         ]
+
+    def stored_embeddings(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Documents ``start:stop`` as the model's embeddings ``[n, dim]`` (float32), read back from the index
+        (the stored form's first ``dim`` numbers: the unit vector, the lifted point, or ``x``)."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        if stop <= start:
+            return torch.empty(0, self.dim)
+        return torch.from_numpy(self.faiss_index.reconstruct_n(start, stop - start))[:, : self.dim]
 
     def _check_model(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
         check_model_matches(
@@ -822,7 +849,6 @@ def search_command(
     index = VectorIndex.load(index_dir)
     if radius_weight is not None and relation != "similar" and index.taxonomy is not None:
         raise refuse_radius_weight(index_dir)
-    radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
     path = model_path or index.model_path
     if not path:
         raise ValueError(f"{index_dir}: the index records no model path; pass --model PATH")

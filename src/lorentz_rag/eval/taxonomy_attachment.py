@@ -196,12 +196,9 @@ def index_graph_search(index: Any, queries: Tensor, k: int, relation: str) -> tu
     q = q.unsqueeze(0) if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != index.dim:
         raise ValueError(f"queries must be [n, {index.dim}], got shape {tuple(q.shape)}")
-    width = index.dim
-
-    def vectors(a: int, b: int) -> Tensor:
-        return torch.from_numpy(index.faiss_index.reconstruct_n(a, b - a))[:, :width]
-
-    return graph_knn_search(attached.graph, attached.links, q, vectors, len(index), k, relation)
+    return graph_knn_search(
+        attached.graph, attached.links, q, index.stored_embeddings, len(index), k, relation
+    )
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,10 @@ class LorentzRagRetriever(BaseRetriever):
     ``texts`` maps each indexed document id to its text (the ``page_content``); ``metadatas`` optionally
     maps ids to extra metadata. Every returned ``Document`` has ``id`` set and ``metadata["id"]``,
     ``metadata["score"]`` (float64, higher = closer) and ``metadata["rank"]`` (1 = best).
+
+    ``relation``: ``similar`` (the default), or ``broader`` / ``narrower`` as :meth:`VectorIndex.search` ranks
+    them (graph-kNN with a taxonomy attached to the index, the two channels for a model with a hierarchy
+    channel, else the model's geometric relation score).
     """
 
     model: Any
@@ -113,11 +117,14 @@ class LorentzRagRetriever(BaseRetriever):
     metadatas: Mapping[str, Mapping[str, Any]] = Field(default_factory=dict)
     k: int = 4
     allow_model_mismatch: bool = False
+    relation: str = "similar"
 
     @model_validator(mode="after")
     def _check(self) -> LorentzRagRetriever:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.relation not in ("similar", "broader", "narrower"):
+            raise ValueError(f"relation must be similar, broader or narrower, got {self.relation!r}")
         missing = [doc_id for doc_id in self.index.doc_ids if doc_id not in self.texts]
         if missing:
             raise ValueError(
@@ -159,7 +166,11 @@ class LorentzRagRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
         (hits,) = self.index.search(
-            self.model, [query], self.k, allow_model_mismatch=self.allow_model_mismatch
+            self.model,
+            [query],
+            self.k,
+            allow_model_mismatch=self.allow_model_mismatch,
+            relation=self.relation,
         )
         return [
             Document(

@@ -168,6 +168,18 @@ def build_channel_targets(
     owner = graph.text_concept
     kind, c = graph.similarity, graph.curvature
 
+    if kind == "cosine":
+        # similarity.pairwise's cosine, with the candidates normalised once instead of once per chunk.
+        unit = torch.nn.functional.normalize(emb.float(), dim=-1)
+
+        def similarities(part: Tensor) -> Tensor:
+            return torch.nn.functional.normalize(emb[part].float(), dim=-1) @ unit.T
+
+    else:
+
+        def similarities(part: Tensor) -> Tensor:
+            return similarity_fns.pairwise(emb[part].float(), emb.float(), kind, c).float()
+
     k = min(teacher.k, n_concepts - 1)
     top_n = min(max(settings.mined_from, k), n_concepts - 1)
     target_lists: list[list[int]] = []
@@ -176,7 +188,7 @@ def build_channel_targets(
     step = max(1, 32_000_000 // max(1, len(emb)))
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
-        text_sims = similarity_fns.pairwise(emb[part].float(), emb.float(), kind, c).float()
+        text_sims = similarities(part)
         sims = torch.full((len(part), n_concepts), -math.inf)
         sims = sims.scatter_reduce(1, owner.unsqueeze(0).expand_as(text_sims), text_sims, reduce="amax")
         own = child_concept[start : start + step]
