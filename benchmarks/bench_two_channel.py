@@ -396,6 +396,13 @@ def _markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "nDCG@10 x 100 on the report halves, mean +- sd over seeds (the deterministic rows have sd 0).",
         "",
     ]
+    for part in meta.get("parts", []):
+        pm = part["machine"]
+        lines.insert(
+            4,
+            f"- `{part['command']}`: ended {pm['date']}, load average {pm['load_average'][0]:.2f}, "
+            f"commit {pm['commit']}",
+        )
     for tax in summary["taxonomies"]:
         lines += [f"## {tax['tag']} ({tax['children']} training children)", ""]
         for relation in RELATIONS:
@@ -466,13 +473,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--geometries", nargs="+", default=["lorentz", "euclidean"])
     parser.add_argument("--hidden-dim", type=int, default=512)
     parser.add_argument("--teacher-weight", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-children", type=int, default=60000)
     parser.add_argument("--out", default="runs/graph_knn")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--name", default="two_channel")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="write RESULTS/NAME.{json,md} from the results of runs made one taxonomy per process",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        parts = [json.loads(Path(p).read_text()) for p in args.combine]
+        meta = {k: parts[0][k] for k in ("seeds", "steps", "batch_size", "max_children")}
+        meta["machine"] = _machine()
+        meta["command"] = "one process per taxonomy at once, then " + (
+            ".venv/bin/python benchmarks/bench_two_channel.py "
+            + " ".join(argv if argv is not None else sys.argv[1:])
+        )
+        meta["parts"] = [{"command": p["command"], "machine": p["machine"]} for p in parts]
+        summary = {"taxonomies": [t for p in parts for t in p["taxonomies"]]}
+        results = Path(args.results)
+        (results / f"{args.name}.json").write_text(json.dumps({**meta, **summary}, indent=1) + "\n")
+        (results / f"{args.name}.md").write_text(_markdown(summary, meta))
+        print(_markdown(summary, meta))
+        return
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

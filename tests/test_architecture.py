@@ -23,6 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
     "lorentz_rag._version": 0,
     "lorentz_rag.errors": 0,
+    "lorentz_rag.atomic_files": 0,
     "lorentz_rag.folder_lock": 0,
     "lorentz_rag.geometry": 1,
     "lorentz_rag.nn": 2,

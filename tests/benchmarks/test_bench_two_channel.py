@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -73,3 +74,9 @@ def test_every_row_over_seeds_and_the_table(tmp_path: Path) -> None:
     }
     text = bench._markdown({"taxonomies": [summary]}, meta)
     assert "| graph-kNN + H^4 |" in text and "Best broader row on the tune half" in text
+    # Runs made one taxonomy per process combine into one table.
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps({**meta, "taxonomies": [summary]}, default=float))
+    bench.main(["--combine", str(part), str(part), "--results", str(tmp_path), "--name", "both"])
+    both = (tmp_path / "both.md").read_text()
+    assert both.count("Best broader row on the tune half") == 2 and "- `cmd`: ended d" in both

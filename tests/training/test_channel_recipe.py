@@ -168,3 +168,17 @@ def test_an_index_of_the_frozen_model_serves_the_two_channel_search(
     model = load_model(str(trained / "final"))
     want = model.search([query], [r["text"] for r in rows], k=5, relation="broader")[0]
     assert printed == [rows[p]["_id"] for p, _ in want]
+
+
+def test_faq_dev_rankings_are_the_frozen_models_exactly(trained: Path) -> None:
+    from lorentz_rag.data.beir import document_text, load_beir
+    from lorentz_rag.data.bundled import faq_dev_path
+
+    data = load_beir(faq_dev_path())
+    docs = [document_text(d) for d in data.corpus.values()]
+    queries = list(data.queries.values())
+    two = load_model(str(trained / "final"))
+    base = load_model(str(packaged_minilm_path()))
+    assert two.hierarchy_channel is not None
+    # Similarity search ignores H: every query's ranking of every document, scores included, is the base's.
+    assert two.search(queries, docs, k=len(docs)) == base.search(queries, docs, k=len(docs))

@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lorentz_rag.atomic_files import write_json
 from lorentz_rag.errors import names_path, user_error
 from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.training.distributed import (
@@ -280,7 +281,7 @@ class _ShardStore:
             )
         elif is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+            write_json(path, manifest, indent=2)
         barrier()
 
     def _file(self, shard: int) -> Path:
@@ -331,10 +332,3 @@ _WHAT = {
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    _fsync(tmp)
-    os.replace(tmp, path)

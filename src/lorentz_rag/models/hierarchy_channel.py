@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from lorentz_rag.atomic_files import write_bytes, write_json
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import mix_scores, relation_pairwise
@@ -203,18 +204,13 @@ class HierarchyChannel(nn.Module):
         return h.hexdigest()[:16]
 
     def save(self, model_folder: str | os.PathLike[str]) -> Path:
-        """Write ``model_folder/hierarchy_channel/`` (config and weights; the weights file first, the config
-        last, each through a temporary name)."""
+        """Write ``model_folder/hierarchy_channel/``: the weights, then the config, each atomically
+        (:mod:`lorentz_rag.atomic_files`)."""
         folder = Path(model_folder) / CHANNEL_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / ".model.safetensors.tmp"
-        save_file(weights, str(tmp))
-        os.replace(tmp, folder / "model.safetensors")
-        text = json.dumps({"format": _FORMAT, **self.config.to_dict()}, indent=2) + "\n"
-        tmp = folder / ".config.json.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, folder / "config.json")
+        write_bytes(folder / "model.safetensors", save(weights))
+        write_json(folder / "config.json", {"format": _FORMAT, **self.config.to_dict()}, indent=2)
         return folder
 
 

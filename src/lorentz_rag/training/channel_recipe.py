@@ -22,7 +22,6 @@ a taxonomy into a two-channel model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lorentz_rag.atomic_files import write_json
 from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import write_taxonomy
 from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
@@ -55,12 +55,6 @@ __all__ = ["WEIGHT_GRID", "choose_weights", "run_channel_recipe"]
 #: The mixing weights tried on the validation concepts.
 WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 _JUDGED_HOPS = 3
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _ndcg10(ranked: list[int], relevant: dict[int, int]) -> float:
@@ -154,22 +148,18 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
     folder = out / TAXONOMY_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     write_taxonomy(split.train, folder / f".train-{os.getpid()}.jsonl.gz").replace(folder / "train.jsonl.gz")
-    _write_atomic(
+    write_json(
         folder / "split.json",
-        json.dumps(
-            {
-                "taxonomy": str(source),
-                "seed": args.seed,
-                "held_out_fraction": args.held_out_fraction,
-                "validation_fraction": args.validation_fraction,
-                "concepts": len(full),
-                "train_concepts": len(split.train),
-                "held_out": list(split.held_out),
-                "validation": list(split.validation),
-            },
-            indent=1,
-        )
-        + "\n",
+        {
+            "taxonomy": str(source),
+            "seed": args.seed,
+            "held_out_fraction": args.held_out_fraction,
+            "validation_fraction": args.validation_fraction,
+            "concepts": len(full),
+            "train_concepts": len(split.train),
+            "held_out": list(split.held_out),
+            "validation": list(split.validation),
+        },
     )
     write_config(config, out / "config.yaml")
 
@@ -246,7 +236,7 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
         "final_cross_entropy": summary["final_cross_entropy"],
         "validation": chosen,
     }
-    _write_atomic(out / "channel_training.json", json.dumps(report, indent=1) + "\n")
+    write_json(out / "channel_training.json", report)
     print(
         f"hierarchy channel: {ch.geometry} {ch.dim}-d, weights broader {chosen['broader']['weight']} "
         f"narrower {chosen['narrower']['weight']} (validation nDCG@10), saved to {final}"

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lorentz_rag.errors import describe_error, names_path, user_error
+from lorentz_rag.atomic_files import write_text
+from lorentz_rag.errors import describe_error, user_error
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -107,16 +108,6 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
         return []
     found = [(step, p) for p in folder.iterdir() if p.is_dir() and (step := _step_of(p)) is not None]
     return [p for _, p in sorted(found)]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with names_path(tmp):  # a full disk names the file being written
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -254,7 +245,7 @@ def save_checkpoint(
             publish_folder(tmp, final)
         except OSError as error:
             raise _write_failed(tmp, output_dir, error) from error
-        _write_atomic(output_dir / LATEST_FILE, final.name + "\n")
+        write_text(output_dir / LATEST_FILE, final.name + "\n")
         if keep_last is not None:
             for old in list_checkpoints(output_dir)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

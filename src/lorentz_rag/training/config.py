@@ -33,6 +33,7 @@ import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lorentz_rag.atomic_files import write_text
 from lorentz_rag.errors import closest_key, read_json_file
 from lorentz_rag.models.args import ModelArgs, reject_unknown_keys
 
@@ -338,7 +339,7 @@ class ChannelArgs(_Section):
     curvature: float = Field(1.0, gt=0, description="H's curvature c (lorentz).")
     max_radius: float = Field(8.0, gt=0, description="H's radii lie in (0, max_radius).")
     radius_weight: float = Field(0.5, ge=0, le=1, description="lam in H's broader / narrower scores.")
-    steps: int = Field(600, ge=1, description="Optimizer steps.")
+    steps: int = Field(1200, ge=1, description="Optimizer steps.")
     batch_size: int = Field(256, ge=1, description="Children per step.")
     learning_rate: float = Field(2e-3, gt=0)
     teacher_weight: float = Field(
@@ -717,11 +718,7 @@ def write_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write the effective configuration as YAML (atomically: temp file then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
 # --- command line -----------------------------------------------------------------------------------

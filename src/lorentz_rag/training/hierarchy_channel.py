@@ -54,7 +54,7 @@ __all__ = [
 class ChannelTrainingSettings:
     """How H is trained (module docstring)."""
 
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.01

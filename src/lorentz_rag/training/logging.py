@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lorentz_rag.atomic_files import write_text
+
 __all__ = ["MetricsLogger", "read_metrics"]
 
 
@@ -86,9 +88,7 @@ class MetricsLogger:
         # A resumed run repeats the steps after its checkpoint; keep one record per step.
         with open(self.path, encoding="utf-8") as handle:
             kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Record ``metrics`` (floats, ints, strings) at optimizer step ``step``."""

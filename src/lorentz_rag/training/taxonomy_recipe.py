@@ -25,12 +25,12 @@ training. The result is a pure function of the configuration, so a resumed run p
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
 from typing import Any
 
+from lorentz_rag.atomic_files import write_json, write_jsonl
 from lorentz_rag.data.concepts import Taxonomy
 from lorentz_rag.data.jsonl import read_jsonl
 from lorentz_rag.data.taxonomy import (
@@ -47,13 +47,6 @@ __all__ = ["TAXONOMY_FOLDER", "prepare_taxonomy_run", "split_for_run"]
 
 #: The folder under ``output_dir`` where the recipe's derived files are written.
 TAXONOMY_FOLDER = "taxonomy"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Every rank of a torchrun job writes the same bytes: a rename makes each write all-or-nothing.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _replay_rows(paths: str | list[str] | None, banned: set[str]) -> tuple[list[dict[str, str]], int]:
@@ -119,7 +112,8 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
     train_file = folder / "train.jsonl.gz"
     write_taxonomy(split.train, folder / f".train-{os.getpid()}.jsonl.gz").replace(train_file)
     pairs_file = folder / "pairs.jsonl"
-    _write_atomic(pairs_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    # Every rank of a torchrun job writes the same bytes: each write is all-or-nothing (atomic_files).
+    write_jsonl(pairs_file, rows)
     summary: dict[str, Any] = {
         "taxonomy": str(source),
         "seed": args.seed,
@@ -135,7 +129,7 @@ def prepare_taxonomy_run(config: TrainConfig) -> TrainConfig:
         "replay_pairs": len(replay),
         "replay_pairs_dropped_for_held_out_text": general_dropped,
     }
-    _write_atomic(folder / "split.json", (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
+    write_json(folder / "split.json", summary)
 
     prepared = config.model_copy(deep=True)
     prepared.data_args.data_path = str(pairs_file)
