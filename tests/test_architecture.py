@@ -46,6 +46,10 @@ LOCAL_IMPORTS_ALLOWED = {
     "lorentz_rag": "the facade re-exports build_model / load_model lazily, so `import lorentz_rag` stays light",
     "lorentz_rag.eval.rag.command": "the RAG flags, read by `lorentz-rag --help` without torch; the handler imports "
     "the pipeline when it runs",
+    "lorentz_rag.eval.rag": "the package re-exports the RAG pipeline lazily (by name), so the RAG flags and "
+    "`lorentz-rag --help` do not import its dependencies",
+    "lorentz_rag.models.st_export": "sentence-transformers loads a saved folder through this module, which finds "
+    "the loader (models.factory, above it) by name: see ALLOWED_CYCLES",
     "lorentz_rag.models.io": "saving writes the sentence-transformers files; st_export subclasses their modules, "
     "whose import takes seconds, so building or loading a model does not pay for it",
 }
@@ -98,6 +102,19 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
     return submodules + ([source] if names_from_source else [])
 
 
+def _import_by_name(node: ast.AST) -> str | None:
+    """The module named by ``importlib.import_module("...")`` / ``import_module("...")`` with a literal string,
+    else None (a computed name, like the facade's lazy table, cannot be read statically)."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    arg = node.args[0]
+    if name == "import_module" and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    return None
+
+
 def imports_of(module: str) -> tuple[set[str], list[tuple[int, str]]]:
     """(lorentz_rag modules ``module`` imports at run time, [(line, target)] of those imported inside a function)."""
     path = MODULES[module]
@@ -111,8 +128,11 @@ def imports_of(module: str) -> tuple[set[str], list[tuple[int, str]]]:
             for child in node.orelse:
                 visit(child, in_function)
             return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            targets = [t for t in _targets(node, module, is_package) if t != module]
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or _import_by_name(node) is not None:
+            if isinstance(node, ast.Call):  # importlib.import_module("lorentz_rag....") is an import too
+                targets = [t for t in [_import_by_name(node)] if t in MODULES and t != module]
+            else:
+                targets = [t for t in _targets(node, module, is_package) if t != module]
             found.update(targets)
             if in_function:
                 local.extend((node.lineno, t) for t in targets)
@@ -188,9 +208,39 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return components
 
 
+#: The import cycles that are allowed, each with its reason; every other cycle fails the test below.
+ALLOWED_CYCLES = {
+    (
+        "lorentz_rag.models.base",
+        "lorentz_rag.models.euclidean",
+        "lorentz_rag.models.factory",
+        "lorentz_rag.models.hyte_fh_encoder",
+        "lorentz_rag.models.hyte_h",
+        "lorentz_rag.models.io",
+        "lorentz_rag.models.st_export",
+    ): "(the model classes are in it because they import base, and factory imports them) a saved folder is also a sentence-transformers model: saving (base -> io) writes st_export's module files, "
+    "and sentence-transformers loads a folder by calling st_export, which must reach the loader (factory) that "
+    "knows every model class. Both edges into st_export / factory are function-local, so importing any of "
+    "these modules imports none of the others in a loop",
+}
+
+
 def test_no_import_cycles() -> None:
     cycles = _cycles({module: targets for module, (targets, _) in GRAPH.items()})
-    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+    unexpected = [c for c in cycles if tuple(c) not in ALLOWED_CYCLES]
+    assert not unexpected, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in unexpected)
+
+
+def test_every_allowed_cycle_still_exists() -> None:
+    cycles = {tuple(c) for c in _cycles({module: targets for module, (targets, _) in GRAPH.items()})}
+    stale = [c for c in ALLOWED_CYCLES if c not in cycles]
+    assert not stale, f"these cycles are gone: remove them from ALLOWED_CYCLES: {stale}"
+
+
+def test_imports_by_name_are_seen() -> None:
+    tree = ast.parse('import importlib\nimportlib.import_module("lorentz_rag.models.factory")\n')
+    calls = [n for n in ast.walk(tree) if _import_by_name(n) is not None]
+    assert [_import_by_name(n) for n in calls] == ["lorentz_rag.models.factory"]
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

@@ -170,7 +170,7 @@ def test_an_index_of_the_frozen_model_serves_the_two_channel_search(
     assert printed == [rows[p]["_id"] for p, _ in want]
 
 
-def test_faq_dev_rankings_are_the_frozen_models_exactly(trained: Path) -> None:
+def test_faq_dev_and_synonym_rankings_are_the_frozen_models_exactly(trained: Path) -> None:
     from lorentz_rag.data.beir import document_text, load_beir
     from lorentz_rag.data.bundled import faq_dev_path
 
@@ -182,3 +182,10 @@ def test_faq_dev_rankings_are_the_frozen_models_exactly(trained: Path) -> None:
     assert two.hierarchy_channel is not None
     # Similarity search ignores H: every query's ranking of every document, scores included, is the base's.
     assert two.search(queries, docs, k=len(docs)) == base.search(queries, docs, k=len(docs))
+    # A taxonomy's synonym set: each synonym against every concept's definition.
+    concepts = [json.loads(line) for line in (ROOT / "tests" / "data" / "fixtures" / "animals.jsonl").open()]
+    synonyms = [s for c in concepts for s in c.get("synonyms", [])]
+    definitions = [c["definition"] for c in concepts]
+    assert synonyms and two.search(synonyms, definitions, k=len(definitions)) == base.search(
+        synonyms, definitions, k=len(definitions)
+    )
