@@ -361,3 +361,33 @@ def test_the_langchain_retriever_ranks_relations_by_the_channels(minilm) -> None
             LorentzRagRetriever(model=minilm, index=retriever.index, texts=retriever.texts, relation="wider")
     finally:
         minilm.attach_hierarchy_channel(None)
+
+
+@pytest.mark.parametrize("backend", ["lancedb", "qdrant"])
+def test_a_local_store_serves_the_two_channel_search(minilm, tmp_path: Path, backend: str) -> None:
+    from lorentz_rag.stores import create_store, layout_for_model
+
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    spec = f"{backend}:{tmp_path / 'db'}"
+    store = create_store(
+        spec, layout_for_model(minilm)
+    )  # built with S alone: H is applied to the stored vectors
+    store.add_texts(minilm, DOCS, ids=ids)
+    plain = store.search(minilm, QUERIES, k=4)
+    channel = _channel(input_dim=minilm.embedding_dim, dim=16, weights={"broader": 0.5, "narrower": 0.8})
+    minilm.attach_hierarchy_channel(channel)
+    try:
+        assert store.search(minilm, QUERIES, k=4) == plain
+        for relation in ("broader", "narrower"):
+            got = store.search(minilm, QUERIES, k=4, relation=relation)
+            want = minilm.search(QUERIES, DOCS, k=4, relation=relation)
+            assert [[h.id for h in row] for row in got] == [[ids[p] for p, _ in row] for row in want]
+            assert [[h.text for h in row] for row in got] == [[DOCS[p] for p, _ in row] for row in want]
+            assert np.allclose(
+                [[h.score for h in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4
+            )
+        with pytest.raises(ValueError, match="drop radius_weight"):
+            store.search(minilm, QUERIES, k=4, relation="broader", radius_weight=0.2)
+    finally:
+        minilm.attach_hierarchy_channel(None)
+        store.close()

@@ -54,6 +54,7 @@ from lorentz_rag.geometry.relation import (
     relation_upper_bound,
 )
 from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.models.hierarchy_channel import two_channel_search
 from lorentz_rag.stores.layout import StoreLayout
 
 __all__ = [
@@ -237,17 +238,65 @@ class VectorStore(abc.ABC):
         oversample: int = 4,
         allow_model_mismatch: bool = False,
         relation: str = "similar",
-        radius_weight: float = DEFAULT_RADIUS_WEIGHT,
+        radius_weight: float | None = None,
     ) -> list[list[StoreHit]]:
         """Embed ``query_texts`` with the query prefix and return the top ``k`` of each, best first.
         ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
-        :meth:`search_embeddings`)."""
+        :meth:`search_embeddings`; ``radius_weight`` default :data:`DEFAULT_RADIUS_WEIGHT`). A model with a
+        hierarchy channel ranks ``broader`` / ``narrower`` by the two channels, exact over every stored
+        document (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`: H is applied to the stored
+        vectors, so a store built with the model alone serves it; ``exact`` and ``oversample`` play no part)."""
         self.check_model(model, allow_model_mismatch=allow_model_mismatch)
-        check_relation(relation, self.layout.similarity, radius_weight)  # before any encoding
+        channel = getattr(model, "hierarchy_channel", None) if relation != "similar" else None
+        if channel is not None:
+            if radius_weight is not None:
+                raise ValueError(
+                    "radius_weight weighs the single-channel relation score, but this model ranks "
+                    f"relation={relation!r} by its hierarchy channel, whose radius weight was saved with it: "
+                    "drop radius_weight"
+                )
+            channel.weight(relation)  # an unknown relation is refused before any encoding
+        radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
+        if channel is None:
+            check_relation(relation, self.layout.similarity, radius_weight)  # before any encoding
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
+        if channel is not None:
+            ids, vectors, doc_texts, metadata = self.all_documents()
+            if not ids:
+                return [[] for _ in texts]
+            scores, positions = two_channel_search(
+                channel,
+                emb,
+                torch.from_numpy(vectors),
+                k,
+                relation,
+                self.layout.similarity,
+                self.layout.curvature,
+            )
+            return [
+                [StoreHit(ids[p], s, doc_texts[p], _metadata(metadata[p])) for p, s in zip(pos, sc)]
+                for pos, sc in zip(positions.tolist(), scores.tolist())
+            ]
         return self.search_embeddings(
             emb, k, exact=exact, oversample=oversample, relation=relation, radius_weight=radius_weight
+        )
+
+    def all_documents(self) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+        """Every stored document in insertion order: ids, points ``[n, D]`` (float32: the stored form's first
+        ``D`` numbers, the model's embedding), texts and metadata (JSON strings)."""
+        n = len(self)
+        if n == 0:
+            return [], np.zeros((0, self.layout.dim), dtype=np.float32), [], []
+        # Brute force with fetch = n returns every document, whatever the query.
+        cand = self._nearest(np.zeros((1, self.layout.width), dtype=np.float32), n, exact=True)[0]
+        order = np.argsort(np.asarray(cand.seq, dtype=np.int64), kind="stable")
+        vectors = np.asarray(cand.vectors, dtype=np.float32)[order, : self.layout.dim]
+        return (
+            [cand.ids[i] for i in order],
+            vectors,
+            [cand.texts[i] for i in order],
+            [cand.metadata[i] for i in order],
         )
 
     def search_embeddings(

@@ -17,7 +17,6 @@ from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import IndexNotEmptyError
 from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
 from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
-from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
 from lorentz_rag.stores import (
@@ -34,7 +33,6 @@ from lorentz_rag.stores import (
     parse_store_spec,
 )
 from lorentz_rag.stores.taxonomy import (
-    all_documents,
     attach_store_taxonomy,
     read_store_taxonomy,
     remove_store_taxonomy,
@@ -139,7 +137,7 @@ def add_store_command(
     _add_in_batches(target, model, ids, texts, batch_size)
     if attached is not None:
         # The added documents are linked from their stored vectors, as a build links every document.
-        stored_ids, vectors, stored_texts, _ = all_documents(target)
+        stored_ids, vectors, stored_texts, _ = target.all_documents()
         row = {doc_id: i for i, doc_id in enumerate(stored_ids)}
         added = list(dict.fromkeys(str(i) for i in ids))
         rows = [row[doc_id] for doc_id in added]
@@ -185,9 +183,8 @@ def search_store_command(
     attached = read_store_taxonomy(store, name) if relation != "similar" else None
     if attached is not None and radius_weight is not None:
         raise refuse_radius_weight(f"{store} ({name})")
-    radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
-    if attached is None:
-        check_relation(relation, target.layout.similarity, radius_weight)  # before the model loads
+    # The relation is checked once the model is loaded: a model with a hierarchy channel ranks broader /
+    # narrower whatever the store's similarity (VectorStore.search).
     model = _model_for(target, model_path)
     if attached is not None:
         target.check_model(model, allow_model_mismatch=allow_model_mismatch)

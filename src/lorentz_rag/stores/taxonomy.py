@@ -182,24 +182,6 @@ def remove_store_taxonomy(spec: str, name: str = DEFAULT_COLLECTION) -> None:
         shutil.rmtree(folder)
 
 
-def all_documents(store: VectorStore) -> tuple[list[str], np.ndarray, list[str], list[str]]:
-    """Every stored document in insertion order: ids, points ``[n, D]`` (float32, as the relation search
-    reads them), texts and metadata (JSON strings)."""
-    n = len(store)
-    if n == 0:
-        return [], np.zeros((0, store.layout.dim), dtype=np.float32), [], []
-    # Brute force with fetch = n returns every document, whatever the query.
-    cand = store._nearest(np.zeros((1, store.layout.width), dtype=np.float32), n, exact=True)[0]
-    order = np.argsort(np.asarray(cand.seq, dtype=np.int64), kind="stable")
-    vectors = np.asarray(cand.vectors, dtype=np.float32)[order, : store.layout.dim]
-    return (
-        [cand.ids[i] for i in order],
-        vectors,
-        [cand.texts[i] for i in order],
-        [cand.metadata[i] for i in order],
-    )
-
-
 def store_graph_search(
     store: VectorStore, taxonomy: StoreTaxonomy, queries: Tensor, k: int, relation: str
 ) -> list[list[StoreHit]]:
@@ -208,7 +190,7 @@ def store_graph_search(
     q = q.unsqueeze(0) if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != store.layout.dim:
         raise ValueError(f"queries must be [n, {store.layout.dim}], got shape {tuple(q.shape)}")
-    ids, vectors, texts, metadata = all_documents(store)
+    ids, vectors, texts, metadata = store.all_documents()
     links = taxonomy.links_for(ids)
     docs = torch.from_numpy(vectors)
     scores, positions = graph_knn_search(
@@ -238,7 +220,7 @@ def attach_store_taxonomy(
         raise ValueError(
             f"the store uses similarity {store.layout.similarity!r}, the model {graph.similarity!r}"
         )
-    ids, vectors, texts, _ = all_documents(store)
+    ids, vectors, texts, _ = store.all_documents()
     links = graph.link_documents(ids, texts, torch.from_numpy(vectors))
     attached = StoreTaxonomy(AttachedTaxonomy(graph, links), ids)
     write_store_taxonomy(spec, store.name, attached)
