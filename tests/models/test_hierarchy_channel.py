@@ -324,26 +324,41 @@ def test_settings_are_checked() -> None:
         ChannelTrainingSettings(steps=0)
 
 
-def test_a_vector_index_serves_the_two_channel_search(minilm, tmp_path: Path) -> None:
-    from lorentz_rag.eval.index import VectorIndex
-
-    ids = [f"d{i}" for i in range(len(DOCS))]
-    index = VectorIndex.from_model(minilm, ids, DOCS)  # built with S alone: H is applied at search time
-    plain = index.search(minilm, QUERIES, k=4)
+def _check_served(minilm, search, ids: list[str]) -> None:
+    """``search(model, queries, k, **kw) -> [[(id, score, text)]]`` over DOCS (an index or a store built with
+    S alone) ranks similar as before H was attached, and broader / narrower as ``model.search`` does."""
+    plain = search(minilm, QUERIES, 4)
     channel = _channel(input_dim=minilm.embedding_dim, dim=16, weights={"broader": 0.5, "narrower": 0.8})
     minilm.attach_hierarchy_channel(channel)
     try:
-        assert index.search(minilm, QUERIES, k=4) == plain
+        assert search(minilm, QUERIES, 4) == plain
         for relation in ("broader", "narrower"):
-            got = index.search(minilm, QUERIES, k=4, relation=relation)
+            got = search(minilm, QUERIES, 4, relation=relation)
             want = minilm.search(QUERIES, DOCS, k=4, relation=relation)
-            # The index stores float32 unit vectors: the same ranking, scores within float32 rounding.
-            assert [[d for d, _ in row] for row in got] == [[ids[p] for p, _ in row] for row in want]
-            assert np.allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4)
+            assert [[(i, t) for i, _, t in row] for row in got] == [
+                [(ids[p], DOCS[p]) for p, _ in row] for row in want
+            ]
+            # Stored float32 vectors: the same ranking, scores within float32 rounding.
+            assert np.allclose(
+                [[s for _, s, _ in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4
+            )
         with pytest.raises(ValueError, match="drop radius_weight"):
-            index.search(minilm, QUERIES, k=4, relation="broader", radius_weight=0.2)
+            search(minilm, QUERIES, 4, relation="broader", radius_weight=0.2)
     finally:
         minilm.attach_hierarchy_channel(None)
+
+
+def test_a_vector_index_serves_the_two_channel_search(minilm) -> None:
+    from lorentz_rag.eval.index import VectorIndex
+
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    index = VectorIndex.from_model(minilm, ids, DOCS)
+    text = dict(zip(ids, DOCS))
+
+    def search(model, queries, k, **kw):
+        return [[(d, s, text[d]) for d, s in row] for row in index.search(model, queries, k, **kw)]
+
+    _check_served(minilm, search, ids)
 
 
 def test_the_langchain_retriever_ranks_relations_by_the_channels(minilm) -> None:
@@ -368,26 +383,13 @@ def test_a_local_store_serves_the_two_channel_search(minilm, tmp_path: Path, bac
     from lorentz_rag.stores import create_store, layout_for_model
 
     ids = [f"d{i}" for i in range(len(DOCS))]
-    spec = f"{backend}:{tmp_path / 'db'}"
-    store = create_store(
-        spec, layout_for_model(minilm)
-    )  # built with S alone: H is applied to the stored vectors
+    store = create_store(f"{backend}:{tmp_path / 'db'}", layout_for_model(minilm))
     store.add_texts(minilm, DOCS, ids=ids)
-    plain = store.search(minilm, QUERIES, k=4)
-    channel = _channel(input_dim=minilm.embedding_dim, dim=16, weights={"broader": 0.5, "narrower": 0.8})
-    minilm.attach_hierarchy_channel(channel)
+
+    def search(model, queries, k, **kw):
+        return [[(h.id, h.score, h.text) for h in row] for row in store.search(model, queries, k, **kw)]
+
     try:
-        assert store.search(minilm, QUERIES, k=4) == plain
-        for relation in ("broader", "narrower"):
-            got = store.search(minilm, QUERIES, k=4, relation=relation)
-            want = minilm.search(QUERIES, DOCS, k=4, relation=relation)
-            assert [[h.id for h in row] for row in got] == [[ids[p] for p, _ in row] for row in want]
-            assert [[h.text for h in row] for row in got] == [[DOCS[p] for p, _ in row] for row in want]
-            assert np.allclose(
-                [[h.score for h in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4
-            )
-        with pytest.raises(ValueError, match="drop radius_weight"):
-            store.search(minilm, QUERIES, k=4, relation="broader", radius_weight=0.2)
+        _check_served(minilm, search, ids)
     finally:
-        minilm.attach_hierarchy_channel(None)
         store.close()
