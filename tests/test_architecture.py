@@ -24,6 +24,7 @@ LAYERS = {
     "lorentz_rag._version": 0,
     "lorentz_rag.errors": 0,
     "lorentz_rag.atomic_files": 0,
+    "lorentz_rag.store_specs": 0,
     "lorentz_rag.folder_lock": 0,
     "lorentz_rag.geometry": 1,
     "lorentz_rag.nn": 2,

@@ -22,6 +22,7 @@ from lorentz_rag.errors import run_entry_point
 from lorentz_rag.eval.mteb_args import add_mteb_arguments
 from lorentz_rag.eval.rag.command import DESCRIPTION as RAG_DESCRIPTION
 from lorentz_rag.eval.rag.command import add_rag_arguments, run_from_args
+from lorentz_rag.store_specs import STORE_SPECS
 from lorentz_rag.training.config import parse_command_line
 
 
@@ -493,7 +494,7 @@ def _run_search(args: argparse.Namespace) -> int:
 # --- vector stores (lorentz_rag.stores) ------------------------------------------------------------
 
 _INDEX_KINDS = ("flat", "hnsw", "ivf_pq", "ivf_hnsw_sq", "ivf_hnsw_pq", "ivf_flat", "ivf_sq")
-_STORE_HELP = "a vector database: lancedb:PATH, qdrant:PATH or qdrant+http://HOST[:PORT]"
+_STORE_HELP = f"a vector database: {STORE_SPECS}"
 
 
 def _add_store_arguments(p) -> None:

@@ -79,7 +79,7 @@ def test_from_texts_needs_lorentz_rag_embeddings_and_a_store(tmp_path):
 
     with pytest.raises(TypeError, match="LorentzRagEmbeddings"):
         LorentzRagVectorStore.from_texts(TEXTS, Other(), store=f"lancedb:{tmp_path}")
-    with pytest.raises(ValueError, match="store='lancedb:PATH'"):
+    with pytest.raises(ValueError, match="give store= one of lancedb:PATH, qdrant:PATH or qdrant"):
         LorentzRagVectorStore.from_texts(TEXTS, LorentzRagEmbeddings(FakeModel("cosine")))
 
 

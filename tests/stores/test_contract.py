@@ -15,6 +15,7 @@ from store_fakes import FORMS, RADIUS, FakeModel, points
 
 from lorentz_rag.eval.index import IndexModelMismatchError, VectorIndex, candidate_scores, stored_form
 from lorentz_rag.geometry import lorentz
+from lorentz_rag.store_specs import BACKENDS as STORE_BACKENDS
 from lorentz_rag.stores import (
     LanceDBStore,
     QdrantStore,
@@ -25,7 +26,7 @@ from lorentz_rag.stores import (
     parse_store_spec,
 )
 
-BACKENDS = ("lancedb", "qdrant")
+BACKENDS = tuple(STORE_BACKENDS)  # every backend of the spec table runs the contract
 N_DOCS, N_QUERIES, K = 240, 12, 10
 
 
@@ -343,3 +344,22 @@ def test_lancedb_reader_in_another_process_sees_each_commit(tmp_path):
     _, pos = index.search_embeddings(queries[:1], K)
     assert lines[-1].split()[1] == ",".join(index.doc_ids[p] for p in pos[0].tolist())
     store.close()
+
+
+def test_every_backend_of_the_spec_table_has_a_store_class_and_a_form_in_the_help():
+    from lorentz_rag import store_specs
+    from lorentz_rag.stores import STORE_CLASSES, VectorStore
+
+    # The spec grammar and the classes are two tables: a backend missing from either fails here.
+    assert set(store_specs.BACKENDS) == set(STORE_CLASSES)
+    for name, spec in store_specs.BACKENDS.items():
+        assert issubclass(STORE_CLASSES[name], VectorStore)
+        assert spec.container and spec.forms
+        for form in spec.forms:
+            assert form in store_specs.STORE_SPECS
+            example = form.replace("PATH", "/tmp/x").replace("HOST[:PORT]", "h:1")
+            assert store_specs.parse_store_spec(example)[0] == name
+        assert (
+            store_specs.store_kinds(spec.forms[0].replace("PATH", "p").replace("HOST[:PORT]", "h"))[0]
+            == "flat"
+        )

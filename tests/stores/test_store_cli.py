@@ -12,10 +12,11 @@ from store_fakes import RADIUS, FakeModel
 
 from lorentz_rag import cli
 from lorentz_rag.geometry import lorentz
+from lorentz_rag.store_specs import BACKENDS as STORE_BACKENDS
 from lorentz_rag.stores import commands, open_store
 from lorentz_rag.stores.layout import RADIUS_HEADROOM, documents_radius
 
-BACKENDS = ("lancedb", "qdrant")
+BACKENDS = tuple(STORE_BACKENDS)  # every backend of the spec table runs the contract
 
 
 def _corpus(path, start: int, n: int):

@@ -50,6 +50,7 @@ from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.store_specs import STORE_SPECS
 from lorentz_rag.stores import DEFAULT_COLLECTION, StoreHit, VectorStore, create_store, layout_for_model
 
 __all__ = ["LorentzRagEmbeddings", "LorentzRagRetriever", "LorentzRagVectorStore"]
@@ -233,7 +234,7 @@ class LorentzRagVectorStore(LangChainVectorStore):
         overwrite: bool = False,
         **kwargs: Any,
     ) -> LorentzRagVectorStore:
-        """Create the store ``store`` (``"lancedb:PATH"``, ``"qdrant:PATH"`` or ``"qdrant+http://HOST:PORT"``)
+        """Create the store ``store`` (any form of :data:`lorentz_rag.store_specs.STORE_SPECS`)
         for ``embedding``'s model and add ``texts``. ``max_radius``: the radius bound every document, now or
         later, must respect (default: the texts' largest radius plus
         :data:`lorentz_rag.stores.layout.RADIUS_HEADROOM`, capped by the model's bound; see
@@ -241,7 +242,7 @@ class LorentzRagVectorStore(LangChainVectorStore):
         if not isinstance(embedding, LorentzRagEmbeddings):
             raise TypeError(f"embedding must be a LorentzRagEmbeddings, got {type(embedding).__name__}")
         if not store:
-            raise ValueError("give store='lancedb:PATH', 'qdrant:PATH' or 'qdrant+http://HOST:PORT'")
+            raise ValueError(f"give store= one of {STORE_SPECS}")
         vectors = encode_corpus(embedding.model, list(texts), batch_size=embedding.batch_size)
         layout = layout_for_model(embedding.model, max_radius=max_radius, documents=vectors)
         target = create_store(store, layout, name=collection, overwrite=overwrite)

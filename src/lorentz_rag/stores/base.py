@@ -146,6 +146,14 @@ class VectorStore(abc.ABC):
         """Whether a search with ``exact=False`` goes through an approximate index."""
         return False
 
+    @classmethod
+    def build_options(cls, kind: str) -> dict[str, Any]:
+        """Options for :meth:`create` that ``index build --kind`` implies (none by default)."""
+        return {}
+
+    def build_index(self, kind: str) -> None:  # noqa: B027 - a backend without ANN kinds builds nothing
+        """Build the ANN index ``kind`` once the documents are in (``flat``: nothing to build)."""
+
     def close(self) -> None:  # noqa: B027 - optional for backends (LanceDB holds no connection to close)
         """Release the connection (a no-op where there is none)."""
 

@@ -1,6 +1,6 @@
 """``lorentz-rag index build|add|delete --store SPEC`` and ``lorentz-rag search --store SPEC``.
 
-``SPEC`` is ``lancedb:PATH``, ``qdrant:PATH`` or ``qdrant+http://HOST[:PORT]`` (:func:`lorentz_rag.stores.parse_store_spec`).
+``SPEC`` is any form of :data:`lorentz_rag.store_specs.STORE_SPECS` (:func:`lorentz_rag.store_specs.parse_store_spec`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
 from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.store_specs import backend_of, store_kinds
 from lorentz_rag.stores import (
     DEFAULT_COLLECTION,
-    LANCEDB_ANN_KINDS,
-    LanceDBStore,
+    STORE_CLASSES,
     StoreHit,
     StoreUnreadableError,
     VectorStore,
@@ -51,12 +51,6 @@ __all__ = [
 
 # Documents embedded and written per store call (bounds the memory of one add).
 _ADD_BATCH = 4096
-
-
-def store_kinds(spec: str) -> tuple[str, ...]:
-    """The index kinds a store accepts: ``flat`` (brute force), LanceDB's IVF / HNSW indexes, Qdrant's ``hnsw``."""
-    backend, _ = parse_store_spec(spec)
-    return ("flat", *LANCEDB_ANN_KINDS) if backend == "lancedb" else ("flat", "hnsw")
 
 
 def build_store_command(
@@ -94,15 +88,13 @@ def build_store_command(
     layout = layout_for_model(
         model, max_radius=max_radius, documents=emb, model_path=str(Path(model_path).resolve())
     )
-    backend, _ = parse_store_spec(store)
-    options = {"hnsw_m": 0 if kind == "flat" else 16} if backend == "qdrant" else {}
+    options = STORE_CLASSES[parse_store_spec(store)[0]].build_options(kind)
     _check_replaceable(store, name, overwrite)  # again: documents may have been added while encoding
     target = create_store(store, layout, name=name, overwrite=True, **options)
     for part in range(0, len(ids), _ADD_BATCH):
         chunk = slice(part, part + _ADD_BATCH)
         target.add_embeddings(ids[chunk], emb[chunk], texts[chunk])
-    if isinstance(target, LanceDBStore) and kind != "flat":
-        target.create_ann_index(kind)
+    target.build_index(kind)
     remove_store_taxonomy(store, name)  # the documents were replaced: an old attachment no longer holds
     if attach is not None:
         attached = attach_store_taxonomy(
@@ -219,8 +211,7 @@ def _check_replaceable(store: str, name: str, overwrite: bool) -> None:
             return
         raise
     if held and not overwrite:
-        backend, _ = parse_store_spec(store)
-        what = "table" if backend == "lancedb" else "collection"
+        what = backend_of(store).container
         raise IndexNotEmptyError(
             f"{store} ({what} {name}) already holds {held} documents; pass --overwrite to replace them, or use "
             "'lorentz-rag index add' to append"

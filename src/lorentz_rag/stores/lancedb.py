@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from lorentz_rag.store_specs import BACKENDS
 from lorentz_rag.stores.base import DEFAULT_COLLECTION, Candidates, StoreUnreadableError, VectorStore
 from lorentz_rag.stores.layout import StoreLayout
 
 __all__ = ["ANN_KINDS", "LanceDBStore"]
 
 #: LanceDB's vector index types (lower case) that :meth:`LanceDBStore.create_ann_index` builds.
-ANN_KINDS = ("ivf_pq", "ivf_hnsw_sq", "ivf_hnsw_pq", "ivf_flat", "ivf_sq")
+ANN_KINDS = BACKENDS["lancedb"].ann_kinds
 _INDEX_CLASSES = {
     "ivf_pq": "IvfPq",
     "ivf_hnsw_sq": "IvfHnswSq",
@@ -144,6 +145,7 @@ class LanceDBStore(VectorStore):
         """A new empty table ``name`` in folder ``path`` (created if missing) for ``layout``; an existing
         table is an error unless ``overwrite``."""
         pa = _pyarrow()
+        Path(path).mkdir(parents=True, exist_ok=True)
         db = cls._connect(path)
         schema = pa.schema(
             [
@@ -278,6 +280,11 @@ class LanceDBStore(VectorStore):
         return out
 
     # --- the ANN index ----------------------------------------------------------------------------------
+
+    def build_index(self, kind: str) -> None:
+        """``index build --kind``: :meth:`create_ann_index` for an ANN kind (``flat``: none)."""
+        if kind != "flat":
+            self.create_ann_index(kind)
 
     def create_ann_index(
         self,

@@ -119,6 +119,11 @@ class QdrantStore(VectorStore):
         return client, location
 
     @classmethod
+    def build_options(cls, kind: str) -> dict[str, Any]:
+        """``flat``: no HNSW graph (``hnsw_m=0``, brute force); ``hnsw``: the server builds one (``hnsw_m=16``)."""
+        return {"hnsw_m": 0 if kind == "flat" else 16}
+
+    @classmethod
     def create(
         cls,
         layout: StoreLayout,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lorentz_rag.eval.taxonomy_attachment import AttachedTaxonomy, TaxonomyAttachmentError
 from lorentz_rag.eval.taxonomy_search import ConceptGraph, DocumentLinks, graph_knn_search
-from lorentz_rag.stores import parse_store_spec
+from lorentz_rag.store_specs import BACKENDS, backend_of, parse_store_spec
 from lorentz_rag.stores.base import DEFAULT_COLLECTION, StoreHit, VectorStore, _metadata
 
 __all__ = [
@@ -120,10 +120,11 @@ def _select(links: DocumentLinks, new_pos: np.ndarray, n_docs: int) -> DocumentL
 def store_taxonomy_folder(spec: str, name: str = DEFAULT_COLLECTION) -> Path:
     """``PATH/<name>.taxonomy`` for a local store; a Qdrant server is refused (one line)."""
     _, where = parse_store_spec(spec)
-    if "path" not in where:
+    if not backend_of(spec).is_local(where):
+        local = ", ".join(f for b in BACKENDS.values() for f in b.forms if f.endswith(":PATH"))
         raise ValueError(
-            f"{spec}: a taxonomy is kept in files beside the store, and only local stores (lancedb:PATH, "
-            "qdrant:PATH) can carry one yet"
+            f"{spec}: a taxonomy is kept in files beside the store, and only local stores ({local}) can carry "
+            "one yet"
         )
     return Path(where["path"]) / f"{name}.taxonomy"
 
