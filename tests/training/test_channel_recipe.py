@@ -79,7 +79,7 @@ def test_the_recipe_saves_a_two_channel_model(trained: Path) -> None:
     assert not set(split["held_out"]) & train_ids
     model = load_model(str(final))
     channel = model.hierarchy_channel
-    assert channel is not None and channel.config.dim == 16 and channel.config.geometry == "lorentz"
+    assert channel is not None and channel.config.dim == 64 and channel.config.geometry == "lorentz"
     assert channel.config.weights == {r: report["validation"][r]["weight"] for r in ("broader", "narrower")}
 
 
@@ -103,7 +103,7 @@ def test_eval_beir_relation_uses_the_channels(trained: Path, tmp_path: Path, cap
     assert cli.main([*argv, "--output", str(out), "--relation", "broader"]) == 0
     written = json.loads(out.read_text())
     assert written["meta"]["relation"] == "broader"
-    assert written["meta"]["hierarchy_channel"]["dim"] == 16
+    assert written["meta"]["hierarchy_channel"]["dim"] == 64
     capsys.readouterr()
     assert cli.main([*argv, "--relation", "broader", "--radius-weight", "0.3"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
@@ -185,7 +185,7 @@ def test_faq_dev_and_synonym_rankings_are_the_frozen_models_exactly(trained: Pat
     # A taxonomy's synonym set: each synonym against every concept's definition.
     concepts = [json.loads(line) for line in (ROOT / "tests" / "data" / "fixtures" / "animals.jsonl").open()]
     synonyms = [s for c in concepts for s in c.get("synonyms", [])]
-    definitions = [c["definition"] for c in concepts]
+    definitions = [c.get("definition") or c["name"] for c in concepts]
     assert synonyms and two.search(synonyms, definitions, k=len(definitions)) == base.search(
         synonyms, definitions, k=len(definitions)
     )

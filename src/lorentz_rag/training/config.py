@@ -334,7 +334,7 @@ class ChannelArgs(_Section):
     geometry: Literal["lorentz", "euclidean"] = Field(
         "lorentz", description="H's space: the hyperboloid H^dim, or R^dim (the Euclidean twin)."
     )
-    dim: int = Field(32, ge=1, description="H's dimension (16, 32, 64, ...).")
+    dim: int = Field(64, ge=1, description="H's dimension (16, 32, 64, ...).")
     hidden_dim: int = Field(512, ge=1, description="Width of H's hidden layer.")
     curvature: float = Field(1.0, gt=0, description="H's curvature c (lorentz).")
     max_radius: float = Field(8.0, gt=0, description="H's radii lie in (0, max_radius).")
