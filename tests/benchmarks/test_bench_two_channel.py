@@ -53,6 +53,7 @@ def test_every_row_over_seeds_and_the_table(tmp_path: Path) -> None:
     summary = bench._summarise(raw)
     broader = summary["rows"]["broader"]
     # The deterministic rows have sd 0; graph-kNN at weight 0 of the mixture is graph-kNN itself.
+    # One value: mean_sd returns the literal 0.0 for its sd (deterministic by construction, no arithmetic).
     assert broader["graph-kNN"]["all"][1] == 0.0
     assert summary["tune"]["broader"]["graph-kNN + H^4"] >= summary["tune"]["broader"]["graph-kNN"] - 1e-9
     assert "H^4 - R^4 (alone)" in summary["comparisons"]["broader"]

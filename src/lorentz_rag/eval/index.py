@@ -861,8 +861,13 @@ def search_command(
         relation=relation,
         radius_weight=radius_weight,
     )
+    print_hits(queries, results)
+    return results
+
+
+def print_hits(queries: Sequence[str], results: Sequence[Sequence[tuple[str, float]]]) -> None:
+    """What ``lorentz-rag search`` prints: each query, then its ``(doc_id, score)`` hits ranked."""
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, (doc_id, score) in enumerate(hits, start=1):
             print(f"  {rank:>3}. {score:+.6f}  {doc_id}")
-    return results

@@ -14,7 +14,7 @@ import torch
 
 from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import encode_corpus
-from lorentz_rag.eval.index import IndexNotEmptyError
+from lorentz_rag.eval.index import IndexNotEmptyError, print_hits
 from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
 from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.models import load_model
@@ -193,10 +193,7 @@ def search_store_command(
             relation=relation,
             radius_weight=radius_weight,
         )
-    for query, hits in zip(queries, results):
-        print(f"query: {query}")
-        for rank, hit in enumerate(hits, start=1):
-            print(f"  {rank:>3}. {hit.score:+.6f}  {hit.id}")
+    print_hits(queries, [[(hit.id, hit.score) for hit in hits] for hits in results])
     return results
 
 

@@ -22,7 +22,6 @@ a taxonomy into a two-channel model.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -36,6 +35,7 @@ import torch
 from lorentz_rag.atomic_files import write_json
 from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import write_taxonomy
+from lorentz_rag.eval.retrieval import compute_metrics
 from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.models.factory import load_model
@@ -55,12 +55,6 @@ __all__ = ["WEIGHT_GRID", "choose_weights", "run_channel_recipe"]
 #: The mixing weights tried on the validation concepts.
 WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 _JUDGED_HOPS = 3
-
-
-def _ndcg10(ranked: list[int], relevant: dict[int, int]) -> float:
-    gain = sum(relevant.get(p, 0) / math.log2(i + 2) for i, p in enumerate(ranked[:10]))
-    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(relevant.values(), reverse=True)[:10]))
-    return gain / ideal if ideal else 0.0
 
 
 def _validation_queries(
@@ -121,15 +115,18 @@ def choose_weights(
         q = model.encode(texts, "query", batch_size)
         with torch.no_grad():
             h_q = channel(q.float()).double()
-        totals = np.zeros(len(WEIGHT_GRID))
+        ranked: list[dict[str, list[str]]] = [{} for _ in WEIGHT_GRID]
         for start in range(0, len(texts), 128):
             stop = start + 128
             s = similarity_fns.pairwise(q[start:stop].double(), docs, model.settings.similarity, c)
             h = channel.relation_scores(h_q[start:stop], h_docs, relation)
             for w_i, w in enumerate(WEIGHT_GRID):
-                top = torch.topk(mix_scores(s, h, w), min(10, docs.shape[0]), dim=1).indices
-                totals[w_i] += sum(_ndcg10(row, judged[start + r]) for r, row in enumerate(top.tolist()))
-        means = totals / len(texts)
+                # Ranked as the search ranks: stable, ties to the earlier concept.
+                top = torch.sort(mix_scores(s, h, w), dim=1, descending=True, stable=True).indices[:, :10]
+                for r, row in enumerate(top.tolist()):
+                    ranked[w_i][f"q{start + r}"] = [str(p) for p in row]
+        qrels = {f"q{i}": {str(p): g for p, g in rel.items()} for i, rel in enumerate(judged)}
+        means = np.array([compute_metrics(qrels, run)["ndcg@10"] for run in ranked])
         best = int(np.argmax(means))  # the first (smallest weight) of equal means
         result[relation] = {
             "queries": len(texts),

@@ -292,8 +292,7 @@ def _batch(
         candidates[np.minimum(a_col, len(candidates) - 1)] == targets.ancestors[a_at]
     )
     mask[a_row[present], a_col[present]] = True
-    mask[np.arange(len(rows)), own_col] = True
-    mask &= target == 0
+    mask &= target == 0  # an ancestor in the target is a positive, not masked
     mask[np.arange(len(rows)), own_col] = True
     return (
         candidates,
