@@ -35,7 +35,7 @@ from lorentz_rag.training.taxonomy_recipe import prepare_taxonomy_run
 from lorentz_rag.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "taxonomy" / "hyte_h.yaml"
+CONFIG = ROOT / "configs" / "taxonomy" / "single_channel" / "hyte_h.yaml"
 MODES = ("batched", "uncached", "cached")
 
 

@@ -12,7 +12,7 @@ every model is measured on their ``report`` halves (``--part tune`` to choose se
   score ``broader`` for radius models, by similarity for zero-shot).
 
 A no-training row, ``graph_knn``: the zero-shot model with the taxonomy's train split attached
-(:mod:`lorentz_rag.eval.taxonomy_search`, default :class:`GraphKnnSettings`) on the same sets: broader and
+(:mod:`lorentz_rag.search.graph_knn`, default :class:`GraphKnnSettings`) on the same sets: broader and
 narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`graph_subsumption_scores`; synonym and
 faq-dev are the zero-shot numbers (plain similarity, unchanged by the graph); no depth (no new embeddings).
 
@@ -55,8 +55,8 @@ from lorentz_rag.eval.hierarchy import embedding_radii, radius_stats, read_level
 from lorentz_rag.eval.retrieval import compute_metrics, evaluate_beir
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
 from lorentz_rag.eval.subsumption import evaluate_subsumption, read_subsumption_pairs, subsumption_f1
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings
 from lorentz_rag.models.hf_base import cached_base_states
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
 from lorentz_rag.training.config import load_config
 from lorentz_rag.training.trainer import train
 
@@ -85,7 +85,7 @@ def _ndcg(
         texts = [document_text(data.corpus[d]) for d in doc_ids]
         queries = [data.queries[q] for q in query_ids]
         if graph is not None:
-            hits = graph.search_documents(model, queries, texts, 10, relation, doc_ids=doc_ids)
+            hits = model.search(queries, texts, 10, relation=relation, taxonomy=graph, doc_ids=doc_ids)
         else:
             hits = model.search(queries, model.encode(texts, "document"), k=10, relation=relation)
         ranked = {q: [doc_ids[p] for p, _ in row] for q, row in zip(query_ids, hits)}
@@ -220,7 +220,9 @@ def _train(
             }
         )
         overrides.update({"hierarchy_args.edges_per_step": 4, "taxonomy_args.replay_share": 0.0})
-    config = load_config(ROOT / "configs" / "taxonomy" / MODELS[name], overrides, dotenv_dir=None)
+    config = load_config(
+        ROOT / "configs" / "taxonomy" / "single_channel" / MODELS[name], overrides, dotenv_dir=None
+    )
     return lorentz_rag.load_model(train(config).final_model_dir)
 
 

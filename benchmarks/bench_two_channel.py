@@ -48,9 +48,9 @@ from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.eval.retrieval import compute_metrics
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
 from lorentz_rag.eval.subsumption import read_subsumption_pairs, subsumption_f1
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.geometry.relation import relation_score
 from lorentz_rag.models.hierarchy_channel import HierarchyChannel, HierarchyChannelConfig
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.training.hierarchy_channel import (
     ChannelTargets,
     ChannelTrainingSettings,

@@ -1,6 +1,6 @@
 """Choose graph-kNN's settings on the tune halves of WordNet and ICD-10-CM, then report them on the report halves.
 
-Graph-kNN (:mod:`lorentz_rag.eval.taxonomy_search`) with the frozen, zero-shot packaged all-MiniLM-L6-v2 and the
+Graph-kNN (:mod:`lorentz_rag.search.graph_knn`) with the frozen, zero-shot packaged all-MiniLM-L6-v2 and the
 train split of each taxonomy attached (``lorentz-rag taxonomy build``'s ``train.jsonl.gz``, default options,
 the same split as the recipe's runs). Measured: broader nDCG@10 on ``eval/broader``.
 
@@ -43,13 +43,13 @@ from lorentz_rag.data.beir import document_text, load_beir
 from lorentz_rag.data.taxonomy import read_taxonomy, wordnet_held_out_ids
 from lorentz_rag.data.taxonomy_sets import TaxonomySetOptions, build_taxonomy_sets, resolve_taxonomy
 from lorentz_rag.eval.retrieval import compute_metrics
-from lorentz_rag.eval.taxonomy_search import (
+from lorentz_rag.geometry import similarity as similarity_fns
+from lorentz_rag.search.graph_knn import (
     ConceptGraph,
     GraphKnnSettings,
     graph_knn_search,
     mix_scores,
 )
-from lorentz_rag.geometry import similarity as similarity_fns
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {
@@ -279,7 +279,7 @@ def _markdown(res: dict[str, Any], tuned: dict[str, Any]) -> str:
         "Broader retrieval (`lorentz-rag taxonomy build` sets, default options: held-out concept -> its ancestors "
         "within 3 hops, graded), nDCG@10 x 100. Zero-shot: the frozen packaged all-MiniLM-L6-v2, cosine, exact "
         "ranking. Graph-kNN: the same model with the taxonomy's train split attached "
-        "(`lorentz_rag.eval.taxonomy_search`), no training. One number per set: nothing is seeded.",
+        "(`lorentz_rag.search.graph_knn`), no training. One number per set: nothing is seeded.",
         "",
         f"Grid (every combination, {len(res['grid_means'])} points): "
         + "; ".join(f"{k} in {list(v)}" for k, v in res["grid"].items())

@@ -30,6 +30,7 @@ LAYERS = {
     "lorentz_rag.nn": 2,
     "lorentz_rag.data": 2,
     "lorentz_rag.models": 3,
+    "lorentz_rag.search": 3,
     "lorentz_rag.training": 4,
     "lorentz_rag.eval": 4,
     "lorentz_rag.integrations": 5,

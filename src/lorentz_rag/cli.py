@@ -273,7 +273,7 @@ _MTEB_DESCRIPTION = (
 
 
 def _add_taxonomy_arguments(p, what: str) -> None:
-    """``--taxonomy`` and ``--graph-settings`` (graph-kNN, lorentz_rag.eval.taxonomy_search)."""
+    """``--taxonomy`` and ``--graph-settings`` (graph-kNN, lorentz_rag.search.graph_knn)."""
     p.add_argument(
         "--taxonomy",
         default=None,

@@ -124,7 +124,7 @@ def test_graph_subsumption_scores_are_the_candidates_share_of_the_votes() -> Non
     import torch
     from bench_taxonomy import graph_subsumption_scores
 
-    from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings
+    from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
 
     def unit(deg: float) -> list[float]:
         return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from lorentz_rag.eval.taxonomy_search import GraphKnnSettings
+from lorentz_rag.search.graph_knn import GraphKnnSettings
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "eval"))

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.models import load_model, packaged_minilm_path
 from lorentz_rag.models.hierarchy_channel import (
     CHANNEL_FOLDER,
@@ -21,6 +20,7 @@ from lorentz_rag.models.hierarchy_channel import (
     HierarchyChannelConfig,
     load_hierarchy_channel,
 )
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.training.hierarchy_channel import (
     ChannelTrainingSettings,
     build_channel_targets,

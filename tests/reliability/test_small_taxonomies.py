@@ -226,7 +226,7 @@ def test_ctrl_c_while_moving_into_a_full_out_leaves_no_manifest(
 
 def _recipe(path: Path, out: Path, general: Path, **extra):
     return load_config(
-        REPO / "configs" / "taxonomy" / "hyte_h.yaml",
+        REPO / "configs" / "taxonomy" / "single_channel" / "hyte_h.yaml",
         {
             "taxonomy_args.path": str(path),
             "taxonomy_args.replay_path": str(general),

@@ -17,7 +17,7 @@ from eval_fake_models import HashingModel
 from lorentz_rag import cli
 from lorentz_rag.eval import index as index_module
 from lorentz_rag.eval.index import VectorIndex
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, graph_knn_search
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, graph_knn_search
 from lorentz_rag.stores import commands, open_store
 from lorentz_rag.stores.taxonomy import read_store_taxonomy, store_taxonomy_folder
 

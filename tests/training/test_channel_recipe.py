@@ -1,4 +1,4 @@
-"""The hierarchy channel recipe end to end (``lorentz-rag train --config=configs/taxonomy/two_channel.yaml``):
+"""The hierarchy channel recipe end to end (``lorentz-rag train --config=configs/taxonomy/hyte_h.yaml``):
 the split, the saved two-channel model, the similarity channel unchanged, the weights chosen on validation,
 ``eval beir --relation`` on the result, and one-line refusals of a bad configuration."""
 
@@ -18,7 +18,7 @@ from lorentz_rag.models.hierarchy_channel import CHANNEL_FOLDER
 from lorentz_rag.training.channel_recipe import WEIGHT_GRID
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "taxonomy" / "two_channel.yaml"
+CONFIG = ROOT / "configs" / "taxonomy" / "hyte_h.yaml"
 KINDS = ["animal", "plant", "tool", "vehicle"]
 SUBS = ["small", "large", "wild", "domestic"]
 LEAVES = ["red", "green", "striped", "spotted"]
@@ -81,6 +81,12 @@ def test_the_recipe_saves_a_two_channel_model(trained: Path) -> None:
     channel = model.hierarchy_channel
     assert channel is not None and channel.config.dim == 64 and channel.config.geometry == "lorentz"
     assert channel.config.weights == {r: report["validation"][r]["weight"] for r in ("broader", "narrower")}
+    assert channel.config.graph_weights == {
+        r: report["validation"][r]["graph_weight"] for r in ("broader", "narrower")
+    }
+    # The model carries the train split it was taught, embedded: every train concept, no held-out one.
+    assert (final / "taxonomy" / "taxonomy.json").is_file()
+    assert set(model.concept_graph.concept_ids) == train_ids
 
 
 def test_similarity_search_ranks_exactly_as_the_frozen_model(trained: Path) -> None:
@@ -103,7 +109,9 @@ def test_eval_beir_relation_uses_the_channels(trained: Path, tmp_path: Path, cap
     assert cli.main([*argv, "--output", str(out), "--relation", "broader"]) == 0
     written = json.loads(out.read_text())
     assert written["meta"]["relation"] == "broader"
+    assert written["meta"]["route"] == "graph"  # the model's own taxonomy, mixed with H
     assert written["meta"]["hierarchy_channel"]["dim"] == 64
+    assert "graph-kNN over the model's own taxonomy" in capsys.readouterr().out
     capsys.readouterr()
     assert cli.main([*argv, "--relation", "broader", "--radius-weight", "0.3"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
@@ -189,3 +197,34 @@ def test_faq_dev_and_synonym_rankings_are_the_frozen_models_exactly(trained: Pat
     assert synonyms and two.search(synonyms, definitions, k=len(definitions)) == base.search(
         synonyms, definitions, k=len(definitions)
     )
+
+
+def test_an_index_of_the_recipes_model_attaches_its_taxonomy(trained: Path, tmp_path: Path, capsys) -> None:
+    rows = [
+        {"_id": f"doc{i}", "title": "", "text": f"a {k} that is {s}"}
+        for i, (k, s) in enumerate((k, s) for k in KINDS for s in SUBS)
+    ]
+    rows.append(
+        {"_id": "free", "title": "", "text": "a fast red car"}
+    )  # no concept's text: linked by similarity
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ix"
+    final = str(trained / "final")
+    assert cli.main(["index", "build", "--model", final, "--corpus", str(corpus), "--out", str(out)]) == 0
+    assert "the model's own taxonomy attached" in capsys.readouterr().out
+    assert (out / "taxonomy.json").is_file()
+    query = "a red small animal"
+    assert (
+        cli.main(
+            ["search", "--index", str(out), query, "-k", "5", "--relation", "narrower", "--model", final]
+        )
+        == 0
+    )
+    printed = [
+        line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()
+    ]
+    model = load_model(final)
+    ids = [r["_id"] for r in rows]
+    want = model.search([query], [r["text"] for r in rows], k=5, relation="narrower", doc_ids=ids)[0]
+    assert printed == [ids[p] for p, _ in want]

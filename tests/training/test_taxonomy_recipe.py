@@ -1,6 +1,6 @@
 """The taxonomy recipe: ``taxonomy_args`` derives the run's mixture and hierarchy edges from the taxonomy's
 train split (the same split as ``taxonomy build``), held-out concepts never reach training, and
-``configs/taxonomy/*.yaml`` train HyTE-H and the twin end to end into ``OUT/final``."""
+``configs/taxonomy/single_channel/*.yaml`` train HyTE-H and the twin end to end into ``OUT/final``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _config(tmp_path: Path, config: str = "hyte_h.yaml", **extra):
     taxonomy = read_taxonomy(ANIMALS)
     probe = prepare_taxonomy_run(
         load_config(
-            ROOT / "configs" / "taxonomy" / config,
+            ROOT / "configs" / "taxonomy" / "single_channel" / config,
             {"taxonomy_args.path": str(ANIMALS), "train_args.output_dir": str(tmp_path / "probe"), **extra},
             dotenv_dir=None,
         )
@@ -47,7 +47,9 @@ def _config(tmp_path: Path, config: str = "hyte_h.yaml", **extra):
         **extra,
     }
     assert probe.taxonomy_args.path == str(ANIMALS)
-    return load_config(ROOT / "configs" / "taxonomy" / config, overrides, dotenv_dir=None), held
+    return load_config(
+        ROOT / "configs" / "taxonomy" / "single_channel" / config, overrides, dotenv_dir=None
+    ), held
 
 
 def test_the_run_trains_on_the_train_split_only_and_matches_taxonomy_build(tmp_path: Path) -> None:
@@ -96,7 +98,7 @@ def test_the_run_trains_on_the_train_split_only_and_matches_taxonomy_build(tmp_p
 
 
 def test_taxonomy_args_are_validated(tmp_path: Path) -> None:
-    config = ROOT / "configs" / "taxonomy" / "hyte_h.yaml"
+    config = ROOT / "configs" / "taxonomy" / "single_channel" / "hyte_h.yaml"
     with pytest.raises(ConfigError, match=r"leave hierarchy_args\.taxonomy_path"):
         load_config(
             config,
@@ -134,7 +136,7 @@ def test_the_recipe_configs_train_a_model_end_to_end(tmp_path: Path, config: str
     out = tmp_path / "run"
     argv = [
         "train",
-        f"--config={ROOT / 'configs' / 'taxonomy' / config}",
+        f"--config={ROOT / 'configs' / 'taxonomy' / 'single_channel' / config}",
         f"--taxonomy_args.path={ANIMALS}",
         f"--taxonomy_args.replay_path={tmp_path / 'general.jsonl'}",
         f"--train_args.output_dir={out}",

@@ -65,14 +65,14 @@ from lorentz_rag.eval.taxonomy_attachment import (
     read_attached_taxonomy,
     read_taxonomy_request,
 )
-from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.folder_lock import exclusive_lock, sibling_lock_path
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
 from lorentz_rag.models.base import check_finite_embeddings
-from lorentz_rag.models.hierarchy_channel import two_channel_search
+from lorentz_rag.search.graph_knn import refuse_radius_weight
+from lorentz_rag.search.relation import exact_relation_search, relation_route
 from lorentz_rag.training.distributed import barrier, command_process_group, is_distributed, world_info
 
 __all__ = [
@@ -162,7 +162,7 @@ class VectorIndex:
         self.model_path = model_path
         # EmbeddingModel.fingerprint() of the model that embedded the documents (None: not recorded).
         self.model_fingerprint = model_fingerprint
-        # A taxonomy attached for graph-kNN broader / narrower search (eval/taxonomy_search.py); None: none.
+        # A taxonomy attached for graph-kNN broader / narrower search (search/graph_knn.py); None: none.
         self.taxonomy: AttachedTaxonomy | None = None
 
     # --- construction -----------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ class VectorIndex:
         ``relation="broader"`` / ``"narrower"`` ranks by :mod:`lorentz_rag.geometry.relation`'s score with
         ``radius_weight`` (exact for ``flat``, :mod:`lorentz_rag.eval.relation_search`; refused for cosine);
         with a taxonomy attached (``self.taxonomy``, ``index build --taxonomy``) they are graph-kNN instead
-        (:mod:`lorentz_rag.eval.taxonomy_search`: exact, any similarity; ``radius_weight`` unused).
+        (:mod:`lorentz_rag.search.graph_knn`: exact, any similarity; ``radius_weight`` unused).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -411,24 +411,31 @@ class VectorIndex:
         ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
         :meth:`search_embeddings`; ``radius_weight`` default :data:`DEFAULT_RADIUS_WEIGHT`). A model with a
         hierarchy channel (its fingerprint is its similarity channel's, so an index built with the model
-        alone serves it) ranks ``broader`` / ``narrower`` by the two channels, exact over every stored
-        document (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`; H is applied to the stored
-        vectors), unless a taxonomy is attached, which ranks them by graph-kNN.
+        alone serves it) ranks ``broader`` / ``narrower`` by the two channels, H applied to the stored
+        vectors; a taxonomy attached to the index ranks them by graph-kNN, mixed with H where the model has
+        one (:func:`lorentz_rag.search.relation.relation_route`; both exact over every stored document).
         """
         self._check_model(model, allow_model_mismatch=allow_model_mismatch)
         channel = getattr(model, "hierarchy_channel", None)
-        channel = channel if relation != "similar" and self.taxonomy is None else None
-        if channel is not None and radius_weight is not None:
-            raise ValueError(
-                "radius_weight weighs the single-channel relation score, but this model ranks "
-                f"relation={relation!r} by its hierarchy channel, whose radius weight was saved with it: "
-                "drop radius_weight"
-            )
+        # The taxonomy attached to the index, else the one the model carries.
+        graph = self.taxonomy.graph if self.taxonomy is not None else getattr(model, "concept_graph", None)
+        route = relation_route(
+            relation, channel=channel, graph=graph, radius_weight=radius_weight, where="the index"
+        )
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        if channel is not None:
-            scores, positions = two_channel_search(
-                channel, emb, self.stored_embeddings(), k, relation, self.similarity, self.curvature
+        if route in ("graph", "channel"):
+            scores, positions = exact_relation_search(
+                emb,
+                self.stored_embeddings,
+                len(self),
+                k,
+                relation,
+                similarity=self.similarity,
+                curvature=self.curvature,
+                channel=channel,
+                graph=graph,
+                links=None if graph is None else self._links(graph),
             )
         else:
             weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
@@ -437,6 +444,12 @@ class VectorIndex:
             [(self.doc_ids[p], s) for p, s in zip(pos_row, score_row)]
             for pos_row, score_row in zip(positions.tolist(), scores.tolist())
         ]
+
+    def _links(self, graph: Any) -> Any:
+        """The documents' concept links: the attachment's, or (a model's own taxonomy) computed once."""
+        if self.taxonomy is not None and graph is self.taxonomy.graph:
+            return self.taxonomy.links
+        return graph.cached_links(self.doc_ids, None, self.stored_embeddings())
 
     def stored_embeddings(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Documents ``start:stop`` as the model's embeddings ``[n, dim]`` (float32), read back from the index
@@ -824,6 +837,10 @@ def _build_index(
     if attach is not None:
         attach_taxonomy(index, model, attach.taxonomy, texts, attach.settings, source=attach.source)
         print(index.taxonomy.summary())  # type: ignore[union-attr]
+    elif getattr(model, "concept_graph", None) is not None:
+        # The model carries the taxonomy it was taught (the taxonomy recipe): attach it, already embedded.
+        attach_taxonomy(index, model, model.concept_graph, texts)
+        print(f"the model's own {index.taxonomy.summary()}")  # type: ignore[union-attr]
     index.save(out)
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)

@@ -35,11 +35,11 @@ from lorentz_rag.errors import names_path
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, graph_knn_search
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT
 from lorentz_rag.models import load_model
-from lorentz_rag.models.hierarchy_channel import two_channel_search
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
+from lorentz_rag.search.relation import exact_relation_search, relation_route
 from lorentz_rag.training.distributed import command_process_group
 
 __all__ = [
@@ -235,13 +235,14 @@ def evaluate_beir(
 ) -> dict[str, Any]:
     """Embed a BEIR folder with ``model`` and score exact top-``top_k`` retrieval.
 
-    ``relation="broader"`` / ``"narrower"`` ranks by graph-kNN when a ``taxonomy`` is given (a
-    :class:`lorentz_rag.data.concepts.Taxonomy`, a taxonomy file, or a
-    :class:`lorentz_rag.eval.taxonomy_search.ConceptGraph`; ``graph_settings``, default the tuned defaults;
-    exact over every document), else by the two channels when the model has a hierarchy channel
-    (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`, exact over every document whatever
-    ``search`` says), else by the geometric relation score with ``radius_weight`` (models with a
-    radius; the flat index's exact relation search, approximate for ``search="hnsw"``).
+    ``relation="broader"`` / ``"narrower"`` ranks (:func:`lorentz_rag.search.relation.relation_route`) by
+    graph-kNN when a taxonomy is at hand: ``taxonomy`` (a :class:`lorentz_rag.data.concepts.Taxonomy`, a
+    taxonomy file, or a :class:`lorentz_rag.search.graph_knn.ConceptGraph`; ``graph_settings``, default the
+    tuned defaults), else the one the model carries (the taxonomy recipe's train split), mixed with the
+    model's hierarchy channel where it has one; else by the two channels when the model has a hierarchy
+    channel; both exact over every document whatever ``search`` says; else by the geometric relation score
+    with ``radius_weight`` (models with a radius; the flat index's exact relation search, approximate for
+    ``search="hnsw"``).
 
     Documents are embedded as :func:`document_text` with the document prefix, queries with the query prefix
     (``model.encode(..., prompt_type=...)``). ``search``: ``exact`` (:func:`exact_search`, blocked float64),
@@ -256,14 +257,16 @@ def evaluate_beir(
     if search not in SEARCH_METHODS:
         raise ValueError(f"search must be one of {list(SEARCH_METHODS)}, got {search!r}")
     _check_relation_options(relation, taxonomy, radius_weight)
-    channel = (
-        getattr(model, "hierarchy_channel", None) if relation != "similar" and taxonomy is None else None
+    channel = getattr(model, "hierarchy_channel", None)
+    own_graph = getattr(model, "concept_graph", None)
+    route = relation_route(
+        relation,
+        channel=channel,
+        graph=taxonomy if taxonomy is not None else own_graph,
+        radius_weight=radius_weight,
+        where="eval beir",
+        option="--radius-weight",
     )
-    if channel is not None and radius_weight is not None:
-        raise ValueError(
-            "--radius-weight weighs the single-channel relation score, but this model ranks --relation by its "
-            "hierarchy channel, whose radius weight was saved with it: drop --radius-weight"
-        )
     data = load_beir(folder, split)
     query_ids = [qid for qid in data.queries if data.qrels.get(qid)]
     if not query_ids:
@@ -278,20 +281,30 @@ def evaluate_beir(
     t1 = time.perf_counter()
     query_emb = model.encode([data.queries[q] for q in query_ids], prompt_type="query", batch_size=batch_size)
     t2 = time.perf_counter()
-    if relation != "similar" and taxonomy is not None:
-        graph = (
-            taxonomy
-            if isinstance(taxonomy, ConceptGraph)
-            else ConceptGraph.from_taxonomy(model, taxonomy, graph_settings, batch_size=batch_size)
+    if route in ("graph", "channel"):
+        graph, links = None, None
+        if route == "graph":
+            if taxonomy is None:
+                graph = own_graph
+            elif isinstance(taxonomy, ConceptGraph):
+                graph = taxonomy
+            else:
+                graph = ConceptGraph.from_taxonomy(model, taxonomy, graph_settings, batch_size=batch_size)
+            texts = [document_text(data.corpus[d]) for d in doc_ids]
+            links = graph.link_documents(doc_ids, texts, doc_emb)
+        _, positions = exact_relation_search(
+            query_emb,
+            lambda a, b: doc_emb[a:b],
+            len(doc_ids),
+            top_k,
+            relation,
+            similarity=similarity,
+            curvature=c,
+            channel=channel,
+            graph=graph,
+            links=links,
+            settings=graph_settings,
         )
-        texts = [document_text(data.corpus[d]) for d in doc_ids]
-        links = graph.link_documents(doc_ids, texts, doc_emb)
-        d64 = doc_emb.to(torch.float64)
-        _, positions = graph_knn_search(
-            graph, links, query_emb, lambda a, b: d64[a:b], len(doc_ids), top_k, relation, graph_settings
-        )
-    elif channel is not None:
-        _, positions = two_channel_search(channel, query_emb, doc_emb, top_k, relation, similarity, c)
     elif relation != "similar":
         kind = "hnsw" if search == "hnsw" else "flat"
         index = VectorIndex.from_embeddings(doc_ids, doc_emb, similarity=similarity, curvature=c, kind=kind)
@@ -332,9 +345,12 @@ def evaluate_beir(
         "warnings": list(data.warnings),  # e.g. no relevant judgment: every metric is 0
         "search": search,
         "relation": relation,
-        "taxonomy": None if taxonomy is None else _taxonomy_meta(taxonomy, graph_settings),
+        "route": route,  # which score ranked (lorentz_rag.search.relation.relation_route)
+        "taxonomy": None
+        if route != "graph"
+        else _taxonomy_meta(taxonomy if taxonomy is not None else own_graph, graph_settings),
         "hierarchy_channel": None
-        if channel is None
+        if channel is None or route == "similar"
         else {**channel.config.to_dict(), "fingerprint": channel.fingerprint(), "search": "exact"},
         "timings_s": {
             "encode_corpus": t1 - t0,
@@ -417,6 +433,16 @@ def run_beir_command(
         + (f", c = {meta['curvature']:.4g}" if meta["curvature"] is not None else "")
         + (f", relation {relation}" if relation != "similar" else "")
         + (" (graph-kNN over the taxonomy)" if request is not None else "")
+        + (
+            " (graph-kNN over the model's own taxonomy)"
+            if request is None and meta["route"] == "graph"
+            else ""
+        )
+        + (
+            " (mixed with the hierarchy channel)"
+            if meta["route"] in ("graph", "channel") and meta["hierarchy_channel"]
+            else ""
+        )
     )
     if output:
         out = Path(output)

@@ -1,4 +1,4 @@
-"""A taxonomy attached to an index folder for graph-kNN search (:mod:`lorentz_rag.eval.taxonomy_search`): built
+"""A taxonomy attached to an index folder for graph-kNN search (:mod:`lorentz_rag.search.graph_knn`): built
 from a model, a taxonomy and the index's documents, written with the index and read back.
 
 In an index folder (``lorentz-rag index build ... --taxonomy T``) the attachment is two files written with the
@@ -8,7 +8,6 @@ index: ``taxonomy.json`` (settings, the concepts with their texts and parents, t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,19 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lorentz_rag.data.concepts import Taxonomy
 from lorentz_rag.data.taxonomy import read_taxonomy
-from lorentz_rag.eval.taxonomy_search import (
+from lorentz_rag.search.graph_knn import (
+    GRAPH_JSON,
     ConceptGraph,
+    ConceptGraphFileError,
     DocumentLinks,
     GraphKnnSettings,
     check_graph_model,
-    graph_knn_search,
+    read_graph_files,
+    write_graph_files,
 )
+from lorentz_rag.search.relation import exact_relation_search
 
 __all__ = [
     "AttachedTaxonomy",
@@ -39,10 +40,6 @@ __all__ = [
     "read_attached_taxonomy",
     "read_taxonomy_request",
 ]
-
-_JSON_FILE = "taxonomy.json"
-_TENSOR_FILE = "taxonomy.safetensors"
-_FORMAT_VERSION = 1
 
 
 class TaxonomyAttachmentError(ValueError):
@@ -85,84 +82,29 @@ class AttachedTaxonomy:
         )
 
     def write(self, folder: str | os.PathLike[str]) -> None:
-        """Write ``taxonomy.json`` and ``taxonomy.safetensors`` into ``folder`` (fsynced)."""
-        folder = Path(folder)
-        g = self.graph
-        meta = {
-            "format_version": _FORMAT_VERSION,
-            "source": g.source,
-            "settings": g.settings.to_dict(),
-            "similarity": g.similarity,
-            "curvature": g.curvature,
-            "n_docs": self.links.n_docs,
-            "concepts": [
-                {
-                    "id": g.concept_ids[i],
-                    "name": g.names[i],
-                    "definition": g.definitions[i],
-                    "synonyms": g.synonyms[i],
-                    "parents": [g.concept_ids[p] for p in g.parents[i]],
-                }
-                for i in range(len(g))
-            ],
-            "texts": g.texts,
-        }
-        (folder / _JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
-        tensors = {
-            "text_embeddings": g.text_embeddings.contiguous(),
-            "text_concept": g.text_concept.contiguous(),
-            "link_doc": self.links.doc.contiguous(),
-            "link_concept": self.links.concept.contiguous(),
-            "link_score": self.links.score.contiguous(),
-            "link_direct": self.links.direct.to(torch.uint8).contiguous(),
-        }
-        save_file(tensors, str(folder / _TENSOR_FILE))
-        for name in (_JSON_FILE, _TENSOR_FILE):
-            with open(folder / name, "rb") as handle:
-                os.fsync(handle.fileno())
+        """Write ``taxonomy.json`` and ``taxonomy.safetensors`` into ``folder``: the graph and the document links
+        (:func:`lorentz_rag.search.graph_knn.write_graph_files`, atomic and fsynced)."""
+        write_graph_files(
+            self.graph,
+            folder,
+            extra_meta={"n_docs": self.links.n_docs},
+            extra_tensors={
+                "link_doc": self.links.doc,
+                "link_concept": self.links.concept,
+                "link_score": self.links.score,
+                "link_direct": self.links.direct.to(torch.uint8),
+            },
+        )
 
     @classmethod
     def read(cls, folder: str | os.PathLike[str], n_docs: int | None = None) -> AttachedTaxonomy:
         """The attachment :meth:`write` wrote; :class:`TaxonomyAttachmentError` names a bad file."""
         folder = Path(folder)
-        json_file, tensor_file = folder / _JSON_FILE, folder / _TENSOR_FILE
-        if not tensor_file.is_file():
-            raise TaxonomyAttachmentError(f"{tensor_file}: missing (the index has {json_file})")
         try:
-            meta = json.loads(json_file.read_text(encoding="utf-8"))
-            if meta.get("format_version") != _FORMAT_VERSION:
-                raise TaxonomyAttachmentError(
-                    f"{json_file}: unsupported format_version {meta.get('format_version')!r}"
-                )
-            settings = GraphKnnSettings.from_dict(meta["settings"], where=str(json_file))
-            concepts = meta["concepts"]
-            position = {c["id"]: i for i, c in enumerate(concepts)}
-            parents = [[position[p] for p in c["parents"]] for c in concepts]
-        except TaxonomyAttachmentError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
-            raise TaxonomyAttachmentError(
-                f"{json_file}: not a readable taxonomy attachment: {error}"
-            ) from None
+            graph, meta, t = read_graph_files(folder)
+        except ConceptGraphFileError as error:
+            raise TaxonomyAttachmentError(str(error)) from None
         try:
-            t = load_file(str(tensor_file))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise TaxonomyAttachmentError(f"{tensor_file}: not readable (truncated?): {error}") from None
-        try:
-            graph = ConceptGraph(
-                [c["id"] for c in concepts],
-                [c["name"] for c in concepts],
-                meta["texts"],
-                t["text_concept"],
-                t["text_embeddings"],
-                parents,
-                similarity=meta["similarity"],
-                curvature=meta["curvature"],
-                settings=settings,
-                definitions=[c.get("definition", "") for c in concepts],
-                synonyms=[c.get("synonyms", []) for c in concepts],
-                source=meta.get("source"),
-            )
             links = DocumentLinks(
                 n_docs=int(meta["n_docs"]),
                 doc=t["link_doc"],
@@ -170,11 +112,11 @@ class AttachedTaxonomy:
                 score=t["link_score"],
                 direct=t["link_direct"].to(torch.bool),
             )
-        except (ValueError, KeyError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             raise TaxonomyAttachmentError(f"{folder}: inconsistent taxonomy attachment: {error}") from None
         if n_docs is not None and links.n_docs != n_docs:
             raise TaxonomyAttachmentError(
-                f"{json_file}: links {links.n_docs} documents but the index holds {n_docs}"
+                f"{folder / GRAPH_JSON}: links {links.n_docs} documents but the index holds {n_docs}"
             )
         return cls(graph, links)
 
@@ -183,7 +125,7 @@ def read_attached_taxonomy(
     folder: str | os.PathLike[str], n_docs: int | None = None
 ) -> AttachedTaxonomy | None:
     """The taxonomy attached to an index folder, or ``None`` when it has none."""
-    if not (Path(folder) / _JSON_FILE).is_file():
+    if not (Path(folder) / GRAPH_JSON).is_file():
         return None
     return AttachedTaxonomy.read(folder, n_docs)
 
@@ -196,8 +138,16 @@ def index_graph_search(index: Any, queries: Tensor, k: int, relation: str) -> tu
     q = q.unsqueeze(0) if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != index.dim:
         raise ValueError(f"queries must be [n, {index.dim}], got shape {tuple(q.shape)}")
-    return graph_knn_search(
-        attached.graph, attached.links, q, index.stored_embeddings, len(index), k, relation
+    return exact_relation_search(
+        q,
+        index.stored_embeddings,
+        len(index),
+        k,
+        relation,
+        similarity=index.similarity,
+        curvature=index.curvature,
+        graph=attached.graph,
+        links=attached.links,
     )
 
 
@@ -229,7 +179,7 @@ def read_taxonomy_request(
 def attach_taxonomy(
     index: Any,
     model: Any,
-    taxonomy: Taxonomy | str | os.PathLike[str],
+    taxonomy: Taxonomy | ConceptGraph | str | os.PathLike[str],
     doc_texts: Sequence[str] | None = None,
     settings: GraphKnnSettings | None = None,
     *,
@@ -237,18 +187,22 @@ def attach_taxonomy(
     source: str | None = None,
 ) -> AttachedTaxonomy:
     """Attach ``taxonomy`` to a :class:`lorentz_rag.eval.index.VectorIndex` (``index.taxonomy``; saved with
-    the index): its concept texts embedded by ``model`` (the index's model) and every indexed document linked
-    (by id, by ``doc_texts`` when given, else to its nearest concepts from its stored vector). Its
-    ``broader`` / ``narrower`` search is graph-kNN from then on."""
+    the index): its concept texts embedded by ``model`` (the index's model; a :class:`ConceptGraph`, such as
+    the one a model carries, is already embedded) and every indexed document linked (by id, by ``doc_texts``
+    when given, else to its nearest concepts from its stored vector). Its ``broader`` / ``narrower`` search
+    is graph-kNN from then on."""
     n = len(index)
     docs = (
         torch.from_numpy(index.faiss_index.reconstruct_n(0, n))[:, : index.dim]
         if n
         else torch.empty(0, index.dim)
     )
-    if source is None and not isinstance(taxonomy, Taxonomy):
-        source = str(Path(taxonomy).resolve())
-    graph = ConceptGraph.from_taxonomy(model, taxonomy, settings, batch_size=batch_size, source=source)
+    if isinstance(taxonomy, ConceptGraph):
+        graph = taxonomy
+    else:
+        if source is None and not isinstance(taxonomy, Taxonomy):
+            source = str(Path(taxonomy).resolve())
+        graph = ConceptGraph.from_taxonomy(model, taxonomy, settings, batch_size=batch_size, source=source)
     check_graph_model(graph, model)
     if graph.similarity != index.similarity:
         raise ValueError(f"the index uses similarity {index.similarity!r}, the model {graph.similarity!r}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from torch import Tensor, nn
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.geometry.relation import DEFAULT_RADIUS_WEIGHT, check_relation, relation_pairwise
+from lorentz_rag.models.companions import ModelCompanions
 from lorentz_rag.models.hf_base import base_from_config_dict
-from lorentz_rag.models.hierarchy_channel import CHANNEL_FOLDER, two_channel_search
 from lorentz_rag.models.hub import push_to_hub
 from lorentz_rag.models.io import save_embedding_model
 from lorentz_rag.models.settings import (
@@ -39,6 +38,8 @@ from lorentz_rag.models.settings import (
     HYPERBOLIC_SIMILARITIES,
     ModelSettings,
 )
+from lorentz_rag.search.graph_knn import ConceptGraph
+from lorentz_rag.search.relation import relation_route
 
 __all__ = [
     "EUCLIDEAN_POOLINGS",
@@ -121,7 +122,7 @@ def euclidean_pool(name: str, hidden: Tensor, mask: Tensor) -> Tensor:
     return h.sum(1) / counts
 
 
-class EmbeddingModel(nn.Module, abc.ABC):
+class EmbeddingModel(ModelCompanions, nn.Module, abc.ABC):
     """Base class: texts -> embeddings ``[n, D]``, a similarity, optimizer groups, and saving.
 
     Subclasses set ``settings``, ``tokenizer`` and ``is_hyperbolic`` and implement :meth:`forward` and
@@ -268,6 +269,7 @@ class EmbeddingModel(nn.Module, abc.ABC):
         batch_size: int = 32,
         block_size: int = 256,
         taxonomy: Any = None,
+        doc_ids: Sequence[str] | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Exact top-``k`` documents per query: ``(document position, score)`` lists, best first, ties to the
         earlier document.
@@ -278,36 +280,41 @@ class EmbeddingModel(nn.Module, abc.ABC):
         (:meth:`relation_scores`). For a large corpus build a :class:`lorentz_rag.eval.index.VectorIndex`,
         whose ``search`` takes the same ``relation``.
 
-        ``taxonomy``: a :class:`lorentz_rag.eval.taxonomy_search.ConceptGraph` built with this model
-        (``ConceptGraph.from_taxonomy(model, path)``): ``broader`` / ``narrower`` are then ranked by graph-kNN
-        over it (any similarity, cosine included; exact over every document).
+        Which score ranks ``broader`` / ``narrower`` (:func:`lorentz_rag.search.relation.relation_route`):
 
-        A model with a hierarchy channel (:attr:`hierarchy_channel`, restored by ``load_model`` from the
-        folder's ``hierarchy_channel/``) ranks ``broader`` / ``narrower`` without a taxonomy by the two
-        channels: ``(1 - w) z(similarity) + w z(H's relation score)`` per query over every document, ``w``
-        the channel's saved weight for the relation (:mod:`lorentz_rag.models.hierarchy_channel`); documents
-        given as embeddings are then S's, and H is applied to them. ``radius_weight`` (default 0.5) weighs
-        the geometric relation score of a single-channel model; a two-channel model's H uses its own,
-        saved with it, and refuses another.
+        - a taxonomy: ``taxonomy`` (a :class:`lorentz_rag.search.graph_knn.ConceptGraph` built with this model,
+          ``ConceptGraph.from_taxonomy(model, path)``), else the one the model carries (:attr:`concept_graph`,
+          saved by the taxonomy recipe and restored by ``load_model``): graph-kNN over it (any similarity,
+          cosine included), mixed with the hierarchy channel where the model has one;
+        - else a hierarchy channel (:attr:`hierarchy_channel`): ``(1 - w) z(similarity) + w z(H's relation
+          score)`` per query, ``w`` the channel's saved weight (:mod:`lorentz_rag.models.hierarchy_channel`);
+        - else the geometric relation score with ``radius_weight`` (default 0.5; models with a radius).
+
+        The first two are exact over every document in float64; documents given as embeddings are the model's,
+        and H is applied to them; ``doc_ids`` (optional) link a document whose id is a concept id to it
+        directly. ``radius_weight`` is refused where the chosen score has no use for it.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if taxonomy is not None:
-            if not hasattr(taxonomy, "search_documents"):
+            if not isinstance(taxonomy, ConceptGraph):
                 raise TypeError(
-                    "taxonomy= takes lorentz_rag.eval.taxonomy_search.ConceptGraph.from_taxonomy(model, path), "
+                    "taxonomy= takes lorentz_rag.search.graph_knn.ConceptGraph.from_taxonomy(model, path), "
                     f"got {type(taxonomy).__name__}"
                 )
-            return taxonomy.search_documents(self, queries, documents, k, relation, batch_size=batch_size)
-        channel = self.hierarchy_channel
-        if channel is not None and relation != "similar":
-            if radius_weight is not None:
+            if relation == "similar":
                 raise ValueError(
-                    "radius_weight weighs the single-channel relation score, but this model ranks "
-                    f"relation={relation!r} by its hierarchy channel, whose radius weight "
-                    f"({channel.config.radius_weight}) was saved with it: drop radius_weight"
+                    "a taxonomy ranks broader or narrower documents: pass relation='broader' / 'narrower'"
                 )
-            return self._two_channel_search(queries, documents, k, relation, batch_size, block_size)
+        graph = taxonomy if taxonomy is not None else self.concept_graph
+        route = relation_route(
+            relation, channel=self.hierarchy_channel, graph=graph, radius_weight=radius_weight, where="search"
+        )
+        if route in ("graph", "channel"):
+            queries = [queries] if isinstance(queries, str) else list(queries)
+            return self._companion_search(
+                queries, documents, k, relation, graph if route == "graph" else None, batch_size, doc_ids
+            )
         radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
         check_relation(relation, self.settings.similarity, radius_weight)  # before any encoding
         queries = [queries] if isinstance(queries, str) else list(queries)
@@ -325,77 +332,6 @@ class EmbeddingModel(nn.Module, abc.ABC):
             for row_scores, row_pos in zip(top.values[:, :k].tolist(), top.indices[:, :k].tolist()):
                 results.append(list(zip(row_pos, row_scores)))
         return results
-
-    # --- the hierarchy channel -------------------------------------------------------------------------
-
-    @property
-    def hierarchy_channel(self) -> Any:
-        """The attached :class:`lorentz_rag.models.hierarchy_channel.HierarchyChannel`, or ``None``."""
-        return self.__dict__.get("_hierarchy_channel")
-
-    def attach_hierarchy_channel(self, channel: Any) -> None:
-        """Attach a hierarchy channel H over this model's embeddings (``None`` detaches). H is kept outside
-        this module's parameters and state dict: the model's own weights, fingerprint and similarity rankings
-        stay exactly those of the model alone; :meth:`save_pretrained` writes H to its own subfolder."""
-        if channel is not None:
-            want = channel.config.input_dim
-            if want != self.embedding_dim:
-                raise ValueError(
-                    f"the hierarchy channel reads embeddings of {want} numbers, this model makes "
-                    f"{self.embedding_dim}: it was trained over another model"
-                )
-        # object.__setattr__: nn.Module would register H as a submodule (its weights in this model's state).
-        object.__setattr__(self, "_hierarchy_channel", channel)
-
-    @torch.no_grad()
-    def encode_hierarchy(
-        self, texts: Sequence[str] | str, prompt_type: Any = None, batch_size: int = 32
-    ) -> Tensor:
-        """H's points of ``texts`` ``[n, H.output_dim]``: the hierarchy channel over this model's embeddings."""
-        channel = self.hierarchy_channel
-        if channel is None:
-            raise ValueError("this model has no hierarchy channel (see lorentz_rag.models.hierarchy_channel)")
-        return channel(self.encode(texts, prompt_type, batch_size).float())
-
-    def _two_channel_search(
-        self,
-        queries: Sequence[str] | str,
-        documents: Sequence[str] | Tensor,
-        k: int,
-        relation: str,
-        batch_size: int,
-        block_size: int,
-    ) -> list[list[tuple[int, float]]]:
-        channel = self.hierarchy_channel
-        channel.weight(relation)  # an unknown relation is refused before any encoding
-        queries = [queries] if isinstance(queries, str) else list(queries)
-        docs = documents if isinstance(documents, Tensor) else self.encode(documents, "document", batch_size)
-        if docs.ndim != 2 or docs.shape[1] != self.embedding_dim:
-            raise ValueError(
-                f"documents must be texts or embeddings [m, {self.embedding_dim}], got {tuple(docs.shape)}"
-            )
-        q = self.encode(queries, "query", batch_size)
-        c = self.curvature()
-        scores, positions = two_channel_search(
-            channel,
-            q,
-            docs,
-            k,
-            relation,
-            self.settings.similarity,
-            None if c is None else float(c),
-            block_size=block_size,
-        )
-        return [list(zip(p, s)) for p, s in zip(positions.tolist(), scores.tolist())]
-
-    def save_hierarchy_channel(self, path: str | Path) -> None:
-        """Write the attached channel to ``path/hierarchy_channel/``, or remove a stale one there (the folder
-        then describes this model, which has none)."""
-        channel = self.hierarchy_channel
-        if channel is not None:
-            channel.save(path)
-        elif (Path(path) / CHANNEL_FOLDER).is_dir():
-            shutil.rmtree(Path(path) / CHANNEL_FOLDER)
 
     def radius(self, embeddings: Tensor) -> Tensor:
         """How far from the centre each embedding lies, ``[n, D] -> [n]``: ``d(o, x)`` on the hyperboloid,
@@ -497,7 +433,7 @@ class EmbeddingModel(nn.Module, abc.ABC):
         """Write ``config.json`` (with a ``lorentz_rag`` section), ``model.safetensors``, the tokenizer files, the
         sentence-transformers files and the model card (:func:`lorentz_rag.models.io.save_embedding_model`)."""
         save_embedding_model(self, path)
-        self.save_hierarchy_channel(path)
+        self.save_companions(path)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the saved folder (with its model card) to the Hub repo ``repo_id``; keyword arguments

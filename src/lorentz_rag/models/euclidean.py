@@ -302,7 +302,7 @@ class SentenceTransformerModel(EmbeddingModel):
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         config[SECTION] = {"library_version": __version__, **self.settings.to_dict()}
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self.save_hierarchy_channel(path)
+        self.save_companions(path)
 
 
 def _st_dimension(st: Any) -> int:

@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModel, ModernBertConfig
 
 from lorentz_rag.models.args import SIZE_KEYS, ModelArgs, as_model_args
 from lorentz_rag.models.base import EmbeddingModel, ModelSettings
+from lorentz_rag.models.companions import TAXONOMY_FOLDER, load_model_taxonomy
 from lorentz_rag.models.euclidean import EuclideanEncoder, EuclideanForMaskedLM, SentenceTransformerModel
 from lorentz_rag.models.hf_base import (
     load_pretrained_base,
@@ -457,7 +458,8 @@ def load_model(
 ) -> EmbeddingModel:
     """Load a folder saved by ``EmbeddingModel.save_pretrained`` (strictly: every weight, no extras), or a
     sentence-transformers folder (``modules.json``) as a cosine baseline; a ``hierarchy_channel/`` subfolder
-    is attached as the model's hierarchy channel (:mod:`lorentz_rag.models.hierarchy_channel`). Names such as ``all-MiniLM-L6-v2``
+    is attached as the model's hierarchy channel, a ``taxonomy/`` subfolder as the taxonomy it carries
+    (:mod:`lorentz_rag.models.companions`). Names such as ``all-MiniLM-L6-v2``
     are resolved like ``model_args.model_name``; an ``org/name`` that is not a folder is a Hugging Face Hub
     repo (``revision``, ``cache_dir``, ``token``; ``HF_HUB_OFFLINE=1`` reads only the cache, see
     :mod:`lorentz_rag.models.hub`)."""
@@ -467,12 +469,16 @@ def load_model(
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     model = _load_similarity_model(path, device)
-    channel = load_hierarchy_channel(path)
-    if channel is not None:
-        try:
-            model.attach_hierarchy_channel(channel)
-        except ValueError as exc:
-            raise ValueError(f"{path / CHANNEL_FOLDER}: {exc}") from None
+    companions = (
+        (CHANNEL_FOLDER, load_hierarchy_channel(path), model.attach_hierarchy_channel),
+        (TAXONOMY_FOLDER, load_model_taxonomy(path), model.attach_concept_graph),
+    )
+    for folder, companion, attach in companions:
+        if companion is not None:
+            try:
+                attach(companion)
+            except ValueError as exc:
+                raise ValueError(f"{path / folder}: {exc}") from None
     return model
 
 

@@ -17,7 +17,7 @@ and then to a point at distance ``r`` from the origin in direction ``u``:
 Relation scores are :mod:`lorentz_rag.geometry.relation`'s, with the channel's own radius weight ``lam``:
 ``broader(q, x) = -d(q, x) - lam (r(x) - r(q))`` with the geodesic distance (Lorentz) or ``|q - x|``
 (Euclidean). A two-channel search mixes S's similarity with H's score per query (each standardised over the
-documents, :func:`lorentz_rag.eval.taxonomy_search.mix_scores`) with one weight per relation, saved with the
+documents, :func:`lorentz_rag.search.graph_knn.mix_scores`) with one weight per relation, saved with the
 channel (``weights``); weight 0 is plain S. How H is trained: :mod:`lorentz_rag.training.hierarchy_channel`.
 
 On disk H is a subfolder ``hierarchy_channel/`` of the model folder (``config.json`` and
@@ -64,7 +64,9 @@ _FORMAT = 1
 @dataclass
 class HierarchyChannelConfig:
     """H's shape and scores. ``input_dim``: S's embedding length; ``dim``: H's (16, 32, 64, ...);
-    ``weights``: the mixing weight of H per relation (``broader``, ``narrower``), each in ``[0, 1]``."""
+    ``weights``: the mixing weight of H with S per relation (``broader``, ``narrower``), each in ``[0, 1]``;
+    ``graph_weights``: H's weight against graph-kNN's mixed score where a taxonomy is at hand (the model's own,
+    or one attached to an index; :mod:`lorentz_rag.search.graph_knn`), 0 for graph-kNN alone."""
 
     input_dim: int
     dim: int = 32
@@ -74,6 +76,7 @@ class HierarchyChannelConfig:
     max_radius: float = 8.0
     radius_weight: float = 0.5
     weights: dict[str, float] = field(default_factory=lambda: {"broader": 1.0, "narrower": 1.0})
+    graph_weights: dict[str, float] = field(default_factory=lambda: {"broader": 0.0, "narrower": 0.0})
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, want: str) -> ValueError:
@@ -96,15 +99,18 @@ class HierarchyChannelConfig:
                 raise bad(name, value, "a finite number > 0")
         if not isinstance(self.radius_weight, (int, float)) or not 0.0 <= float(self.radius_weight) <= 1.0:
             raise bad("radius_weight", self.radius_weight, "a number in [0, 1]")
-        if not isinstance(self.weights, Mapping) or set(self.weights) != set(_RELATIONS):
-            raise bad("weights", self.weights, "a mapping with exactly the keys 'broader' and 'narrower'")
-        for relation, w in self.weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
-                raise bad(f"weights[{relation!r}]", w, "a number in [0, 1]")
+        for name in ("weights", "graph_weights"):
+            weights = getattr(self, name)
+            if not isinstance(weights, Mapping) or set(weights) != set(_RELATIONS):
+                raise bad(name, weights, "a mapping with exactly the keys 'broader' and 'narrower'")
+            for relation, w in weights.items():
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+                    raise bad(f"{name}[{relation!r}]", w, "a number in [0, 1]")
         self.curvature = float(self.curvature)
         self.max_radius = float(self.max_radius)
         self.radius_weight = float(self.radius_weight)
         self.weights = {r: float(self.weights[r]) for r in _RELATIONS}
+        self.graph_weights = {r: float(self.graph_weights[r]) for r in _RELATIONS}
 
     @property
     def output_dim(self) -> int:
@@ -194,6 +200,11 @@ class HierarchyChannel(nn.Module):
                 f"the hierarchy channel scores 'broader' and 'narrower', got relation {relation!r}"
             )
         return self.config.weights[relation]
+
+    def graph_weight(self, relation: str) -> float:
+        """H's mixing weight for ``relation`` against graph-kNN's score, where a taxonomy is at hand."""
+        self.weight(relation)  # the same one-line refusal of an unknown relation
+        return self.config.graph_weights[relation]
 
     def fingerprint(self) -> str:
         """A hash of the config and weights: two channels that score alike have the same fingerprint."""

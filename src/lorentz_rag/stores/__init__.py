@@ -21,6 +21,7 @@ from lorentz_rag.stores.base import (
 from lorentz_rag.stores.lancedb import LanceDBStore
 from lorentz_rag.stores.layout import StoreLayout, layout_for_model, model_radius_bound
 from lorentz_rag.stores.qdrant import QdrantStore
+from lorentz_rag.stores.taxonomy import read_store_taxonomy
 
 __all__ = [
     "BACKENDS",
@@ -54,7 +55,9 @@ def _backend(spec: str) -> tuple[type[VectorStore], dict[str, str]]:
 def open_store(spec: str, *, name: str = DEFAULT_COLLECTION, **options: Any) -> VectorStore:
     """The store ``spec`` names (:func:`parse_store_spec`), written by :func:`create_store`."""
     cls, where = _backend(spec)
-    return cls.open(**where, name=name, **options)
+    store = cls.open(**where, name=name, **options)
+    store.taxonomy_reader = lambda: read_store_taxonomy(spec, name)
+    return store
 
 
 def documents_in(spec: str, *, name: str = DEFAULT_COLLECTION) -> int | None:

@@ -36,7 +36,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from lorentz_rag.geometry.relation import (
     relation_upper_bound,
 )
 from lorentz_rag.models.base import check_finite_embeddings
-from lorentz_rag.models.hierarchy_channel import two_channel_search
+from lorentz_rag.search.relation import exact_relation_search, relation_route
 from lorentz_rag.stores.layout import StoreLayout
 
 __all__ = [
@@ -117,6 +117,9 @@ class VectorStore(abc.ABC):
         self.layout = layout
         self.name = name
         self.location = location
+        # The taxonomy attached beside the store (lorentz_rag.stores.taxonomy.StoreTaxonomy) or None, read when a
+        # relation search needs it; open_store points it at the store's attachment.
+        self.taxonomy_reader: Callable[[], Any] = lambda: None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r}, name={self.name!r}, {len(self)} documents)"
@@ -250,37 +253,51 @@ class VectorStore(abc.ABC):
     ) -> list[list[StoreHit]]:
         """Embed ``query_texts`` with the query prefix and return the top ``k`` of each, best first.
         ``relation``: ``similar`` (the model's similarity), ``broader`` or ``narrower`` (see
-        :meth:`search_embeddings`; ``radius_weight`` default :data:`DEFAULT_RADIUS_WEIGHT`). A model with a
-        hierarchy channel ranks ``broader`` / ``narrower`` by the two channels, exact over every stored
-        document (:func:`lorentz_rag.models.hierarchy_channel.two_channel_search`: H is applied to the stored
-        vectors, so a store built with the model alone serves it; ``exact`` and ``oversample`` play no part)."""
+        :meth:`search_embeddings`; ``radius_weight`` default :data:`DEFAULT_RADIUS_WEIGHT`). A taxonomy attached
+        to the store (``index build --taxonomy``, or the one the model carries) ranks ``broader`` /
+        ``narrower`` by graph-kNN, mixed with the model's hierarchy channel where it has one; without one a
+        hierarchy channel ranks them by the two channels (:func:`lorentz_rag.search.relation.relation_route`).
+        Both are exact over every stored document in float64 (H is applied to the stored vectors, so a store
+        built with the model alone serves it; ``exact`` and ``oversample`` play no part)."""
         self.check_model(model, allow_model_mismatch=allow_model_mismatch)
-        channel = getattr(model, "hierarchy_channel", None) if relation != "similar" else None
-        if channel is not None:
-            if radius_weight is not None:
-                raise ValueError(
-                    "radius_weight weighs the single-channel relation score, but this model ranks "
-                    f"relation={relation!r} by its hierarchy channel, whose radius weight was saved with it: "
-                    "drop radius_weight"
-                )
-            channel.weight(relation)  # an unknown relation is refused before any encoding
-        radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
-        if channel is None:
+        channel = getattr(model, "hierarchy_channel", None)
+        attached = self.taxonomy_reader() if relation != "similar" else None
+        # The taxonomy attached to the store, else the one the model carries.
+        graph = attached.graph if attached is not None else getattr(model, "concept_graph", None)
+        route = relation_route(
+            relation,
+            channel=channel,
+            graph=graph,
+            radius_weight=radius_weight,
+            where=f"store {self.location} ({self.name})",
+        )
+        if route not in ("graph", "channel"):
+            radius_weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight
             check_relation(relation, self.layout.similarity, radius_weight)  # before any encoding
         texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
         emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        if channel is not None:
+        if route in ("graph", "channel"):
             ids, vectors, doc_texts, metadata = self.all_documents()
             if not ids:
                 return [[] for _ in texts]
-            scores, positions = two_channel_search(
-                channel,
+            docs = torch.from_numpy(vectors)
+            scores, positions = exact_relation_search(
                 emb,
-                torch.from_numpy(vectors),
+                lambda a, b: docs[a:b],
+                len(ids),
                 k,
                 relation,
-                self.layout.similarity,
-                self.layout.curvature,
+                similarity=self.layout.similarity,
+                curvature=self.layout.curvature,
+                channel=channel,
+                graph=graph,
+                links=(
+                    attached.links_for(ids)
+                    if attached is not None
+                    else None
+                    if graph is None
+                    else graph.cached_links(ids, doc_texts, docs)
+                ),
             )
             return [
                 [StoreHit(ids[p], s, doc_texts[p], _metadata(metadata[p])) for p, s in zip(pos, sc)]

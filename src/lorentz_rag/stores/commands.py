@@ -16,9 +16,8 @@ from lorentz_rag.data.beir import read_corpus
 from lorentz_rag.eval.encode import encode_corpus
 from lorentz_rag.eval.index import IndexNotEmptyError, print_hits
 from lorentz_rag.eval.taxonomy_attachment import read_taxonomy_request
-from lorentz_rag.eval.taxonomy_search import refuse_radius_weight
 from lorentz_rag.models import load_model
-from lorentz_rag.models.base import check_finite_embeddings
+from lorentz_rag.search.graph_knn import refuse_radius_weight
 from lorentz_rag.store_specs import backend_of, store_kinds
 from lorentz_rag.stores import (
     DEFAULT_COLLECTION,
@@ -36,7 +35,6 @@ from lorentz_rag.stores.taxonomy import (
     attach_store_taxonomy,
     read_store_taxonomy,
     remove_store_taxonomy,
-    store_graph_search,
     store_taxonomy_folder,
     write_store_taxonomy,
 )
@@ -101,6 +99,15 @@ def build_store_command(
             target, store, model, attach.taxonomy, attach.settings, source=attach.source
         )
         print(attached.attached.summary())
+    elif getattr(model, "concept_graph", None) is not None:
+        # The model carries the taxonomy it was taught (the taxonomy recipe): attach it, already embedded.
+        try:
+            store_taxonomy_folder(store, name)
+        except ValueError as why:
+            print(f"the model's taxonomy is not attached ({why}); broader / narrower use its other channels")
+        else:
+            attached = attach_store_taxonomy(target, store, model, model.concept_graph)
+            print(f"the model's own {attached.attached.summary()}")
     seconds = time.perf_counter() - start
     print(
         f"stored {len(target)} documents ({kind}, {layout.similarity}, radius bound {_rounded(layout.max_radius)}) from "
@@ -169,7 +176,7 @@ def search_store_command(
     """``lorentz-rag search --store SPEC``: the top ``k`` of each query, printed as ``lorentz-rag search --index``.
     ``relation``: ``similar``, ``broader`` or ``narrower``, ranked as the FAISS folder ranks them
     (:meth:`VectorStore.search`; with a taxonomy attached, broader / narrower are graph-kNN over every stored
-    document, :func:`lorentz_rag.stores.taxonomy.store_graph_search`). ``radius_weight`` (default
+    document). ``radius_weight`` (default
     :data:`DEFAULT_RADIUS_WEIGHT`) is refused on a store with a taxonomy attached."""
     target = open_store(store, name=name)
     attached = read_store_taxonomy(store, name) if relation != "similar" else None
@@ -178,21 +185,15 @@ def search_store_command(
     # The relation is checked once the model is loaded: a model with a hierarchy channel ranks broader /
     # narrower whatever the store's similarity (VectorStore.search).
     model = _model_for(target, model_path)
-    if attached is not None:
-        target.check_model(model, allow_model_mismatch=allow_model_mismatch)
-        texts = list(queries)
-        emb = check_finite_embeddings(model.encode(texts, prompt_type="query"), texts, "queries")
-        results = store_graph_search(target, attached, emb, k, relation)
-    else:
-        results = target.search(
-            model,
-            list(queries),
-            k,
-            exact=exact,
-            allow_model_mismatch=allow_model_mismatch,
-            relation=relation,
-            radius_weight=radius_weight,
-        )
+    results = target.search(
+        model,
+        list(queries),
+        k,
+        exact=exact,
+        allow_model_mismatch=allow_model_mismatch,
+        relation=relation,
+        radius_weight=radius_weight,
+    )
     print_hits(queries, [[(hit.id, hit.score) for hit in hits] for hits in results])
     return results
 

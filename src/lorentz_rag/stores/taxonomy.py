@@ -10,9 +10,10 @@ Links are per document (a document's links depend only on its id, text and vecto
 links the added documents and ``index delete`` drops the deleted ones' links; the search re-keys the links
 to the store's order by id and refuses a store holding a document the attachment does not link.
 
-The search (:func:`store_graph_search`) is :func:`lorentz_rag.eval.taxonomy_search.graph_knn_search` over
-every stored vector in insertion order (float64), as :func:`~lorentz_rag.eval.taxonomy_attachment.index_graph_search`
-runs it over a FAISS folder: the same corpus, model and taxonomy rank the same way.
+The search is :meth:`lorentz_rag.stores.base.VectorStore.search` (a store opened with
+:func:`lorentz_rag.stores.open_store` reads its attachment when a relation search needs it): the one exact
+relation search of :mod:`lorentz_rag.search.relation` over every stored vector in insertion order (float64),
+as a FAISS folder runs it: the same corpus, model and taxonomy rank the same way.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.eval.taxonomy_attachment import AttachedTaxonomy, TaxonomyAttachmentError
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, DocumentLinks, graph_knn_search
+from lorentz_rag.search.graph_knn import ConceptGraph, DocumentLinks
 from lorentz_rag.store_specs import BACKENDS, backend_of, parse_store_spec
-from lorentz_rag.stores.base import DEFAULT_COLLECTION, StoreHit, VectorStore, _metadata
+from lorentz_rag.stores.base import DEFAULT_COLLECTION, VectorStore
 
 __all__ = [
     "StoreTaxonomy",
     "read_store_taxonomy",
     "remove_store_taxonomy",
-    "store_graph_search",
     "store_taxonomy_folder",
     "write_store_taxonomy",
 ]
@@ -183,26 +183,6 @@ def remove_store_taxonomy(spec: str, name: str = DEFAULT_COLLECTION) -> None:
         shutil.rmtree(folder)
 
 
-def store_graph_search(
-    store: VectorStore, taxonomy: StoreTaxonomy, queries: Tensor, k: int, relation: str
-) -> list[list[StoreHit]]:
-    """Graph-kNN (``broader`` / ``narrower``) over every document of ``store``, exact in float64."""
-    q = torch.as_tensor(queries)
-    q = q.unsqueeze(0) if q.ndim == 1 else q
-    if q.ndim != 2 or q.shape[1] != store.layout.dim:
-        raise ValueError(f"queries must be [n, {store.layout.dim}], got shape {tuple(q.shape)}")
-    ids, vectors, texts, metadata = store.all_documents()
-    links = taxonomy.links_for(ids)
-    docs = torch.from_numpy(vectors)
-    scores, positions = graph_knn_search(
-        taxonomy.graph, links, q, lambda a, b: docs[a:b], len(ids), k, relation
-    )
-    return [
-        [StoreHit(ids[p], s, texts[p], _metadata(metadata[p])) for p, s in zip(pos, sc)]
-        for pos, sc in zip(positions.tolist(), scores.tolist())
-    ]
-
-
 def attach_store_taxonomy(
     store: VectorStore,
     spec: str,
@@ -216,7 +196,10 @@ def attach_store_taxonomy(
     """Embed ``taxonomy``'s concepts with ``model`` (the store's), link every stored document (by id, by
     text, else to its nearest concepts from its stored vector) and write the attachment beside the store."""
     store_taxonomy_folder(spec, store.name)  # a server is refused before any encoding
-    graph = ConceptGraph.from_taxonomy(model, taxonomy, settings, batch_size=batch_size, source=source)
+    if isinstance(taxonomy, ConceptGraph):  # already embedded (the taxonomy a model carries)
+        graph = taxonomy
+    else:
+        graph = ConceptGraph.from_taxonomy(model, taxonomy, settings, batch_size=batch_size, source=source)
     if graph.similarity != store.layout.similarity:
         raise ValueError(
             f"the store uses similarity {store.layout.similarity!r}, the model {graph.similarity!r}"

@@ -1,7 +1,7 @@
 """The hierarchy channel recipe (``train_args.task=hierarchy_channel``): one command turns a frozen model and
 a taxonomy into a two-channel model.
 
-    lorentz-rag train --config=configs/taxonomy/two_channel.yaml --taxonomy_args.path=T \\
+    lorentz-rag train --config=configs/taxonomy/hyte_h.yaml --taxonomy_args.path=T \\
         --train_args.output_dir=OUT                    # OUT/final is the model
 
 1. **Split** the taxonomy as the single-channel recipe and ``lorentz-rag taxonomy build`` do with the same
@@ -15,9 +15,13 @@ a taxonomy into a two-channel model.
 4. **Choose the mixing weights** per relation on the validation concepts (at most ``validation_queries``
    name and definition queries against every train concept; relevant: train ancestors (``broader``) or
    descendants (``narrower``) within 3 hops, graded ``4 - hops``): the weight in 0, 0.1, ..., 1 with the best
-   mean nDCG@10 (ties: the smaller; 0 is plain S).
-5. **Save** S with H attached to ``OUT/final`` (``hierarchy_channel/`` inside), the run's config to
-   ``OUT/config.yaml`` and what was measured to ``OUT/channel_training.json``.
+   mean nDCG@10 (ties: the smaller), once for H with S (``weights``; 0 is plain S) and once for H with
+   graph-kNN over the train split (``graph_weights``; 0 is graph-kNN alone).
+5. **Save** S with H attached to ``OUT/final`` (``hierarchy_channel/`` inside) and, with
+   ``channel_args.carry_taxonomy`` (the default), the train split's embedded concepts (``taxonomy/``), so the
+   model's ``broader`` / ``narrower`` search is graph-kNN mixed with H wherever it searches
+   (:mod:`lorentz_rag.search.relation`); the run's config to ``OUT/config.yaml`` and what was measured to
+   ``OUT/channel_training.json``.
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ from lorentz_rag.atomic_files import write_json
 from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import write_taxonomy
 from lorentz_rag.eval.retrieval import compute_metrics
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.models.factory import load_model
 from lorentz_rag.models.hierarchy_channel import HierarchyChannel, HierarchyChannelConfig
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.training.config import TrainConfig, write_config
 from lorentz_rag.training.hierarchy_channel import (
     ChannelTrainingSettings,
@@ -99,9 +103,12 @@ def choose_weights(
     candidate_features: torch.Tensor,
     queries: dict[str, tuple[list[str], list[dict[int, int]]]],
     *,
+    graph: ConceptGraph | None = None,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Mean validation nDCG@10 per weight of :data:`WEIGHT_GRID` and the chosen weight, per relation."""
+    """Mean validation nDCG@10 per weight of :data:`WEIGHT_GRID` and the chosen weight, per relation: H mixed
+    with S (``weight``) and, with ``graph`` (the train split the model will carry, whose concepts are the
+    candidates), H mixed with graph-kNN's score (``graph_weight``; 0 is graph-kNN alone)."""
     c = model.curvature()
     c = None if c is None else float(c)
     with torch.no_grad():
@@ -110,29 +117,48 @@ def choose_weights(
     result: dict[str, Any] = {}
     for relation, (texts, judged) in queries.items():
         if not texts:
-            result[relation] = {"queries": 0, "grid": {}, "weight": 0.0}
+            result[relation] = {
+                "queries": 0,
+                "grid": {},
+                "weight": 0.0,
+                "graph_grid": {},
+                "graph_weight": 0.0,
+            }
             continue
         q = model.encode(texts, "query", batch_size)
         with torch.no_grad():
             h_q = channel(q.float()).double()
         ranked: list[dict[str, list[str]]] = [{} for _ in WEIGHT_GRID]
+        ranked_graph: list[dict[str, list[str]]] = [{} for _ in WEIGHT_GRID]
         for start in range(0, len(texts), 128):
             stop = start + 128
             s = similarity_fns.pairwise(q[start:stop].double(), docs, model.settings.similarity, c)
             h = channel.relation_scores(h_q[start:stop], h_docs, relation)
+            g = None
+            if graph is not None:
+                # Every candidate is a concept document: its graph score is its own vote.
+                votes = torch.from_numpy(np.asarray(graph.votes(q[start:stop], relation).todense()))
+                g = mix_scores(s, votes, graph.settings.graph_weight)
             for w_i, w in enumerate(WEIGHT_GRID):
                 # Ranked as the search ranks: stable, ties to the earlier concept.
-                top = torch.sort(mix_scores(s, h, w), dim=1, descending=True, stable=True).indices[:, :10]
-                for r, row in enumerate(top.tolist()):
-                    ranked[w_i][f"q{start + r}"] = [str(p) for p in row]
+                for base, into in ((s, ranked), (g, ranked_graph)):
+                    if base is None:
+                        continue
+                    mixed = mix_scores(base, h, w) if w > 0 else base
+                    top = torch.sort(mixed, dim=1, descending=True, stable=True).indices[:, :10]
+                    for r, row in enumerate(top.tolist()):
+                        into[w_i][f"q{start + r}"] = [str(p) for p in row]
         qrels = {f"q{i}": {str(p): g for p, g in rel.items()} for i, rel in enumerate(judged)}
-        means = np.array([compute_metrics(qrels, run)["ndcg@10"] for run in ranked])
-        best = int(np.argmax(means))  # the first (smallest weight) of equal means
-        result[relation] = {
-            "queries": len(texts),
-            "grid": {str(w): float(100.0 * m) for w, m in zip(WEIGHT_GRID, means)},
-            "weight": WEIGHT_GRID[best],
-        }
+        entry: dict[str, Any] = {"queries": len(texts)}
+        for key, runs in (("", ranked), ("graph_", ranked_graph if graph is not None else None)):
+            if runs is None:
+                entry.update({"graph_grid": {}, "graph_weight": 0.0})
+                continue
+            means = np.array([compute_metrics(qrels, run)["ndcg@10"] for run in runs])
+            best = int(np.argmax(means))  # the first (smallest weight) of equal means
+            entry[f"{key}grid"] = {str(w): float(100.0 * m) for w, m in zip(WEIGHT_GRID, means)}
+            entry[f"{key}weight"] = WEIGHT_GRID[best]
+        result[relation] = entry
     return result
 
 
@@ -200,7 +226,7 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
         channel, child_features, candidate_features, targets, settings, child_rows=rows, log=print
     )
     queries = _validation_queries(full, graph, list(split.validation), ch.validation_queries, args.seed)
-    chosen = choose_weights(channel, model, candidate_features, queries)
+    chosen = choose_weights(channel, model, candidate_features, queries, graph=graph)
     for relation, result in chosen.items():
         if not result["queries"]:
             print(
@@ -208,7 +234,10 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
                 "stays 0 (plain similarity); hold out more concepts (taxonomy_args.held_out_fraction)"
             )
     channel.config.weights = {r: chosen[r]["weight"] for r in ("broader", "narrower")}
+    channel.config.graph_weights = {r: chosen[r]["graph_weight"] for r in ("broader", "narrower")}
     model.attach_hierarchy_channel(channel)
+    if ch.carry_taxonomy:
+        model.attach_concept_graph(graph)
     final = out / "final"
     staging = out / "final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -235,8 +264,11 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
     }
     write_json(out / "channel_training.json", report)
     print(
-        f"hierarchy channel: {ch.geometry} {ch.dim}-d, weights broader {chosen['broader']['weight']} "
-        f"narrower {chosen['narrower']['weight']} (validation nDCG@10), saved to {final}"
+        f"hierarchy channel: {ch.geometry} {ch.dim}-d, weights with similarity: broader "
+        f"{chosen['broader']['weight']}, narrower {chosen['narrower']['weight']}; with graph-kNN: broader "
+        f"{chosen['broader']['graph_weight']}, narrower {chosen['narrower']['graph_weight']} (validation "
+        f"nDCG@10); saved to {final}"
+        + (f" with the train split's {len(graph)} concepts (graph-kNN)" if ch.carry_taxonomy else "")
     )
     return TrainResult(
         output_dir=out, final_model_dir=final, steps=ch.steps, last_loss=summary["final_cross_entropy"]

@@ -351,6 +351,11 @@ class ChannelArgs(_Section):
     validation_queries: int = Field(
         1000, ge=1, description="At most this many validation queries choose the mixing weights."
     )
+    carry_taxonomy: bool = Field(
+        True,
+        description="Save the train split's concepts (embedded) with the model, so that broader / narrower "
+        "search ranks by graph-kNN over them, mixed with H (false: H and similarity only).",
+    )
 
 
 class TrainConfig(_Section):

@@ -8,7 +8,7 @@ over candidates mixes
 
 - **the edges**: the child's ancestors within ``target_hops`` hops, graded ``target_hops + 1 - hops`` (the
   broader sets' grading: 3 = parent), normalised; and
-- **the teacher**: graph-kNN's broader votes for the child (:mod:`lorentz_rag.eval.taxonomy_search`) with the
+- **the teacher**: graph-kNN's broader votes for the child (:mod:`lorentz_rag.search.graph_knn`) with the
   child's own concept left out of its neighbours, as a held-out concept would see the graph; its
   ``teacher_top`` largest votes, normalised;
 
@@ -37,9 +37,9 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings
 from lorentz_rag.geometry import similarity as similarity_fns
 from lorentz_rag.models.hierarchy_channel import HierarchyChannel
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
 
 __all__ = [
     "ChannelTargets",

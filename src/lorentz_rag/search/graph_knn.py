@@ -27,7 +27,15 @@ A query whose neighbours vote for no indexed document has a zero graph row and i
 on the tune halves of the WordNet and ICD-10-CM sets with zero-shot all-MiniLM-L6-v2
 (``benchmarks/tune_graph_knn.py``, ``benchmarks/results/graph_knn.md``).
 
-Attaching a taxonomy to an index folder or a store, and reading it back: :mod:`lorentz_rag.eval.taxonomy_attachment`.
+With a hierarchy channel H (:mod:`lorentz_rag.models.hierarchy_channel`) the mixed score of step 4 is mixed once
+more with H's relation score: ``(1 - v) z(step 4) + v z(H)``, ``v`` the channel's saved ``graph_weights`` entry
+for the relation (0: graph-kNN alone).
+
+On disk a concept graph is two files, ``taxonomy.json`` (settings, concepts with their texts and parents, the
+model's similarity) and ``taxonomy.safetensors`` (the concept-text embeddings): :func:`write_graph_files` /
+:func:`read_graph_files`. A model trained with the taxonomy recipe carries its train split's graph this way
+(``MODEL/taxonomy/``); an index folder or a store keeps its attached taxonomy the same way, with the document
+links beside it (:mod:`lorentz_rag.eval.taxonomy_attachment`).
 """
 
 from __future__ import annotations
@@ -43,9 +51,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from scipy import sparse
 from torch import Tensor
 
+from lorentz_rag.atomic_files import write_bytes, write_json
 from lorentz_rag.data.concepts import Taxonomy, hop_distances
 from lorentz_rag.data.taxonomy import read_taxonomy
 from lorentz_rag.geometry import lorentz
@@ -55,12 +66,15 @@ from lorentz_rag.geometry.relation import mix_scores
 __all__ = [
     "GRAPH_RELATIONS",
     "ConceptGraph",
+    "ConceptGraphFileError",
     "DocumentLinks",
     "GraphKnnSettings",
     "check_graph_model",
     "graph_knn_search",
     "mix_scores",
+    "read_graph_files",
     "refuse_radius_weight",
+    "write_graph_files",
 ]
 
 GRAPH_RELATIONS = ("broader", "narrower")
@@ -354,6 +368,18 @@ class ConceptGraph:
 
     # --- documents ----------------------------------------------------------------------------------------
 
+    def cached_links(
+        self, doc_ids: Sequence[str], doc_texts: Sequence[str] | None, doc_embeddings: Tensor
+    ) -> DocumentLinks:
+        """:meth:`link_documents`, remembered for the last document list (by its ids): an index or a store
+        searched with a model that carries this graph links its documents once, not at every query."""
+        key = (len(doc_ids), hash(tuple(doc_ids)), doc_texts is not None)
+        cache = self.__dict__.setdefault("_links_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self.link_documents(doc_ids, doc_texts, doc_embeddings)
+        return cache[key]
+
     def link_documents(
         self,
         doc_ids: Sequence[str],
@@ -403,33 +429,6 @@ class ConceptGraph:
             score=torch.tensor([scores[i] for i in order], dtype=torch.float64),
             direct=torch.tensor([direct[i] for i in order], dtype=torch.bool),
         )
-
-    # --- model.search -------------------------------------------------------------------------------------
-
-    def search_documents(
-        self,
-        model: Any,
-        queries: Sequence[str] | str,
-        documents: Sequence[str] | Tensor,
-        k: int,
-        relation: str,
-        *,
-        batch_size: int = 32,
-        doc_ids: Sequence[str] | None = None,
-    ) -> list[list[tuple[int, float]]]:
-        """:meth:`EmbeddingModel.search` with ``taxonomy=``: graph-kNN over ``documents`` (texts, or their
-        embeddings ``[m, D]``); ``(position, score)`` lists, best first."""
-        _check_relation(relation)
-        check_graph_model(self, model)
-        queries = [queries] if isinstance(queries, str) else list(queries)
-        texts = None if isinstance(documents, Tensor) else list(documents)
-        docs = documents if isinstance(documents, Tensor) else model.encode(texts, "document", batch_size)
-        ids = list(doc_ids) if doc_ids is not None else [f"\0{i}" for i in range(len(docs))]
-        links = self.link_documents(ids, texts, docs)
-        q = model.encode(queries, "query", batch_size)
-        d64 = docs.detach().to(torch.float64)
-        scores, positions = graph_knn_search(self, links, q, lambda a, b: d64[a:b], len(d64), k, relation)
-        return [list(zip(p, s)) for p, s in zip(positions.tolist(), scores.tolist())]
 
 
 @dataclass
@@ -491,12 +490,16 @@ def graph_knn_search(
     k: int,
     relation: str,
     settings: GraphKnnSettings | None = None,
+    *,
+    channel: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` documents by the mixed graph-kNN score (module docstring) over *every* document: (scores
     float64 ``[n, k']``, positions int64 ``[n, k']``), best first, ties to the earlier document.
 
     ``doc_vectors(start, stop)`` returns documents ``start:stop`` as points of the model's space ``[b, D]``
-    (the index's stored vectors; any float dtype, scored in float64)."""
+    (the index's stored vectors; any float dtype, scored in float64). ``channel``: a hierarchy channel H over
+    those points (:class:`lorentz_rag.models.hierarchy_channel.HierarchyChannel`), mixed in with its weight
+    ``channel.graph_weight(relation)`` (module docstring); ``None``: graph-kNN alone."""
     _check_relation(relation)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -511,6 +514,16 @@ def graph_knn_search(
     link_matrix = links.matrix(len(graph), settings.temperature)
     w = settings.graph_weight
     chunk = max(1, min(256, _CELLS // n_docs))
+    h_weight = channel.graph_weight(relation) if channel is not None else 0.0
+    if h_weight > 0.0:
+        with torch.no_grad():
+            h_queries = channel(q.float()).double()
+            h_docs = torch.cat(
+                [
+                    channel(doc_vectors(a, min(n_docs, a + _DOC_BLOCK)).float()).double()
+                    for a in range(0, n_docs, _DOC_BLOCK)
+                ]
+            )
     for start in range(0, q.shape[0], chunk):
         qc = q[start : start + chunk]
         sims = torch.empty(qc.shape[0], n_docs, dtype=torch.float64)
@@ -521,7 +534,110 @@ def graph_knn_search(
             np.asarray((graph.votes(qc, relation, settings) @ link_matrix).todense(), dtype=np.float64)
         )
         mixed = mix_scores(sims, graph_scores, w)
+        if h_weight > 0.0:
+            h = channel.relation_scores(h_queries[start : start + chunk], h_docs, relation)
+            mixed = mix_scores(mixed, h, h_weight)
         top = torch.sort(mixed, dim=1, descending=True, stable=True)
         out_scores[start : start + chunk] = top.values[:, :k_eff]
         out_pos[start : start + chunk] = top.indices[:, :k_eff]
     return out_scores, out_pos
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+GRAPH_JSON = "taxonomy.json"
+GRAPH_TENSORS = "taxonomy.safetensors"
+_GRAPH_FORMAT = 1
+
+
+class ConceptGraphFileError(ValueError):
+    """A concept graph's files cannot be read (missing, damaged or inconsistent); the message names the file."""
+
+
+def write_graph_files(
+    graph: ConceptGraph,
+    folder: str | os.PathLike[str],
+    *,
+    extra_meta: Mapping[str, Any] | None = None,
+    extra_tensors: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Write ``graph`` as ``folder/taxonomy.safetensors`` then ``folder/taxonomy.json``, each atomically and
+    fsynced (:mod:`lorentz_rag.atomic_files`); ``extra_meta`` / ``extra_tensors`` are stored beside the graph
+    (an index's document links) and handed back by :func:`read_graph_files`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format_version": _GRAPH_FORMAT,
+        "source": graph.source,
+        "settings": graph.settings.to_dict(),
+        "similarity": graph.similarity,
+        "curvature": graph.curvature,
+        **dict(extra_meta or {}),
+        "concepts": [
+            {
+                "id": graph.concept_ids[i],
+                "name": graph.names[i],
+                "definition": graph.definitions[i],
+                "synonyms": graph.synonyms[i],
+                "parents": [graph.concept_ids[p] for p in graph.parents[i]],
+            }
+            for i in range(len(graph))
+        ],
+        "texts": graph.texts,
+    }
+    tensors = {
+        "text_embeddings": graph.text_embeddings.contiguous(),
+        "text_concept": graph.text_concept.contiguous(),
+        **{name: t.contiguous() for name, t in (extra_tensors or {}).items()},
+    }
+    write_bytes(folder / GRAPH_TENSORS, save(tensors))
+    write_json(folder / GRAPH_JSON, meta, indent=None)
+
+
+def read_graph_files(
+    folder: str | os.PathLike[str],
+) -> tuple[ConceptGraph, dict[str, Any], dict[str, Tensor]]:
+    """``(graph, meta, tensors)`` from :func:`write_graph_files`' files; :class:`ConceptGraphFileError` names a
+    missing, damaged or inconsistent file."""
+    folder = Path(folder)
+    json_file, tensor_file = folder / GRAPH_JSON, folder / GRAPH_TENSORS
+    for path in (json_file, tensor_file):
+        if not path.is_file():
+            raise ConceptGraphFileError(
+                f"{path}: missing (a taxonomy is stored as {GRAPH_JSON} + {GRAPH_TENSORS})"
+            )
+    try:
+        meta = json.loads(json_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("format_version") != _GRAPH_FORMAT:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ConceptGraphFileError(f"{json_file}: unsupported format_version {version!r}")
+        settings = GraphKnnSettings.from_dict(meta["settings"], where=str(json_file))
+        concepts = meta["concepts"]
+        position = {c["id"]: i for i, c in enumerate(concepts)}
+        parents = [[position[p] for p in c["parents"]] for c in concepts]
+    except ConceptGraphFileError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise ConceptGraphFileError(f"{json_file}: not a readable taxonomy file: {error}") from None
+    try:
+        tensors = load_file(str(tensor_file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConceptGraphFileError(f"{tensor_file}: not readable (truncated?): {error}") from None
+    try:
+        graph = ConceptGraph(
+            [c["id"] for c in concepts],
+            [c["name"] for c in concepts],
+            meta["texts"],
+            tensors["text_concept"],
+            tensors["text_embeddings"],
+            parents,
+            similarity=meta["similarity"],
+            curvature=meta["curvature"],
+            settings=settings,
+            definitions=[c.get("definition", "") for c in concepts],
+            synonyms=[c.get("synonyms", []) for c in concepts],
+            source=meta.get("source"),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConceptGraphFileError(f"{folder}: inconsistent taxonomy files: {error}") from None
+    return graph, meta, tensors

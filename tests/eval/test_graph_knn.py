@@ -1,4 +1,4 @@
-"""Graph-kNN taxonomy search (lorentz_rag.eval.taxonomy_search): votes and hop discounts against a hand
+"""Graph-kNN taxonomy search (lorentz_rag.search.graph_knn): votes and hop discounts against a hand
 computation, document links, the exact top-k against a brute-force reference, both directions, the index
 folder and CLI round trip, settings validation, and ``eval beir --relation`` end to end."""
 
@@ -21,10 +21,11 @@ from lorentz_rag.eval import retrieval as retrieval_module
 from lorentz_rag.eval.index import VectorIndex
 from lorentz_rag.eval.retrieval import evaluate_beir
 from lorentz_rag.eval.taxonomy_attachment import TaxonomyAttachmentError, attach_taxonomy
-from lorentz_rag.eval.taxonomy_search import ConceptGraph, GraphKnnSettings, graph_knn_search
 from lorentz_rag.geometry import lorentz
 from lorentz_rag.geometry import similarity as sf
 from lorentz_rag.models.base import EmbeddingModel
+from lorentz_rag.models.companions import ModelCompanions
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, graph_knn_search
 
 ANIMALS = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "animals.jsonl"
 
@@ -358,8 +359,12 @@ def test_bad_graph_settings_file_stops_the_build_with_one_line(tmp_path, monkeyp
     assert not (tmp_path / "ix").exists()
 
 
+class _CarryingModel(ModelCompanions, HashingModel):
+    """The hashing model with what every EmbeddingModel carries beside its weights (a channel, a taxonomy)."""
+
+
 def test_model_search_takes_a_taxonomy() -> None:
-    model = HashingModel(16, hyperbolic=False)  # cosine: no geometric relation, graph-kNN works
+    model = _CarryingModel(16, hyperbolic=False)  # cosine: no geometric relation, graph-kNN works
     graph = ConceptGraph.from_taxonomy(model, ANIMALS, GraphKnnSettings(k=3))
     docs = ["a warm-blooded vertebrate that nurses its young", "an animal with a backbone", "the sea"]
     hits = EmbeddingModel.search(model, ["domestic dog"], docs, k=3, relation="broader", taxonomy=graph)
