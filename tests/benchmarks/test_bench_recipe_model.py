@@ -1,6 +1,6 @@
-"""benchmarks/bench_free_text.py on a small tree with the packaged MiniLM, a hierarchy channel and the train
+"""benchmarks/bench_recipe_model.py on a small tree with the packaged MiniLM, a hierarchy channel and the train
 split carried: the re-worded corpus links to no concept by id or text, every row is measured on both corpora,
-and the table is written."""
+subsumption F1 for every scorer with its weight chosen on validation, and the table is written."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from test_tune_graph_knn import _taxonomy  # noqa: E402
 
 def _script():
     spec = importlib.util.spec_from_file_location(
-        "bench_free_text", REPO / "benchmarks" / "bench_free_text.py"
+        "bench_recipe_model", REPO / "benchmarks" / "bench_recipe_model.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -62,5 +62,9 @@ def test_rows_on_both_corpora_and_the_table(tmp_path: Path) -> None:
         assert set(means) == {f"{c} | {r}" for c in ("concepts", "free text") for r in bench.ROWS}
         # Plain similarity cannot use the graph: both corpora are scored, each in [0, 100].
         assert all(0.0 <= v <= 100.0 for v in means.values())
+    for setting in ("hard", "random"):
+        res = result["subsumption"][setting]
+        assert set(res) == set(bench.SUBSUMPTION_ROWS) and res["graph-kNN + H"]["v"] in bench.WEIGHTS
+        assert all(0.0 <= r["f1"] <= 1.0 for r in res.values())
     md = out.with_suffix(".md").read_text()
     assert "| graph-kNN + H |" in md and "free text - concepts" in md

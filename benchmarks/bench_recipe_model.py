@@ -1,6 +1,9 @@
-"""Relation search over documents that are not concepts: a model trained with the taxonomy recipe
-(``configs/taxonomy/hyte_h.yaml``: frozen similarity S, hierarchy channel H, the train split carried) on its
-taxonomy's ``eval/broader`` and ``eval/narrower`` sets, with the corpus as built and re-worded as free text.
+"""A model of the taxonomy recipe (``configs/taxonomy/hyte_h.yaml``: frozen similarity S, hierarchy channel H,
+the train split carried), measured where the other benchmarks do not reach: relation search over documents
+that are not concepts, and subsumption (is ``parent`` an ancestor of ``child``?) by each of its scores.
+
+**Free text.** The taxonomy's ``eval/broader`` and ``eval/narrower`` sets, with the corpus as built and
+re-worded as free text.
 
 The free-text corpus gives every document an opaque id and the text ``"NAME: DEFINITION"`` of its concept,
 which is no concept's name or document text, so no document links to a concept by id or text: graph-kNN
@@ -18,13 +21,20 @@ Rows, each through ``lorentz_rag.eval.retrieval.evaluate_beir`` (the ``eval beir
 nDCG@10 x 100 on the report half (``--split``), per query; paired bootstrap intervals over queries between
 rows and between the two corpora. One trained model: a check of the free-text path, not a claim over seeds.
 
-    .venv/bin/python benchmarks/bench_free_text.py --model runs/recipe_cli/icd10cm/final \\
+**Subsumption** (HiT's protocol, ``eval/subsumption/{validation,test}``, hard and random negatives, the child
+by name): S's similarity; H's broader score; graph-kNN's share of the child's neighbours' votes for the
+candidate (``graph_subsumption_scores``, as ``bench_taxonomy.py``); and graph-kNN + H, ``(1 - v) z(votes) + v
+z(H)`` with the z statistics of the validation pairs. ``v`` (grid 0, 0.1, ..., 1) and the threshold are chosen
+on validation; F1 on test.
+
+    .venv/bin/python benchmarks/bench_recipe_model.py --model runs/recipe_cli/icd10cm/final \\
         --sets runs/graph_knn/icd10cm/sets --out benchmarks/results/free_text_icd10cm
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -37,13 +47,19 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import torch
 
 import lorentz_rag
 from lorentz_rag.data.beir import load_beir, write_beir
 from lorentz_rag.eval.retrieval import evaluate_beir
 from lorentz_rag.eval.stats import paired_bootstrap
+from lorentz_rag.eval.subsumption import best_threshold, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.geometry.relation import relation_score
+from lorentz_rag.geometry.similarity import rowwise
 
 ROWS = ("S", "S + H", "H alone", "graph-kNN", "graph-kNN + H")
+SUBSUMPTION_ROWS = ("S", "H", "graph-kNN", "graph-kNN + H")
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 RELATIONS = ("broader", "narrower")
 
 
@@ -107,6 +123,71 @@ def _scores(model: Any, folder: Path, split: str, relation: str, row: str) -> di
     return {q: 100.0 * m["ndcg@10"] for q, m in result["per_query"].items()}
 
 
+def graph_subsumption_scores(model: Any, graph: Any, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Graph-kNN as a subsumption scorer: the candidate's share of the child's votes (the child's name, embedded
+    as a query; its ``k`` nearest concepts vote for themselves and, discounted by hops, for their ancestors),
+    over the neighbours' total weight, in [0, 1]; a candidate outside the graph scores 0."""
+    children = list(dict.fromkeys(str(r["child_name"]) for r in rows))
+    sims = graph.concept_similarities(model.encode(children, "query"))
+    votes = graph.votes_from_similarities(sims, "broader")
+    # max_hops 0: each neighbour votes for itself only, so a row's sum is the neighbours' total weight.
+    own = dataclasses.replace(graph.settings, max_hops=0)
+    total = np.asarray(graph.votes_from_similarities(sims, "broader", own).sum(axis=1)).reshape(-1)
+    row_of = {c: i for i, c in enumerate(children)}
+    scores = np.zeros(len(rows), dtype=np.float64)
+    for i, r in enumerate(rows):
+        position = graph.position.get(str(r["candidate"]))
+        child = row_of[str(r["child_name"])]
+        if position is not None and total[child] > 0:
+            scores[i] = votes[child, position] / total[child]
+    return scores
+
+
+def _pair_scores(model: Any, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per pair: S's similarity, H's broader score and graph-kNN's vote share (child by name)."""
+    child = model.encode([str(r["child_name"]) for r in rows], "query")
+    parent = model.encode([str(r["candidate_text"]) for r in rows], "document")
+    channel = model.hierarchy_channel
+    c = channel.config.curvature if channel.config.geometry == "lorentz" else None
+    s_c = None if model.curvature() is None else float(model.curvature())
+    with torch.no_grad():
+        hc, hp = channel(child.float()).double(), channel(parent.float()).double()
+    h = relation_score(hc, hp, "broader", channel.config.kind, c, channel.config.radius_weight)
+    return {
+        "S": rowwise(child.double(), parent.double(), model.settings.similarity, s_c).numpy(),
+        "H": h.numpy(),
+        "graph-kNN": graph_subsumption_scores(model, model.concept_graph, rows),
+    }
+
+
+def subsumption_table(model: Any, sets: Path) -> dict[str, Any]:
+    """Test F1 per negatives setting and row (module docstring), with the choices made on validation."""
+    out: dict[str, Any] = {}
+    for setting in ("hard", "random"):
+        halves = {}
+        for name in ("validation", "test"):
+            rows = read_subsumption_pairs(sets / "eval" / "subsumption" / f"{name}.jsonl.gz", setting)
+            halves[name] = (_pair_scores(model, rows), np.array([r["label"] for r in rows]))
+        (val, y_val), (test, y_test) = halves["validation"], halves["test"]
+        res: dict[str, Any] = {}
+        for row in ("S", "H", "graph-kNN"):
+            res[row] = subsumption_f1(val[row], y_val, test[row], y_test)
+        # graph-kNN + H: z statistics of the validation pairs, the weight and the threshold chosen there.
+        stats = {k: (val[k].mean(), val[k].std() or 1.0) for k in ("H", "graph-kNN")}
+
+        def mixed(scores: dict[str, np.ndarray], v: float, stats: dict = stats) -> np.ndarray:
+            z = {k: (scores[k] - m) / sd for k, (m, sd) in stats.items()}
+            return (1.0 - v) * z["graph-kNN"] + v * z["H"]
+
+        best = max(WEIGHTS, key=lambda v: (best_threshold(mixed(val, v), y_val)[1], -v))
+        res["graph-kNN + H"] = {
+            **subsumption_f1(mixed(val, best), y_val, mixed(test, best), y_test),
+            "v": best,
+        }
+        out[setting] = res
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder from configs/taxonomy/hyte_h.yaml")
@@ -149,21 +230,26 @@ def main(argv: list[str] | None = None) -> None:
             "mean": {f"{c} | {r}": float(v.mean()) for (c, r), v in vec.items()},
             "comparisons": comparisons,
         }
+    subsumption = subsumption_table(model, sets)
+    for setting, res in subsumption.items():
+        print(f"subsumption {setting}: " + ", ".join(f"{row} {100 * res[row]['f1']:.1f}" for row in res))
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         "load_average_end": os.getloadavg(),
         "seconds": time.perf_counter() - started,
-        "command": "python benchmarks/bench_free_text.py " + " ".join(argv or []),
+        "command": "python benchmarks/bench_recipe_model.py " + " ".join(argv or []),
         "model": args.model,
         "channel": model.hierarchy_channel.config.to_dict(),
         "split": args.split,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": table}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(_markdown(meta, table))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "results": table, "subsumption": subsumption}, indent=1) + "\n"
+    )
+    out.with_suffix(".md").write_text(_markdown(meta, table, subsumption))
     print(f"wrote {out.with_suffix('.md')}")
 
 
@@ -173,9 +259,9 @@ def _query_names(source: Path) -> dict[str, str]:
     return {q[: -len("#name")]: text for q, text in data.queries.items() if q.endswith("#name")}
 
 
-def _markdown(meta: dict[str, Any], table: dict[str, Any]) -> str:
+def _markdown(meta: dict[str, Any], table: dict[str, Any], subsumption: dict[str, Any]) -> str:
     lines = [
-        "# Relation search over free-text documents (documents that are not concepts)",
+        "# The taxonomy recipe's model: free-text documents and subsumption",
         "",
         f"{meta['date']}, commit {meta['commit']}, {meta['machine']}, load average at the end "
         + ", ".join(f"{x:.2f}" for x in meta["load_average_end"])
@@ -206,6 +292,20 @@ def _markdown(meta: dict[str, Any], table: dict[str, Any]) -> str:
         for name, c in res["comparisons"].items():
             lines.append(f"| {name} | {c['mean']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] |")
         lines.append("")
+    lines += [
+        "## Subsumption F1 x 100 (test; weight and threshold chosen on validation)",
+        "",
+        "| negatives | row | validation F1 | **test F1** | precision | recall | v |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for setting, res in subsumption.items():
+        for row in SUBSUMPTION_ROWS:
+            r = res[row]
+            lines.append(
+                f"| {setting} | {row} | {100 * r['validation_f1']:.1f} | **{100 * r['f1']:.1f}** | "
+                f"{100 * r['precision']:.1f} | {100 * r['recall']:.1f} | {r.get('v', '-')} |"
+            )
+    lines.append("")
     return "\n".join(lines)
 
 
