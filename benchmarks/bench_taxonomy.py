@@ -371,6 +371,105 @@ def _one_taxonomy(
     return res
 
 
+# --- one table of every row ---------------------------------------------------------------------------------
+
+#: Columns of the combined table: (label, key in the single-channel summaries).
+TABLE_COLUMNS = (
+    ("broader", "broader"),
+    ("narrower", "narrower"),
+    ("synonym", "synonym"),
+    ("faq-dev", "faq_dev"),
+    ("subsumption F1, hard", "subsumption_f1"),
+)
+
+
+def _cell(value: Any, scale: float = 100.0) -> str:
+    """``mean +- sd`` (a ``[mean, sd]`` pair) or a single number, scaled; ``-`` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return f"{scale * value[0]:.2f} +- {scale * value[1]:.2f}"
+    return f"{scale * value:.2f}"
+
+
+def combined_rows(results: Path, taxonomy: str) -> list[tuple[str, list[str], str]]:
+    """Every row measured on ``taxonomy``'s report halves, read from the committed result files of the
+    benchmarks that measure them: ``(row, cells in TABLE_COLUMNS order, source file)``."""
+    rows: list[tuple[str, list[str], str]] = []
+    single = results / "taxonomy_length" / f"report256_{taxonomy}.json"
+    means: dict[str, Any] = {}
+    if single.is_file():
+        data = json.loads(single.read_text())
+        means = data["alphas"]["1.0"]["taxonomies"][taxonomy]["summary"]["means"]
+        zero = [_cell(means.get(key, {}).get("zero_shot")) for _, key in TABLE_COLUMNS]
+        rows.append(("zero-shot MiniLM (S)", zero, single.name))
+        for model, label in (
+            ("hyte_h", "single-channel head recipe, HyTE-H"),
+            ("twin", "single-channel, twin"),
+        ):
+            rows.append(
+                (label, [_cell(means.get(key, {}).get(model)) for _, key in TABLE_COLUMNS], single.name)
+            )
+    two = results / "two_channel.json"
+    if two.is_file():
+        found = [t for t in json.loads(two.read_text())["taxonomies"] if t["tag"] == taxonomy]
+        for t in found:
+            same = [_cell(means.get(key, {}).get("zero_shot")) for key in ("synonym", "faq_dev")]
+            for row in t["rows"]["broader"]:
+                if row == "zero-shot S":
+                    continue
+                cells = [
+                    _cell(t["rows"][rel][row]["all"], 1.0) for rel in ("broader", "narrower")
+                ] + same  # S untouched: synonym and faq-dev are zero-shot's by construction
+                name = row.split(" ")[-1] if row.startswith(("graph-kNN +", "S +")) else row.split(" ")[0]
+                sub = t["subsumption"].get(f"{name} (name, hard)")
+                cells.append(_cell(sub["h"]) if sub and row.endswith("alone") else "-")
+                label = row + (" (the recipe's model)" if row == "graph-kNN + H^64" else "")
+                rows.append((label, cells, two.name))
+    hit = results / f"hit_{taxonomy}.json"
+    if hit.is_file():
+        h = json.loads(hit.read_text())
+        cells = [
+            _cell(h["retrieval"]["broader/definition"]["report"]["ndcg@10"], 1.0),
+            _cell(h["retrieval"]["narrower/definition"]["report"]["ndcg@10"], 1.0),
+            "-",
+            "-",
+            _cell(h["subsumption"]["hard/name"]["f1"]),
+        ]
+        rows.append(("HiT, 15 minutes of training (one run)", cells, hit.name))
+        mix = h.get("s_mix", {})
+        if mix:
+            cells = [
+                _cell(mix.get(f"{rel}/definition", {}).get("report", {}).get("ndcg@10"), 1.0)
+                for rel in ("broader", "narrower")
+            ] + ["-", "-", "-"]
+            rows.append(("S + HiT (HiT as channel H beside frozen S)", cells, hit.name))
+    return rows
+
+
+def combined_table(results: Path, taxonomies: list[str]) -> str:
+    """The Markdown of :func:`combined_rows` for each taxonomy."""
+    head = "| row | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " | source |"
+    lines = [
+        "# Every taxonomy row on the report halves, in one table",
+        "",
+        "nDCG@10 x 100 (broader / narrower / synonym on the held-out concepts' report halves, faq-dev on its "
+        "report half) and subsumption F1 x 100 with hard negatives (HiT's protocol, child by name), mean +- sd "
+        "over 5 seeds where the source has seeds. Read from the committed result files named in the last column "
+        "(their own headers give date, commit, machine, load and command, and the paired intervals); written by "
+        "`.venv/bin/python benchmarks/bench_taxonomy.py --table`. `-`: not measured by that source. The "
+        "two-channel rows leave S as it is, so their synonym and faq-dev are zero-shot's by construction "
+        "(identical rankings, by test).",
+        "",
+    ]
+    for taxonomy in taxonomies:
+        rows = combined_rows(results, taxonomy)
+        lines += [f"## {taxonomy}", "", head, "|---" * (len(TABLE_COLUMNS) + 2) + "|"]
+        lines += [f"| {row} | " + " | ".join(cells) + f" | `{source}` |" for row, cells, source in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -400,7 +499,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="a tiny smoke run: 1 seed, 2 steps, small sets, both halves (test)",
     )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="write RESULTS/taxonomy_rows.md, every row of every benchmark in one table per taxonomy, from "
+        "the committed result files (--results), and stop",
+    )
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    if args.table:
+        text = combined_table(Path(args.results), args.taxonomies)
+        (Path(args.results) / "taxonomy_rows.md").write_text(text, encoding="utf-8")
+        print(text)
+        return {"table": text}
     if args.quick:
         args.part = "test"
     seeds = [args.first_seed + i for i in range(1 if args.quick else args.seeds)]

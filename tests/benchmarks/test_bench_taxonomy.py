@@ -154,3 +154,27 @@ def test_graph_subsumption_scores_are_the_candidates_share_of_the_votes() -> Non
     total = w_b + w_c
     hand = [(0.25 * w_c + 0.5 * w_b) / total, (0.5 * w_c + w_b) / total, w_c / total, 0.0, 0.0]
     assert scores.tolist() == pytest.approx(hand, rel=1e-6)
+
+
+def test_the_combined_table_reads_every_committed_row() -> None:
+    """``--table`` on the committed results: one table per taxonomy with the zero-shot, single-channel,
+    graph-kNN, two-channel and (WordNet) HiT rows, each naming its source file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_taxonomy_table", REPO / "benchmarks" / "bench_taxonomy.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = REPO / "benchmarks" / "results"
+    for taxonomy in ("wordnet", "icd10cm"):
+        rows = {row: (cells, source) for row, cells, source in bench.combined_rows(results, taxonomy)}
+        for row in ("zero-shot MiniLM (S)", "single-channel head recipe, HyTE-H", "graph-kNN", "H^64 alone"):
+            assert row in rows, (taxonomy, row)
+        assert "graph-kNN + H^64 (the recipe's model)" in rows
+        assert all(len(cells) == len(bench.TABLE_COLUMNS) for cells, _ in rows.values())
+        # S is untouched by the two-channel rows: their synonym and faq-dev cells are zero-shot's.
+        assert rows["H^64 alone"][0][2:4] == rows["zero-shot MiniLM (S)"][0][2:4]
+    assert any(row.startswith("HiT") for row, _, _ in bench.combined_rows(results, "wordnet"))
+    text = bench.combined_table(results, ["wordnet"])
+    assert text.startswith("# Every taxonomy row") and "`two_channel.json`" in text
