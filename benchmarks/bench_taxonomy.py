@@ -437,12 +437,11 @@ def combined_rows(results: Path, taxonomy: str) -> list[tuple[str, list[str], st
             _cell(h["subsumption"]["hard/name"]["f1"]),
         ]
         rows.append(("HiT, 15 minutes of training (one run)", cells, hit.name))
-        mix = h.get("s_mix", {})
-        if mix:
-            cells = [
-                _cell(mix.get(f"{rel}/definition", {}).get("report", {}).get("ndcg@10"), 1.0)
-                for rel in ("broader", "narrower")
-            ] + ["-", "-", "-"]
+        mixed = [
+            h["retrieval"][f"{rel}/definition"].get("with_similarity", {}) for rel in ("broader", "narrower")
+        ]
+        if all("S + HiT" in m for m in mixed):
+            cells = [_cell(m["S + HiT"]["report"]["ndcg@10"], 1.0) for m in mixed] + ["-", "-", "-"]
             rows.append(("S + HiT (HiT as channel H beside frozen S)", cells, hit.name))
     return rows
 

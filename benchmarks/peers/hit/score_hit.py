@@ -21,10 +21,20 @@ Measured:
   beside it (how much that bound costs);
 - **subsumption F1** (HiT's protocol, :mod:`lorentz_rag.eval.subsumption`): per negative setting (``hard``
   is the headline, ``random`` beside it) and pair field (``name``: HiT's; ``text``: definitions), ``lambda``
-  and the threshold that maximise validation F1 (exact threshold search), then F1 on test at both.
+  and the threshold that maximise validation F1 (exact threshold search), then F1 on test at both;
+- **S + HiT** (unless ``--no-s-mix``): HiT as a hierarchy channel beside a frozen similarity channel S, the
+  zero-shot packaged all-MiniLM-L6-v2 (``lorentz_rag.load_model``; cosine similarity, queries encoded with
+  the ``query`` prompt, documents with ``document``). Per query, ``(1 - w) z(S similarity) + w z(HiT score)``,
+  each standardised over the documents (:func:`lorentz_rag.geometry.relation.mix_scores`), HiT's score at the
+  ``lambda`` chosen for it alone (above); ``w`` from 0, 0.1, ..., 1 chosen on the tune half by mean nDCG@10
+  (ties: the smaller), ranked stably (ties: the earlier document). ``w = 0`` ranks by S itself, so the row
+  at ``w = 0`` is the S row exactly. Broader and narrower, the benchmark's documents (definitions) only; the
+  S row beside it, and the paired bootstrap interval of S + HiT - S over the report queries. A tune half
+  without judged queries makes no choice: ``w = 0`` (S alone), as ``lambda = 0`` for HiT alone.
 
 The closed-form distance used here is checked against geoopt's (HiT's own) on the pairs ``run.json`` keeps.
-Writes ``OUT/hit_scores.json`` (with per-query report nDCG@10 for paired statistics) and ``OUT/hit_scores.md``.
+Writes ``OUT/hit_scores.json`` (with per-query report nDCG@10 of every row, for paired statistics) and
+``OUT/hit_scores.md``.
 
     .venv/bin/python benchmarks/peers/hit/score_hit.py --sets runs/graph_knn/wordnet/sets --points runs/hit/wordnet
 """
@@ -34,19 +44,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
 
+import lorentz_rag
 from lorentz_rag.data.beir import document_text, load_beir
 from lorentz_rag.data.jsonl import read_jsonl_numbered
 from lorentz_rag.eval.retrieval import compute_metrics
+from lorentz_rag.eval.stats import paired_bootstrap
 from lorentz_rag.eval.subsumption import best_threshold, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.geometry.relation import mix_scores
 
 ROOT = Path(__file__).resolve().parents[3]
 RELATIONS = ("broader", "narrower")
@@ -58,6 +75,9 @@ BASE_GRID = tuple(round(0.1 * i, 1) for i in range(101))
 #: Below HiT's score family (never chosen): how much the lambda >= 0 bound costs when 0 is chosen.
 BELOW_ZERO = (-0.1, -0.2, -0.5, -1.0)
 MAX_LAMBDA = 160.0
+#: The frozen similarity channel S of the S + HiT row, and the grid of HiT's weight ``w`` beside it.
+S_MODEL = "all-MiniLM-L6-v2"
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 #: Rows of the pairwise distance computed at once (x the corpus size, float64).
 _BLOCK = 256
 
@@ -136,6 +156,38 @@ class Points:
         return out
 
 
+class SimilarityChannel:
+    """The frozen similarity channel S: ``model``'s own similarity (float64) of queries encoded with the
+    ``query`` prompt and documents with ``document``; each distinct (prompt, text) is encoded once."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.similarity = str(model.settings.similarity)
+        self.encoded = 0
+        self.seconds = 0.0
+        self._memo: dict[tuple[str, str], torch.Tensor] = {}
+
+    def encode(self, texts: list[str], prompt: str) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if (prompt, t) not in self._memo))
+        if missing:
+            start = time.perf_counter()
+            emb = self.model.encode(missing, prompt_type=prompt, batch_size=64)
+            self.seconds += time.perf_counter() - start
+            self.encoded += len(missing)
+            self._memo.update(zip(((prompt, t) for t in missing), emb))
+        if not texts:
+            return torch.empty(0, int(self.model.embedding_dim), dtype=torch.float64)
+        return torch.stack([self._memo[(prompt, t)] for t in texts]).double()
+
+    def __call__(self, queries: list[str], documents: list[str]) -> torch.Tensor:
+        """``[n, m]`` similarities of every (query, document), float64."""
+        q, d = self.encode(queries, "query"), self.encode(documents, "document")
+        if not queries:
+            return torch.empty(0, len(documents), dtype=torch.float64)
+        return self.model.similarity(q, d).double()
+
+
 def hit_score(
     d: torch.Tensor, child_norm: torch.Tensor, parent_norm: torch.Tensor, lam: float
 ) -> torch.Tensor:
@@ -162,7 +214,14 @@ class Half:
     """One relation's tune or report half: the queries (with qrels), the corpus, and the HiT distances."""
 
     def __init__(
-        self, sets: Path, relation: str, part: str, points: Points, names: dict[str, str], documents: str
+        self,
+        sets: Path,
+        relation: str,
+        part: str,
+        points: Points,
+        names: dict[str, str],
+        documents: str,
+        s_channel: SimilarityChannel | None = None,
     ) -> None:
         data = load_beir(sets / "eval" / relation, part)
         self.relation = relation
@@ -180,6 +239,10 @@ class Half:
         self.query_norm = ball.norm(q) if self.query_ids else torch.empty(0)
         self.doc_norm = ball.norm(x)
         self.kind = np.array(["name" if q.endswith("#name") else "definition" for q in self.query_ids])
+        #: S's similarities ``[queries, documents]`` (float64), when a similarity channel is given.
+        self.sims = (
+            s_channel([data.queries[i] for i in self.query_ids], doc_texts) if s_channel is not None else None
+        )
 
     def scores(self, lam: float) -> torch.Tensor:
         """HiT's score of every (query, document): broader ranks parents of the query, narrower children."""
@@ -187,40 +250,98 @@ class Half:
             return hit_score(self.distance, self.query_norm[:, None], self.doc_norm[None, :], lam)
         return hit_score(self.distance, self.doc_norm[None, :], self.query_norm[:, None], lam)
 
-    def per_query(self, lam: float) -> np.ndarray:
-        """nDCG@10 x 100 per query (pytrec_eval; stable ties: the earlier document)."""
-        top = torch.sort(self.scores(lam), dim=1, descending=True, stable=True).indices[:, :10]
+    def mixed(self, lam: float, w: float) -> torch.Tensor:
+        """S + HiT: ``(1 - w) z(S) + w z(HiT's score at lambda)`` per query; ``w = 0`` is S's similarity."""
+        if self.sims is None:
+            raise ValueError("no similarity channel was given for this half")
+        return mix_scores(self.sims, self.scores(lam), w) if w > 0 else self.sims
+
+    def ndcg(self, scores: torch.Tensor) -> np.ndarray:
+        """nDCG@10 x 100 per query of the ranking by ``scores`` (pytrec_eval; stable ties: the earlier
+        document); empty without judged queries."""
+        if not self.query_ids:
+            return np.array([])
+        top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :10]
         ranked = {q: [self.doc_ids[p] for p in row] for q, row in zip(self.query_ids, top.tolist())}
         res = compute_metrics({q: self.qrels[q] for q in self.query_ids}, ranked, per_query=True)
         return np.array([100.0 * res["per_query"][q]["ndcg@10"] for q in self.query_ids])
 
+    def per_query(self, lam: float) -> np.ndarray:
+        """HiT alone: nDCG@10 x 100 per query."""
+        return self.ndcg(self.scores(lam))
 
-def retrieval(sets: Path, points: Points, names: dict[str, str]) -> dict[str, Any]:
-    """broader / narrower nDCG@10 x 100 per document kind, ``lambda`` from the tune half."""
+
+def _report(half: Half, values: np.ndarray) -> dict[str, Any]:
+    """A report half's mean nDCG@10, by query kind, and per query (``None`` / empty without queries)."""
+    return {
+        "queries": len(half.query_ids),
+        "ndcg@10": float(values.mean()) if values.size else None,
+        "by_query_kind": {
+            k: float(values[half.kind == k].mean()) if (half.kind == k).any() else None
+            for k in ("name", "definition")
+        },
+        "per_query": dict(zip(half.query_ids, map(float, values))),
+    }
+
+
+def choose_weight(evaluate: Any) -> tuple[float, list[tuple[float, float]]]:
+    """The ``w`` of :data:`WEIGHTS` with the best ``evaluate(w)`` (ties: the smaller), and every value."""
+    values = {w: evaluate(w) for w in WEIGHTS}
+    return min(values, key=lambda w: (-values[w], w)), sorted(values.items())
+
+
+def with_similarity(tune: Half, report: Half, lam: float) -> dict[str, Any]:
+    """The S row and the S + HiT row (HiT at ``lam``, ``w`` from the tune half) of one relation."""
+    s_tune, s_report = tune.ndcg(tune.mixed(lam, 0.0)), report.ndcg(report.mixed(lam, 0.0))
+    if tune.query_ids:
+        w, grid = choose_weight(lambda v: float(tune.ndcg(tune.mixed(lam, v)).mean()))
+    else:  # no judged tune query: no choice, S alone
+        w, grid = 0.0, []
+    mixed = report.ndcg(report.mixed(lam, w))
+    diff = paired_bootstrap(mixed[None, :], s_report) if mixed.size else None
+    return {
+        "S": {
+            "tune": {
+                "queries": len(tune.query_ids),
+                "ndcg@10": float(s_tune.mean()) if s_tune.size else None,
+            },
+            "report": _report(report, s_report),
+        },
+        "S + HiT": {
+            "lambda": lam,
+            "w": w,
+            "w_at_edge": bool(grid) and w in (WEIGHTS[0], WEIGHTS[-1]),
+            "tune": {"queries": len(tune.query_ids), "ndcg@10": dict(grid).get(w)},
+            "report": _report(report, mixed),
+            "tune_grid": grid,
+            "report_minus_S": diff,
+        },
+    }
+
+
+def retrieval(
+    sets: Path, points: Points, names: dict[str, str], s_channel: SimilarityChannel | None = None
+) -> dict[str, Any]:
+    """broader / narrower nDCG@10 x 100 per document kind, ``lambda`` from the tune half; with a similarity
+    channel, also the S and S + HiT rows of the definition documents (``with_similarity``)."""
     out: dict[str, Any] = {}
     for relation in RELATIONS:
         for documents in DOCUMENT_KINDS:
-            tune, report = (Half(sets, relation, p, points, names, documents) for p in PARTS)
+            s = s_channel if documents == "definition" else None
+            tune, report = (Half(sets, relation, p, points, names, documents, s) for p in PARTS)
             if tune.query_ids:
                 lam, grid = choose_lambda(lambda v, half=tune: float(half.per_query(v).mean()))
             else:  # a tiny taxonomy's tune half can be empty: no choice, HiT's distance alone
                 lam, grid = 0.0, []
-            rep = report.per_query(lam) if report.query_ids else np.array([])
-            rep0 = report.per_query(0.0) if report.query_ids else np.array([])
+            rep, rep0 = report.per_query(lam), report.per_query(0.0)
             entry = {
                 "lambda": lam,
                 "lambda_at_zero": bool(grid) and lam == 0.0,
                 "lambda_at_top": bool(grid) and lam == grid[-1][0],
                 "tune": {"queries": len(tune.query_ids), "ndcg@10": dict(grid).get(lam)},
                 "report": {
-                    "queries": len(report.query_ids),
-                    "ndcg@10": float(rep.mean()) if rep.size else None,
+                    **_report(report, rep),
                     "ndcg@10_lambda0": float(rep0.mean()) if rep0.size else None,
-                    "by_query_kind": {
-                        k: float(rep[report.kind == k].mean()) if (report.kind == k).any() else None
-                        for k in ("name", "definition")
-                    },
-                    "per_query": dict(zip(report.query_ids, map(float, rep))),
                 },
                 "corpus": len(report.doc_ids),
                 "tune_grid": grid,
@@ -228,6 +349,8 @@ def retrieval(sets: Path, points: Points, names: dict[str, str]) -> dict[str, An
                 if grid and lam == 0.0
                 else [],
             }
+            if s is not None:
+                entry["with_similarity"] = with_similarity(tune, report, lam)
             out[f"{relation}/{documents}"] = entry
             print(
                 f"{relation} ({documents} documents): lambda {lam}, tune {entry['tune']['ndcg@10']}, "
@@ -235,6 +358,14 @@ def retrieval(sets: Path, points: Points, names: dict[str, str]) -> dict[str, An
                 file=sys.stderr,
                 flush=True,
             )
+            if s is not None:
+                rows = entry["with_similarity"]
+                print(
+                    f"  S: report {rows['S']['report']['ndcg@10']}; S + HiT: w {rows['S + HiT']['w']}, "
+                    f"tune {rows['S + HiT']['tune']['ndcg@10']}, report {rows['S + HiT']['report']['ndcg@10']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return out
 
 
@@ -287,6 +418,50 @@ def _fmt(value: float | None, scale: float = 1.0) -> str:
     return "-" if value is None else f"{scale * value:.2f}"
 
 
+def _similarity_markdown(result: dict[str, Any]) -> list[str]:
+    """The S / HiT / S + HiT table (definition documents), when the similarity channel was scored."""
+    channel = result.get("similarity_channel")
+    if channel is None:
+        return []
+    lines = [
+        "",
+        f"HiT beside a frozen similarity channel S (zero-shot packaged {channel['model']}, {channel['similarity']} "
+        "similarity; queries with the `query` prompt, documents with `document`): S + HiT ranks by "
+        "`(1 - w) z(S) + w z(HiT)`, each standardised per query over the documents, HiT at its lambda above; "
+        "w in 0, 0.1, ..., 1 chosen on the tune half (ties: the smaller); w = 0 is S. Definition documents; "
+        "nDCG@10 x 100, and S + HiT - S on the report queries with its paired bootstrap 95% interval:",
+        "",
+        "| set | row | lambda | w | tune | **report** | report name q | report definition q | report - S [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, entry in result["retrieval"].items():
+        rows = entry.get("with_similarity")
+        if rows is None:
+            continue
+        relation = key.split("/")[0]
+        for name, row, lam, w in (
+            ("S", rows["S"], "-", "-"),
+            ("HiT", entry, f"{entry['lambda']:g}", "-"),
+            ("S + HiT", rows["S + HiT"], f"{entry['lambda']:g}", f"{rows['S + HiT']['w']:g}"),
+        ):
+            rep = row["report"]
+            diff = row.get("report_minus_S")
+            gap = f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]" if diff else "-"
+            lines.append(
+                f"| {relation} | {name} | {lam} | {w} | {_fmt(row['tune']['ndcg@10'])} | "
+                f"**{_fmt(rep['ndcg@10'])}** | {_fmt(rep['by_query_kind']['name'])} | "
+                f"{_fmt(rep['by_query_kind']['definition'])} | {gap} |"
+            )
+    edge = [
+        k
+        for k, e in result["retrieval"].items()
+        if e.get("with_similarity", {}).get("S + HiT", {}).get("w_at_edge")
+    ]
+    if edge:
+        lines += ["", f"S + HiT's w at an end of its grid (0 or 1) for: {', '.join(edge)}."]
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The small report table."""
     run = result["hit_run"]
@@ -322,6 +497,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"**{_fmt(rep['ndcg@10'])}** | {_fmt(rep['ndcg@10_lambda0'])} | "
             f"{_fmt(rep['by_query_kind']['name'])} | {_fmt(rep['by_query_kind']['definition'])} |"
         )
+    lines += _similarity_markdown(result)
     lines += [
         "",
         "Subsumption F1 x 100 on test (HiT's protocol; lambda and threshold maximise validation F1):",
@@ -359,11 +535,21 @@ def _commit() -> str:
     return git("rev-parse", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
 
 
+def load_s_model() -> Any:
+    """The frozen similarity channel's model: the packaged zero-shot all-MiniLM-L6-v2."""
+    return lorentz_rag.load_model(S_MODEL)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", type=Path, required=True, help="the `lorentz-rag taxonomy build` folder")
     parser.add_argument("--points", type=Path, required=True, help="run_hit.py's --out folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: --points)")
+    parser.add_argument(
+        "--no-s-mix",
+        action="store_true",
+        help=f"skip the S and S + HiT rows (which load and run {S_MODEL})",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.points
     points = Points(args.points)
@@ -371,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     # The raw names, as run_hit.py read them (no normalisation): the points are looked up by text.
     names = {str(r["id"]): str(r["name"]) for _, r in read_jsonl_numbered(args.sets / "train.jsonl.gz")}
     fields = [f for f in FIELDS if f in points.run["options"]["subsumption_fields"]]
+    s_channel = None if args.no_s_mix else SimilarityChannel(load_s_model(), S_MODEL)
+    scores = retrieval(args.sets, points, names, s_channel)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
@@ -378,7 +566,17 @@ def main(argv: list[str] | None = None) -> None:
         "sets": str(args.sets),
         "points": str(args.points),
         "distance_check": check,
-        "retrieval": retrieval(args.sets, points, names),
+        "retrieval": scores,
+        "similarity_channel": None
+        if s_channel is None
+        else {
+            "model": s_channel.name,
+            "similarity": s_channel.similarity,
+            "prompts": {"queries": "query", "documents": "document"},
+            "weights": list(WEIGHTS),
+            "encoded_texts": s_channel.encoded,
+            "encode_seconds": s_channel.seconds,
+        },
         "subsumption": subsumption(args.sets, points, fields),
         "hit_run": {k: v for k, v in points.run.items() if k != "geoopt_check"},
     }
