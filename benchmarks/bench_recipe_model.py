@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", required=True, help="the taxonomy's `lorentz-rag taxonomy build` folder")
     parser.add_argument("--split", default="report")
     parser.add_argument("--out", required=True, help="RESULTS prefix: writes RESULTS.json and RESULTS.md")
+    parser.add_argument(
+        "--work", default="runs/recipe_model/corpora", help="where the re-worded corpora are written"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     model = lorentz_rag.load_model(args.model)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     graph = model.concept_graph
     names = dict(zip(graph.concept_ids, graph.names))
     sets = Path(args.sets)
-    work = Path(args.out).with_suffix("").parent / (Path(args.out).name + "_corpora")
+    work = Path(args.work)
     table: dict[str, Any] = {}
     for relation in RELATIONS:
         source = sets / "eval" / relation

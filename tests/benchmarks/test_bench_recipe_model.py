@@ -48,12 +48,15 @@ def test_rows_on_both_corpora_and_the_table(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "model")
     out = tmp_path / "results" / "free_text"
     bench.main(
-        ["--model", str(tmp_path / "model"), "--sets", str(sets), "--out", str(out), "--split", "test"]
+        [
+            *("--model", str(tmp_path / "model"), "--sets", str(sets), "--out", str(out)),
+            *("--split", "test", "--work", str(tmp_path / "corpora")),
+        ]
     )  # the tree is small: narrower judges too few queries for each half
     result = json.loads(out.with_suffix(".json").read_text())
     graph_ids = set(model.concept_graph.concept_ids)
     for relation in ("broader", "narrower"):
-        free = load_beir(tmp_path / "results" / "free_text_corpora" / relation, "test")
+        free = load_beir(tmp_path / "corpora" / relation, "test")
         # No document keeps its concept's id or text, and the judgments follow the new ids.
         assert not set(free.corpus) & graph_ids
         assert all(": " in doc["text"] for doc in free.corpus.values())
