@@ -209,3 +209,16 @@ def test_an_old_channel_config_without_graph_weights_loads_with_graph_knn_alone(
     from lorentz_rag.models.hierarchy_channel import load_hierarchy_channel
 
     assert load_hierarchy_channel(tmp_path).config.graph_weights == {"broader": 0.0, "narrower": 0.0}
+
+
+def test_a_relation_kept_out_of_the_graph_ranks_by_the_two_channels(minilm, graph) -> None:
+    channel = _channel(minilm.embedding_dim, 0.5)
+    channel.config.graph_relations = ["broader"]
+    assert relation_route("narrower", channel=channel, graph=graph) == "channel"
+    assert relation_route("broader", channel=channel, graph=graph) == "graph"
+    with _Carrying(minilm, graph, channel) as model:
+        narrower = model.search(QUERIES, DOCS, k=6, relation="narrower")
+    with _Carrying(minilm, None, channel) as model:
+        assert narrower == model.search(QUERIES, DOCS, k=6, relation="narrower")
+    with pytest.raises(ValueError, match="graph_relations must be a list of 'broader' / 'narrower'"):
+        HierarchyChannelConfig(input_dim=4, graph_relations=["wider"])

@@ -84,6 +84,10 @@ def test_the_recipe_saves_a_two_channel_model(trained: Path) -> None:
     assert channel.config.graph_weights == {
         r: report["validation"][r]["graph_weight"] for r in ("broader", "narrower")
     }
+    for relation in ("broader", "narrower"):
+        v = report["validation"][relation]
+        keeps_graph = max(v["graph_grid"].values()) >= max(v["grid"].values())
+        assert (relation in channel.config.graph_relations) == keeps_graph
     # The model carries the train split it was taught, embedded: every train concept, no held-out one.
     assert (final / "taxonomy" / "taxonomy.json").is_file()
     assert set(model.concept_graph.concept_ids) == train_ids
@@ -109,9 +113,12 @@ def test_eval_beir_relation_uses_the_channels(trained: Path, tmp_path: Path, cap
     assert cli.main([*argv, "--output", str(out), "--relation", "broader"]) == 0
     written = json.loads(out.read_text())
     assert written["meta"]["relation"] == "broader"
-    assert written["meta"]["route"] == "graph"  # the model's own taxonomy, mixed with H
+    # The model's own taxonomy mixed with H, unless its validation kept broader out of the graph.
+    keeps_graph = "broader" in load_model(str(trained / "final")).hierarchy_channel.config.graph_relations
+    assert written["meta"]["route"] == ("graph" if keeps_graph else "channel")
     assert written["meta"]["hierarchy_channel"]["dim"] == 64
-    assert "graph-kNN over the model's own taxonomy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert ("graph-kNN over the model's own taxonomy" in printed) == keeps_graph
     capsys.readouterr()
     assert cli.main([*argv, "--relation", "broader", "--radius-weight", "0.3"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]

@@ -66,7 +66,10 @@ class HierarchyChannelConfig:
     """H's shape and scores. ``input_dim``: S's embedding length; ``dim``: H's (16, 32, 64, ...);
     ``weights``: the mixing weight of H with S per relation (``broader``, ``narrower``), each in ``[0, 1]``;
     ``graph_weights``: H's weight against graph-kNN's mixed score where a taxonomy is at hand (the model's own,
-    or one attached to an index; :mod:`lorentz_rag.search.graph_knn`), 0 for graph-kNN alone."""
+    or one attached to an index; :mod:`lorentz_rag.search.graph_knn`), 0 for graph-kNN alone;
+    ``graph_relations``: the relations for which a taxonomy at hand is used at all (the recipe keeps a relation
+    out where S + H beat every graph-kNN mixture on its validation concepts; that relation then ranks by S + H
+    even with a taxonomy at hand)."""
 
     input_dim: int
     dim: int = 32
@@ -77,6 +80,7 @@ class HierarchyChannelConfig:
     radius_weight: float = 0.5
     weights: dict[str, float] = field(default_factory=lambda: {"broader": 1.0, "narrower": 1.0})
     graph_weights: dict[str, float] = field(default_factory=lambda: {"broader": 0.0, "narrower": 0.0})
+    graph_relations: list[str] = field(default_factory=lambda: ["broader", "narrower"])
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, want: str) -> ValueError:
@@ -111,6 +115,11 @@ class HierarchyChannelConfig:
         self.radius_weight = float(self.radius_weight)
         self.weights = {r: float(self.weights[r]) for r in _RELATIONS}
         self.graph_weights = {r: float(self.graph_weights[r]) for r in _RELATIONS}
+        if not isinstance(self.graph_relations, (list, tuple)) or not set(self.graph_relations) <= set(
+            _RELATIONS
+        ):
+            raise bad("graph_relations", self.graph_relations, "a list of 'broader' / 'narrower'")
+        self.graph_relations = [r for r in _RELATIONS if r in self.graph_relations]
 
     @property
     def output_dim(self) -> int:

@@ -6,7 +6,8 @@ the vector stores, ``eval beir --relation``, and LangChain through the index and
 
 1. ``graph``: a taxonomy is at hand (one attached to the index or store, one passed in, or the model's own,
    carried from the taxonomy recipe): graph-kNN (:mod:`lorentz_rag.search.graph_knn`), mixed with the
-   hierarchy channel H where the model has one (its ``graph_weights``);
+   hierarchy channel H where the model has one (its ``graph_weights``), unless that channel keeps the
+   relation out of the graph (``graph_relations``: its recipe found S + H better there on validation);
 2. ``channel``: the model has a hierarchy channel H (:mod:`lorentz_rag.models.hierarchy_channel`): S's
    similarity mixed with H's relation score (its ``weights``);
 3. ``geometric``: the single-channel relation score of :mod:`lorentz_rag.geometry.relation` with a radius
@@ -50,6 +51,8 @@ def relation_route(
         raise ValueError(f"unknown relation {relation!r}; choose one of {list(RELATIONS)}")
     if relation == "similar":
         return "similar"
+    if graph is not None and channel is not None and relation not in channel.config.graph_relations:
+        graph = None  # the channel's recipe found S + H better than any mixture with the graph for it
     if graph is not None:
         if radius_weight is not None:
             raise ValueError(

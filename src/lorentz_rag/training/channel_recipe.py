@@ -16,7 +16,9 @@ a taxonomy into a two-channel model.
    name and definition queries against every train concept; relevant: train ancestors (``broader``) or
    descendants (``narrower``) within 3 hops, graded ``4 - hops``): the weight in 0, 0.1, ..., 1 with the best
    mean nDCG@10 (ties: the smaller), once for H with S (``weights``; 0 is plain S) and once for H with
-   graph-kNN over the train split (``graph_weights``; 0 is graph-kNN alone).
+   graph-kNN over the train split (``graph_weights``; 0 is graph-kNN alone); a relation whose best S + H
+   beats its best mixture with the graph ranks by S + H even with the taxonomy at hand
+   (``graph_relations``).
 5. **Save** S with H attached to ``OUT/final`` (``hierarchy_channel/`` inside) and, with
    ``channel_args.carry_taxonomy`` (the default), the train split's embedded concepts (``taxonomy/``), so the
    model's ``broader`` / ``narrower`` search is graph-kNN mixed with H wherever it searches
@@ -235,6 +237,12 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
             )
     channel.config.weights = {r: chosen[r]["weight"] for r in ("broader", "narrower")}
     channel.config.graph_weights = {r: chosen[r]["graph_weight"] for r in ("broader", "narrower")}
+    # A relation keeps the graph unless S + H beat every mixture with it on validation (ties: the graph).
+    channel.config.graph_relations = [
+        r
+        for r in ("broader", "narrower")
+        if max(chosen[r]["graph_grid"].values(), default=0.0) >= max(chosen[r]["grid"].values(), default=0.0)
+    ]
     model.attach_hierarchy_channel(channel)
     if ch.carry_taxonomy:
         model.attach_concept_graph(graph)
@@ -264,7 +272,8 @@ def run_channel_recipe(config: TrainConfig) -> TrainResult:
     }
     write_json(out / "channel_training.json", report)
     print(
-        f"hierarchy channel: {ch.geometry} {ch.dim}-d, weights with similarity: broader "
+        f"hierarchy channel: graph-kNN used for {channel.config.graph_relations or 'no relation'}; "
+        f"{ch.geometry} {ch.dim}-d, weights with similarity: broader "
         f"{chosen['broader']['weight']}, narrower {chosen['narrower']['weight']}; with graph-kNN: broader "
         f"{chosen['broader']['graph_weight']}, narrower {chosen['narrower']['graph_weight']} (validation "
         f"nDCG@10); saved to {final}"
