@@ -267,7 +267,7 @@ def _add_eval_commands(sub) -> None:
 _MTEB_DESCRIPTION = (
     "Run MTEB tasks with the model's own similarity (mteb ranks with -d(q, x) or <q, x>_L + 1/c, not "
     "cosine). The model type (HyTE-FH, HyTE-H, Euclidean, sentence-transformers) comes from the saved "
-    "config; --hybrid is accepted for compatibility with the seed's script and changes nothing. "
+    "config; --hybrid is accepted for command lines written for the paper's research code and changes nothing. "
     "Hub tasks and benchmarks need internet access; --beir DIR runs local BEIR folders offline."
 )
 

@@ -2,7 +2,7 @@
 
 mosaicml-streaming is an optional dependency (the ``mds`` extra) and is imported only here, on first use.
 Columns: contrastive rows store ``query`` and ``document`` as ``str`` and ``negatives`` as ``json``; MLM
-rows store ``text`` as ``str`` (the seed's ``MDS_PRETRAIN_DATA_PATH`` folders use the same names).
+rows store ``text`` as ``str`` (the paper's research code's ``MDS_PRETRAIN_DATA_PATH`` folders use the same names).
 
 Reading uses streaming's own partitioning: it takes the rank from the launcher's ``RANK`` / ``WORLD_SIZE`` /
 ``LOCAL_WORLD_SIZE`` variables and splits further between DataLoader workers, so the dataset must be handed

@@ -13,7 +13,7 @@ SCORINGS = ("geodesic", "lorentz_inner")
 
 
 def add_mteb_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``eval_mteb_hyperbolic.py`` and ``lorentz-rag eval mteb`` (seed-compatible names)."""
+    """The options of ``eval_mteb_hyperbolic.py`` and ``lorentz-rag eval mteb`` (the names of the paper's research code's script)."""
     parser.add_argument("--model", required=True, help="a folder lorentz_rag.load_model accepts")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default="results/mteb")
     parser.add_argument(
@@ -26,7 +26,7 @@ def add_mteb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hybrid",
         action="store_true",
-        help="accepted for compatibility with the seed's script; the model type (HyTE-H or not) is read "
+        help="accepted for command lines written for the paper's research code; the model type (HyTE-H or not) is read "
         "from the saved config, so this flag changes nothing",
     )
     parser.add_argument(

@@ -54,7 +54,7 @@ __all__ = [
     "write_config",
 ]
 
-#: Variables the seed's ``.env`` carries; read from ``./.env`` without overriding the environment.
+#: Variables a ``.env`` of the paper's research code carries; read from ``./.env`` without overriding the environment.
 DOTENV_VARIABLES = (
     "MDS_PRETRAIN_DATA_PATH",
     "OUTPUT_DIR",

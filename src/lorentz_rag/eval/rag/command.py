@@ -32,7 +32,7 @@ Llama-3.1-8B-Instruct as generator and judge, e.g. served by vLLM:
 
 
 def add_rag_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every RAG-evaluation flag to ``parser`` (names follow the seed's ``eval_ragas.py``)."""
+    """Add every RAG-evaluation flag to ``parser`` (names follow the paper's research code's ``eval_ragas.py``)."""
     retr = parser.add_argument_group("retriever")
     retr.add_argument(
         "--model_path", help="lorentz-rag model folder (or, with --hf, a sentence-transformers folder)"
@@ -46,7 +46,7 @@ def add_rag_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     retr.add_argument(
         "--hyperbolic",
         action="store_true",
-        help="accepted for the seed's command line (the saved config decides)",
+        help="accepted for command lines written for the paper's research code (the saved config decides)",
     )
     retr.add_argument("--base_model_type", help="names the output folder (default: the model folder's name)")
     retr.add_argument("--top_k", type=int, default=10, help="documents retrieved per question (default 10)")

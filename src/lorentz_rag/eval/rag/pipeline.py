@@ -110,9 +110,7 @@ class RagEvalConfig:
     output: str = "./results/ragas"
     base_model_type: str | None = None
     hf: bool = False
-    hyperbolic: bool = (
-        False  # accepted for the seed's command line; the model type comes from the saved config
-    )
+    hyperbolic: bool = False  # accepted for command lines written for the paper's research code; the model type comes from the saved config
     hf_dataset: str = DEFAULT_HF_DATASET
     split: str = "test"
     limit: int | None = None
