@@ -222,3 +222,20 @@ def test_a_relation_kept_out_of_the_graph_ranks_by_the_two_channels(minilm, grap
         assert narrower == model.search(QUERIES, DOCS, k=6, relation="narrower")
     with pytest.raises(ValueError, match="graph_relations must be a list of 'broader' / 'narrower'"):
         HierarchyChannelConfig(input_dim=4, graph_relations=["wider"])
+
+
+def test_an_index_links_its_documents_to_a_carried_taxonomy_once(minilm, graph, monkeypatch) -> None:
+    from lorentz_rag.eval.index import VectorIndex
+
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    index = VectorIndex.from_model(minilm, ids, DOCS)
+    graph.__dict__.pop("_links_cache", None)  # the module's graph may have linked these ids already
+    calls = []
+    real = ConceptGraph.link_documents
+    monkeypatch.setattr(
+        ConceptGraph, "link_documents", lambda self, *a, **k: calls.append(1) or real(self, *a, **k)
+    )
+    with _Carrying(minilm, graph, _channel(minilm.embedding_dim, 0.5)) as model:
+        first = index.search(model, QUERIES, 3, relation="broader")
+        assert index.search(model, QUERIES, 3, relation="broader") == first
+    assert len(calls) == 1

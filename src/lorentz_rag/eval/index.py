@@ -449,7 +449,7 @@ class VectorIndex:
         """The documents' concept links: the attachment's, or (a model's own taxonomy) computed once."""
         if self.taxonomy is not None and graph is self.taxonomy.graph:
             return self.taxonomy.links
-        return graph.cached_links(self.doc_ids, None, self.stored_embeddings())
+        return graph.cached_links(self.doc_ids, None, self.stored_embeddings)
 
     def stored_embeddings(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Documents ``start:stop`` as the model's embeddings ``[n, dim]`` (float32), read back from the index

@@ -369,15 +369,20 @@ class ConceptGraph:
     # --- documents ----------------------------------------------------------------------------------------
 
     def cached_links(
-        self, doc_ids: Sequence[str], doc_texts: Sequence[str] | None, doc_embeddings: Tensor
+        self,
+        doc_ids: Sequence[str],
+        doc_texts: Sequence[str] | None,
+        doc_embeddings: Tensor | Callable[[], Tensor],
     ) -> DocumentLinks:
         """:meth:`link_documents`, remembered for the last document list (by its ids): an index or a store
-        searched with a model that carries this graph links its documents once, not at every query."""
+        searched with a model that carries this graph links its documents once, not at every query.
+        ``doc_embeddings`` may be a function returning them, called only when the links are computed."""
         key = (len(doc_ids), hash(tuple(doc_ids)), doc_texts is not None)
         cache = self.__dict__.setdefault("_links_cache", {})
         if key not in cache:
             cache.clear()
-            cache[key] = self.link_documents(doc_ids, doc_texts, doc_embeddings)
+            embeddings = doc_embeddings() if callable(doc_embeddings) else doc_embeddings
+            cache[key] = self.link_documents(doc_ids, doc_texts, embeddings)
         return cache[key]
 
     def link_documents(
