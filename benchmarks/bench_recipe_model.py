@@ -143,10 +143,17 @@ def graph_subsumption_scores(model: Any, graph: Any, rows: list[dict[str, Any]])
     return scores
 
 
+def _encode_distinct(model: Any, texts: list[str], prompt_type: str) -> torch.Tensor:
+    """``model.encode(texts)``, each distinct text once (a pair file repeats its children many times)."""
+    distinct = list(dict.fromkeys(texts))
+    row = {t: i for i, t in enumerate(distinct)}
+    return model.encode(distinct, prompt_type)[torch.tensor([row[t] for t in texts], dtype=torch.int64)]
+
+
 def _pair_scores(model: Any, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Per pair: S's similarity, H's broader score and graph-kNN's vote share (child by name)."""
-    child = model.encode([str(r["child_name"]) for r in rows], "query")
-    parent = model.encode([str(r["candidate_text"]) for r in rows], "document")
+    child = _encode_distinct(model, [str(r["child_name"]) for r in rows], "query")
+    parent = _encode_distinct(model, [str(r["candidate_text"]) for r in rows], "document")
     channel = model.hierarchy_channel
     c = channel.config.curvature if channel.config.geometry == "lorentz" else None
     s_c = None if model.curvature() is None else float(model.curvature())
