@@ -23,7 +23,7 @@ rows and between the two corpora. One trained model: a check of the free-text pa
 
 **Subsumption** (HiT's protocol, ``eval/subsumption/{validation,test}``, hard and random negatives, the child
 by name): S's similarity; H's broader score; graph-kNN's share of the child's neighbours' votes for the
-candidate (``graph_subsumption_scores``, as ``bench_taxonomy.py``); and graph-kNN + H, ``(1 - v) z(votes) + v
+candidate (:func:`lorentz_rag.eval.subsumption.graph_subsumption_scores`); and graph-kNN + H, ``(1 - v) z(votes) + v
 z(H)`` with the z statistics of the validation pairs. ``v`` (grid 0, 0.1, ..., 1) and the threshold are chosen
 on validation; F1 on test.
 
@@ -34,7 +34,6 @@ on validation; F1 on test.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -53,7 +52,12 @@ import lorentz_rag
 from lorentz_rag.data.beir import load_beir, write_beir
 from lorentz_rag.eval.retrieval import evaluate_beir
 from lorentz_rag.eval.stats import paired_bootstrap
-from lorentz_rag.eval.subsumption import best_threshold, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.eval.subsumption import (
+    best_threshold,
+    graph_subsumption_scores,
+    read_subsumption_pairs,
+    subsumption_f1,
+)
 from lorentz_rag.geometry.relation import relation_score
 from lorentz_rag.geometry.similarity import rowwise
 
@@ -85,7 +89,7 @@ def free_text_folder(source: Path, out: Path, names: dict[str, str]) -> Path:
     return out
 
 
-def _row(model: Any, row: str, relation: str) -> tuple[Any, dict[str, Any]]:
+def _row(model: Any, row: str) -> tuple[Any, dict[str, Any]]:
     """The model as ``row`` searches, and what to restore afterwards."""
     saved = {
         "graph": model.concept_graph,
@@ -108,7 +112,7 @@ def _restore(model: Any, saved: dict[str, Any]) -> None:
 
 
 def _scores(model: Any, folder: Path, split: str, relation: str, row: str) -> dict[str, float]:
-    model, saved = _row(model, row, relation)
+    model, saved = _row(model, row)
     try:
         result = evaluate_beir(
             model,
@@ -121,26 +125,6 @@ def _scores(model: Any, folder: Path, split: str, relation: str, row: str) -> di
     finally:
         _restore(model, saved)
     return {q: 100.0 * m["ndcg@10"] for q, m in result["per_query"].items()}
-
-
-def graph_subsumption_scores(model: Any, graph: Any, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Graph-kNN as a subsumption scorer: the candidate's share of the child's votes (the child's name, embedded
-    as a query; its ``k`` nearest concepts vote for themselves and, discounted by hops, for their ancestors),
-    over the neighbours' total weight, in [0, 1]; a candidate outside the graph scores 0."""
-    children = list(dict.fromkeys(str(r["child_name"]) for r in rows))
-    sims = graph.concept_similarities(model.encode(children, "query"))
-    votes = graph.votes_from_similarities(sims, "broader")
-    # max_hops 0: each neighbour votes for itself only, so a row's sum is the neighbours' total weight.
-    own = dataclasses.replace(graph.settings, max_hops=0)
-    total = np.asarray(graph.votes_from_similarities(sims, "broader", own).sum(axis=1)).reshape(-1)
-    row_of = {c: i for i, c in enumerate(children)}
-    scores = np.zeros(len(rows), dtype=np.float64)
-    for i, r in enumerate(rows):
-        position = graph.position.get(str(r["candidate"]))
-        child = row_of[str(r["child_name"])]
-        if position is not None and total[child] > 0:
-            scores[i] = votes[child, position] / total[child]
-    return scores
 
 
 def _encode_distinct(model: Any, texts: list[str], prompt_type: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ every model is measured on their ``report`` halves (``--part tune`` to choose se
 
 A no-training row, ``graph_knn``: the zero-shot model with the taxonomy's train split attached
 (:mod:`lorentz_rag.search.graph_knn`, default :class:`GraphKnnSettings`) on the same sets: broader and
-narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`graph_subsumption_scores`; synonym and
+narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`lorentz_rag.eval.subsumption.graph_subsumption_scores`; synonym and
 faq-dev are the zero-shot numbers (plain similarity, unchanged by the graph); no depth (no new embeddings).
 
 Reported: mean +- sd over seeds and paired bootstrap 95% intervals (:mod:`lorentz_rag.eval.stats`, seeds and
@@ -29,7 +29,6 @@ long on a CPU; ``--quick`` is a smoke run whose numbers mean nothing (tests/benc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -54,7 +53,12 @@ from lorentz_rag.data.taxonomy_sets import TaxonomySetOptions, build_taxonomy_se
 from lorentz_rag.eval.hierarchy import embedding_radii, radius_stats, read_level_rows
 from lorentz_rag.eval.retrieval import compute_metrics, evaluate_beir
 from lorentz_rag.eval.stats import mean_sd, paired_bootstrap
-from lorentz_rag.eval.subsumption import evaluate_subsumption, read_subsumption_pairs, subsumption_f1
+from lorentz_rag.eval.subsumption import (
+    evaluate_subsumption,
+    graph_subsumption_scores,
+    read_subsumption_pairs,
+    subsumption_f1,
+)
 from lorentz_rag.models.hf_base import cached_base_states
 from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
 from lorentz_rag.training.config import load_config
@@ -139,30 +143,9 @@ def evaluate(model: Any, sets: Path, part: str, has_radius: bool) -> dict[str, A
     return out
 
 
-def graph_subsumption_scores(model: Any, graph: ConceptGraph, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Graph-kNN as a subsumption scorer: for a pair, the candidate's share of the child's votes (the child's
-    name, embedded as a query; its ``k`` nearest concepts of ``graph`` vote ``exp((s - s_max) / T)`` for
-    themselves and ``hop_discount ** hops`` for each ancestor): its ``broader`` vote over the sum of the
-    neighbours' weights, in [0, 1]. A candidate outside the graph scores 0."""
-    children = list(dict.fromkeys(str(r["child_name"]) for r in rows))
-    sims = graph.concept_similarities(model.encode(children, "query"))
-    votes = graph.votes_from_similarities(sims, "broader")
-    # max_hops 0: each neighbour votes for itself only, so a row's sum is the neighbours' total weight.
-    own = dataclasses.replace(graph.settings, max_hops=0)
-    total = np.asarray(graph.votes_from_similarities(sims, "broader", own).sum(axis=1)).reshape(-1)
-    row_of = {c: i for i, c in enumerate(children)}
-    scores = np.zeros(len(rows), dtype=np.float64)
-    for i, r in enumerate(rows):
-        position = graph.position.get(str(r["candidate"]))
-        child = row_of[str(r["child_name"])]
-        if position is not None and total[child] > 0:
-            scores[i] = votes[child, position] / total[child]
-    return scores
-
-
 def evaluate_graph_knn(model: Any, sets: Path, part: str, zero_shot: dict[str, Any]) -> dict[str, Any]:
     """Graph-kNN with ``model`` (zero-shot) and the sets' train split attached, default settings: broader /
-    narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`graph_subsumption_scores` (threshold
+    narrower nDCG@10 ranked by graph-kNN, subsumption F1 scored by :func:`lorentz_rag.eval.subsumption.graph_subsumption_scores` (threshold
     on validation, hard negatives, as the other rows)."""
     model = _MemoEncoder(model)
     graph = ConceptGraph.from_taxonomy(model, read_taxonomy(sets / "train.jsonl.gz"), GraphKnnSettings())

@@ -122,8 +122,8 @@ def test_graph_subsumption_scores_are_the_candidates_share_of_the_votes() -> Non
     and B vote for themselves and their ancestors; a candidate's score is its vote over their total weight."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import torch
-    from bench_taxonomy import graph_subsumption_scores
 
+    from lorentz_rag.eval.subsumption import graph_subsumption_scores
     from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings
 
     def unit(deg: float) -> list[float]:

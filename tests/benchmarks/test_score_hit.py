@@ -206,6 +206,8 @@ def test_a_tune_half_without_judged_queries(tmp_path: Path, sets: Path, s_model:
     score.main(["--sets", str(emptied), "--points", str(hit), "--out", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "hit_scores.json").read_text(encoding="utf-8"))
     entry = result["retrieval"]["narrower/definition"]
+    # Exact by construction: with no tune query nothing is chosen, so lambda and w are the literal defaults, and
+    # S + HiT at w = 0 ranks by S itself (the same numbers), so its per-query gaps are 0 and their mean is 0.
     assert entry["tune"] == {"queries": 0, "ndcg@10": None} and entry["lambda"] == 0.0
     assert entry["tune_grid"] == [] and not entry["lambda_at_zero"]
     mixed, s = entry["with_similarity"]["S + HiT"], entry["with_similarity"]["S"]

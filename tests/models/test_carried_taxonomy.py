@@ -14,7 +14,8 @@ import torch
 from lorentz_rag.models import load_model, packaged_minilm_path
 from lorentz_rag.models.companions import TAXONOMY_FOLDER
 from lorentz_rag.models.hierarchy_channel import HierarchyChannel, HierarchyChannelConfig
-from lorentz_rag.search.graph_knn import ConceptGraph, ConceptGraphFileError, GraphKnnSettings, mix_scores
+from lorentz_rag.search.graph_files import ConceptGraphFileError
+from lorentz_rag.search.graph_knn import ConceptGraph, GraphKnnSettings, mix_scores
 from lorentz_rag.search.relation import relation_route
 
 ANIMALS = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "animals.jsonl"
@@ -211,7 +212,7 @@ def test_an_old_channel_config_without_graph_weights_loads_with_graph_knn_alone(
     assert load_hierarchy_channel(tmp_path).config.graph_weights == {"broader": 0.0, "narrower": 0.0}
 
 
-def test_a_relation_kept_out_of_the_graph_ranks_by_the_two_channels(minilm, graph) -> None:
+def test_a_relation_kept_out_of_the_graph_ranks_by_the_two_channels(minilm, graph, tmp_path) -> None:
     channel = _channel(minilm.embedding_dim, 0.5)
     channel.config.graph_relations = ["broader"]
     assert relation_route("narrower", channel=channel, graph=graph) == "channel"
@@ -220,6 +221,35 @@ def test_a_relation_kept_out_of_the_graph_ranks_by_the_two_channels(minilm, grap
         narrower = model.search(QUERIES, DOCS, k=6, relation="narrower")
     with _Carrying(minilm, None, channel) as model:
         assert narrower == model.search(QUERIES, DOCS, k=6, relation="narrower")
+    # Every backend honours it, with the taxonomy carried by the model or attached to the index.
+    from lorentz_rag.eval.index import VectorIndex
+    from lorentz_rag.eval.taxonomy_attachment import attach_taxonomy
+    from lorentz_rag.stores import create_store, layout_for_model
+
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    index = VectorIndex.from_model(minilm, ids, DOCS)
+    store = create_store(f"lancedb:{tmp_path / 'db'}", layout_for_model(minilm))
+    try:
+        store.add_texts(minilm, DOCS, ids=ids)
+        with _Carrying(minilm, graph, channel) as model:
+            # The index and store keep float32 vectors: the same order, the scores within float32 rounding.
+            want = [[ids[p] for p, _ in row] for row in narrower]
+            assert [
+                [d for d, _ in row] for row in index.search(model, QUERIES, 6, relation="narrower")
+            ] == want
+            assert [
+                [h.id for h in row] for row in store.search(model, QUERIES, 6, relation="narrower")
+            ] == want
+            attach_taxonomy(index, model, graph, DOCS)
+            assert [
+                [d for d, _ in row] for row in index.search(model, QUERIES, 6, relation="narrower")
+            ] == want
+            # broader still ranks by the graph (the index links by id and text, as model.search with doc_ids).
+            broader = model.search(QUERIES, DOCS, k=6, relation="broader", doc_ids=ids)
+            got = index.search(model, QUERIES, 6, relation="broader")
+            assert [[d for d, _ in row] for row in got] == [[ids[p] for p, _ in row] for row in broader]
+    finally:
+        store.close()
     with pytest.raises(ValueError, match="graph_relations must be a list of 'broader' / 'narrower'"):
         HierarchyChannelConfig(input_dim=4, graph_relations=["wider"])
 

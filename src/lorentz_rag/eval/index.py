@@ -434,8 +434,9 @@ class VectorIndex:
                 similarity=self.similarity,
                 curvature=self.curvature,
                 channel=channel,
+                route=route,
                 graph=graph,
-                links=None if graph is None else self._links(graph),
+                links=self._links(graph) if route == "graph" else None,
             )
         else:
             weight = DEFAULT_RADIUS_WEIGHT if radius_weight is None else radius_weight

@@ -301,6 +301,7 @@ def evaluate_beir(
             similarity=similarity,
             curvature=c,
             channel=channel,
+            route=route,
             graph=graph,
             links=links,
             settings=graph_settings,

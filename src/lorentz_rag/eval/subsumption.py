@@ -11,6 +11,7 @@ Hierarchy Encoders", section 4): :func:`evaluate_subsumption` does all of it for
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "best_threshold",
     "evaluate_subsumption",
     "f1_at",
+    "graph_subsumption_scores",
     "read_subsumption_pairs",
     "subsumption_f1",
     "subsumption_scores",
@@ -159,3 +161,25 @@ def evaluate_subsumption(
         rows = read_subsumption_pairs(folder / f"{name}.jsonl.gz", setting)
         halves += [subsumption_scores(model, rows, **kwargs), np.array([r["label"] for r in rows])]
     return {**subsumption_f1(*halves), "setting": setting, "relation": relation}
+
+
+def graph_subsumption_scores(model: Any, graph: Any, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Graph-kNN as a subsumption scorer (:class:`lorentz_rag.search.graph_knn.ConceptGraph` ``graph``, built
+    with ``model``): for a pair, the candidate's share of the child's votes (the child's name, embedded as a
+    query; its ``k`` nearest concepts vote ``exp((s - s_max) / T)`` for themselves and ``hop_discount ** hops``
+    for each ancestor): its ``broader`` vote over the neighbours' total weight, in [0, 1]. A candidate outside
+    the graph scores 0."""
+    children = list(dict.fromkeys(str(r["child_name"]) for r in rows))
+    sims = graph.concept_similarities(model.encode(children, "query"))
+    votes = graph.votes_from_similarities(sims, "broader")
+    # max_hops 0: each neighbour votes for itself only, so a row's sum is the neighbours' total weight.
+    own = dataclasses.replace(graph.settings, max_hops=0)
+    total = np.asarray(graph.votes_from_similarities(sims, "broader", own).sum(axis=1)).reshape(-1)
+    row_of = {c: i for i, c in enumerate(children)}
+    scores = np.zeros(len(rows), dtype=np.float64)
+    for i, r in enumerate(rows):
+        position = graph.position.get(str(r["candidate"]))
+        child = row_of[str(r["child_name"])]
+        if position is not None and total[child] > 0:
+            scores[i] = votes[child, position] / total[child]
+    return scores

@@ -19,16 +19,13 @@ from torch import Tensor
 
 from lorentz_rag.data.concepts import Taxonomy
 from lorentz_rag.data.taxonomy import read_taxonomy
-from lorentz_rag.search.graph_knn import (
+from lorentz_rag.search.graph_files import (
     GRAPH_JSON,
-    ConceptGraph,
     ConceptGraphFileError,
-    DocumentLinks,
-    GraphKnnSettings,
-    check_graph_model,
     read_graph_files,
     write_graph_files,
 )
+from lorentz_rag.search.graph_knn import ConceptGraph, DocumentLinks, GraphKnnSettings, check_graph_model
 from lorentz_rag.search.relation import exact_relation_search
 
 __all__ = [
@@ -83,7 +80,7 @@ class AttachedTaxonomy:
 
     def write(self, folder: str | os.PathLike[str]) -> None:
         """Write ``taxonomy.json`` and ``taxonomy.safetensors`` into ``folder``: the graph and the document links
-        (:func:`lorentz_rag.search.graph_knn.write_graph_files`, atomic and fsynced)."""
+        (:func:`lorentz_rag.search.graph_files.write_graph_files`, atomic and fsynced)."""
         write_graph_files(
             self.graph,
             folder,
@@ -146,6 +143,7 @@ def index_graph_search(index: Any, queries: Tensor, k: int, relation: str) -> tu
         relation,
         similarity=index.similarity,
         curvature=index.curvature,
+        route="graph",
         graph=attached.graph,
         links=attached.links,
     )

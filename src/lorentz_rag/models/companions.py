@@ -4,7 +4,7 @@
   embeddings, saved in ``MODEL/hierarchy_channel/``.
 - **A taxonomy** (:class:`lorentz_rag.search.graph_knn.ConceptGraph`): the concepts the model was taught by the
   taxonomy recipe (its train split), their texts embedded by the model, saved in ``MODEL/taxonomy/``
-  (:func:`lorentz_rag.search.graph_knn.write_graph_files`).
+  (:func:`lorentz_rag.search.graph_files.write_graph_files`).
 
 Both are kept outside the model's parameters and state dict (``object.__setattr__``: ``nn.Module`` would register
 H as a submodule), so the model's own weights, fingerprint, sentence-transformers export and similarity
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from lorentz_rag.models.hierarchy_channel import CHANNEL_FOLDER
-from lorentz_rag.search.graph_knn import ConceptGraph, check_graph_model, read_graph_files, write_graph_files
+from lorentz_rag.search.graph_files import read_graph_files, write_graph_files
+from lorentz_rag.search.graph_knn import ConceptGraph, check_graph_model
 from lorentz_rag.search.relation import exact_relation_search
 
 __all__ = ["TAXONOMY_FOLDER", "ModelCompanions", "load_model_taxonomy"]
@@ -37,7 +38,7 @@ TAXONOMY_FOLDER = "taxonomy"
 
 def load_model_taxonomy(model_folder: str | Path) -> ConceptGraph | None:
     """The taxonomy saved in ``model_folder/taxonomy/``, or ``None`` where the folder has none; a damaged file
-    raises :class:`lorentz_rag.search.graph_knn.ConceptGraphFileError` naming it."""
+    raises :class:`lorentz_rag.search.graph_files.ConceptGraphFileError` naming it."""
     folder = Path(model_folder) / TAXONOMY_FOLDER
     if not folder.exists():
         return None
@@ -150,6 +151,7 @@ class ModelCompanions:
             similarity=self.settings.similarity,
             curvature=None if c is None else float(c),
             channel=self.hierarchy_channel,
+            route="graph" if graph is not None else "channel",
             graph=graph,
             links=links,
         )

@@ -78,6 +78,7 @@ def exact_relation_search(
     k: int,
     relation: str,
     *,
+    route: str,
     similarity: str,
     curvature: float | None,
     channel: Any = None,
@@ -91,17 +92,20 @@ def exact_relation_search(
     ``queries [n, D]``: the model's query embeddings; ``doc_vectors(start, stop)``: documents ``start:stop``
     as the model's embeddings (an index's stored vectors); ``similarity`` / ``curvature``: the model's.
     ``graph`` with ``links`` (the documents' concepts, :meth:`ConceptGraph.link_documents`) takes route
-    ``graph`` (``settings``: other graph-kNN settings than the graph's own); else ``channel`` route
-    ``channel``."""
+    ``graph`` (``settings``: other graph-kNN settings than the graph's own); ``route`` is
+    :func:`relation_route`'s answer, ``graph`` or ``channel`` (which ignores ``graph`` and ``links``: the
+    channel may keep a relation out of a taxonomy at hand)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     q = torch.as_tensor(queries).detach()
     q = q.unsqueeze(0) if q.ndim == 1 else q
-    if graph is not None:
-        if links is None or links.n_docs != n_docs:
-            raise ValueError("graph-kNN needs the documents' concept links, one entry per document")
+    if route not in ("graph", "channel"):
+        raise ValueError(f"exact_relation_search serves the routes graph and channel, got {route!r}")
+    if route == "graph":
+        if graph is None or links is None or links.n_docs != n_docs:
+            raise ValueError("graph-kNN needs a taxonomy and the documents' concept links, one per document")
         return graph_knn_search(graph, links, q, doc_vectors, n_docs, k, relation, settings, channel=channel)
     if channel is None:
-        raise ValueError("exact_relation_search ranks by a taxonomy or a hierarchy channel: give one")
+        raise ValueError("route 'channel' needs a hierarchy channel")
     docs = doc_vectors(0, n_docs) if n_docs else torch.empty(0, q.shape[1])
     return two_channel_search(channel, q, docs, k, relation, similarity, curvature)

@@ -281,6 +281,14 @@ class VectorStore(abc.ABC):
             if not ids:
                 return [[] for _ in texts]
             docs = torch.from_numpy(vectors)
+            links = None
+            if route == "graph":
+                # The attachment's links, or (the model's own taxonomy) links computed once per document list.
+                links = (
+                    attached.links_for(ids)
+                    if attached is not None
+                    else graph.cached_links(ids, doc_texts, docs)
+                )
             scores, positions = exact_relation_search(
                 emb,
                 lambda a, b: docs[a:b],
@@ -290,14 +298,9 @@ class VectorStore(abc.ABC):
                 similarity=self.layout.similarity,
                 curvature=self.layout.curvature,
                 channel=channel,
+                route=route,
                 graph=graph,
-                links=(
-                    attached.links_for(ids)
-                    if attached is not None
-                    else None
-                    if graph is None
-                    else graph.cached_links(ids, doc_texts, docs)
-                ),
+                links=links,
             )
             return [
                 [StoreHit(ids[p], s, doc_texts[p], _metadata(metadata[p])) for p, s in zip(pos, sc)]
